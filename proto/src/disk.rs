@@ -1,0 +1,84 @@
+//! Records kept in a node's data dir. See `docs/architecture.md` for the layout.
+//!
+//! Each file holds one record framed by [`crate::codec::encode_record`], so a file written by another
+//! format version, or a file of another kind, is refused with a clear error instead of misread.
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::codec::Record;
+use crate::token::TokenIdBytes;
+use crate::{NodeName, Role};
+
+/// `node.rec`: who this node is and how it reaches the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    /// The cluster's id (gossip between clusters with different ids is refused).
+    pub cluster_id: String,
+    /// This node's name.
+    pub name: NodeName,
+    /// This node's role (also in its certificate).
+    pub role: Role,
+    /// Where the QUIC endpoint binds.
+    pub listen: SocketAddr,
+    /// Where peers reach it (in its certificate, and its gossip address).
+    pub advertise: SocketAddr,
+    /// Gossip addresses to contact on start, besides those learned later.
+    pub seeds: Vec<SocketAddr>,
+    /// When the node was initialised or joined, unix milliseconds.
+    pub created_ms: u64,
+}
+
+impl Record for NodeRecord {
+    const CODE: u16 = 100;
+}
+
+/// `tokens.rec`: join tokens this node issued. Secrets are stored only as SHA-256 hashes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenBook {
+    /// Issued tokens, expired ones pruned on each write.
+    pub tokens: Vec<TokenRecord>,
+}
+
+impl Record for TokenBook {
+    const CODE: u16 = 101;
+}
+
+/// One issued token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    /// The token id.
+    pub id: TokenIdBytes,
+    /// SHA-256 of the secret.
+    pub secret_sha256: [u8; 32],
+    /// Issued at, unix milliseconds.
+    pub created_ms: u64,
+    /// Expires at, unix milliseconds.
+    pub expires_ms: u64,
+    /// Joins left; `None` for unlimited until expiry.
+    pub uses_left: Option<u32>,
+}
+
+/// `generation.rec`: the last gossip generation this node used; each start uses a larger one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GenerationRecord {
+    /// The last generation handed out.
+    pub last: u64,
+}
+
+impl Record for GenerationRecord {
+    const CODE: u16 = 102;
+}
+
+/// `peers.rec`: gossip addresses of members seen recently, so a restarted node finds the cluster
+/// even if the node it joined through is gone.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeersRecord {
+    /// Gossip addresses.
+    pub addrs: Vec<SocketAddr>,
+}
+
+impl Record for PeersRecord {
+    const CODE: u16 = 103;
+}

@@ -1,0 +1,236 @@
+//! Messages between nodes (QUIC streams) and between the CLI and its node (the admin unix socket).
+//!
+//! Each variant of [`Message`] has a stable code ([`Message::code`]) that goes into the frame header,
+//! and an [`Access`] rule saying who may send it as a request on a mesh connection.
+//!
+//! | code | message          | stream                       | access            |
+//! |------|------------------|------------------------------|-------------------|
+//! | 1    | `Gossip`         | QUIC uni stream, one a frame | role `node`       |
+//! | 2    | `ErrorReply`     | reply on any stream          | never a request   |
+//! | 10   | `JoinRequest`    | QUIC bi stream, request      | anyone (token)    |
+//! | 11   | `JoinResponse`   | QUIC bi stream, reply        | never a request   |
+//! | 20   | `AdminRequest`   | unix socket, request         | never on the mesh |
+//! | 21   | `AdminResponse`  | unix socket, reply           | never on the mesh |
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::role::{Access, Role};
+use crate::token::{TokenIdBytes, TokenSecretBytes};
+use crate::NodeName;
+
+/// Every message Halley sends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Message {
+    /// A chitchat gossip packet, in chitchat's own encoding (which 0.11 makes public so that a
+    /// transport can carry it). Kept opaque here so that this crate does not depend on chitchat.
+    Gossip(GossipPacket),
+    /// The answer to a request that failed.
+    ErrorReply(ErrorReply),
+    /// A new node asks to join, proving a token.
+    JoinRequest(JoinRequest),
+    /// The cluster's answer to a successful join.
+    JoinResponse(JoinResponse),
+    /// The CLI asks its local node for something.
+    AdminRequest(AdminRequest),
+    /// The local node answers the CLI.
+    AdminResponse(AdminResponse),
+}
+
+impl Message {
+    /// The stable code of this message's kind.
+    pub fn code(&self) -> u16 {
+        match self {
+            Message::Gossip(_) => 1,
+            Message::ErrorReply(_) => 2,
+            Message::JoinRequest(_) => 10,
+            Message::JoinResponse(_) => 11,
+            Message::AdminRequest(_) => 20,
+            Message::AdminResponse(_) => 21,
+        }
+    }
+
+    /// Who may send this message as a request on a mesh (QUIC) connection.
+    pub fn access(&self) -> Access {
+        match self {
+            Message::Gossip(_) => Access::Role(Role::Node),
+            Message::JoinRequest(_) => Access::Anyone,
+            Message::ErrorReply(_)
+            | Message::JoinResponse(_)
+            | Message::AdminRequest(_)
+            | Message::AdminResponse(_) => Access::Never,
+        }
+    }
+
+    /// A short name for logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Message::Gossip(_) => "gossip",
+            Message::ErrorReply(_) => "error-reply",
+            Message::JoinRequest(_) => "join-request",
+            Message::JoinResponse(_) => "join-response",
+            Message::AdminRequest(_) => "admin-request",
+            Message::AdminResponse(_) => "admin-response",
+        }
+    }
+}
+
+/// One chitchat message, serialised by chitchat.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GossipPacket(pub Vec<u8>);
+
+/// Why a request failed, in a form the caller can act on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorReply {
+    /// The class of failure.
+    pub kind: ErrorKind,
+    /// A sentence for the operator: what is wrong and what to do.
+    pub message: String,
+}
+
+/// Classes of request failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorKind {
+    /// The token id is not known to the node (never issued, or pruned after expiry).
+    TokenUnknown,
+    /// The token has expired.
+    TokenExpired,
+    /// The token's uses are spent.
+    TokenUsedUp,
+    /// The secret does not match the token id.
+    TokenSecretWrong,
+    /// Another live node already has the requested name.
+    NameTaken,
+    /// The request is malformed (bad CSR, bad address, ...).
+    BadRequest,
+    /// The caller's certificate or role does not allow this request.
+    Unauthorised,
+    /// The node cannot do this (for example it does not hold the CA key).
+    Unavailable,
+    /// Something failed inside the node.
+    Internal,
+}
+
+/// A join request. Sent only over a TLS connection whose server chain ends at the CA pinned by the
+/// token, so the secret reaches nobody else.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinRequest {
+    /// Which token.
+    pub token_id: TokenIdBytes,
+    /// The token's secret.
+    pub secret: TokenSecretBytes,
+    /// The name the new node wants.
+    pub name: NodeName,
+    /// Where the new node will listen for the mesh (goes into its certificate).
+    pub advertise: SocketAddr,
+    /// A PKCS#10 certificate signing request; the private key never leaves the joining host.
+    pub csr_der: Vec<u8>,
+}
+
+/// What a joining node receives.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinResponse {
+    /// The cluster id (chitchat refuses gossip between clusters with different ids).
+    pub cluster_id: String,
+    /// The new node's certificate, signed by the cluster CA.
+    pub cert_der: Vec<u8>,
+    /// The cluster CA certificate.
+    pub ca_der: Vec<u8>,
+    /// Gossip addresses of the members known to the issuing node, itself first.
+    pub seeds: Vec<SocketAddr>,
+}
+
+/// Requests from the CLI to its local node over the admin unix socket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AdminRequest {
+    /// The membership table.
+    Status,
+    /// A new join token.
+    CreateToken {
+        /// Lifetime in seconds.
+        ttl_secs: u64,
+        /// How many joins it allows; `None` for unlimited until expiry.
+        uses: Option<u32>,
+    },
+    /// Set or clear this node's draining flag.
+    SetDraining(bool),
+    /// Leave the cluster gracefully and stop the daemon.
+    Leave,
+}
+
+/// Answers to [`AdminRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AdminResponse {
+    /// The membership table.
+    Status(StatusReport),
+    /// A new join token (text form) and when it expires.
+    Token {
+        /// The token text.
+        token: String,
+        /// Expiry, unix milliseconds.
+        expires_at_ms: u64,
+    },
+    /// The request was carried out.
+    Done,
+    /// The request failed.
+    Error(ErrorReply),
+}
+
+/// The cluster as one node sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusReport {
+    /// The cluster id.
+    pub cluster_id: String,
+    /// The answering node.
+    pub self_name: NodeName,
+    /// One row per node name (the newest generation of each).
+    pub members: Vec<MemberRow>,
+}
+
+/// One node in a [`StatusReport`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberRow {
+    /// The node's name.
+    pub name: NodeName,
+    /// Its gossip (mesh) address.
+    pub addr: SocketAddr,
+    /// Its state as seen from the answering node.
+    pub state: MemberState,
+    /// Milliseconds since its heartbeat last advanced; `None` if never heard (or it is self).
+    pub last_heard_ms: Option<u64>,
+    /// Its halley-node version.
+    pub version: String,
+    /// Seconds since its daemon started, if known.
+    pub uptime_secs: Option<u64>,
+    /// Its generation (grows on every restart).
+    pub generation: u64,
+}
+
+/// A member's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MemberState {
+    /// Heartbeats arrive on time.
+    Alive,
+    /// Still counted live by the failure detector, but no heartbeat for a while.
+    Suspect,
+    /// The failure detector declared it dead.
+    Dead,
+    /// It left gracefully (`halley-node leave` or SIGTERM).
+    Left,
+    /// Alive, and asks not to be sent new work.
+    Draining,
+}
+
+impl MemberState {
+    /// Lower-case text for tables and JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemberState::Alive => "alive",
+            MemberState::Suspect => "suspect",
+            MemberState::Dead => "dead",
+            MemberState::Left => "left",
+            MemberState::Draining => "draining",
+        }
+    }
+}

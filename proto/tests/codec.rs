@@ -1,0 +1,207 @@
+//! Round trips of every message and record, and decoder robustness against random and mutated bytes.
+
+use halley_proto::codec::{
+    self, decode_message, decode_record, encode_message, encode_record, Header, HEADER_LEN,
+    PROTOCOL_VERSION,
+};
+use halley_proto::disk::{GenerationRecord, NodeRecord, PeersRecord, TokenBook, TokenRecord};
+use halley_proto::message::*;
+use halley_proto::{Error, Limit, Message, NodeName, Role};
+use proptest::prelude::*;
+
+fn name(n: &str) -> NodeName {
+    NodeName::parse(n).unwrap()
+}
+
+fn samples() -> Vec<Message> {
+    let addr = "127.0.0.1:7946".parse().unwrap();
+    vec![
+        Message::Gossip(GossipPacket(vec![1, 2, 3, 255])),
+        Message::ErrorReply(ErrorReply {
+            kind: ErrorKind::TokenExpired,
+            message: "token expired".into(),
+        }),
+        Message::JoinRequest(JoinRequest {
+            token_id: [1; 8],
+            secret: [2; 16],
+            name: name("pi-2"),
+            advertise: addr,
+            csr_der: vec![0x30, 0x82, 1, 2],
+        }),
+        Message::JoinResponse(JoinResponse {
+            cluster_id: "c1".into(),
+            cert_der: vec![1; 300],
+            ca_der: vec![2; 300],
+            seeds: vec![addr, "[::1]:1".parse().unwrap()],
+        }),
+        Message::AdminRequest(AdminRequest::Status),
+        Message::AdminRequest(AdminRequest::CreateToken {
+            ttl_secs: 60,
+            uses: Some(1),
+        }),
+        Message::AdminRequest(AdminRequest::SetDraining(true)),
+        Message::AdminRequest(AdminRequest::Leave),
+        Message::AdminResponse(AdminResponse::Done),
+        Message::AdminResponse(AdminResponse::Token {
+            token: "HLY1...".into(),
+            expires_at_ms: 5,
+        }),
+        Message::AdminResponse(AdminResponse::Status(StatusReport {
+            cluster_id: "c".into(),
+            self_name: name("a"),
+            members: vec![MemberRow {
+                name: name("a"),
+                addr,
+                state: MemberState::Suspect,
+                last_heard_ms: Some(12),
+                version: "0.1.0".into(),
+                uptime_secs: None,
+                generation: 9,
+            }],
+        })),
+    ]
+}
+
+#[test]
+fn every_message_round_trips() {
+    for message in samples() {
+        let bytes = encode_message(&message, Limit::Rpc).unwrap();
+        assert_eq!(&bytes[..4], b"HLEY");
+        assert_eq!(decode_message(&bytes, Limit::Rpc).unwrap(), message);
+    }
+}
+
+#[test]
+fn every_record_round_trips_and_is_typed() {
+    let node = NodeRecord {
+        cluster_id: "c".into(),
+        name: name("n1"),
+        role: Role::Node,
+        listen: "0.0.0.0:7946".parse().unwrap(),
+        advertise: "10.0.0.1:7946".parse().unwrap(),
+        seeds: vec![],
+        created_ms: 1,
+    };
+    let bytes = encode_record(&node).unwrap();
+    assert_eq!(decode_record::<NodeRecord>(&bytes).unwrap(), node);
+    assert!(matches!(
+        decode_record::<TokenBook>(&bytes),
+        Err(Error::WrongRecord { .. })
+    ));
+    let book = TokenBook {
+        tokens: vec![TokenRecord {
+            id: [3; 8],
+            secret_sha256: [4; 32],
+            created_ms: 1,
+            expires_ms: 2,
+            uses_left: None,
+        }],
+    };
+    assert_eq!(decode_record::<TokenBook>(&encode_record(&book).unwrap()).unwrap(), book);
+    let generation = GenerationRecord { last: 77 };
+    assert_eq!(
+        decode_record::<GenerationRecord>(&encode_record(&generation).unwrap()).unwrap(),
+        generation
+    );
+    let peers = PeersRecord { addrs: vec!["1.2.3.4:5".parse().unwrap()] };
+    assert_eq!(decode_record::<PeersRecord>(&encode_record(&peers).unwrap()).unwrap(), peers);
+}
+
+#[test]
+fn header_errors_are_specific() {
+    let good = encode_message(&Message::AdminRequest(AdminRequest::Status), Limit::Rpc).unwrap();
+    assert!(matches!(decode_message(&good[..5], Limit::Rpc), Err(Error::Truncated { .. })));
+    assert!(matches!(
+        decode_message(&good[..good.len() - 1], Limit::Rpc),
+        Err(Error::Truncated { .. })
+    ));
+    let mut trailing = good.clone();
+    trailing.push(0);
+    assert!(matches!(decode_message(&trailing, Limit::Rpc), Err(Error::TrailingBytes(1))));
+    let mut magic = good.clone();
+    magic[0] = b'X';
+    assert!(matches!(decode_message(&magic, Limit::Rpc), Err(Error::BadMagic { .. })));
+    let mut version = good.clone();
+    version[4..6].copy_from_slice(&(PROTOCOL_VERSION + 1).to_be_bytes());
+    let err = decode_message(&version, Limit::Rpc).unwrap_err();
+    assert!(matches!(err, Error::UnsupportedVersion { got: 2, ours: 1 }));
+    assert!(err.to_string().contains("same halley-node release"));
+    let mut code = good.clone();
+    code[6..8].copy_from_slice(&999u16.to_be_bytes());
+    assert!(matches!(decode_message(&code, Limit::Rpc), Err(Error::UnknownCode(999))));
+    // A header that claims 4 GiB is refused before anything is allocated or read.
+    let mut huge = good[..HEADER_LEN].to_vec();
+    huge[8..12].copy_from_slice(&u32::MAX.to_be_bytes());
+    assert!(matches!(
+        Header::parse(&huge, PROTOCOL_VERSION, Limit::Rpc),
+        Err(Error::TooLarge { .. })
+    ));
+}
+
+#[test]
+fn gossip_limit_is_enforced_on_encode_and_decode() {
+    let big = Message::Gossip(GossipPacket(vec![0; Limit::Gossip.bytes()]));
+    assert!(matches!(encode_message(&big, Limit::Gossip), Err(Error::TooLarge { .. })));
+    let bytes = encode_message(&big, Limit::Rpc).unwrap();
+    assert!(matches!(decode_message(&bytes, Limit::Gossip), Err(Error::TooLarge { .. })));
+}
+
+#[test]
+fn body_claiming_a_huge_vector_is_refused_without_allocating_it() {
+    // A JoinResponse whose cluster_id length prefix claims u64::MAX bytes.
+    let mut body = vec![253u8];
+    body.extend_from_slice(&u64::MAX.to_le_bytes());
+    let mut frame = b"HLEY".to_vec();
+    frame.extend_from_slice(&PROTOCOL_VERSION.to_be_bytes());
+    frame.extend_from_slice(&11u16.to_be_bytes());
+    frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&body);
+    assert!(decode_message(&frame, Limit::Rpc).is_err());
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, .. ProptestConfig::default() })]
+
+    #[test]
+    fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        let _ = decode_message(&bytes, Limit::Rpc);
+        let _ = decode_message(&bytes, Limit::Gossip);
+        let _ = decode_record::<NodeRecord>(&bytes);
+    }
+
+    #[test]
+    fn random_body_behind_a_valid_header_never_panics(
+        code in prop::sample::select(vec![1u16, 2, 10, 11, 20, 21]),
+        body in proptest::collection::vec(any::<u8>(), 0..512),
+    ) {
+        let mut frame = b"HLEY".to_vec();
+        frame.extend_from_slice(&PROTOCOL_VERSION.to_be_bytes());
+        frame.extend_from_slice(&code.to_be_bytes());
+        frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        frame.extend_from_slice(&body);
+        let _ = decode_message(&frame, Limit::Rpc);
+    }
+
+    #[test]
+    fn mutated_valid_frames_never_panic(
+        which in 0usize..11,
+        flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..8),
+        cut in any::<usize>(),
+    ) {
+        let mut bytes = encode_message(&samples()[which], Limit::Rpc).unwrap();
+        for (at, value) in flips {
+            let i = at % bytes.len();
+            bytes[i] ^= value;
+        }
+        let keep = cut % (bytes.len() + 1);
+        let _ = decode_message(&bytes[..keep], Limit::Rpc);
+        let _ = decode_message(&bytes, Limit::Rpc);
+    }
+
+    #[test]
+    fn gossip_packets_round_trip(payload in proptest::collection::vec(any::<u8>(), 0..4096)) {
+        let message = Message::Gossip(GossipPacket(payload));
+        let bytes = codec::encode_message(&message, Limit::Gossip).unwrap();
+        prop_assert_eq!(decode_message(&bytes, Limit::Gossip).unwrap(), message);
+    }
+}
