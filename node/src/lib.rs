@@ -1,1 +1,36 @@
-//! wip
+//! # halley-node
+//!
+//! The Halley daemon, its CLI and the library they are built from.
+//!
+//! ## Layers (see `docs/architecture.md`)
+//! - [`cli`]: argument parsing and output; the only place that uses anyhow.
+//! - [`daemon`]: the driver of a running node: wires [`mesh`], gossip ([`gossip_transport`] into
+//!   chitchat), the admin socket ([`admin`]) and the [`service`], ticks the [`membership`] view.
+//! - Pure logic, no IO and no clock: [`membership`] (status view), [`tokens`] (join tokens).
+//! - Identity: [`pki`] (CA, certificates, CSRs), [`tls`] (rustls/quinn configs), [`init`], [`join`],
+//!   [`datadir`] (layout, crash-safe writes).
+
+pub mod admin;
+pub mod cli;
+pub mod daemon;
+pub mod datadir;
+pub mod demo;
+pub mod duration;
+pub mod error;
+pub mod framing;
+pub mod gossip_transport;
+pub mod init;
+pub mod join;
+pub mod membership;
+pub mod mesh;
+pub mod pki;
+pub mod random;
+pub mod service;
+pub mod status;
+pub mod tls;
+pub mod tokens;
+
+pub use error::{Error, Result};
+
+/// This build's version, published in gossip.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

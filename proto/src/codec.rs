@@ -19,8 +19,8 @@
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::message::Message;
 use crate::Error;
+use crate::message::Message;
 
 /// The first four bytes of every frame.
 pub const MAGIC: [u8; 4] = *b"HLEY";

@@ -4,13 +4,17 @@
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
     /// The bytes do not start with Halley's magic: not a Halley peer, or garbage on the port.
-    #[error("not a Halley frame (bad magic {found:02x?}); is something other than halley-node talking to this port?")]
+    #[error(
+        "not a Halley frame (bad magic {found:02x?}); is something other than halley-node talking to this port?"
+    )]
     BadMagic {
         /// The four bytes found where the magic should be.
         found: [u8; 4],
     },
     /// The frame was written by another protocol or format version.
-    #[error("peer or file speaks version {got}, this halley-node speaks version {ours}; run the same halley-node release on both sides")]
+    #[error(
+        "peer or file speaks version {got}, this halley-node speaks version {ours}; run the same halley-node release on both sides"
+    )]
     UnsupportedVersion {
         /// The version in the frame.
         got: u16,

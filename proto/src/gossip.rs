@@ -14,6 +14,8 @@ pub const KEY_ROLE: &str = "role";
 pub const KEY_DRAINING: &str = "draining";
 /// When the daemon started, unix milliseconds.
 pub const KEY_STARTED_MS: &str = "started_ms";
+/// `true` on the node that holds the cluster CA key and so can sign joins.
+pub const KEY_CA_HOLDER: &str = "ca_holder";
 /// Present (value `true`) once the node has left gracefully.
 pub const KEY_LEFT: &str = "left";
 

@@ -16,9 +16,9 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::NodeName;
 use crate::role::{Access, Role};
 use crate::token::{TokenIdBytes, TokenSecretBytes};
-use crate::NodeName;
 
 /// Every message Halley sends.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -186,6 +186,19 @@ pub struct StatusReport {
     pub self_name: NodeName,
     /// One row per node name (the newest generation of each).
     pub members: Vec<MemberRow>,
+    /// The answering node's own mesh traffic.
+    pub mesh: MeshStats,
+}
+
+/// Traffic counters of one node's QUIC endpoint.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeshStats {
+    /// UDP bytes sent, over all connections since start.
+    pub udp_tx_bytes: u64,
+    /// UDP bytes received, over all connections since start.
+    pub udp_rx_bytes: u64,
+    /// Connections open now.
+    pub connections: u64,
 }
 
 /// One node in a [`StatusReport`].

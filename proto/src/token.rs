@@ -78,13 +78,16 @@ impl FromStr for JoinToken {
         }
         let fields: Vec<&str> = parts.collect();
         let [ca_hash, id, secret] = fields.as_slice() else {
-            return Err(bad("it should have 4 '.'-separated parts before '@'; was it cut off when copied?"));
+            return Err(bad(
+                "it should have 4 '.'-separated parts before '@'; was it cut off when copied?",
+            ));
         };
         let ca_hash = hex::decode_array::<32>(ca_hash)
             .ok_or_else(|| bad("the CA hash is not 64 hex digits"))?;
-        let id = hex::decode_array::<8>(id).ok_or_else(|| bad("the token id is not 16 hex digits"))?;
-        let secret =
-            hex::decode_array::<16>(secret).ok_or_else(|| bad("the secret is not 32 hex digits"))?;
+        let id =
+            hex::decode_array::<8>(id).ok_or_else(|| bad("the token id is not 16 hex digits"))?;
+        let secret = hex::decode_array::<16>(secret)
+            .ok_or_else(|| bad("the secret is not 32 hex digits"))?;
         let addr = addr
             .parse::<SocketAddr>()
             .map_err(|_| bad(&format!("the address {addr:?} is not an ip:port")))?;
@@ -136,7 +139,10 @@ mod tests {
             (&good.replacen(".0102", ".zz02", 1), "token id"),
             (&good.replacen(&hex::encode(&[7; 32]), "77", 1), "CA hash"),
             (&good.replacen(&hex::encode(&[9; 16]), "99", 1), "secret"),
-            (&good.replacen(".0102030405060708", "", 1), "4 '.'-separated"),
+            (
+                &good.replacen(".0102030405060708", "", 1),
+                "4 '.'-separated",
+            ),
         ];
         for (text, expect) in cases {
             let err = text.parse::<JoinToken>().unwrap_err().to_string();

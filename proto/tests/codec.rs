@@ -1,8 +1,8 @@
 //! Round trips of every message and record, and decoder robustness against random and mutated bytes.
 
 use halley_proto::codec::{
-    self, decode_message, decode_record, encode_message, encode_record, Header, HEADER_LEN,
-    PROTOCOL_VERSION,
+    self, HEADER_LEN, Header, PROTOCOL_VERSION, decode_message, decode_record, encode_message,
+    encode_record,
 };
 use halley_proto::disk::{GenerationRecord, NodeRecord, PeersRecord, TokenBook, TokenRecord};
 use halley_proto::message::*;
@@ -58,6 +58,11 @@ fn samples() -> Vec<Message> {
                 uptime_secs: None,
                 generation: 9,
             }],
+            mesh: MeshStats {
+                udp_tx_bytes: 1,
+                udp_rx_bytes: 2,
+                connections: 3,
+            },
         })),
     ]
 }
@@ -97,30 +102,47 @@ fn every_record_round_trips_and_is_typed() {
             uses_left: None,
         }],
     };
-    assert_eq!(decode_record::<TokenBook>(&encode_record(&book).unwrap()).unwrap(), book);
+    assert_eq!(
+        decode_record::<TokenBook>(&encode_record(&book).unwrap()).unwrap(),
+        book
+    );
     let generation = GenerationRecord { last: 77 };
     assert_eq!(
         decode_record::<GenerationRecord>(&encode_record(&generation).unwrap()).unwrap(),
         generation
     );
-    let peers = PeersRecord { addrs: vec!["1.2.3.4:5".parse().unwrap()] };
-    assert_eq!(decode_record::<PeersRecord>(&encode_record(&peers).unwrap()).unwrap(), peers);
+    let peers = PeersRecord {
+        addrs: vec!["1.2.3.4:5".parse().unwrap()],
+    };
+    assert_eq!(
+        decode_record::<PeersRecord>(&encode_record(&peers).unwrap()).unwrap(),
+        peers
+    );
 }
 
 #[test]
 fn header_errors_are_specific() {
     let good = encode_message(&Message::AdminRequest(AdminRequest::Status), Limit::Rpc).unwrap();
-    assert!(matches!(decode_message(&good[..5], Limit::Rpc), Err(Error::Truncated { .. })));
+    assert!(matches!(
+        decode_message(&good[..5], Limit::Rpc),
+        Err(Error::Truncated { .. })
+    ));
     assert!(matches!(
         decode_message(&good[..good.len() - 1], Limit::Rpc),
         Err(Error::Truncated { .. })
     ));
     let mut trailing = good.clone();
     trailing.push(0);
-    assert!(matches!(decode_message(&trailing, Limit::Rpc), Err(Error::TrailingBytes(1))));
+    assert!(matches!(
+        decode_message(&trailing, Limit::Rpc),
+        Err(Error::TrailingBytes(1))
+    ));
     let mut magic = good.clone();
     magic[0] = b'X';
-    assert!(matches!(decode_message(&magic, Limit::Rpc), Err(Error::BadMagic { .. })));
+    assert!(matches!(
+        decode_message(&magic, Limit::Rpc),
+        Err(Error::BadMagic { .. })
+    ));
     let mut version = good.clone();
     version[4..6].copy_from_slice(&(PROTOCOL_VERSION + 1).to_be_bytes());
     let err = decode_message(&version, Limit::Rpc).unwrap_err();
@@ -128,7 +150,10 @@ fn header_errors_are_specific() {
     assert!(err.to_string().contains("same halley-node release"));
     let mut code = good.clone();
     code[6..8].copy_from_slice(&999u16.to_be_bytes());
-    assert!(matches!(decode_message(&code, Limit::Rpc), Err(Error::UnknownCode(999))));
+    assert!(matches!(
+        decode_message(&code, Limit::Rpc),
+        Err(Error::UnknownCode(999))
+    ));
     // A header that claims 4 GiB is refused before anything is allocated or read.
     let mut huge = good[..HEADER_LEN].to_vec();
     huge[8..12].copy_from_slice(&u32::MAX.to_be_bytes());
@@ -141,9 +166,15 @@ fn header_errors_are_specific() {
 #[test]
 fn gossip_limit_is_enforced_on_encode_and_decode() {
     let big = Message::Gossip(GossipPacket(vec![0; Limit::Gossip.bytes()]));
-    assert!(matches!(encode_message(&big, Limit::Gossip), Err(Error::TooLarge { .. })));
+    assert!(matches!(
+        encode_message(&big, Limit::Gossip),
+        Err(Error::TooLarge { .. })
+    ));
     let bytes = encode_message(&big, Limit::Rpc).unwrap();
-    assert!(matches!(decode_message(&bytes, Limit::Gossip), Err(Error::TooLarge { .. })));
+    assert!(matches!(
+        decode_message(&bytes, Limit::Gossip),
+        Err(Error::TooLarge { .. })
+    ));
 }
 
 #[test]

@@ -1,0 +1,274 @@
+//! The `halley-node` command line (clap). This is the only place that uses anyhow: errors from the
+//! library are shown with their full context and the process exits non-zero.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use halley_proto::message::{AdminRequest, AdminResponse};
+use halley_proto::{JoinToken, NodeName};
+
+use crate::daemon::{self, RunOptions};
+use crate::datadir::DataDir;
+use crate::init::{self, InitOptions};
+use crate::join::{self, JoinOptions};
+use crate::{admin, demo, duration, status};
+
+/// The default mesh port.
+pub const DEFAULT_PORT: u16 = 7946;
+
+/// Halley: a zero-downtime deploy mesh for small stacks.
+#[derive(Debug, Parser)]
+#[command(name = "halley-node", version, about, long_about = None)]
+pub struct Cli {
+    /// The node's data dir [default: $HALLEY_DATA_DIR, else /var/lib/halley as root, else
+    /// ~/.local/share/halley]. Several nodes can share a machine with different data dirs.
+    #[arg(long, global = true, env = "HALLEY_DATA_DIR", value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Start a new cluster: make its CA and this node's identity, and print a join token (last line).
+    Init(InitArgs),
+    /// Join a cluster with a token from `init` or `token create`; then start the node with `run`.
+    Join(JoinArgs),
+    /// Run the node daemon (mesh, gossip, admin socket) until SIGTERM, SIGINT or `leave`.
+    Run(RunArgs),
+    /// Show every node as this node sees it.
+    Status {
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Join tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Leave the cluster gracefully and stop the local daemon (peers mark it left at once).
+    Leave,
+    /// Mark the local node as draining (published in gossip; shown by `status`).
+    Drain,
+    /// Clear the local node's draining mark.
+    Undrain,
+    /// Start a throwaway 3-node cluster on loopback, show it converge and detect a killed node.
+    Demo,
+}
+
+#[derive(Debug, Args)]
+struct InitArgs {
+    /// This node's name (a-z, 0-9, '-'; at most 63 characters).
+    #[arg(long)]
+    name: NodeName,
+    #[command(flatten)]
+    addrs: AddrArgs,
+    /// Lifetime of the printed token (e.g. 30m, 24h, 7d).
+    #[arg(long, default_value = "24h", value_parser = duration::parse)]
+    token_ttl: Duration,
+    /// How many joins the printed token allows [default: unlimited until it expires].
+    #[arg(long)]
+    token_uses: Option<u32>,
+}
+
+#[derive(Debug, Args)]
+struct JoinArgs {
+    /// The token printed by `init` or `token create`.
+    token: String,
+    /// This node's name (a-z, 0-9, '-'; at most 63 characters).
+    #[arg(long)]
+    name: NodeName,
+    #[command(flatten)]
+    addrs: AddrArgs,
+}
+
+#[derive(Debug, Args)]
+struct AddrArgs {
+    /// Where the QUIC mesh endpoint binds (UDP).
+    #[arg(long, default_value_t = SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT)))]
+    listen: SocketAddr,
+    /// The address other hosts reach this one at [default: --listen when it names an IP].
+    #[arg(long)]
+    advertise: Option<SocketAddr>,
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// Time between gossip rounds.
+    #[arg(long, default_value = "250ms", value_parser = duration::parse)]
+    gossip_interval: Duration,
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Ask the running node for a new join token (only the node that ran `init` can issue them).
+    Create {
+        /// Lifetime (e.g. 30m, 24h, 7d).
+        #[arg(long, default_value = "24h", value_parser = duration::parse)]
+        ttl: Duration,
+        /// How many joins it allows [default: unlimited until it expires].
+        #[arg(long)]
+        uses: Option<u32>,
+    },
+}
+
+/// Parses arguments, runs the command and returns the process exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let is_daemon = matches!(cli.command, Command::Run(_));
+    init_logging(is_daemon);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(is_daemon: bool) {
+    let default = if is_daemon { "info" } else { "warn" };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+async fn dispatch(cli: Cli) -> Result<()> {
+    let data_dir = DataDir::new(cli.data_dir.clone().unwrap_or_else(DataDir::default_root));
+    match cli.command {
+        Command::Init(args) => {
+            let opts = InitOptions {
+                name: args.name,
+                listen: args.addrs.listen,
+                advertise: args.addrs.advertise,
+                token_ttl_secs: args.token_ttl.as_secs().max(1),
+                token_uses: args.token_uses,
+            };
+            let token = init::init(&data_dir, &opts).context("init failed")?;
+            println!(
+                "initialised cluster in {} as node {:?}",
+                data_dir.root().display(),
+                opts.name.as_str()
+            );
+            println!(
+                "start it:        halley-node run --data-dir {}",
+                data_dir.root().display()
+            );
+            println!("add a machine:   halley-node join TOKEN --name NAME");
+            println!("join token (valid {}):", human_secs(opts.token_ttl_secs));
+            println!("{token}");
+        }
+        Command::Join(args) => {
+            let token: JoinToken = args.token.parse()?;
+            let opts = JoinOptions {
+                token,
+                name: args.name,
+                listen: args.addrs.listen,
+                advertise: args.addrs.advertise,
+            };
+            let record = join::join(&data_dir, &opts).await.context("join failed")?;
+            println!(
+                "joined cluster {} as node {:?} (advertising {})",
+                record.cluster_id,
+                record.name.as_str(),
+                record.advertise
+            );
+            println!(
+                "start it: halley-node run --data-dir {}",
+                data_dir.root().display()
+            );
+        }
+        Command::Run(args) => {
+            let opts = RunOptions {
+                gossip_interval: args.gossip_interval,
+            };
+            if opts.gossip_interval < Duration::from_millis(10) {
+                bail!("--gossip-interval must be at least 10ms");
+            }
+            daemon::run(data_dir, opts, stop_signal()).await?;
+        }
+        Command::Status { json } => {
+            let AdminResponse::Status(report) =
+                admin::call(&data_dir, AdminRequest::Status).await?
+            else {
+                bail!("the node answered a status request with something else");
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status::json(&report))?);
+            } else {
+                print!("{}", status::table(&report));
+            }
+        }
+        Command::Token {
+            command: TokenCommand::Create { ttl, uses },
+        } => {
+            let request = AdminRequest::CreateToken {
+                ttl_secs: ttl.as_secs().max(1),
+                uses,
+            };
+            match admin::call(&data_dir, request).await? {
+                AdminResponse::Token { token, .. } => println!("{token}"),
+                _ => bail!("the node answered a token request with something else"),
+            }
+        }
+        Command::Leave => {
+            admin::call(&data_dir, AdminRequest::Leave).await?;
+            println!("leaving; the node announces it to its peers and stops");
+        }
+        Command::Drain => {
+            admin::call(&data_dir, AdminRequest::SetDraining(true)).await?;
+            println!("draining");
+        }
+        Command::Undrain => {
+            admin::call(&data_dir, AdminRequest::SetDraining(false)).await?;
+            println!("not draining");
+        }
+        Command::Demo => demo::run().await?,
+    }
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn stop_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => std::future::pending().await,
+    }
+}
+
+fn human_secs(secs: u64) -> String {
+    match secs {
+        s if s % 86_400 == 0 => format!("{}d", s / 86_400),
+        s if s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}

@@ -1,0 +1,61 @@
+//! Reading and writing one [`Message`] frame on an async byte stream (a QUIC stream or the admin
+//! unix socket). The header is read and checked first, so at most the frame kind's limit is ever
+//! buffered, whatever length the peer claims.
+
+use halley_proto::codec::{self, HEADER_LEN, Header, PROTOCOL_VERSION};
+use halley_proto::{Limit, Message};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::error::{Error, Result};
+
+/// Reads one frame. Returns `None` if the stream ended cleanly before any byte.
+pub async fn read_message<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    limit: Limit,
+) -> Result<Option<Message>> {
+    let mut header = [0u8; HEADER_LEN];
+    let mut got = 0;
+    while got < HEADER_LEN {
+        let n = reader
+            .read(&mut header[got..])
+            .await
+            .map_err(|e| Error::Net(format!("read failed: {e}")))?;
+        if n == 0 {
+            if got == 0 {
+                return Ok(None);
+            }
+            return Err(halley_proto::Error::Truncated {
+                need: HEADER_LEN as u64,
+                have: got as u64,
+            }
+            .into());
+        }
+        got += n;
+    }
+    let parsed = Header::parse(&header, PROTOCOL_VERSION, limit)?;
+    let mut body = vec![0u8; parsed.len as usize];
+    reader.read_exact(&mut body).await.map_err(|e| {
+        Error::Net(format!(
+            "frame body truncated ({} bytes expected): {e}",
+            parsed.len
+        ))
+    })?;
+    Ok(Some(codec::decode_message_body(&parsed, &body, limit)?))
+}
+
+/// Writes one frame.
+pub async fn write_message<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    message: &Message,
+    limit: Limit,
+) -> Result<()> {
+    let bytes = codec::encode_message(message, limit)?;
+    writer
+        .write_all(&bytes)
+        .await
+        .map_err(|e| Error::Net(format!("write failed: {e}")))?;
+    writer
+        .flush()
+        .await
+        .map_err(|e| Error::Net(format!("flush failed: {e}")))
+}

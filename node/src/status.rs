@@ -1,0 +1,127 @@
+//! Rendering the status report for people (a table) and scripts (`--json`).
+
+use halley_proto::message::{MemberRow, StatusReport};
+use serde_json::json;
+
+/// The report as a table, one row per node.
+pub fn table(report: &StatusReport) -> String {
+    let headers = [
+        "NAME",
+        "ADDRESS",
+        "STATE",
+        "LAST HEARD",
+        "VERSION",
+        "UPTIME",
+    ];
+    let rows: Vec<[String; 6]> = report
+        .members
+        .iter()
+        .map(|m| {
+            let name = if m.name == report.self_name {
+                format!("{} (self)", m.name)
+            } else {
+                m.name.to_string()
+            };
+            [
+                name,
+                m.addr.to_string(),
+                m.state.as_str().to_owned(),
+                m.last_heard_ms.map_or("-".into(), human_ms),
+                m.version.clone(),
+                m.uptime_secs.map_or("-".into(), |s| human_ms(s * 1000)),
+            ]
+        })
+        .collect();
+    let mut widths = headers.map(str::len);
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let mut out = format!("cluster {}\n", report.cluster_id);
+    let mut line = |cells: &[&str]| {
+        let text: Vec<String> = cells
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        out.push_str(text.join("  ").trim_end());
+        out.push('\n');
+    };
+    line(&headers);
+    for row in &rows {
+        line(&row.each_ref().map(String::as_str));
+    }
+    out
+}
+
+/// The report as JSON for scripts.
+pub fn json(report: &StatusReport) -> serde_json::Value {
+    json!({
+        "cluster_id": report.cluster_id,
+        "self": report.self_name.as_str(),
+        "mesh": {
+            "udp_tx_bytes": report.mesh.udp_tx_bytes,
+            "udp_rx_bytes": report.mesh.udp_rx_bytes,
+            "connections": report.mesh.connections,
+        },
+        "members": report.members.iter().map(member_json).collect::<Vec<_>>(),
+    })
+}
+
+fn member_json(m: &MemberRow) -> serde_json::Value {
+    json!({
+        "name": m.name.as_str(),
+        "address": m.addr.to_string(),
+        "state": m.state.as_str(),
+        "last_heard_ms": m.last_heard_ms,
+        "version": m.version,
+        "uptime_secs": m.uptime_secs,
+        "generation": m.generation,
+    })
+}
+
+fn human_ms(ms: u64) -> String {
+    match ms {
+        0..1_000 => format!("{ms}ms"),
+        1_000..60_000 => format!("{:.1}s", ms as f64 / 1000.0),
+        60_000..3_600_000 => format!("{}m{}s", ms / 60_000, ms % 60_000 / 1000),
+        _ => format!("{}h{}m", ms / 3_600_000, ms % 3_600_000 / 60_000),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use halley_proto::NodeName;
+    use halley_proto::message::{MemberState, MeshStats};
+
+    #[test]
+    fn table_and_json_show_every_member() {
+        let report = StatusReport {
+            cluster_id: "abc".into(),
+            self_name: NodeName::parse("n1").unwrap(),
+            members: vec![MemberRow {
+                name: NodeName::parse("n2").unwrap(),
+                addr: "127.0.0.1:1".parse().unwrap(),
+                state: MemberState::Dead,
+                last_heard_ms: Some(2500),
+                version: "0.1.0".into(),
+                uptime_secs: Some(3700),
+                generation: 5,
+            }],
+            mesh: MeshStats::default(),
+        };
+        let text = table(&report);
+        assert!(
+            text.contains("n2")
+                && text.contains("dead")
+                && text.contains("2.5s")
+                && text.contains("1h1m"),
+            "{text}"
+        );
+        let value = json(&report);
+        assert_eq!(value["members"][0]["state"], "dead");
+        assert_eq!(value["members"][0]["last_heard_ms"], 2500);
+    }
+}
