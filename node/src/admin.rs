@@ -71,6 +71,10 @@ async fn serve_one(mut stream: UnixStream, handler: Arc<dyn AdminHandler>) {
 /// Sends one request to the node running on `data_dir` and returns its answer.
 pub async fn call(data_dir: &DataDir, request: AdminRequest) -> Result<AdminResponse> {
     let socket = data_dir.admin_socket();
+    if !socket.exists() {
+        // Say "not initialised" rather than "not running" when that is the real problem.
+        data_dir.load_node()?;
+    }
     let mut stream = UnixStream::connect(&socket)
         .await
         .map_err(|source| Error::NotRunning {

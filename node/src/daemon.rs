@@ -139,19 +139,14 @@ pub async fn run(
     );
 
     let mut ticker = tokio::time::interval(interval);
+    // Known peers are saved as seeds for the next start, when they change.
+    let mut save_tick = tokio::time::interval(Duration::from_secs(10));
     let mut last_saved: Vec<SocketAddr> = known_peers.addrs.clone();
-    let mut ticks: u64 = 0;
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
-            _ = ticker.tick() => {
-                service.refresh().await;
-                ticks += 1;
-                // Persist known peers every ~10 s when they change, as seeds for the next start.
-                if ticks % (Duration::from_secs(10).as_millis() as u64 / interval.as_millis().max(1) as u64).max(1) == 0 {
-                    save_peers(&data_dir, &service, &mut last_saved);
-                }
-            }
+            _ = ticker.tick() => service.refresh().await,
+            _ = save_tick.tick() => save_peers(&data_dir, &service, &mut last_saved),
             _ = &mut shutdown => { info!("stop signal received; leaving the cluster"); break; }
             _ = service.leave_requested() => { info!("leave requested; leaving the cluster"); break; }
         }

@@ -74,15 +74,15 @@ async fn script(root: &Path) -> Result<()> {
     wait_for_admin(&nodes[0].dir).await?;
 
     step("2. n2 and n3 join with the token over QUIC (CA pinned by the token), then run");
-    for i in 1..3 {
-        let (name, addr) = (nodes[i].name, nodes[i].addr.to_string());
+    for node in &mut nodes[1..] {
+        let (name, addr) = (node.name, node.addr.to_string());
         cli(
             &exe,
-            &nodes[i],
+            node,
             &["join", &token, "--name", name, "--listen", &addr],
         )
         .await?;
-        start(&exe, &mut nodes[i], root)?;
+        start(&exe, node, root)?;
     }
 
     step("3. gossip converges: every node sees 3 alive");

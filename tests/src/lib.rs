@@ -1,1 +1,243 @@
-//! wip
+//! Harness for end-to-end tests: real `halley-node` processes on 127.0.0.1 with temp data dirs,
+//! killed when the test ends (also on panic).
+//!
+//! The binary is the one `cargo test --workspace` builds next to the test executables
+//! (`target/<profile>/halley-node`; the halley-node package's own integration tests make cargo
+//! build it). Run alone, `cargo test -p halley-tests` needs `cargo build -p halley-node` first.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Path of the `halley-node` binary under test.
+pub fn binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>/halley-node
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executable lives in target/<profile>/deps");
+    let bin = profile_dir.join("halley-node");
+    assert!(
+        bin.exists(),
+        "{} is missing: run 'cargo test --workspace' (or 'cargo build -p halley-node' first)",
+        bin.display()
+    );
+    bin
+}
+
+/// A free UDP port on 127.0.0.1 (released before use; collisions are unlikely but possible).
+pub fn free_addr() -> SocketAddr {
+    let socket = UdpSocket::bind("127.0.0.1:0").expect("bind an ephemeral UDP port");
+    socket.local_addr().expect("local addr")
+}
+
+/// Polls `check` every 100 ms until it holds or `limit` passes. Returns whether it held.
+pub fn wait_until(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if check() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// One node: its data dir, address and (while running) its daemon process.
+pub struct Node {
+    /// Node name.
+    pub name: String,
+    /// Data dir.
+    pub dir: PathBuf,
+    /// Mesh address.
+    pub addr: SocketAddr,
+    child: Option<Child>,
+}
+
+impl Node {
+    /// A node to be created under `root`.
+    pub fn new(root: &Path, name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            dir: root.join(name),
+            addr: free_addr(),
+            child: None,
+        }
+    }
+
+    /// Runs a CLI command against this node's data dir.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(binary())
+            .args(args)
+            .arg("--data-dir")
+            .arg(&self.dir)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run halley-node")
+    }
+
+    /// `init` this node; returns the token (last stdout line).
+    pub fn init(&self) -> String {
+        let out = self.cli(&[
+            "init",
+            "--name",
+            &self.name,
+            "--listen",
+            &self.addr.to_string(),
+        ]);
+        assert!(
+            out.status.success(),
+            "init failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        stdout
+            .lines()
+            .last()
+            .expect("init prints the token last")
+            .to_owned()
+    }
+
+    /// `join` with `token`, returning the raw output.
+    pub fn join(&self, token: &str) -> Output {
+        self.cli(&[
+            "join",
+            token,
+            "--name",
+            &self.name,
+            "--listen",
+            &self.addr.to_string(),
+        ])
+    }
+
+    /// Starts `halley-node run`, logging to `<dir>.log`.
+    pub fn start(&mut self) {
+        let log = std::fs::File::create(self.log_path()).expect("create log");
+        let child = Command::new(binary())
+            .arg("run")
+            .arg("--data-dir")
+            .arg(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn halley-node run");
+        self.child = Some(child);
+        assert!(
+            wait_until(Duration::from_secs(10), || self.status().is_some()),
+            "{} did not open its admin socket; log:\n{}",
+            self.name,
+            self.log()
+        );
+    }
+
+    /// SIGKILL the daemon and reap it.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM the daemon and wait for it to exit (up to 10 s).
+    pub fn terminate(&mut self) -> bool {
+        let Some(mut child) = self.child.take() else {
+            return true;
+        };
+        // SAFETY: sending a signal to our own child process.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let exited = wait_until(Duration::from_secs(10), || {
+            matches!(child.try_wait(), Ok(Some(_)))
+        });
+        if !exited {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        exited
+    }
+
+    /// Whether the daemon process has exited by itself.
+    pub fn has_exited(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(child) => matches!(child.try_wait(), Ok(Some(_))),
+            None => true,
+        }
+    }
+
+    /// `status --json`, or `None` if the daemon does not answer.
+    pub fn status(&self) -> Option<Value> {
+        let out = self.cli(&["status", "--json"]);
+        if !out.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
+    /// The state this node reports for `name` (`None` if unknown or not answering).
+    pub fn state_of(&self, name: &str) -> Option<String> {
+        let status = self.status()?;
+        status["members"]
+            .as_array()?
+            .iter()
+            .find(|m| m["name"] == name)
+            .and_then(|m| m["state"].as_str().map(str::to_owned))
+    }
+
+    /// How many members this node reports in `state`.
+    pub fn count(&self, state: &str) -> usize {
+        self.status()
+            .and_then(|s| {
+                s["members"]
+                    .as_array()
+                    .map(|m| m.iter().filter(|m| m["state"] == state).count())
+            })
+            .unwrap_or(0)
+    }
+
+    /// The daemon log path.
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.with_extension("log")
+    }
+
+    /// The daemon log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Three running nodes: `n1` (init) and `n2`, `n3` (joined).
+pub fn three_node_cluster(root: &Path) -> (Vec<Node>, String) {
+    let mut n1 = Node::new(root, "n1");
+    let token = n1.init();
+    n1.start();
+    let mut nodes = vec![n1];
+    for name in ["n2", "n3"] {
+        let mut node = Node::new(root, name);
+        let out = node.join(&token);
+        assert!(
+            out.status.success(),
+            "join {name} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        node.start();
+        nodes.push(node);
+    }
+    (nodes, token)
+}
+
+/// Stderr of a command as text.
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
