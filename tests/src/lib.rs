@@ -12,21 +12,24 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-/// Path of the `halley-node` binary under test.
+/// Path of the `halley-node` binary under test: `$HALLEY_BIN`, else next to this executable, else
+/// one directory up (test executables live in `target/<profile>/deps`).
 pub fn binary() -> PathBuf {
+    if let Some(bin) = std::env::var_os("HALLEY_BIN") {
+        return PathBuf::from(bin);
+    }
     let exe = std::env::current_exe().expect("test executable path");
-    // target/<profile>/deps/<test> -> target/<profile>/halley-node
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test executable lives in target/<profile>/deps");
-    let bin = profile_dir.join("halley-node");
-    assert!(
-        bin.exists(),
-        "{} is missing: run 'cargo test --workspace' (or 'cargo build -p halley-node' first)",
-        bin.display()
-    );
-    bin
+    let candidates = exe
+        .ancestors()
+        .skip(1)
+        .take(2)
+        .map(|dir| dir.join("halley-node"))
+        .collect::<Vec<_>>();
+    candidates.iter().find(|p| p.exists()).cloned().unwrap_or_else(|| {
+        panic!(
+            "halley-node not found at {candidates:?}: run 'cargo test --workspace' (or 'cargo build -p halley-node' first), or set HALLEY_BIN"
+        )
+    })
 }
 
 /// A free UDP port on 127.0.0.1 (released before use; collisions are unlikely but possible).
@@ -168,6 +171,11 @@ impl Node {
             Some(child) => matches!(child.try_wait(), Ok(Some(_))),
             None => true,
         }
+    }
+
+    /// The daemon's process id (0 when not running).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
     }
 
     /// `status --json`, or `None` if the daemon does not answer.
