@@ -225,13 +225,15 @@ impl Drop for Node {
     }
 }
 
-/// Three running nodes: `n1` (init) and `n2`, `n3` (joined).
-pub fn three_node_cluster(root: &Path) -> (Vec<Node>, String) {
-    let mut n1 = Node::new(root, "n1");
-    let token = n1.init();
-    n1.start();
-    let mut nodes = vec![n1];
-    for name in ["n2", "n3"] {
+/// Running nodes with the given names: the first runs `init`, the others join with its token.
+/// Returns the nodes and the token.
+pub fn start_cluster(root: &Path, names: &[&str]) -> (Vec<Node>, String) {
+    let (first, rest) = names.split_first().expect("at least one node");
+    let mut founder = Node::new(root, first);
+    let token = founder.init();
+    founder.start();
+    let mut nodes = vec![founder];
+    for name in rest {
         let mut node = Node::new(root, name);
         let out = node.join(&token);
         assert!(
@@ -243,6 +245,11 @@ pub fn three_node_cluster(root: &Path) -> (Vec<Node>, String) {
         nodes.push(node);
     }
     (nodes, token)
+}
+
+/// Three running nodes: `n1` (init) and `n2`, `n3` (joined).
+pub fn three_node_cluster(root: &Path) -> (Vec<Node>, String) {
+    start_cluster(root, &["n1", "n2", "n3"])
 }
 
 /// Stderr of a command as text.

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use halley_node::admin;
 use halley_node::datadir::DataDir;
 use halley_proto::message::{AdminRequest, AdminResponse, MemberState, StatusReport};
-use halley_tests::{Node, wait_until};
+use halley_tests::{Node, start_cluster, wait_until};
 
 fn main() {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -150,21 +150,9 @@ fn main() {
 fn cluster(root: &Path, prefix: &str, size: usize) -> Vec<Node> {
     let dir = root.join(prefix);
     std::fs::create_dir_all(&dir).expect("cluster dir");
-    let mut first = Node::new(&dir, &format!("{prefix}-1"));
-    let token = first.init();
-    first.start();
-    let mut nodes = vec![first];
-    for i in 2..=size {
-        let mut node = Node::new(&dir, &format!("{prefix}-{i}"));
-        let out = node.join(&token);
-        assert!(
-            out.status.success(),
-            "join: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        node.start();
-        nodes.push(node);
-    }
+    let names: Vec<String> = (1..=size).map(|i| format!("{prefix}-{i}")).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let (nodes, _token) = start_cluster(&dir, &names);
     for node in &nodes {
         assert!(
             wait_until(Duration::from_secs(60), || node.count("alive") == size),
