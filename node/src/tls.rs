@@ -62,10 +62,10 @@ fn provider() -> Arc<CryptoProvider> {
 fn transport() -> Arc<quinn::TransportConfig> {
     let mut transport = quinn::TransportConfig::default();
     transport.keep_alive_interval(Some(Duration::from_secs(1)));
-    transport.max_idle_timeout(Some(
-        quinn::IdleTimeout::try_from(Duration::from_secs(5))
-            .unwrap_or(quinn::VarInt::from_u32(5_000).into()),
-    ));
+    // Milliseconds: a peer silent for 5 s (5 missed keep-alives) is gone.
+    transport.max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(
+        5_000,
+    ))));
     transport.max_concurrent_uni_streams(quinn::VarInt::from_u32(256));
     transport.max_concurrent_bidi_streams(quinn::VarInt::from_u32(64));
     Arc::new(transport)
