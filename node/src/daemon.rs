@@ -58,14 +58,15 @@ pub async fn run(
 ) -> Result<()> {
     let _lock = data_dir.lock_daemon()?;
     let record = data_dir.load_node()?;
+    let ca_pem = data_dir.read_file(CA_CERT)?;
     let creds = Credentials {
-        ca: cert_from_pem(&data_dir.read_file(CA_CERT)?)?,
+        ca: cert_from_pem(&ca_pem)?,
         cert: cert_from_pem(&data_dir.read_file(NODE_CERT)?)?,
         key_pkcs8: key_from_pem(&read_text(&data_dir, NODE_KEY)?)?.serialize_der(),
     };
     let ca = if data_dir.file(CA_KEY).exists() {
         Some(ClusterCa::from_pem(
-            &data_dir.read_file(CA_CERT)?,
+            &ca_pem,
             &read_text(&data_dir, CA_KEY)?,
         )?)
     } else {

@@ -192,14 +192,33 @@ mod tests {
     //! `UPDATE_GOLDENFILES=1` rewrites the expectations.
     use super::*;
 
+    /// Makes the view on first use (after `self` and `suspect-after`) and applies the observations
+    /// gathered since the last `at`.
+    fn apply(
+        view: &mut Option<MembershipView>,
+        pending: &mut Vec<Observation>,
+        now: u64,
+        self_name: &Option<NodeName>,
+        suspect_after: u64,
+    ) {
+        let view = view.get_or_insert_with(|| {
+            MembershipView::new(
+                self_name.clone().expect("scenario sets `self` first"),
+                suspect_after,
+            )
+        });
+        if !pending.is_empty() {
+            view.observe(std::mem::take(pending), now);
+        }
+    }
+
     fn run(script: &str) -> String {
         let mut out = String::new();
         let mut view: Option<MembershipView> = None;
         let (mut self_name, mut suspect_after) = (None, 1000);
         let mut pending = Vec::new();
         let mut now = 0;
-        let mut lines = script.lines().peekable();
-        while let Some(line) = lines.next() {
+        for line in script.lines() {
             if line.starts_with("> ") {
                 continue; // expectations are regenerated below
             }
@@ -212,12 +231,7 @@ mod tests {
                 ["self", name] => self_name = Some(NodeName::parse(name).unwrap()),
                 ["suspect-after", ms] => suspect_after = ms.parse().unwrap(),
                 ["at", ms] => {
-                    let view = view.get_or_insert_with(|| {
-                        MembershipView::new(self_name.clone().unwrap(), suspect_after)
-                    });
-                    if !pending.is_empty() {
-                        view.observe(std::mem::take(&mut pending), now);
-                    }
+                    apply(&mut view, &mut pending, now, &self_name, suspect_after);
                     now = ms.parse().unwrap();
                 }
                 ["observe", name, rest @ ..] => {
@@ -248,13 +262,9 @@ mod tests {
                     pending.push(obs);
                 }
                 ["rows", wall] => {
-                    let view = view.get_or_insert_with(|| {
-                        MembershipView::new(self_name.clone().unwrap(), suspect_after)
-                    });
-                    if !pending.is_empty() {
-                        view.observe(std::mem::take(&mut pending), now);
-                    }
-                    for row in view.rows(now, wall.parse().unwrap()) {
+                    apply(&mut view, &mut pending, now, &self_name, suspect_after);
+                    let rows = view.as_ref().map(|v| v.rows(now, wall.parse().unwrap()));
+                    for row in rows.unwrap_or_default() {
                         let heard = row.last_heard_ms.map_or("-".into(), |h| format!("{h}ms"));
                         let up = row.uptime_secs.map_or("-".into(), |u| format!("{u}s"));
                         out.push_str(&format!(
@@ -267,7 +277,6 @@ mod tests {
                 }
                 _ => panic!("unknown scenario command: {line}"),
             }
-            let _ = lines.peek();
         }
         out
     }

@@ -23,7 +23,6 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use halley_proto::message::{ErrorKind, ErrorReply, MeshStats};
-use halley_proto::role::Access;
 use halley_proto::{Limit, Message, Role};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
@@ -331,7 +330,12 @@ async fn receive_gossip(
     let Some(mesh) = mesh.upgrade() else { return };
     let role = identity.as_ref().map(|i| i.role);
     match read {
-        Ok(Ok(Some(Message::Gossip(packet)))) if Access::Role(Role::Node).allows(role) => {
+        Ok(Ok(Some(message))) if !message.access().allows(role) => {
+            if mesh.may_warn(remote.ip()) {
+                warn!(peer = %remote, kind = message.kind(), role = ?role, "message refused: caller's role does not allow it");
+            }
+        }
+        Ok(Ok(Some(Message::Gossip(packet)))) => {
             if mesh.gossip_in.try_send((remote, packet.0)).is_err() {
                 debug!(peer = %remote, "inbound gossip queue full; frame dropped");
             }

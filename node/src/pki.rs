@@ -57,10 +57,7 @@ impl ClusterCa {
             KeyUsagePurpose::CrlSign,
             KeyUsagePurpose::DigitalSignature,
         ];
-        let now = OffsetDateTime::now_utc();
-        params.not_before = now - Duration::hours(1);
-        params.not_after = now + CA_VALIDITY;
-        params.serial_number = Some(random_serial()?);
+        stamp(&mut params, CA_VALIDITY)?;
         let cert = params.self_signed(&key).map_err(pki)?;
         Ok(Self {
             cert_der: cert.der().clone(),
@@ -102,10 +99,7 @@ impl ClusterCa {
             ExtendedKeyUsagePurpose::ServerAuth,
             ExtendedKeyUsagePurpose::ClientAuth,
         ];
-        let now = OffsetDateTime::now_utc();
-        params.not_before = now - Duration::hours(1);
-        params.not_after = now + NODE_CERT_VALIDITY;
-        params.serial_number = Some(random_serial()?);
+        stamp(&mut params, NODE_CERT_VALIDITY)?;
         let issuer = Issuer::from_ca_cert_der(&self.cert_der, &self.key).map_err(pki)?;
         let cert = params.signed_by(public_key, &issuer).map_err(pki)?;
         Ok(cert.der().clone())
@@ -234,6 +228,15 @@ fn base64_encode(bytes: &[u8]) -> String {
         }
     }
     out
+}
+
+/// Sets validity (from an hour ago, to tolerate small clock skew between hosts) and a random serial.
+fn stamp(params: &mut CertificateParams, validity: Duration) -> Result<()> {
+    let now = OffsetDateTime::now_utc();
+    params.not_before = now - Duration::hours(1);
+    params.not_after = now + validity;
+    params.serial_number = Some(random_serial()?);
+    Ok(())
 }
 
 fn random_serial() -> Result<SerialNumber> {

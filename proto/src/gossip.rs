@@ -4,7 +4,7 @@
 //! `ChitchatId`; these keys add the rest. Values are short text (chitchat values are strings) and
 //! never carry secrets. Only the owning node writes its keys.
 
-use crate::{Error, Role};
+use crate::Error;
 
 /// halley-node version string, e.g. `0.1.0`.
 pub const KEY_VERSION: &str = "version";
@@ -36,11 +36,6 @@ pub fn parse_flag(key: &str, value: Option<&str>) -> Result<bool, Error> {
 /// Parses a unix-milliseconds value.
 pub fn parse_millis(key: &str, value: &str) -> Result<u64, Error> {
     value.parse().map_err(|_| bad(key, value))
-}
-
-/// Parses a role value.
-pub fn parse_role(value: &str) -> Result<Role, Error> {
-    Role::parse(value).map_err(|_| bad(KEY_ROLE, value))
 }
 
 fn bad(key: &str, value: &str) -> Error {
