@@ -70,6 +70,16 @@ async fn serve_one(mut stream: UnixStream, handler: Arc<dyn AdminHandler>) {
 
 /// Sends one request to the node running on `data_dir` and returns its answer.
 pub async fn call(data_dir: &DataDir, request: AdminRequest) -> Result<AdminResponse> {
+    call_within(data_dir, request, REQUEST_TIMEOUT).await
+}
+
+/// Like [`call`], waiting up to `timeout` for the answer (deploy steps that wait for health or a
+/// drain bound themselves on the node's side).
+pub async fn call_within(
+    data_dir: &DataDir,
+    request: AdminRequest,
+    timeout: Duration,
+) -> Result<AdminResponse> {
     let socket = data_dir.admin_socket();
     if !socket.exists() {
         // Say "not initialised" rather than "not running" when that is the real problem.
@@ -86,11 +96,11 @@ pub async fn call(data_dir: &DataDir, request: AdminRequest) -> Result<AdminResp
         write_message(&mut stream, &Message::AdminRequest(request), Limit::Rpc).await?;
         read_message(&mut stream, Limit::Rpc).await
     };
-    match tokio::time::timeout(REQUEST_TIMEOUT, exchange).await {
+    match tokio::time::timeout(timeout, exchange).await {
         Err(_) => Err(Error::Net(format!(
             "the node on {} did not answer within {}s",
             socket.display(),
-            REQUEST_TIMEOUT.as_secs()
+            timeout.as_secs()
         ))),
         Ok(Err(e)) => Err(e),
         Ok(Ok(Some(Message::AdminResponse(AdminResponse::Error(reply))))) => {

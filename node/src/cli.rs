@@ -1,21 +1,24 @@
 //! The `halley-node` command line (clap). This is the only place that uses anyhow: errors from the
 //! library are shown with their full context and the process exits non-zero.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
+use halley_proto::deploy::ReleaseVersion;
 use halley_proto::message::{AdminRequest, AdminResponse};
+use halley_proto::spec::ServiceName;
 use halley_proto::{JoinToken, NodeName};
 
 use crate::daemon::{self, RunOptions};
 use crate::datadir::DataDir;
+use crate::deploy::{self, DeployOptions};
 use crate::init::{self, InitOptions};
 use crate::join::{self, JoinOptions};
-use crate::{admin, demo, duration, status};
+use crate::{admin, config, demo, duration, status};
 
 /// The default mesh port.
 pub const DEFAULT_PORT: u16 = 7946;
@@ -57,8 +60,37 @@ enum Command {
     Drain,
     /// Clear the local node's draining mark.
     Undrain,
+    /// Deploy a release of a service to this node: start it in the idle slot, check it, flip the
+    /// entry point to it, drain the old slot, commit.
+    Deploy(DeployArgs),
+    /// Put this node's service back on its previous release (a flip when that slot is warm).
+    Rollback {
+        /// The service.
+        service: ServiceName,
+    },
+    /// Show this node's services: slots, releases, health and request signals.
+    Services {
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
+    },
     /// Start a throwaway 3-node cluster on loopback, show it converge and detect a killed node.
     Demo,
+}
+
+#[derive(Debug, Args)]
+struct DeployArgs {
+    /// The service (a [service.NAME] table in the config).
+    service: ServiceName,
+    /// The config file.
+    #[arg(short = 'c', long = "config", default_value = "halley.toml")]
+    config: PathBuf,
+    /// The release's version (A-Z a-z 0-9 . _ - +).
+    #[arg(long)]
+    version: ReleaseVersion,
+    /// The artifact: a .tar.gz or .tar.zst of the release directory, or a single executable.
+    #[arg(long)]
+    artifact: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -102,6 +134,10 @@ struct RunArgs {
     /// Time between gossip rounds.
     #[arg(long, default_value = "250ms", value_parser = duration::parse)]
     gossip_interval: Duration,
+    /// The address a service's `listen = ":PORT"` binds on (e.g. 127.0.0.2 to run several nodes
+    /// on one machine).
+    #[arg(long, default_value = "0.0.0.0")]
+    service_address: IpAddr,
 }
 
 #[derive(Debug, Subcommand)]
@@ -200,6 +236,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
         Command::Run(args) => {
             let opts = RunOptions {
                 gossip_interval: args.gossip_interval,
+                service_address: args.service_address,
             };
             if opts.gossip_interval < Duration::from_millis(10) {
                 bail!("--gossip-interval must be at least 10ms");
@@ -241,6 +278,27 @@ async fn dispatch(cli: Cli) -> Result<()> {
         Command::Undrain => {
             admin::call(&data_dir, AdminRequest::SetDraining(false)).await?;
             println!("not draining");
+        }
+        Command::Deploy(args) => {
+            let spec = config::load_service(&args.config, &args.service)?;
+            let opts = DeployOptions {
+                service: args.service,
+                spec,
+                version: args.version,
+                artifact: args.artifact,
+            };
+            deploy::deploy(&data_dir, &opts, &mut std::io::stdout()).await?;
+        }
+        Command::Rollback { service } => {
+            deploy::rollback(&data_dir, &service, &mut std::io::stdout()).await?;
+        }
+        Command::Services { json } => {
+            let list = deploy::services(&data_dir).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                print!("{}", deploy::table(&list));
+            }
         }
         Command::Demo => demo::run().await?,
     }

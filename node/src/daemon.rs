@@ -11,7 +11,7 @@
 
 use std::collections::BTreeSet;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,7 +27,10 @@ use crate::error::{Error, Result};
 use crate::gossip_transport::QuicGossipTransport;
 use crate::mesh::Mesh;
 use crate::pki::{ClusterCa, cert_from_pem, key_from_pem};
+use crate::releases::Releases;
 use crate::service::{NodeService, wall_ms};
+use crate::service_host::HostContext;
+use crate::services::Services;
 use crate::tls::Credentials;
 use crate::{VERSION, admin};
 
@@ -40,12 +43,15 @@ pub const DEFAULT_GOSSIP_INTERVAL: Duration = Duration::from_millis(250);
 pub struct RunOptions {
     /// Time between gossip rounds.
     pub gossip_interval: Duration,
+    /// Where a service's `listen = ":PORT"` binds.
+    pub service_address: IpAddr,
 }
 
 impl Default for RunOptions {
     fn default() -> Self {
         Self {
             gossip_interval: DEFAULT_GOSSIP_INTERVAL,
+            service_address: IpAddr::from([0, 0, 0, 0]),
         }
     }
 }
@@ -77,6 +83,13 @@ pub async fn run(
 
     let interval = opts.gossip_interval;
     let suspect_after = (interval * 4).max(Duration::from_secs(1));
+    // Services come back first, so their entry points are serving again as soon as possible.
+    let services = Services::load(HostContext {
+        node: record.name.clone(),
+        data_dir: data_dir.clone(),
+        releases: Releases::new(data_dir.root()),
+        service_address: opts.service_address,
+    });
     let service = Arc::new(NodeService::new(
         record.clone(),
         data_dir.clone(),
@@ -84,6 +97,7 @@ pub async fn run(
         creds.ca.clone(),
         tokens,
         suspect_after.as_millis() as u64,
+        services,
     ));
     let (mesh, gossip_rx) = Mesh::start(record.listen, &creds, service.clone())?;
     let transport = QuicGossipTransport::new(mesh.clone(), gossip_rx);

@@ -136,7 +136,12 @@ impl DataDir {
     /// Writes a file crash-safely (temp, fsync, rename, fsync dir) with `mode`.
     pub fn write_file(&self, name: &str, bytes: &[u8], mode: u32) -> Result<()> {
         let path = self.file(name);
-        let tmp = self.file(&format!(".{name}.tmp"));
+        let file_name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let tmp = path.with_file_name(format!(".{file_name}.tmp"));
+        let dir = path.parent().unwrap_or(&self.root).to_path_buf();
         let mut file = OpenOptions::new()
             .write(true)
             .create(true)
@@ -152,9 +157,9 @@ impl DataDir {
             })?;
         drop(file);
         fs::rename(&tmp, &path).map_err(Error::io("cannot rename into place", &path))?;
-        File::open(&self.root)
-            .and_then(|dir| dir.sync_all())
-            .map_err(Error::io("cannot sync", &self.root))?;
+        File::open(&dir)
+            .and_then(|d| d.sync_all())
+            .map_err(Error::io("cannot sync", &dir))?;
         Ok(())
     }
 

@@ -58,6 +58,12 @@ pub enum Error {
     /// A bad argument or configuration value.
     #[error("{0}")]
     Invalid(String),
+    /// A release artifact is damaged, of an unknown kind, or would escape its directory.
+    #[error("{0}")]
+    Artifact(String),
+    /// A service process could not be started or stopped.
+    #[error("{0}")]
+    Process(String),
 }
 
 impl Error {

@@ -12,23 +12,39 @@
 
 pub mod admin;
 pub mod cli;
+pub mod config;
 pub mod daemon;
 pub mod datadir;
 pub mod demo;
+pub mod deploy;
 pub mod duration;
 pub mod error;
 pub mod framing;
 pub mod gossip_transport;
+pub mod health;
+pub mod histogram;
+pub mod http_proxy;
 pub mod init;
 pub mod join;
 pub mod membership;
 pub mod mesh;
 pub mod pki;
+pub mod probe;
+pub mod process;
 pub mod random;
+pub mod releases;
+#[cfg(test)]
+mod scenario;
 pub mod service;
+pub mod service_host;
+pub mod services;
+pub mod slots;
 pub mod status;
+pub mod supervise;
+pub mod tcp_proxy;
 pub mod tls;
 pub mod tokens;
+pub mod upstream;
 
 pub use error::{Error, Result};
 

@@ -283,23 +283,6 @@ mod tests {
 
     #[test]
     fn membership_scenarios() {
-        let dir =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/scenarios/membership");
-        let mut ran = 0;
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            let script = std::fs::read_to_string(&path).unwrap();
-            let got = run(&script);
-            if std::env::var_os("UPDATE_GOLDENFILES").is_some() {
-                std::fs::write(&path, &got).unwrap();
-            } else {
-                assert_eq!(got, script, "scenario {} differs", path.display());
-            }
-            ran += 1;
-        }
-        assert!(
-            ran >= 3,
-            "expected at least 3 membership scenarios, found {ran}"
-        );
+        crate::scenario::run_folder("membership", 3, run);
     }
 }

@@ -26,6 +26,7 @@ use crate::datadir::{DataDir, TOKENS};
 use crate::membership::{Liveness, MembershipView, Observation};
 use crate::mesh::{Mesh, RequestHandler};
 use crate::pki::{ClusterCa, PeerIdentity};
+use crate::services::Services;
 use crate::tokens;
 
 /// Unix time in milliseconds.
@@ -48,6 +49,7 @@ pub struct NodeService {
     chitchat: OnceLock<Arc<tokio::sync::Mutex<Chitchat>>>,
     mesh: OnceLock<Arc<Mesh>>,
     leave: Notify,
+    services: Services,
 }
 
 impl NodeService {
@@ -59,6 +61,7 @@ impl NodeService {
         ca_der: CertificateDer<'static>,
         tokens: TokenBook,
         suspect_after_ms: u64,
+        services: Services,
     ) -> Self {
         let view = MembershipView::new(record.name.clone(), suspect_after_ms);
         Self {
@@ -72,6 +75,7 @@ impl NodeService {
             chitchat: OnceLock::new(),
             mesh: OnceLock::new(),
             leave: Notify::new(),
+            services,
         }
     }
 
@@ -136,6 +140,14 @@ impl NodeService {
         let now = self.mono_ms();
         if let Ok(mut view) = self.view.lock() {
             view.observe(snapshot, now);
+        }
+        let published = self.services.gossip().await;
+        if !published.is_empty() {
+            let mut chitchat = chitchat.lock().await;
+            let state = chitchat.self_node_state();
+            for (key, value) in published {
+                state.set(key, value);
+            }
         }
     }
 
@@ -315,6 +327,10 @@ impl RequestHandler for NodeService {
                     Message::ErrorReply(reply)
                 }
             },
+            Message::Step(step) => match self.services.step(step).await {
+                Ok(reply) => Message::StepReply(reply),
+                Err(reply) => Message::ErrorReply(reply),
+            },
             other => {
                 Message::ErrorReply(bad_request(&format!("{} is not a request", other.kind())))
             }
@@ -333,6 +349,8 @@ impl AdminHandler for NodeService {
                 self.leave.notify_one();
                 Ok(AdminResponse::Done)
             }
+            AdminRequest::Step(step) => self.services.step(step).await.map(AdminResponse::Step),
+            AdminRequest::Services => Ok(AdminResponse::Services(self.services.statuses().await)),
         };
         result.unwrap_or_else(AdminResponse::Error)
     }

@@ -108,6 +108,8 @@ pub fn encode_message(message: &Message, limit: Limit) -> Result<Vec<u8>, Error>
         Message::JoinResponse(m) => encode_body(m, limit)?,
         Message::AdminRequest(m) => encode_body(m, limit)?,
         Message::AdminResponse(m) => encode_body(m, limit)?,
+        Message::Step(m) => encode_body(m, limit)?,
+        Message::StepReply(m) => encode_body(m, limit)?,
     };
     Ok(frame(PROTOCOL_VERSION, message.code(), body))
 }
@@ -122,6 +124,8 @@ pub fn decode_message_body(header: &Header, body: &[u8], limit: Limit) -> Result
         11 => Message::JoinResponse(decode_body(body, limit)?),
         20 => Message::AdminRequest(decode_body(body, limit)?),
         21 => Message::AdminResponse(decode_body(body, limit)?),
+        30 => Message::Step(decode_body(body, limit)?),
+        31 => Message::StepReply(decode_body(body, limit)?),
         other => return Err(Error::UnknownCode(other)),
     })
 }

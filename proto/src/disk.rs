@@ -8,6 +8,8 @@ use std::net::SocketAddr;
 use serde::{Deserialize, Serialize};
 
 use crate::codec::Record;
+use crate::deploy::{Color, ReleaseVersion};
+use crate::spec::{ServiceName, ServiceSpec};
 use crate::token::TokenIdBytes;
 use crate::{NodeName, Role};
 
@@ -81,4 +83,59 @@ pub struct PeersRecord {
 
 impl Record for PeersRecord {
     const CODE: u16 = 103;
+}
+
+/// `services/NAME/service.rec`: what a node runs for one service, so that a restarted node adopts
+/// the running processes instead of restarting them. Mode 0600: the spec holds env secrets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceRecord {
+    /// The service.
+    pub name: ServiceName,
+    /// The spec of the newest prepared release.
+    pub spec: ServiceSpec,
+    /// The committed release.
+    pub committed: Option<ReleaseVersion>,
+    /// The release committed before it.
+    pub previous: Option<ReleaseVersion>,
+    /// The slot the proxy routes to.
+    pub active: Option<Color>,
+    /// Blue, then green.
+    pub slots: [SlotRecord; 2],
+    /// Unpacked releases, oldest first.
+    pub releases: Vec<ReleaseEntry>,
+    /// The highest fencing epoch seen for this service.
+    pub epoch: u64,
+}
+
+impl Record for ServiceRecord {
+    const CODE: u16 = 110;
+}
+
+/// A slot's process, as far as the node knows.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotRecord {
+    /// The release it runs.
+    pub version: Option<ReleaseVersion>,
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    /// Its process id (also its process group id), while running.
+    pub pid: Option<u32>,
+    /// The process start time in clock ticks after boot (`/proc/PID/stat` field 22), so that a
+    /// reused pid is never mistaken for the slot's process.
+    pub start_ticks: u64,
+    /// The spec it was started with (a rollback restarts the previous release with its own spec).
+    pub spec: Option<ServiceSpec>,
+}
+
+/// An unpacked release.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseEntry {
+    /// Its version.
+    pub version: ReleaseVersion,
+    /// SHA-256 of its artifact.
+    pub sha256: [u8; 32],
+    /// When it was unpacked, unix milliseconds.
+    pub created_ms: u64,
+    /// The spec it was prepared with.
+    pub spec: ServiceSpec,
 }

@@ -44,3 +44,91 @@ fn bad(key: &str, value: &str) -> Error {
         value: value.chars().take(64).collect(),
     }
 }
+
+/// Prefix of the per-service keys: `svc:NAME` holds a [`ServiceSummary`].
+pub const SERVICE_KEY_PREFIX: &str = "svc:";
+
+/// What a node publishes about one service it runs: enough for peers to route and for a rollout
+/// coordinator to watch regression signals. Never carries env or secrets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceSummary {
+    /// The version the active slot runs (`-` if none).
+    pub version: String,
+    /// The active slot (`-` if none).
+    pub slot: String,
+    /// The active slot's health.
+    pub health: String,
+    /// Crash restarts of the active slot.
+    pub restarts: u32,
+    /// Requests per second over the last window, times 1000.
+    pub rate_milli: u64,
+    /// 5xx per 10,000 requests over the last window.
+    pub errors_bp: u64,
+    /// p99 latency over the last window, microseconds.
+    pub p99_us: u64,
+}
+
+impl ServiceSummary {
+    /// `v=1.2;slot=blue;health=healthy;restarts=0;rate=12000;err=0;p99=850`.
+    pub fn format(&self) -> String {
+        format!(
+            "v={};slot={};health={};restarts={};rate={};err={};p99={}",
+            self.version,
+            self.slot,
+            self.health,
+            self.restarts,
+            self.rate_milli,
+            self.errors_bp,
+            self.p99_us
+        )
+    }
+
+    /// Parses [`ServiceSummary::format`] text.
+    pub fn parse(key: &str, value: &str) -> Result<Self, Error> {
+        let mut out = ServiceSummary {
+            version: String::new(),
+            slot: String::new(),
+            health: String::new(),
+            restarts: 0,
+            rate_milli: 0,
+            errors_bp: 0,
+            p99_us: 0,
+        };
+        for part in value.split(';') {
+            let (k, v) = part.split_once('=').ok_or_else(|| bad(key, value))?;
+            let num = |v: &str| v.parse::<u64>().map_err(|_| bad(key, value));
+            match k {
+                "v" => out.version = v.to_owned(),
+                "slot" => out.slot = v.to_owned(),
+                "health" => out.health = v.to_owned(),
+                "restarts" => out.restarts = u32::try_from(num(v)?).unwrap_or(u32::MAX),
+                "rate" => out.rate_milli = num(v)?,
+                "err" => out.errors_bp = num(v)?,
+                "p99" => out.p99_us = num(v)?,
+                // Newer nodes may add fields; older ones skip them.
+                _ => {}
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summary_round_trips() {
+        let s = ServiceSummary {
+            version: "1.2".into(),
+            slot: "blue".into(),
+            health: "healthy".into(),
+            restarts: 2,
+            rate_milli: 12_000,
+            errors_bp: 15,
+            p99_us: 850,
+        };
+        assert_eq!(ServiceSummary::parse("svc:web", &s.format()), Ok(s));
+        assert!(ServiceSummary::parse("svc:web", "garbage").is_err());
+    }
+}

@@ -15,6 +15,7 @@
 //! certificates, then hands bytes and parsed values to this crate.
 
 pub mod codec;
+pub mod deploy;
 pub mod disk;
 pub mod error;
 pub mod gossip;
@@ -22,6 +23,7 @@ pub mod hex;
 pub mod message;
 pub mod name;
 pub mod role;
+pub mod spec;
 pub mod token;
 
 pub use codec::{Header, Limit};

@@ -11,12 +11,15 @@
 //! | 11   | `JoinResponse`   | QUIC bi stream, reply        | never a request   |
 //! | 20   | `AdminRequest`   | unix socket, request         | never on the mesh |
 //! | 21   | `AdminResponse`  | unix socket, reply           | never on the mesh |
+//! | 30   | `Step`           | QUIC bi stream, request      | role `node`       |
+//! | 31   | `StepReply`      | QUIC bi stream, reply        | never a request   |
 
 use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
 use crate::NodeName;
+use crate::deploy::{ServiceStatus, StepReply, StepRequest};
 use crate::role::{Access, Role};
 use crate::token::{TokenIdBytes, TokenSecretBytes};
 
@@ -36,6 +39,10 @@ pub enum Message {
     AdminRequest(AdminRequest),
     /// The local node answers the CLI.
     AdminResponse(AdminResponse),
+    /// A deploy step for a service on the receiving node.
+    Step(StepRequest),
+    /// The answer to a deploy step.
+    StepReply(StepReply),
 }
 
 impl Message {
@@ -48,15 +55,18 @@ impl Message {
             Message::JoinResponse(_) => 11,
             Message::AdminRequest(_) => 20,
             Message::AdminResponse(_) => 21,
+            Message::Step(_) => 30,
+            Message::StepReply(_) => 31,
         }
     }
 
     /// Who may send this message as a request on a mesh (QUIC) connection.
     pub fn access(&self) -> Access {
         match self {
-            Message::Gossip(_) => Access::Role(Role::Node),
+            Message::Gossip(_) | Message::Step(_) => Access::Role(Role::Node),
             Message::JoinRequest(_) => Access::Anyone,
-            Message::ErrorReply(_)
+            Message::StepReply(_)
+            | Message::ErrorReply(_)
             | Message::JoinResponse(_)
             | Message::AdminRequest(_)
             | Message::AdminResponse(_) => Access::Never,
@@ -72,6 +82,8 @@ impl Message {
             Message::JoinResponse(_) => "join-response",
             Message::AdminRequest(_) => "admin-request",
             Message::AdminResponse(_) => "admin-response",
+            Message::Step(_) => "step",
+            Message::StepReply(_) => "step-reply",
         }
     }
 }
@@ -110,6 +122,14 @@ pub enum ErrorKind {
     Unavailable,
     /// Something failed inside the node.
     Internal,
+    /// The service is not in a state that allows this step (says which state it is in).
+    Conflict,
+    /// The new release failed its health check or would not start.
+    CheckFailed,
+    /// No such service or release on this node.
+    NotFound,
+    /// The step carries an older fencing epoch than one the node has seen.
+    StaleEpoch,
 }
 
 /// A join request. Sent only over a TLS connection whose server chain ends at the CA pinned by the
@@ -157,6 +177,10 @@ pub enum AdminRequest {
     SetDraining(bool),
     /// Leave the cluster gracefully and stop the daemon.
     Leave,
+    /// A deploy step on this node.
+    Step(StepRequest),
+    /// The services this node runs.
+    Services,
 }
 
 /// Answers to [`AdminRequest`].
@@ -173,6 +197,10 @@ pub enum AdminResponse {
     },
     /// The request was carried out.
     Done,
+    /// The answer to a deploy step.
+    Step(StepReply),
+    /// The services this node runs.
+    Services(Vec<ServiceStatus>),
     /// The request failed.
     Error(ErrorReply),
 }

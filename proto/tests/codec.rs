@@ -236,3 +236,92 @@ proptest! {
         prop_assert_eq!(decode_message(&bytes, Limit::Gossip).unwrap(), message);
     }
 }
+
+const FULL_SPEC: &str = r#"
+[service.web]
+command = ["./app", "--port", "{port}"]
+env = { DATABASE_URL = "postgres://secret" }
+listen = ":8080"
+protocol = "http"
+hosts = ["pi-1", "pi-2"]
+keep_releases = 3
+keep_warm = "5m"
+user = "www"
+[service.web.health]
+http = "/up"
+statuses = [200, 204]
+interval = "500ms"
+timeout = "2s"
+healthy_threshold = 2
+unhealthy_threshold = 3
+start_period = "20s"
+[service.web.stop]
+signal = "SIGINT"
+drain_timeout = "15s"
+kill_after = "5s"
+
+[service.db]
+command = ["./db"]
+listen = "127.0.0.1:5433"
+protocol = "tcp"
+hosts = "*"
+health = { exec = ["./check", "--quick"] }
+"#;
+
+#[test]
+fn deploy_steps_and_records_round_trip_through_bincode() {
+    use halley_proto::deploy::{ArtifactSource, ReleaseVersion, Step, StepRequest};
+    use halley_proto::disk::{ReleaseEntry, ServiceRecord, SlotRecord};
+    use halley_proto::spec::HalleyToml;
+
+    let doc: HalleyToml = toml::from_str(FULL_SPEC).unwrap();
+    for (name, spec) in &doc.service {
+        let message = Message::Step(StepRequest {
+            service: name.clone(),
+            epoch: 7,
+            step: Step::Prepare {
+                spec: spec.clone(),
+                version: ReleaseVersion::parse("1.2.3").unwrap(),
+                artifact: ArtifactSource::LocalPath {
+                    path: "/tmp/app.tar.gz".into(),
+                    sha256: Some([9; 32]),
+                },
+            },
+        });
+        let bytes = encode_message(&message, halley_proto::Limit::Rpc).unwrap();
+        assert_eq!(
+            decode_message(&bytes, halley_proto::Limit::Rpc).unwrap(),
+            message
+        );
+        let record = ServiceRecord {
+            name: name.clone(),
+            spec: spec.clone(),
+            committed: Some(ReleaseVersion::parse("1").unwrap()),
+            previous: None,
+            active: Some(halley_proto::deploy::Color::Green),
+            slots: [
+                SlotRecord::default(),
+                SlotRecord {
+                    version: Some(ReleaseVersion::parse("1").unwrap()),
+                    port: 4000,
+                    pid: Some(42),
+                    start_ticks: 99,
+                    spec: Some(spec.clone()),
+                },
+            ],
+            releases: vec![ReleaseEntry {
+                version: ReleaseVersion::parse("1").unwrap(),
+                sha256: [1; 32],
+                created_ms: 5,
+                spec: spec.clone(),
+            }],
+            epoch: 3,
+        };
+        let bytes = encode_record(&record).unwrap();
+        assert_eq!(decode_record::<ServiceRecord>(&bytes).unwrap(), record);
+    }
+    let web = &doc.service[&"web".parse().unwrap()];
+    assert_eq!(web.keep_warm.0, 300_000);
+    assert_eq!(web.health.start_period.0, 20_000);
+    assert!(!format!("{web:?}").contains("postgres://secret"));
+}

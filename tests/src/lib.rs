@@ -12,6 +12,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod http;
+pub mod load;
+
 /// Path of the `halley-node` binary under test: `$HALLEY_BIN`, else next to this executable, else
 /// one directory up (test executables live in `target/<profile>/deps`).
 pub fn binary() -> PathBuf {
@@ -121,9 +124,19 @@ impl Node {
 
     /// Starts `halley-node run`, logging to `<dir>.log`.
     pub fn start(&mut self) {
-        let log = std::fs::File::create(self.log_path()).expect("create log");
+        self.start_with(&[]);
+    }
+
+    /// Starts `halley-node run` with extra arguments, appending to `<dir>.log`.
+    pub fn start_with(&mut self, args: &[&str]) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("create log");
         let child = Command::new(binary())
             .arg("run")
+            .args(args)
             .arg("--data-dir")
             .arg(&self.dir)
             .stdin(Stdio::null())
@@ -219,10 +232,84 @@ impl Node {
     }
 }
 
+impl Node {
+    /// SIGKILLs every service process group this node started (from the `SLOT.pid` files the
+    /// node keeps in `services/NAME/`). Service processes outlive their node on purpose, so a test
+    /// must clean them up.
+    pub fn kill_services(&self) {
+        let Ok(services) = std::fs::read_dir(self.dir.join("services")) else {
+            return;
+        };
+        for service in services.flatten() {
+            for slot in ["blue", "green"] {
+                let pid_file = service.path().join(format!("{slot}.pid"));
+                let pid: Option<i32> = std::fs::read_to_string(&pid_file)
+                    .ok()
+                    .and_then(|t| t.trim().parse().ok());
+                if let Some(pid) = pid.filter(|p| *p > 1) {
+                    // SAFETY: signalling a process group the node under test created.
+                    unsafe { libc::kill(-pid, libc::SIGKILL) };
+                }
+            }
+        }
+    }
+
+    /// Runs `deploy` against this node.
+    pub fn deploy(&self, config: &Path, service: &str, version: &str, artifact: &Path) -> Output {
+        self.cli(&[
+            "deploy",
+            service,
+            "-c",
+            &config.display().to_string(),
+            "--version",
+            version,
+            "--artifact",
+            &artifact.display().to_string(),
+        ])
+    }
+
+    /// `services --json`, or `Value::Null` if the daemon does not answer.
+    pub fn services(&self) -> Value {
+        let out = self.cli(&["services", "--json"]);
+        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+    }
+
+    /// The status of one slot of a service, looked up by role (`active`, `warm`, ...).
+    pub fn slot(&self, service: &str, role: &str) -> Option<Value> {
+        let all = self.services();
+        all.as_array()?.iter().find(|s| s["name"] == service)?["slots"]
+            .as_array()?
+            .iter()
+            .find(|s| {
+                s["role"]
+                    .as_str()
+                    .is_some_and(|r| r.eq_ignore_ascii_case(role))
+            })
+            .cloned()
+    }
+}
+
 impl Drop for Node {
     fn drop(&mut self) {
         self.kill9();
+        self.kill_services();
     }
+}
+
+/// A free TCP port on 127.0.0.1 (released before use).
+pub fn free_tcp_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral TCP port");
+    l.local_addr().expect("local addr").port()
+}
+
+/// Asserts a command succeeded, showing its output if not.
+pub fn assert_ok(out: &Output, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what} failed:\nstdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Running nodes with the given names: the first runs `init`, the others join with its token.

@@ -1,0 +1,260 @@
+//! `halley-test-service`: a small service whose misbehaviour is set by environment variables, so
+//! tests can deploy good, slow, failing, crashing, erroring and slow-answering releases.
+//!
+//! | variable             | effect                                                          |
+//! |----------------------|-----------------------------------------------------------------|
+//! | `PORT`               | port to listen on (127.0.0.1); set by halley-node               |
+//! | `TS_MODE`            | `http` (default) or `tcp` (greets with `version=V\n`, then echoes)|
+//! | `TS_START_DELAY_MS`  | wait this long before listening (a slow start)                  |
+//! | `TS_HEALTH`          | `fail`: `/health` answers 503                                   |
+//! | `TS_CRASH_AFTER_MS`  | exit with status 3 this long after start                        |
+//! | `TS_ERROR_RATE`      | fraction (0–1) of `/` requests answered 500                     |
+//! | `TS_LATENCY_MS`      | added latency of `/`                                            |
+//! | `TS_ERRORS_AFTER_MS` | only answer errors (`TS_ERROR_RATE`) after this long            |
+//!
+//! HTTP endpoints: `/health`; `/` answers `version=V slot=S pid=P`; `/sleep?ms=N`; `/echo` streams
+//! the request body back; `/ws` upgrades (WebSocket handshake) and then echoes raw bytes.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+struct Knobs {
+    version: String,
+    slot: String,
+    health_fails: bool,
+    error_every: Option<u64>,
+    errors_after: Duration,
+    latency: Duration,
+    started: Instant,
+    count: AtomicU64,
+}
+
+fn env_ms(name: &str) -> Option<Duration> {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(Duration::from_millis)
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let port: u16 = std::env::var("PORT")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(8080);
+    if let Some(d) = env_ms("TS_CRASH_AFTER_MS") {
+        tokio::spawn(async move {
+            tokio::time::sleep(d).await;
+            eprintln!(
+                "test-service: crashing on purpose after {} ms",
+                d.as_millis()
+            );
+            std::process::exit(3);
+        });
+    }
+    if let Some(d) = env_ms("TS_START_DELAY_MS") {
+        tokio::time::sleep(d).await;
+    }
+    let rate: f64 = std::env::var("TS_ERROR_RATE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    let knobs = Arc::new(Knobs {
+        version: std::env::var("HALLEY_RELEASE").unwrap_or_else(|_| "dev".into()),
+        slot: std::env::var("HALLEY_SLOT").unwrap_or_else(|_| "-".into()),
+        health_fails: std::env::var("TS_HEALTH").is_ok_and(|v| v == "fail"),
+        error_every: (rate > 0.0).then(|| (1.0 / rate).round().max(1.0) as u64),
+        errors_after: env_ms("TS_ERRORS_AFTER_MS").unwrap_or_default(),
+        latency: env_ms("TS_LATENCY_MS").unwrap_or_default(),
+        started: Instant::now(),
+        count: AtomicU64::new(0),
+    });
+    let listener = match TcpListener::bind(("127.0.0.1", port)).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("test-service: cannot listen on 127.0.0.1:{port}: {e}");
+            std::process::exit(2);
+        }
+    };
+    eprintln!("test-service {} listening on {port}", knobs.version);
+    let tcp = std::env::var("TS_MODE").is_ok_and(|m| m == "tcp");
+    loop {
+        let Ok((mut stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let knobs = knobs.clone();
+        if tcp {
+            tokio::spawn(async move {
+                let greeting = format!("version={}\n", knobs.version);
+                if stream.write_all(greeting.as_bytes()).await.is_err() {
+                    return;
+                }
+                let mut buf = [0u8; 4096];
+                loop {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => {
+                            if stream.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
+            continue;
+        }
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let knobs = knobs.clone();
+                async move { Ok::<_, Infallible>(handle(req, &knobs).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .with_upgrades()
+                .await;
+        });
+    }
+}
+
+type Body = BoxBody<Bytes, hyper::Error>;
+
+fn text(status: StatusCode, body: String) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(body)).map_err(|n| match n {}).boxed());
+    *r.status_mut() = status;
+    r
+}
+
+async fn handle(mut req: Request<Incoming>, k: &Knobs) -> Response<Body> {
+    match req.uri().path() {
+        "/health" if k.health_fails => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "failing on purpose\n".into(),
+        ),
+        "/health" => text(StatusCode::OK, "ok\n".into()),
+        "/sleep" => {
+            let ms: u64 = req
+                .uri()
+                .query()
+                .and_then(|q| q.strip_prefix("ms="))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            text(
+                StatusCode::OK,
+                format!("slept {ms} version={}\n", k.version),
+            )
+        }
+        "/echo" => Response::new(req.into_body().boxed()),
+        "/headers" => {
+            let mut out = String::new();
+            for (name, value) in req.headers() {
+                out.push_str(&format!("{name}: {}\n", value.to_str().unwrap_or("?")));
+            }
+            text(StatusCode::OK, out)
+        }
+        "/ws" => {
+            let Some(key) = req.headers().get("sec-websocket-key").cloned() else {
+                return text(StatusCode::BAD_REQUEST, "not a websocket request\n".into());
+            };
+            let upgrade = hyper::upgrade::on(&mut req);
+            tokio::spawn(async move {
+                let Ok(upgraded) = upgrade.await else { return };
+                let mut io = TokioIo::new(upgraded);
+                let mut buf = [0u8; 4096];
+                loop {
+                    match io.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => {
+                            if io.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
+            let mut r = text(StatusCode::SWITCHING_PROTOCOLS, String::new());
+            let h = r.headers_mut();
+            h.insert("upgrade", "websocket".parse().unwrap());
+            h.insert("connection", "Upgrade".parse().unwrap());
+            h.insert(
+                "sec-websocket-accept",
+                accept_key(key.as_bytes()).parse().unwrap(),
+            );
+            r
+        }
+        _ => {
+            if !k.latency.is_zero() {
+                tokio::time::sleep(k.latency).await;
+            }
+            let n = k.count.fetch_add(1, Ordering::Relaxed) + 1;
+            let erroring = k.started.elapsed() >= k.errors_after;
+            if erroring && k.error_every.is_some_and(|every| n % every == 0) {
+                return text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("error on purpose version={}\n", k.version),
+                );
+            }
+            text(
+                StatusCode::OK,
+                format!(
+                    "version={} slot={} pid={}\n",
+                    k.version,
+                    k.slot,
+                    std::process::id()
+                ),
+            )
+        }
+    }
+}
+
+/// `Sec-WebSocket-Accept` (RFC 6455 §4.2.2): base64(SHA-1(key + GUID)).
+fn accept_key(key: &[u8]) -> String {
+    let mut input = key.to_vec();
+    input.extend_from_slice(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+    let digest = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, &input);
+    base64(digest.as_ref())
+}
+
+fn base64(bytes: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(T[(n >> (18 - 6 * i)) as usize & 63] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn websocket_accept_matches_rfc_example() {
+        assert_eq!(
+            super::accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
+    }
+}

@@ -1,0 +1,148 @@
+//! Continuous load from a pool of clients: some keep one connection alive across requests,
+//! some open a fresh connection per request. Every request is counted as ok (2xx), failed
+//! (another status) or a connection error, and the release that answered is tallied.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+
+use crate::http::{self, Answer, Conn};
+
+/// Counters of a load run.
+#[derive(Debug, Default)]
+pub struct LoadStats {
+    /// 2xx answers.
+    pub ok: AtomicU64,
+    /// Answers with another status.
+    pub failed: AtomicU64,
+    /// Requests that got no answer (connect refused, reset, cut body).
+    pub conn_errors: AtomicU64,
+    /// Answers per `version=` seen.
+    pub versions: Mutex<BTreeMap<String, u64>>,
+    /// The first few problems, for the assertion message.
+    pub problems: Mutex<Vec<String>>,
+}
+
+impl LoadStats {
+    fn note(&self, result: Result<Answer, String>) {
+        match result {
+            Ok(a) if (200..300).contains(&a.status) => {
+                self.ok.fetch_add(1, Ordering::Relaxed);
+                if let (Some(v), Ok(mut map)) = (a.version(), self.versions.lock()) {
+                    *map.entry(v.to_owned()).or_default() += 1;
+                }
+            }
+            Ok(a) => {
+                self.failed.fetch_add(1, Ordering::Relaxed);
+                self.problem(format!("status {}: {}", a.status, a.body.trim()));
+            }
+            Err(e) => {
+                self.conn_errors.fetch_add(1, Ordering::Relaxed);
+                self.problem(e);
+            }
+        }
+    }
+
+    fn problem(&self, text: String) {
+        if let Ok(mut p) = self.problems.lock()
+            && p.len() < 10
+        {
+            p.push(text);
+        }
+    }
+
+    /// `ok`, `failed`, `conn_errors`.
+    pub fn totals(&self) -> (u64, u64, u64) {
+        (
+            self.ok.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+            self.conn_errors.load(Ordering::Relaxed),
+        )
+    }
+
+    /// A one-line summary.
+    pub fn summary(&self) -> String {
+        let (ok, failed, errors) = self.totals();
+        format!(
+            "ok={ok} failed={failed} conn_errors={errors} versions={:?} problems={:?}",
+            self.versions.lock().map(|v| v.clone()).unwrap_or_default(),
+            self.problems.lock().map(|p| p.clone()).unwrap_or_default()
+        )
+    }
+}
+
+/// A running load.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    tasks: Vec<JoinHandle<()>>,
+    /// The counters (live).
+    pub stats: Arc<LoadStats>,
+}
+
+impl Load {
+    /// Starts `keepalive` + `fresh` clients sending `GET path` to `addr`, each waiting `pause`
+    /// between requests. Call inside a tokio runtime.
+    pub fn start(
+        addr: SocketAddr,
+        keepalive: usize,
+        fresh: usize,
+        path: &'static str,
+        pause: Duration,
+    ) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stats = Arc::new(LoadStats::default());
+        let mut tasks = Vec::new();
+        for _ in 0..keepalive {
+            let (stop, stats) = (stop.clone(), stats.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut conn: Option<Conn> = None;
+                while !stop.load(Ordering::Relaxed) {
+                    if conn.is_none() {
+                        match Conn::open(addr).await {
+                            Ok(c) => conn = Some(c),
+                            Err(e) => {
+                                stats.note(Err(e));
+                                tokio::time::sleep(Duration::from_millis(20)).await;
+                                continue;
+                            }
+                        }
+                    }
+                    let Some(c) = conn.as_mut() else { continue };
+                    let result = c.get(path).await;
+                    if result.is_err() {
+                        conn = None;
+                    }
+                    stats.note(result);
+                    if !pause.is_zero() {
+                        tokio::time::sleep(pause).await;
+                    }
+                }
+            }));
+        }
+        for _ in 0..fresh {
+            let (stop, stats) = (stop.clone(), stats.clone());
+            tasks.push(tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    stats.note(http::get(addr, path).await);
+                    if !pause.is_zero() {
+                        tokio::time::sleep(pause).await;
+                    }
+                }
+            }));
+        }
+        Self { stop, tasks, stats }
+    }
+
+    /// Stops the clients after their current request and returns the counters.
+    pub async fn stop(self) -> Arc<LoadStats> {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        self.stats
+    }
+}

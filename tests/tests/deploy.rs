@@ -1,0 +1,532 @@
+//! One host, zero downtime: real `halley-node` and `halley-test-service` processes. Deploys and
+//! rollbacks under continuous load, drains, failing and crash-looping releases, and a node restart
+//! that adopts its services.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use halley_tests::http::{self, Conn};
+use halley_tests::load::Load;
+use halley_tests::{Node, assert_ok, free_tcp_port, stderr, wait_until};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const SERVICE_BIN: &str = env!("CARGO_BIN_EXE_halley-test-service");
+
+/// A single running node and a free entry point port.
+struct Host {
+    _root: tempfile::TempDir,
+    node: Node,
+    entry: SocketAddr,
+    dir: PathBuf,
+}
+
+impl Host {
+    fn start() -> Self {
+        let root = tempfile::tempdir().unwrap();
+        let mut node = Node::new(root.path(), "n1");
+        node.init();
+        node.start_with(&["--service-address", "127.0.0.1"]);
+        let entry: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()).parse().unwrap();
+        let dir = root.path().to_path_buf();
+        Self {
+            _root: root,
+            node,
+            entry,
+            dir,
+        }
+    }
+
+    /// Writes a `halley.toml` for service `web` with `extra` appended inside its table, and the
+    /// given env knobs for the test service.
+    fn config(&self, name: &str, env: &[(&str, &str)], extra: &str) -> PathBuf {
+        let env: Vec<String> = env.iter().map(|(k, v)| format!("{k} = \"{v}\"")).collect();
+        let text = format!(
+            r#"[service.web]
+command = ["./halley-test-service"]
+listen = ":{port}"
+keep_warm = "10m"
+env = {{ {env} }}
+{extra}
+[service.web.health]
+http = "/health"
+interval = "100ms"
+timeout = "1s"
+start_period = "10s"
+[service.web.stop]
+drain_timeout = "3s"
+kill_after = "2s"
+"#,
+            port = self.entry.port(),
+            env = env.join(", ")
+        );
+        let path = self.dir.join(format!("{name}.toml"));
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    fn deploy(&self, config: &Path, version: &str) -> std::process::Output {
+        self.node
+            .deploy(config, "web", version, Path::new(SERVICE_BIN))
+    }
+
+    fn rollback(&self) -> std::process::Output {
+        self.node.cli(&["rollback", "web"])
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn twenty_flips_under_load_lose_no_request() {
+    let host = Host::start();
+    let good = host.config("good", &[], "");
+    assert_ok(&host.deploy(&good, "v1"), "first deploy");
+    let rt = runtime();
+    let load = rt.block_on(async { Load::start(host.entry, 4, 2, "/", Duration::ZERO) });
+    // 10 cold deploys of new releases, each followed by a rollback to a warm slot: 20 flips.
+    for i in 2..=11 {
+        let version = format!("v{i}");
+        assert_ok(&host.deploy(&good, &version), &format!("deploy {version}"));
+        let out = host.rollback();
+        assert_ok(&out, &format!("rollback from {version}"));
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("warm"),
+            "the rollback should reuse the warm slot: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    let stats = rt.block_on(load.stop());
+    let (ok, failed, errors) = stats.totals();
+    assert_eq!((failed, errors), (0, 0), "{}", stats.summary());
+    assert!(
+        ok > 200,
+        "too little load to prove anything: {}",
+        stats.summary()
+    );
+    let versions = stats.versions.lock().unwrap().clone();
+    assert!(
+        versions.len() >= 5,
+        "requests should have reached many releases: {versions:?}"
+    );
+    let answer = rt.block_on(http::get(host.entry, "/")).unwrap();
+    assert_eq!(answer.version(), Some("v1"), "rolled back to v1 last");
+}
+
+#[test]
+fn drain_finishes_short_requests_cuts_long_ones_and_keeps_websockets_until_the_deadline() {
+    let host = Host::start();
+    let config = host.config("drain", &[], "");
+    assert_ok(&host.deploy(&config, "v1"), "first deploy");
+    let rt = runtime();
+    let entry = host.entry;
+    let (short, long, mut ws) = rt.block_on(async move {
+        let short = tokio::spawn(http::get(entry, "/sleep?ms=1000"));
+        let long = tokio::spawn(http::get(entry, "/sleep?ms=20000"));
+        let ws = websocket(entry).await;
+        // Let both requests reach v1 before the flip.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        (short, long, ws)
+    });
+    let flip_started = Instant::now();
+    let deploy = std::thread::spawn({
+        let node_dir = host.node.dir.clone();
+        let config = config.clone();
+        move || {
+            std::process::Command::new(halley_tests::binary())
+                .args(["deploy", "web", "-c"])
+                .arg(&config)
+                .args(["--version", "v2", "--artifact", SERVICE_BIN, "--data-dir"])
+                .arg(&node_dir)
+                .output()
+                .unwrap()
+        }
+    });
+    rt.block_on(async {
+        // New requests reach v2 once the flip is done, while v1 drains.
+        let flipped = async {
+            loop {
+                if let Ok(a) = http::get(entry, "/").await
+                    && a.version() == Some("v2")
+                {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), flipped)
+            .await
+            .expect("v2 serves new requests after the flip");
+        // The websocket opened on v1 still works during the drain...
+        ws.write_all(b"ping-1").await.unwrap();
+        let mut buf = [0u8; 6];
+        ws.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"ping-1");
+        let short = short.await.unwrap().expect("the short request completes");
+        assert_eq!((short.status, short.version()), (200, Some("v1")));
+        // ...and the long request is answered 504 once drain_timeout (3 s) has passed.
+        let long = long
+            .await
+            .unwrap()
+            .expect("the long request gets an answer");
+        assert_eq!(long.status, 504, "{}", long.body);
+        let after = flip_started.elapsed();
+        assert!(
+            after >= Duration::from_secs(3),
+            "cut only after drain_timeout ({after:?})"
+        );
+        // The websocket is closed at the same deadline.
+        let mut rest = Vec::new();
+        let closed = tokio::time::timeout(Duration::from_secs(5), ws.read_to_end(&mut rest)).await;
+        assert!(
+            closed.is_ok(),
+            "the websocket is closed after drain_timeout"
+        );
+    });
+    let out = deploy.join().unwrap();
+    assert_ok(&out, "deploy v2");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("1 finished, 2 cut"), "{stdout}");
+}
+
+/// Opens a WebSocket (handshake only; then raw bytes) through the proxy.
+async fn websocket(entry: SocketAddr) -> tokio::net::TcpStream {
+    let mut s = tokio::net::TcpStream::connect(entry).await.unwrap();
+    let req = format!(
+        "GET /ws HTTP/1.1\r\nHost: {entry}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(head.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "{head}");
+    s
+}
+
+#[test]
+fn a_release_that_fails_its_check_never_gets_a_request() {
+    let host = Host::start();
+    assert_ok(
+        &host.deploy(&host.config("good", &[], ""), "v1"),
+        "first deploy",
+    );
+    let rt = runtime();
+    let load = rt.block_on(async { Load::start(host.entry, 2, 1, "/", Duration::ZERO) });
+    let bad = host.config("bad", &[("TS_HEALTH", "fail")], "");
+    // A short start period keeps the test quick.
+    let text = std::fs::read_to_string(&bad)
+        .unwrap()
+        .replace("start_period = \"10s\"", "start_period = \"1s\"");
+    std::fs::write(&bad, text).unwrap();
+    let out = host.deploy(&bad, "v2");
+    assert!(
+        !out.status.success(),
+        "a failing release must fail the deploy"
+    );
+    let err = stderr(&out);
+    assert!(
+        err.contains("did not become healthy")
+            && err.contains("503")
+            && err.contains("failing on purpose"),
+        "the error shows the last check's output: {err}"
+    );
+    let stats = rt.block_on(load.stop());
+    let versions = stats.versions.lock().unwrap().clone();
+    assert_eq!(
+        versions.keys().collect::<Vec<_>>(),
+        ["v1"],
+        "{}",
+        stats.summary()
+    );
+    assert_eq!(
+        stats.totals().1 + stats.totals().2,
+        0,
+        "{}",
+        stats.summary()
+    );
+    let services = host.node.services();
+    assert_eq!(services[0]["committed"], "v1");
+    assert!(host.node.slot("web", "idle").is_some(), "{services}");
+}
+
+#[test]
+fn crash_loops_are_marked_unhealthy_and_fail_a_deploy() {
+    let host = Host::start();
+    // A release that never listens and exits every 100 ms: the check fails as a crash loop,
+    // long before its 10 s start period ends.
+    let crashing = host.config(
+        "crashing",
+        &[("TS_START_DELAY_MS", "60000"), ("TS_CRASH_AFTER_MS", "100")],
+        "",
+    );
+    let out = host.deploy(&crashing, "v0");
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("crash-looping") && err.contains("crashing on purpose"),
+        "{err}"
+    );
+
+    // A release that passes its check, takes traffic, then crashes every 300 ms after each start.
+    let flaky = host.config("flaky", &[("TS_CRASH_AFTER_MS", "300")], "");
+    assert_ok(
+        &host.deploy(&flaky, "v1"),
+        "deploy of a release that crashes later",
+    );
+    let marked = wait_until(Duration::from_secs(20), || {
+        host.node.slot("web", "active").is_some_and(|s| {
+            s["crash_loop"] == true
+                && s["health"] == "Unhealthy"
+                && s["restarts"].as_u64() >= Some(5)
+        })
+    });
+    assert!(
+        marked,
+        "slot never marked crash-looping: {}",
+        host.node.services()
+    );
+}
+
+#[test]
+fn bad_input_is_refused_with_a_clear_error_and_the_current_release_keeps_serving() {
+    let host = Host::start();
+    let good = host.config("good", &[], "");
+    assert_ok(&host.deploy(&good, "v1"), "first deploy");
+
+    // A malformed config names file, line and column.
+    let broken = host.dir.join("broken.toml");
+    std::fs::write(
+        &broken,
+        "[service.web]\ncommand = [\"./x\"]\nlisten = \":1\"\nprotocl = \"http\"\n",
+    )
+    .unwrap();
+    let out = host.deploy(&broken, "v2");
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("broken.toml:4:1: unknown field `protocl`"),
+        "{}",
+        stderr(&out)
+    );
+
+    // A command that does not exist.
+    let missing = host.config("missing", &[], "").display().to_string();
+    let text = std::fs::read_to_string(&missing)
+        .unwrap()
+        .replace("./halley-test-service", "./no-such-program");
+    std::fs::write(&missing, text).unwrap();
+    let out = host.deploy(Path::new(&missing), "v3");
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("\"./no-such-program\" does not exist in the release"),
+        "{}",
+        stderr(&out)
+    );
+
+    // A path-escaping tarball, and one with a symlink out of the release.
+    for (name, tarball) in [
+        (
+            "escape",
+            tar_gz_with_entry("../evil.sh", tar::EntryType::Regular, None),
+        ),
+        (
+            "symlink",
+            tar_gz_with_entry("etc", tar::EntryType::Symlink, Some("/etc")),
+        ),
+    ] {
+        let path = host.dir.join(format!("{name}.tar.gz"));
+        std::fs::write(&path, tarball).unwrap();
+        let out = host.node.deploy(&good, "web", &format!("v-{name}"), &path);
+        assert!(!out.status.success(), "{name} must be refused");
+        assert!(
+            stderr(&out).contains("refused archive entry"),
+            "{}",
+            stderr(&out)
+        );
+        let releases = host.node.dir.join("services/web/releases");
+        assert!(!releases.join(format!("v-{name}")).exists());
+        let leftovers: Vec<_> = std::fs::read_dir(&releases)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(".partial"))
+            .collect();
+        assert!(leftovers.is_empty(), "partial unpack left behind");
+    }
+    assert!(!host.node.dir.join("services/web/evil.sh").exists());
+
+    // Garbage instead of an artifact.
+    let junk = host.dir.join("junk.bin");
+    std::fs::write(&junk, b"PK\x03\x04 not what we take").unwrap();
+    let out = host.node.deploy(&good, "web", "v-junk", &junk);
+    assert!(
+        stderr(&out).contains("not a .tar.gz, a .tar.zst or an executable"),
+        "{}",
+        stderr(&out)
+    );
+
+    // An entry point address another program holds.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let other = host.dir.join("other.toml");
+    std::fs::write(
+        &other,
+        format!(
+            "[service.api]\ncommand = [\"./halley-test-service\"]\nlisten = \"127.0.0.1:{port}\"\n"
+        ),
+    )
+    .unwrap();
+    let out = host
+        .node
+        .deploy(&other, "api", "v1", Path::new(SERVICE_BIN));
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains(&format!("cannot listen on 127.0.0.1:{port}")),
+        "{}",
+        stderr(&out)
+    );
+
+    // Through all of it, v1 kept serving.
+    let rt = runtime();
+    let answer = rt.block_on(http::get(host.entry, "/")).unwrap();
+    assert_eq!((answer.status, answer.version()), (200, Some("v1")));
+}
+
+fn tar_gz_with_entry(path: &str, kind: tar::EntryType, link: Option<&str>) -> Vec<u8> {
+    let mut builder = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_gnu();
+    // Written byte by byte: the tar crate refuses to build such entries itself.
+    let name = &mut header.as_old_mut().name;
+    name[..path.len()].copy_from_slice(path.as_bytes());
+    header.set_entry_type(kind);
+    header.set_mode(0o755);
+    let body: &[u8] = if kind == tar::EntryType::Regular {
+        b"#!/bin/sh\necho pwned\n"
+    } else {
+        b""
+    };
+    header.set_size(body.len() as u64);
+    if let Some(target) = link {
+        let l = &mut header.as_old_mut().linkname;
+        l[..target.len()].copy_from_slice(target.as_bytes());
+    }
+    header.set_cksum();
+    builder.append(&header, body).unwrap();
+    let tar = builder.into_inner().unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut gz, &tar).unwrap();
+    gz.finish().unwrap()
+}
+
+#[test]
+fn a_restarted_node_adopts_its_services_without_restarting_them() {
+    let mut host = Host::start();
+    assert_ok(&host.deploy(&host.config("good", &[], ""), "v1"), "deploy");
+    let pid_before = host.node.slot("web", "active").unwrap()["pid"].clone();
+    assert!(pid_before.is_u64());
+    assert!(host.node.terminate(), "node stops on SIGTERM");
+    let stopped = Instant::now();
+    host.node.start_with(&["--service-address", "127.0.0.1"]);
+    let rt = runtime();
+    let entry = host.entry;
+    let served = rt.block_on(async {
+        loop {
+            if let Ok(a) = http::get(entry, "/").await {
+                return a;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    let gap = stopped.elapsed();
+    eprintln!(
+        "entry point gap across a node restart: {} ms",
+        gap.as_millis()
+    );
+    assert_eq!(served.version(), Some("v1"));
+    let pid_after = host.node.slot("web", "active").unwrap()["pid"].clone();
+    assert_eq!(
+        pid_before, pid_after,
+        "the service was adopted, not restarted"
+    );
+    // And it can still be deployed to and rolled back.
+    assert_ok(
+        &host.deploy(&host.config("good", &[], ""), "v2"),
+        "deploy after restart",
+    );
+    assert_ok(&host.rollback(), "rollback after restart");
+    let answer = rt.block_on(async {
+        let mut c = Conn::open(entry).await.unwrap();
+        c.get("/").await.unwrap()
+    });
+    assert_eq!(answer.version(), Some("v1"));
+}
+
+#[test]
+fn tcp_services_flip_per_connection() {
+    let host = Host::start();
+    let tcp = host.dir.join("tcp.toml");
+    std::fs::write(
+        &tcp,
+        format!(
+            "[service.echo]\ncommand = [\"./halley-test-service\"]\nlisten = \"{}\"\nprotocol = \"tcp\"\nkeep_warm = \"1m\"\nenv = {{ TS_MODE = \"tcp\" }}\n[service.echo.health]\ntcp = true\ninterval = \"100ms\"\n[service.echo.stop]\ndrain_timeout = \"20s\"\n",
+            host.entry
+        ),
+    )
+    .unwrap();
+    let deploy = |v: &str| host.node.deploy(&tcp, "echo", v, Path::new(SERVICE_BIN));
+    assert_ok(&deploy("v1"), "deploy v1");
+    let rt = runtime();
+    let entry = host.entry;
+    let mut old = rt.block_on(async move {
+        let mut s = tokio::net::TcpStream::connect(entry).await.unwrap();
+        let mut greeting = [0u8; 11];
+        s.read_exact(&mut greeting).await.unwrap();
+        assert_eq!(&greeting, b"version=v1\n");
+        s
+    });
+    // The deploy waits for the old connection to drain; run it beside the checks.
+    let handle = std::thread::spawn({
+        let dir = host.node.dir.clone();
+        let tcp = tcp.clone();
+        move || {
+            std::process::Command::new(halley_tests::binary())
+                .args(["deploy", "echo", "-c"])
+                .arg(&tcp)
+                .args(["--version", "v2", "--artifact", SERVICE_BIN, "--data-dir"])
+                .arg(&dir)
+                .output()
+                .unwrap()
+        }
+    });
+    rt.block_on(async move {
+        let fresh = async {
+            loop {
+                let mut s = tokio::net::TcpStream::connect(entry).await.unwrap();
+                let mut greeting = [0u8; 11];
+                if s.read_exact(&mut greeting).await.is_ok() && &greeting == b"version=v2\n" {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), fresh)
+            .await
+            .expect("new connections reach v2");
+        old.write_all(b"still here").await.unwrap();
+        let mut echo = [0u8; 10];
+        old.read_exact(&mut echo).await.unwrap();
+        assert_eq!(&echo, b"still here", "the old connection survives the flip");
+    });
+    // Closing the old connection lets the drain finish.
+    let out = handle.join().unwrap();
+    assert_ok(&out, "deploy v2");
+}
