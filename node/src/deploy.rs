@@ -76,7 +76,7 @@ pub async fn deploy(data_dir: &DataDir, opts: &DeployOptions, out: &mut impl Wri
         data_dir,
         &opts.service,
         Step::Prepare {
-            spec: opts.spec.clone(),
+            spec: Box::new(opts.spec.clone()),
             version: opts.version.clone(),
             artifact: ArtifactSource::LocalPath {
                 path: artifact.display().to_string(),

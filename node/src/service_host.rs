@@ -70,7 +70,7 @@ enum Command {
         reply: oneshot::Sender<StepResult>,
     },
     Register {
-        entry: ReleaseEntry,
+        entry: Box<ReleaseEntry>,
         epoch: u64,
         unpacked: bool,
         reply: oneshot::Sender<StepResult>,
@@ -181,7 +181,7 @@ impl ServiceHandle {
             artifact,
         } = step
         {
-            return self.prepare(epoch, spec, version, artifact).await;
+            return self.prepare(epoch, *spec, version, artifact).await;
         }
         let (reply, rx) = oneshot::channel();
         self.send(Command::Step { step, epoch, reply }).await?;
@@ -252,12 +252,12 @@ impl ServiceHandle {
         .await
         .map_err(|e| err(ErrorKind::Internal, format!("unpack task failed: {e}")))?;
         let (sha256, unpacked) = stored.map_err(|e| err(ErrorKind::BadRequest, e.to_string()))?;
-        let entry = ReleaseEntry {
+        let entry = Box::new(ReleaseEntry {
             version,
             sha256,
             created_ms: wall_ms(),
             spec,
-        };
+        });
         let (reply, rx) = oneshot::channel();
         self.send(Command::Register {
             entry,
@@ -535,7 +535,7 @@ impl Host {
             } => {
                 let result = self
                     .fence(epoch)
-                    .and_then(|()| self.register(entry, unpacked));
+                    .and_then(|()| self.register(*entry, unpacked));
                 let _ = reply.send(result);
             }
             Command::Step { step, epoch, reply } => {
@@ -887,14 +887,15 @@ impl Host {
         for color in Color::BOTH {
             // Restarts that are due.
             let rt = &self.slots[color.index()];
-            if rt.restart_at.is_some_and(|t| t <= now) && self.engine.slot(color).running() {
-                if let Err(e) = self.launch(color) {
-                    error!(service = %self.record.name, slot = %color, error = %e, "restart failed");
-                    let rt = &mut self.slots[color.index()];
-                    let restart = rt.supervisor.exited(now, 0);
-                    rt.restart_at = Some(now + restart.delay_ms);
-                    rt.last_exit = Some(e.to_string());
-                }
+            if rt.restart_at.is_some_and(|t| t <= now)
+                && self.engine.slot(color).running()
+                && let Err(e) = self.launch(color)
+            {
+                error!(service = %self.record.name, slot = %color, error = %e, "restart failed");
+                let rt = &mut self.slots[color.index()];
+                let restart = rt.supervisor.exited(now, 0);
+                rt.restart_at = Some(now + restart.delay_ms);
+                rt.last_exit = Some(e.to_string());
             }
             // A crash loop ends once the process stays up.
             let rt = &mut self.slots[color.index()];

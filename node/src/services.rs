@@ -71,7 +71,7 @@ impl Services {
                         ServiceHandle::create(
                             self.ctx.clone(),
                             request.service.clone(),
-                            spec.clone(),
+                            (**spec).clone(),
                         )
                         .await?,
                     );

@@ -144,8 +144,8 @@ pub struct StepRequest {
 pub enum Step {
     /// Store and unpack a release and remember the spec it runs with.
     Prepare {
-        /// The spec (env already merged from `env_file`).
-        spec: ServiceSpec,
+        /// The spec (env already merged from `env_file`); boxed, as it dwarfs the other steps.
+        spec: Box<ServiceSpec>,
         /// The version.
         version: ReleaseVersion,
         /// Where the artifact comes from.

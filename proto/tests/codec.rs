@@ -280,7 +280,7 @@ fn deploy_steps_and_records_round_trip_through_bincode() {
             service: name.clone(),
             epoch: 7,
             step: Step::Prepare {
-                spec: spec.clone(),
+                spec: Box::new(spec.clone()),
                 version: ReleaseVersion::parse("1.2.3").unwrap(),
                 artifact: ArtifactSource::LocalPath {
                     path: "/tmp/app.tar.gz".into(),

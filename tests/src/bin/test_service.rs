@@ -200,7 +200,7 @@ async fn handle(mut req: Request<Incoming>, k: &Knobs) -> Response<Body> {
             }
             let n = k.count.fetch_add(1, Ordering::Relaxed) + 1;
             let erroring = k.started.elapsed() >= k.errors_after;
-            if erroring && k.error_every.is_some_and(|every| n % every == 0) {
+            if erroring && k.error_every.is_some_and(|every| n.is_multiple_of(every)) {
                 return text(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     format!("error on purpose version={}\n", k.version),
