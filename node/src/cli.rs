@@ -91,6 +91,15 @@ struct DeployArgs {
     /// The artifact: a .tar.gz or .tar.zst of the release directory, or a single executable.
     #[arg(long)]
     artifact: PathBuf,
+    /// The artifact's expected SHA-256 (64 hex digits); the deploy stops if it differs.
+    #[arg(long, value_parser = parse_sha256)]
+    sha256: Option<[u8; 32]>,
+}
+
+fn parse_sha256(text: &str) -> Result<[u8; 32], String> {
+    halley_proto::hex::decode_array::<32>(text).ok_or_else(|| {
+        format!("{text:?} is not a SHA-256: give 64 hex digits (sha256sum prints them)")
+    })
 }
 
 #[derive(Debug, Args)]
@@ -157,6 +166,12 @@ enum TokenCommand {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let is_daemon = matches!(cli.command, Command::Run(_));
+    if is_daemon {
+        // A file-size limit must fail the write that hits it (the deploy then stops cleanly),
+        // not kill the node.
+        // SAFETY: setting a signal's disposition to "ignore" has no preconditions.
+        unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
+    }
     init_logging(is_daemon);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -286,6 +301,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
                 spec,
                 version: args.version,
                 artifact: args.artifact,
+                sha256: args.sha256,
             };
             deploy::deploy(&data_dir, &opts, &mut std::io::stdout()).await?;
         }

@@ -39,6 +39,8 @@ pub struct DeployOptions {
     pub version: ReleaseVersion,
     /// The artifact on this host.
     pub artifact: PathBuf,
+    /// Its expected SHA-256, if known.
+    pub sha256: Option<[u8; 32]>,
 }
 
 /// Runs one step on the local node.
@@ -80,7 +82,7 @@ pub async fn deploy(data_dir: &DataDir, opts: &DeployOptions, out: &mut impl Wri
             version: opts.version.clone(),
             artifact: ArtifactSource::LocalPath {
                 path: artifact.display().to_string(),
-                sha256: None,
+                sha256: opts.sha256,
             },
         },
     )

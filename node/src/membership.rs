@@ -50,6 +50,8 @@ pub struct Observation {
     pub left: bool,
     /// Daemon start, unix ms.
     pub started_ms: Option<u64>,
+    /// Services it publishes: name and summary text.
+    pub services: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -132,6 +134,7 @@ impl MembershipView {
                         .filter(|_| running)
                         .map(|s| wall_ms.saturating_sub(s) / 1000),
                     generation: obs.generation,
+                    services: obs.services.clone(),
                 }
             })
             .collect();
@@ -245,6 +248,7 @@ mod tests {
                         draining: false,
                         left: false,
                         started_ms: None,
+                        services: Vec::new(),
                     };
                     for word in rest {
                         match word.split_once('=') {

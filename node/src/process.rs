@@ -17,7 +17,7 @@
 
 use std::ffi::CString;
 use std::fs::OpenOptions;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -48,6 +48,8 @@ pub struct Launch<'a> {
     pub log: &'a Path,
     /// The spec the release runs with.
     pub spec: &'a ServiceSpec,
+    /// The node's data dir (made traversable for a service that runs as another `user`).
+    pub node_root: &'a Path,
 }
 
 /// A running (or just exited) slot process.
@@ -174,7 +176,15 @@ pub fn spawn(launch: &Launch<'_>) -> Result<Process> {
         .process_group(0)
         .kill_on_drop(false);
     if let Some(user) = &launch.spec.user {
-        apply_user(&mut cmd, user, launch.data_dir)?;
+        apply_user(&mut cmd, user, launch)?;
+    }
+    // SAFETY: the closure runs in the forked child before exec and only calls signal(2), which is
+    // async-signal-safe. It gives the service the default SIGXFSZ the node itself ignores.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::signal(libc::SIGXFSZ, libc::SIG_DFL);
+            Ok(())
+        });
     }
     let mut child = cmd.spawn().map_err(|e| {
         Error::Process(format!(
@@ -212,7 +222,8 @@ fn describe(status: std::process::ExitStatus) -> String {
     }
 }
 
-fn apply_user(cmd: &mut tokio::process::Command, user: &str, data_dir: &Path) -> Result<()> {
+fn apply_user(cmd: &mut tokio::process::Command, user: &str, launch: &Launch<'_>) -> Result<()> {
+    let data_dir = launch.data_dir;
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         debug!(user, "not running as root; `user` is ignored");
@@ -240,6 +251,20 @@ fn apply_user(cmd: &mut tokio::process::Command, user: &str, data_dir: &Path) ->
         )));
     }
     let (uid, gid) = (pwd.pw_uid, pwd.pw_gid);
+    // The data dir is 0700; the user needs to pass through it (not list it) to reach its release.
+    for dir in launch
+        .release_dir
+        .ancestors()
+        .filter(|d| d.starts_with(launch.node_root))
+    {
+        if let Ok(meta) = std::fs::metadata(dir) {
+            let mode = meta.permissions().mode();
+            if mode & 0o011 != 0o011 {
+                let _ =
+                    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode | 0o011));
+            }
+        }
+    }
     let path = CString::new(data_dir.as_os_str().as_encoded_bytes())
         .map_err(|_| Error::Invalid("data dir path contains a NUL byte".into()))?;
     // SAFETY: chown on a NUL-terminated path we own.

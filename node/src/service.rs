@@ -133,6 +133,13 @@ impl NodeService {
                         started_ms: state
                             .get(KEY_STARTED_MS)
                             .and_then(|v| gossip::parse_millis(KEY_STARTED_MS, v).ok()),
+                        services: state
+                            .iter_prefix(gossip::SERVICE_KEY_PREFIX)
+                            .map(|(k, v)| {
+                                let name = k.trim_start_matches(gossip::SERVICE_KEY_PREFIX);
+                                (name.to_owned(), v.value.clone())
+                            })
+                            .collect(),
                     })
                 })
                 .collect::<Vec<_>>()

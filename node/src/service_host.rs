@@ -216,15 +216,6 @@ impl ServiceHandle {
                 ),
             ));
         }
-        if !spec.hosts.includes(&self.ctx.node) {
-            return Err(err(
-                ErrorKind::BadRequest,
-                format!(
-                    "node {} is not in `hosts` of service {}; add it, or deploy from a node that is",
-                    self.ctx.node, self.name
-                ),
-            ));
-        }
         let releases = self.ctx.releases.clone();
         let name = self.name.clone();
         let v = version.clone();
@@ -745,6 +736,7 @@ impl Host {
             data_dir: &data,
             log: &log,
             spec: &spec,
+            node_root: self.ctx.data_dir.root(),
         };
         let p = process::spawn(&launch)?;
         let _ = std::fs::write(service_dir.join(format!("{slot}.pid")), p.pid.to_string());
@@ -798,6 +790,7 @@ impl Host {
                 data_dir: &data,
                 log: &release_dir,
                 spec: &spec,
+                node_root: &release_dir,
             };
             let env = process::environment(&launch);
             let ctx = ExecContext {

@@ -62,6 +62,17 @@ impl Services {
 
     /// Runs a deploy step.
     pub async fn step(&self, request: StepRequest) -> Result<StepReply, ErrorReply> {
+        if let Step::Prepare { spec, .. } = &request.step
+            && !spec.hosts.includes(&self.ctx.node)
+        {
+            return Err(ErrorReply {
+                kind: ErrorKind::BadRequest,
+                message: format!(
+                    "node {} is not in `hosts` of service {}; add it, or deploy from a node that is",
+                    self.ctx.node, request.service
+                ),
+            });
+        }
         let handle = {
             let mut hosts = self.hosts.lock().await;
             match (hosts.get(&request.service), &request.step) {

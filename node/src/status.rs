@@ -1,5 +1,6 @@
 //! Rendering the status report for people (a table) and scripts (`--json`).
 
+use halley_proto::gossip::ServiceSummary;
 use halley_proto::message::{MemberRow, StatusReport};
 use serde_json::json;
 
@@ -78,6 +79,21 @@ fn member_json(m: &MemberRow) -> serde_json::Value {
         "version": m.version,
         "uptime_secs": m.uptime_secs,
         "generation": m.generation,
+        "services": m.services.iter().map(|(name, value)| {
+            match ServiceSummary::parse(name, value) {
+                Ok(s) => json!({
+                    "name": name,
+                    "version": s.version,
+                    "slot": s.slot,
+                    "health": s.health,
+                    "restarts": s.restarts,
+                    "requests_per_sec": s.rate_milli as f64 / 1000.0,
+                    "error_rate": s.errors_bp as f64 / 10_000.0,
+                    "p99_ms": s.p99_us as f64 / 1000.0,
+                }),
+                Err(_) => json!({ "name": name, "unparsed": value }),
+            }
+        }).collect::<Vec<_>>(),
     })
 }
 
@@ -109,6 +125,10 @@ mod tests {
                 version: "0.1.0".into(),
                 uptime_secs: Some(3700),
                 generation: 5,
+                services: vec![(
+                    "web".into(),
+                    "v=2;slot=green;health=healthy;restarts=0;rate=1500;err=100;p99=2500".into(),
+                )],
             }],
             mesh: MeshStats::default(),
         };
@@ -123,5 +143,10 @@ mod tests {
         let value = json(&report);
         assert_eq!(value["members"][0]["state"], "dead");
         assert_eq!(value["members"][0]["last_heard_ms"], 2500);
+        let web = &value["members"][0]["services"][0];
+        assert_eq!(
+            (web["version"].as_str(), web["error_rate"].as_f64()),
+            (Some("2"), Some(0.01))
+        );
     }
 }

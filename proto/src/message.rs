@@ -246,6 +246,8 @@ pub struct MemberRow {
     pub uptime_secs: Option<u64>,
     /// Its generation (grows on every restart).
     pub generation: u64,
+    /// The services it runs: name and gossiped summary (`halley_proto::gossip::ServiceSummary`).
+    pub services: Vec<(String, String)>,
 }
 
 /// A member's state.

@@ -57,6 +57,7 @@ fn samples() -> Vec<Message> {
                 version: "0.1.0".into(),
                 uptime_secs: None,
                 generation: 9,
+                services: vec![("web".into(), "v=1;slot=blue".into())],
             }],
             mesh: MeshStats {
                 udp_tx_bytes: 1,

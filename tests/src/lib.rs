@@ -129,21 +129,43 @@ impl Node {
 
     /// Starts `halley-node run` with extra arguments, appending to `<dir>.log`.
     pub fn start_with(&mut self, args: &[&str]) {
+        self.start_limited(args, None);
+    }
+
+    /// Starts `halley-node run` with extra arguments and, if given, a file-size limit
+    /// (`RLIMIT_FSIZE`, bytes): a stand-in for a full disk.
+    pub fn start_limited(&mut self, args: &[&str], max_file_bytes: Option<u64>) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.log_path())
             .expect("create log");
-        let child = Command::new(binary())
+        let mut command = Command::new(binary());
+        command
             .arg("run")
             .args(args)
             .arg("--data-dir")
             .arg(&self.dir)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn halley-node run");
+            .stderr(log);
+        if let Some(limit) = max_file_bytes {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit is async-signal-safe and only touches the child being started.
+            unsafe {
+                command.pre_exec(move || {
+                    let lim = libc::rlimit {
+                        rlim_cur: limit,
+                        rlim_max: limit,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_FSIZE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let child = command.spawn().expect("spawn halley-node run");
         self.child = Some(child);
         assert!(
             wait_until(Duration::from_secs(10), || self.status().is_some()),

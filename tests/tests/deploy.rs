@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 use halley_tests::http::{self, Conn};
 use halley_tests::load::Load;
 use halley_tests::{Node, assert_ok, free_tcp_port, stderr, wait_until};
+use std::io::Read;
+
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const SERVICE_BIN: &str = env!("CARGO_BIN_EXE_halley-test-service");
@@ -117,6 +119,23 @@ fn twenty_flips_under_load_lose_no_request() {
     );
     let answer = rt.block_on(http::get(host.entry, "/")).unwrap();
     assert_eq!(answer.version(), Some("v1"), "rolled back to v1 last");
+    // keep_releases (5) pruned the old ones, never the committed v1 (the oldest) or v11.
+    let services = host.node.services();
+    let releases: Vec<&str> = services[0]["releases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    assert_eq!(releases.len(), 5, "{releases:?}");
+    assert!(
+        releases.contains(&"v1") && releases.contains(&"v11"),
+        "{releases:?}"
+    );
+    let on_disk = std::fs::read_dir(host.node.dir.join("services/web/releases"))
+        .unwrap()
+        .count();
+    assert_eq!(on_disk, 5);
 }
 
 #[test]
@@ -192,7 +211,13 @@ fn drain_finishes_short_requests_cuts_long_ones_and_keeps_websockets_until_the_d
     let out = deploy.join().unwrap();
     assert_ok(&out, "deploy v2");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("1 finished, 2 cut"), "{stdout}");
+    // The short request (and any poll that reached v1 before the flip) finished; the long request
+    // and the websocket were cut.
+    assert!(
+        stdout.contains(" finished, 2 cut at drain_timeout"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains(" 0 finished"), "{stdout}");
 }
 
 /// Opens a WebSocket (handshake only; then raw bytes) through the proxy.
@@ -529,4 +554,166 @@ fn tcp_services_flip_per_connection() {
     // Closing the old connection lets the drain finish.
     let out = handle.join().unwrap();
     assert_ok(&out, "deploy v2");
+}
+
+#[test]
+fn a_wrong_hash_or_a_full_disk_stops_the_deploy_and_leaves_nothing_behind() {
+    let mut host = Host::start();
+    let good = host.config("good", &[], "");
+    assert_ok(&host.deploy(&good, "v1"), "first deploy");
+    let artifacts = host.node.dir.join("artifacts");
+    let stored_before = std::fs::read_dir(&artifacts).unwrap().count();
+
+    let out = host.node.cli(&[
+        "deploy",
+        "web",
+        "-c",
+        &good.display().to_string(),
+        "--version",
+        "v2",
+        "--artifact",
+        SERVICE_BIN,
+        "--sha256",
+        &"ab".repeat(32),
+    ]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("but abab"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("was expected"), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read_dir(&artifacts).unwrap().count(),
+        stored_before
+    );
+
+    // A disk that fills while unpacking: the node restarts (adopting v1) with a 2 MB file-size
+    // limit, and the release holds a 4 MB file (its archive is a few KB).
+    assert!(host.node.terminate());
+    host.node
+        .start_limited(&["--service-address", "127.0.0.1"], Some(2 << 20));
+    let big = host.dir.join("big.tar.gz");
+    let mut builder = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_gnu();
+    header.set_size(4 << 20);
+    header.set_mode(0o644);
+    header.set_cksum();
+    builder
+        .append_data(&mut header, "data.bin", std::io::repeat(0).take(4 << 20))
+        .unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    std::io::Write::write_all(&mut gz, &builder.into_inner().unwrap()).unwrap();
+    std::fs::write(&big, gz.finish().unwrap()).unwrap();
+    let out = host.node.deploy(&good, "web", "v-big", &big);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("is the disk full?"),
+        "{}",
+        stderr(&out)
+    );
+    let releases = host.node.dir.join("services/web/releases");
+    let names: Vec<String> = std::fs::read_dir(&releases)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["v1"], "nothing half-unpacked is left");
+    let rt = runtime();
+    let answer = rt.block_on(http::get(host.entry, "/")).unwrap();
+    assert_eq!((answer.status, answer.version()), (200, Some("v1")));
+}
+
+#[test]
+fn the_proxy_counts_requests_errors_and_latency_and_forwards_client_headers() {
+    let host = Host::start();
+    let config = host.config(
+        "signals",
+        &[("TS_ERROR_RATE", "0.25"), ("TS_LATENCY_MS", "20")],
+        "",
+    );
+    assert_ok(&host.deploy(&config, "v1"), "deploy");
+    let rt = runtime();
+    let entry = host.entry;
+    let (statuses, headers) = rt.block_on(async move {
+        let mut conn = Conn::open(entry).await.unwrap();
+        let mut statuses = Vec::new();
+        for _ in 0..200 {
+            statuses.push(conn.get("/").await.unwrap().status);
+        }
+        (statuses, conn.get("/headers").await.unwrap().body)
+    });
+    assert_eq!(statuses.iter().filter(|s| **s == 500).count(), 50);
+    assert!(headers.contains("x-forwarded-for: 127.0.0.1"), "{headers}");
+    assert!(headers.contains("x-forwarded-proto: http"), "{headers}");
+    assert!(
+        headers.contains(&format!("x-forwarded-host: {entry}")),
+        "{headers}"
+    );
+    let counted = wait_until(Duration::from_secs(5), || {
+        host.node.slot("web", "active").is_some_and(|s| {
+            let sig = &s["signals"];
+            sig["total_requests"].as_u64() >= Some(201)
+                && sig["total_errors"] == 50
+                && sig["p99_us"].as_u64() >= Some(20_000)
+        })
+    });
+    assert!(counted, "signals: {}", host.node.services());
+}
+
+#[test]
+fn service_state_is_gossiped_to_peers() {
+    let root = tempfile::tempdir().unwrap();
+    let (nodes, _) = halley_tests::start_cluster(root.path(), &["n1", "n2"]);
+    let port = free_tcp_port();
+    let config = root.path().join("halley.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[service.web]\ncommand = [\"./halley-test-service\"]\nlisten = \"127.0.0.1:{port}\"\nhosts = [\"n1\"]\n[service.web.health]\nhttp = \"/health\"\ninterval = \"100ms\"\n"
+        ),
+    )
+    .unwrap();
+    assert_ok(
+        &nodes[0].deploy(&config, "web", "v7", Path::new(SERVICE_BIN)),
+        "deploy on n1",
+    );
+    // n2 is not in `hosts`.
+    let out = nodes[1].deploy(&config, "web", "v7", Path::new(SERVICE_BIN));
+    assert!(
+        stderr(&out).contains("node n2 is not in `hosts`"),
+        "{}",
+        stderr(&out)
+    );
+    let seen = wait_until(Duration::from_secs(10), || {
+        nodes[1].status().is_some_and(|s| {
+            s["members"].as_array().into_iter().flatten().any(|m| {
+                m["name"] == "n1"
+                    && m["services"][0]["name"] == "web"
+                    && m["services"][0]["version"] == "v7"
+                    && m["services"][0]["health"] == "healthy"
+            })
+        })
+    });
+    assert!(seen, "n2 never saw n1's service: {:?}", nodes[1].status());
+}
+
+#[test]
+fn a_service_runs_as_its_user_when_the_node_is_root() {
+    let host = Host::start();
+    let config = host.config("user", &[], "user = \"nobody\"");
+    assert_ok(&host.deploy(&config, "v1"), "deploy with user");
+    let pid = host.node.slot("web", "active").unwrap()["pid"]
+        .as_u64()
+        .unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let uid: u32 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    // SAFETY: geteuid has no preconditions.
+    let ours = unsafe { libc::geteuid() };
+    if ours == 0 {
+        assert_eq!(uid, 65534, "runs as nobody");
+    } else {
+        assert_eq!(uid, ours, "without root, `user` is ignored");
+    }
 }
