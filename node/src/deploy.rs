@@ -194,9 +194,10 @@ fn report(out: &mut impl Write, name: &str, reply: &StepReply, since: Instant) {
             if *reused { " (warm, reused)" } else { "" }
         ),
         StepReply::Healthy { slot, .. } => format!("{slot} is healthy"),
-        StepReply::Flipped { from, to, took_us } => format!(
-            "{} → {to} (route switched in {took_us} µs)",
-            from.map_or("nothing".to_owned(), |f| f.to_string())
+        StepReply::Flipped { from, to, took_ns } => format!(
+            "{} → {to} (route switched in {} µs)",
+            from.map_or("nothing".to_owned(), |f| f.to_string()),
+            *took_ns as f64 / 1000.0
         ),
         StepReply::Drained {
             slot,

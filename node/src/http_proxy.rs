@@ -3,6 +3,8 @@
 //! ## Guarantees
 //! - The upstream is chosen per request from the [`Router`], so a client's keep-alive connection
 //!   survives a flip: its next request goes to the new slot.
+//! - Each client connection keeps one upstream connection to the slot it last used and reuses it
+//!   while that slot stays routed; after a flip its next request opens one to the new slot.
 //! - Bodies stream both ways; nothing is buffered whole. Request heads are bounded (64 KiB) and
 //!   must arrive within 30 s; an upstream must send response headers within 5 minutes (else 504).
 //! - `X-Forwarded-For` gets the client address appended; `X-Forwarded-Proto` (`http`) and
@@ -17,7 +19,7 @@
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -27,6 +29,7 @@ use http::{Request, Response, StatusCode, Uri};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::client::conn::http1::SendRequest;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
@@ -42,6 +45,7 @@ pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
 const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(300);
 const MAX_HEAD: usize = 64 * 1024;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Serves HTTP on `listener` until the task is aborted.
 pub async fn serve(listener: TcpListener, router: Arc<Router>, service: String) {
@@ -60,10 +64,14 @@ pub async fn serve(listener: TcpListener, router: Arc<Router>, service: String) 
         let router = router.clone();
         let service = service.clone();
         tokio::spawn(async move {
+            // Requests of one client connection come one after another, so one upstream
+            // connection per client connection serves them all, with no pool to lock.
+            let pinned: Arc<Mutex<Option<Pinned>>> = Arc::default();
             let svc = service_fn(move |req| {
                 let router = router.clone();
                 let service = service.clone();
-                async move { Ok::<_, Infallible>(handle(req, &router, remote, &service).await) }
+                let pinned = pinned.clone();
+                async move { Ok::<_, Infallible>(handle(req, &router, remote, &service, &pinned).await) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -84,6 +92,7 @@ async fn handle(
     router: &Router,
     remote: SocketAddr,
     service: &str,
+    pinned: &Mutex<Option<Pinned>>,
 ) -> Response<ProxyBody> {
     let Some(upstream) = router.current() else {
         return local(
@@ -96,11 +105,11 @@ async fn handle(
     if is_upgrade(req.headers()) {
         return upgrade(req, upstream, flight, cut, remote, started).await;
     }
-    let req = match rewrite(req, &upstream, remote, false) {
+    let req = match rewrite(req, remote, false) {
         Ok(req) => req,
         Err(resp) => return resp,
     };
-    let sent = tokio::time::timeout(RESPONSE_TIMEOUT, upstream.client.request(req));
+    let sent = tokio::time::timeout(RESPONSE_TIMEOUT, forward(req, &upstream, pinned));
     let result = tokio::select! {
         r = sent => r,
         _ = cut.cancelled() => {
@@ -124,10 +133,8 @@ async fn handle(
             local(
                 StatusCode::BAD_GATEWAY,
                 format!(
-                    "halley: release {} (slot {}) of service {service} did not answer: {}\n",
-                    upstream.version,
-                    upstream.slot,
-                    root_cause(&e)
+                    "halley: release {} (slot {}) of service {service} did not answer: {e}\n",
+                    upstream.version, upstream.slot,
                 ),
             )
         }
@@ -143,6 +150,69 @@ async fn handle(
             )
         }
     }
+}
+
+/// The upstream connection a client connection uses, and the slot it leads to.
+struct Pinned {
+    upstream: Arc<Upstream>,
+    sender: SendRequest<Incoming>,
+}
+
+/// Sends a request to `upstream` on the client connection's pinned upstream connection, opening
+/// one when there is none, it leads to another slot (after a flip), or it was closed. A request
+/// that a reused connection could not take (it closed first) goes out once on a fresh one:
+/// nothing of it was sent yet, so that is safe for any method.
+async fn forward(
+    req: Request<Incoming>,
+    upstream: &Arc<Upstream>,
+    pinned: &Mutex<Option<Pinned>>,
+) -> Result<Response<Incoming>, String> {
+    let reuse = lock(pinned)
+        .take()
+        .filter(|p| Arc::ptr_eq(&p.upstream, upstream) && !p.sender.is_closed());
+    let mut req = req;
+    if let Some(mut p) = reuse
+        && p.sender.ready().await.is_ok()
+    {
+        match p.sender.try_send_request(req).await {
+            Ok(resp) => {
+                *lock(pinned) = Some(p);
+                return Ok(resp);
+            }
+            Err(mut e) => match e.take_message() {
+                Some(unsent) => req = unsent,
+                None => return Err(root_cause(&e.into_error())),
+            },
+        }
+    }
+    let mut sender = connect(upstream.port).await?;
+    let resp = sender.send_request(req).await.map_err(|e| root_cause(&e))?;
+    *lock(pinned) = Some(Pinned {
+        upstream: upstream.clone(),
+        sender,
+    });
+    Ok(resp)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+async fn connect(port: u16) -> Result<SendRequest<Incoming>, String> {
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(("127.0.0.1", port)))
+        .await
+        .map_err(|_| format!("connecting to 127.0.0.1:{port} timed out"))?
+        .map_err(|e| format!("cannot connect to 127.0.0.1:{port}: {e}"))?;
+    let _ = stream.set_nodelay(true);
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| root_cause(&e))?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            debug!(error = %e, "upstream connection ended with an error");
+        }
+    });
+    Ok(sender)
 }
 
 fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
@@ -228,25 +298,22 @@ fn is_upgrade(headers: &HeaderMap) -> bool {
 #[allow(clippy::result_large_err)]
 fn rewrite(
     req: Request<Incoming>,
-    upstream: &Upstream,
     remote: SocketAddr,
     keep_upgrade: bool,
 ) -> Result<Request<Incoming>, Response<ProxyBody>> {
     let (mut parts, body) = req.into_parts();
-    let path = parts
-        .uri
-        .path_and_query()
-        .map(|pq| pq.as_str())
-        .unwrap_or("/");
-    parts.uri = match format!("http://127.0.0.1:{}{path}", upstream.port).parse() {
-        Ok(uri) => uri,
-        Err(_) => {
-            return Err(local(
-                StatusCode::BAD_REQUEST,
-                "halley: the request target is not a valid path\n".into(),
-            ));
-        }
-    };
+    // The upstream connection is ours, so the target goes out in origin form (`/path?query`).
+    if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+        parts.uri = match parts.uri.path_and_query() {
+            Some(pq) => Uri::from(pq.clone()),
+            None => {
+                return Err(local(
+                    StatusCode::BAD_REQUEST,
+                    "halley: the request target is not a valid path\n".into(),
+                ));
+            }
+        };
+    }
     rewrite_headers(&mut parts.headers, remote, keep_upgrade);
     Ok(Request::from_parts(parts, body))
 }

@@ -347,7 +347,7 @@ struct Host {
     status_tx: Option<watch::Sender<ServiceStatus>>,
     last_signals_ms: u64,
     /// How long the last route switch took (a flip's own cost, without saving the record).
-    route_switch_us: u64,
+    route_switch_ns: u64,
 }
 
 impl Drop for Host {
@@ -383,7 +383,7 @@ impl Host {
             clock: Instant::now(),
             status_tx: None,
             last_signals_ms: 0,
-            route_switch_us: 0,
+            route_switch_ns: 0,
         }
     }
 
@@ -581,9 +581,9 @@ impl Host {
                     Ok(actions) => {
                         let to = self.engine.active().unwrap_or(Color::Blue);
                         self.apply(actions);
-                        let took_us = self.route_switch_us;
-                        info!(service = %self.record.name, from = ?from, %to, took_us, "flipped");
-                        Ok(StepReply::Flipped { from, to, took_us })
+                        let took_ns = self.route_switch_ns;
+                        info!(service = %self.record.name, from = ?from, %to, took_ns, "flipped");
+                        Ok(StepReply::Flipped { from, to, took_ns })
                     }
                     Err(r) => Err(from_refused(r)),
                 }
@@ -1068,7 +1068,7 @@ impl Host {
                     let upstream = self.slots[slot.index()].upstream.clone();
                     let started = Instant::now();
                     self.router.set(upstream);
-                    self.route_switch_us = started.elapsed().as_micros() as u64;
+                    self.route_switch_ns = started.elapsed().as_nanos() as u64;
                 }
                 Action::Unroute => {
                     self.router.set(None);

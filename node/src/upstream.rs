@@ -1,6 +1,6 @@
-//! The proxy's view of slots: an [`Upstream`] per running slot (its port, a pool of connections
-//! to it, its in-flight count, its drain cut-off and its request signals), and the [`Router`]
-//! that says which upstream new work goes to.
+//! The proxy's view of slots: an [`Upstream`] per running slot (its port, its in-flight count,
+//! its drain cut-off and its request signals), and the [`Router`] that says which upstream new
+//! work goes to.
 //!
 //! ## Guarantees
 //! - A flip is one pointer swap under a write lock held for nanoseconds: every request or
@@ -16,16 +16,9 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use halley_proto::deploy::{Color, ReleaseVersion, Signals};
-use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use tokio_util::sync::CancellationToken;
 
 use crate::histogram::{Histogram, Snapshot};
-
-/// A pooled HTTP/1.1 client to one slot.
-pub type SlotClient = Client<HttpConnector, Incoming>;
 
 /// One running slot as the proxy sees it.
 #[derive(Debug)]
@@ -36,8 +29,6 @@ pub struct Upstream {
     pub version: ReleaseVersion,
     /// Its port on 127.0.0.1.
     pub port: u16,
-    /// Pooled keep-alive connections to it.
-    pub client: SlotClient,
     inflight: AtomicU64,
     finished: AtomicU64,
     cut: Mutex<CancellationToken>,
@@ -49,18 +40,10 @@ pub struct Upstream {
 impl Upstream {
     /// An upstream for a slot process on `port`.
     pub fn new(slot: Color, version: ReleaseVersion, port: u16) -> Arc<Self> {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(5)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .pool_max_idle_per_host(1024)
-            .build(connector);
         Arc::new(Self {
             slot,
             version,
             port,
-            client,
             inflight: AtomicU64::new(0),
             finished: AtomicU64::new(0),
             cut: Mutex::new(CancellationToken::new()),

@@ -236,8 +236,8 @@ pub enum StepReply {
         from: Option<Color>,
         /// The new active slot.
         to: Color,
-        /// Time to switch the route inside the node, microseconds.
-        took_us: u64,
+        /// Time to switch the route inside the node, nanoseconds.
+        took_ns: u64,
     },
     /// The old slot is drained.
     Drained {

@@ -133,8 +133,19 @@ impl Node {
     }
 
     /// Starts `halley-node run` with extra arguments and, if given, a file-size limit
-    /// (`RLIMIT_FSIZE`, bytes): a stand-in for a full disk.
+    /// (`RLIMIT_FSIZE`, bytes): a stand-in for a full disk. Waits for the admin socket.
     pub fn start_limited(&mut self, args: &[&str], max_file_bytes: Option<u64>) {
+        self.spawn(args, max_file_bytes);
+        assert!(
+            wait_until(Duration::from_secs(10), || self.status().is_some()),
+            "{} did not open its admin socket; log:\n{}",
+            self.name,
+            self.log()
+        );
+    }
+
+    /// Starts `halley-node run` without waiting for it to be ready.
+    pub fn spawn(&mut self, args: &[&str], max_file_bytes: Option<u64>) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -167,12 +178,6 @@ impl Node {
         }
         let child = command.spawn().expect("spawn halley-node run");
         self.child = Some(child);
-        assert!(
-            wait_until(Duration::from_secs(10), || self.status().is_some()),
-            "{} did not open its admin socket; log:\n{}",
-            self.name,
-            self.log()
-        );
     }
 
     /// SIGKILL the daemon and reap it.

@@ -84,14 +84,15 @@ pub struct Load {
 }
 
 impl Load {
-    /// Starts `keepalive` + `fresh` clients sending `GET path` to `addr`, each waiting `pause`
-    /// between requests. Call inside a tokio runtime.
+    /// Starts `keepalive` + `fresh` clients sending `GET path` to `addr`: back to back when
+    /// `period` is zero, else each client one request per `period` (a paced, steady rate). Call
+    /// inside a tokio runtime.
     pub fn start(
         addr: SocketAddr,
         keepalive: usize,
         fresh: usize,
         path: &'static str,
-        pause: Duration,
+        period: Duration,
     ) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(LoadStats::default());
@@ -100,6 +101,7 @@ impl Load {
             let (stop, stats) = (stop.clone(), stats.clone());
             tasks.push(tokio::spawn(async move {
                 let mut conn: Option<Conn> = None;
+                let mut pace = Pace::new(period);
                 while !stop.load(Ordering::Relaxed) {
                     if conn.is_none() {
                         match Conn::open(addr).await {
@@ -117,20 +119,17 @@ impl Load {
                         conn = None;
                     }
                     stats.note(result);
-                    if !pause.is_zero() {
-                        tokio::time::sleep(pause).await;
-                    }
+                    pace.tick().await;
                 }
             }));
         }
         for _ in 0..fresh {
             let (stop, stats) = (stop.clone(), stats.clone());
             tasks.push(tokio::spawn(async move {
+                let mut pace = Pace::new(period);
                 while !stop.load(Ordering::Relaxed) {
                     stats.note(http::get(addr, path).await);
-                    if !pause.is_zero() {
-                        tokio::time::sleep(pause).await;
-                    }
+                    pace.tick().await;
                 }
             }));
         }
@@ -144,5 +143,24 @@ impl Load {
             let _ = t.await;
         }
         self.stats
+    }
+}
+
+/// A per-client request clock: nothing when the period is zero, else a steady interval.
+struct Pace(Option<tokio::time::Interval>);
+
+impl Pace {
+    fn new(period: Duration) -> Self {
+        Self((!period.is_zero()).then(|| {
+            let mut i = tokio::time::interval(period);
+            i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            i
+        }))
+    }
+
+    async fn tick(&mut self) {
+        if let Some(i) = self.0.as_mut() {
+            i.tick().await;
+        }
     }
 }

@@ -15,12 +15,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const SERVICE_BIN: &str = env!("CARGO_BIN_EXE_halley-test-service");
 
-/// A single running node and a free entry point port.
+/// A single running node and a free entry point port. Fields drop in order: the node (which
+/// kills its service processes, found through the data dir) before the temp dir.
 struct Host {
-    _root: tempfile::TempDir,
     node: Node,
     entry: SocketAddr,
     dir: PathBuf,
+    _root: tempfile::TempDir,
 }
 
 impl Host {
@@ -32,10 +33,10 @@ impl Host {
         let entry: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()).parse().unwrap();
         let dir = root.path().to_path_buf();
         Self {
-            _root: root,
             node,
             entry,
             dir,
+            _root: root,
         }
     }
 
@@ -460,7 +461,7 @@ fn a_restarted_node_adopts_its_services_without_restarting_them() {
     assert!(pid_before.is_u64());
     assert!(host.node.terminate(), "node stops on SIGTERM");
     let stopped = Instant::now();
-    host.node.start_with(&["--service-address", "127.0.0.1"]);
+    host.node.spawn(&["--service-address", "127.0.0.1"], None);
     let rt = runtime();
     let entry = host.entry;
     let served = rt.block_on(async {
@@ -477,6 +478,10 @@ fn a_restarted_node_adopts_its_services_without_restarting_them() {
         gap.as_millis()
     );
     assert_eq!(served.version(), Some("v1"));
+    assert!(wait_until(Duration::from_secs(10), || host
+        .node
+        .status()
+        .is_some()));
     let pid_after = host.node.slot("web", "active").unwrap()["pid"].clone();
     assert_eq!(
         pid_before, pid_after,
