@@ -777,20 +777,22 @@ impl Host {
         });
         let events = self.events_tx.clone();
         let name = self.record.name.clone();
+        let service_dir = self.ctx.releases.service_dir(&name);
         let release_dir = self.ctx.releases.release_dir(&name, &upstream.version);
-        let data = self.ctx.releases.service_dir(&name).join("data");
+        let node_root = self.ctx.data_dir.root().to_path_buf();
         let port = upstream.port;
         tokio::spawn(async move {
+            // An `exec` check runs with the slot's own environment.
             let launch = Launch {
                 service: &name,
                 version: &upstream.version,
                 slot,
                 port,
                 release_dir: &release_dir,
-                data_dir: &data,
-                log: &release_dir,
+                data_dir: &service_dir.join("data"),
+                log: &service_dir.join("logs").join(format!("{slot}.log")),
                 spec: &spec,
-                node_root: &release_dir,
+                node_root: &node_root,
             };
             let env = process::environment(&launch);
             let ctx = ExecContext {

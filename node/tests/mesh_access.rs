@@ -91,6 +91,18 @@ async fn unauthenticated_clients_may_only_join() {
         "a refused request must not reach the handler"
     );
 
+    // Deploy steps need a node certificate too.
+    let step = Message::Step(halley_proto::deploy::StepRequest {
+        service: "web".parse().unwrap(),
+        epoch: 1,
+        step: halley_proto::deploy::Step::Flip,
+    });
+    match ask_without_certificate(addr, pin, step).await.unwrap() {
+        Message::ErrorReply(reply) => assert_eq!(reply.kind, ErrorKind::Unauthorised, "{reply:?}"),
+        other => panic!("a deploy step without a certificate must be refused, got {other:?}"),
+    }
+    assert_eq!(handler.0.load(Ordering::SeqCst), 0);
+
     let join = Message::JoinRequest(JoinRequest {
         token_id: [0; 8],
         secret: [0; 16],

@@ -77,6 +77,7 @@ impl From<ReleaseVersion> for String {
 
 /// One of a service's two slots.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Color {
     /// Slot 0.
     Blue,
@@ -268,6 +269,7 @@ pub enum StepReply {
 
 /// The health of a slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Health {
     /// Not checked yet, or still in its start period.
     Starting,
@@ -304,6 +306,7 @@ impl Health {
 
 /// What a slot is doing in the service's blue/green pair.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum SlotRole {
     /// Nothing runs in it.
     Idle,

@@ -307,11 +307,7 @@ impl Node {
         all.as_array()?.iter().find(|s| s["name"] == service)?["slots"]
             .as_array()?
             .iter()
-            .find(|s| {
-                s["role"]
-                    .as_str()
-                    .is_some_and(|r| r.eq_ignore_ascii_case(role))
-            })
+            .find(|s| s["role"] == role)
             .cloned()
     }
 }

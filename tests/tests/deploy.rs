@@ -313,7 +313,7 @@ fn crash_loops_are_marked_unhealthy_and_fail_a_deploy() {
     let marked = wait_until(Duration::from_secs(20), || {
         host.node.slot("web", "active").is_some_and(|s| {
             s["crash_loop"] == true
-                && s["health"] == "Unhealthy"
+                && s["health"] == "unhealthy"
                 && s["restarts"].as_u64() >= Some(5)
         })
     });
@@ -721,4 +721,124 @@ fn a_service_runs_as_its_user_when_the_node_is_root() {
     } else {
         assert_eq!(uid, ours, "without root, `user` is ignored");
     }
+}
+
+#[test]
+fn a_step_with_an_older_epoch_is_refused() {
+    use halley_node::datadir::DataDir;
+    use halley_proto::deploy::{Step, StepRequest};
+    use halley_proto::message::{AdminRequest, ErrorKind};
+
+    let host = Host::start();
+    assert_ok(&host.deploy(&host.config("good", &[], ""), "v1"), "deploy");
+    let data_dir = DataDir::new(&host.node.dir);
+    let step = |epoch| {
+        let request = AdminRequest::Step(StepRequest {
+            service: "web".parse().unwrap(),
+            epoch,
+            step: Step::Drain,
+        });
+        runtime().block_on(halley_node::admin::call(&data_dir, request))
+    };
+    assert!(step(5).is_ok(), "a newer epoch is taken");
+    match step(3) {
+        Err(halley_node::Error::Remote(reply)) => {
+            assert_eq!(reply.kind, ErrorKind::StaleEpoch);
+            assert!(
+                reply.message.contains("epoch 3") && reply.message.contains("epoch 5"),
+                "{}",
+                reply.message
+            );
+        }
+        other => panic!("an older epoch must be refused: {other:?}"),
+    }
+    // The epoch is durable: a restarted node still refuses it.
+    let mut host = host;
+    assert!(host.node.terminate());
+    host.node.start_with(&["--service-address", "127.0.0.1"]);
+    assert!(
+        matches!(step(4), Err(halley_node::Error::Remote(r)) if r.kind == ErrorKind::StaleEpoch)
+    );
+}
+
+#[test]
+fn archives_unpack_and_a_cold_rollback_starts_the_previous_release_again() {
+    let host = Host::start();
+    // No keep_warm: the old slot stops once drained, so a rollback starts it again.
+    let cold = host.config("cold", &[], "").display().to_string();
+    let text = std::fs::read_to_string(&cold)
+        .unwrap()
+        .replace("keep_warm = \"10m\"", "keep_warm = \"0s\"")
+        .replace("./halley-test-service", "bin/svc");
+    std::fs::write(&cold, text).unwrap();
+    let binary = std::fs::read(SERVICE_BIN).unwrap();
+    let mut builder = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_gnu();
+    header.set_size(binary.len() as u64);
+    header.set_mode(0o755);
+    header.set_cksum();
+    builder
+        .append_data(&mut header, "bin/svc", binary.as_slice())
+        .unwrap();
+    let tar = builder.into_inner().unwrap();
+    let zst = host.dir.join("app.tar.zst");
+    std::fs::write(
+        &zst,
+        ruzstd::encoding::compress_to_vec(
+            tar.as_slice(),
+            ruzstd::encoding::CompressionLevel::Fastest,
+        ),
+    )
+    .unwrap();
+    let gz = host.dir.join("app.tar.gz");
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut enc, &tar).unwrap();
+    std::fs::write(&gz, enc.finish().unwrap()).unwrap();
+
+    let cold = Path::new(&cold);
+    assert_ok(
+        &host.node.deploy(cold, "web", "z1", &zst),
+        "deploy from .tar.zst",
+    );
+    assert_ok(
+        &host.node.deploy(cold, "web", "g2", &gz),
+        "deploy from .tar.gz",
+    );
+    let rt = runtime();
+    assert_eq!(
+        rt.block_on(http::get(host.entry, "/")).unwrap().version(),
+        Some("g2")
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || host
+            .node
+            .slot("web", "idle")
+            .is_some()),
+        "without keep_warm the old slot stops: {}",
+        host.node.services()
+    );
+    let out = host.rollback();
+    assert_ok(&out, "cold rollback");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("cold: start, check, flip"), "{stdout}");
+    assert_eq!(
+        rt.block_on(http::get(host.entry, "/")).unwrap().version(),
+        Some("z1")
+    );
+
+    // Garbage on the entry point gets a 400 and does not disturb the next client.
+    let entry = host.entry;
+    rt.block_on(async move {
+        let mut s = tokio::net::TcpStream::connect(entry).await.unwrap();
+        s.write_all(b"\x16\x03\x01 this is not HTTP\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut answer)).await;
+        assert!(
+            String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 400"),
+            "{answer:?}"
+        );
+        assert_eq!(http::get(entry, "/").await.unwrap().status, 200);
+    });
 }
