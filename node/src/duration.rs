@@ -1,31 +1,14 @@
-//! Human durations on the command line: `90s`, `30m`, `24h`, `7d`, or a bare number of seconds.
+//! Human durations on the command line: `250ms`, `90s`, `30m`, `24h`, `7d`, or a bare number of
+//! seconds.
 
 use std::time::Duration;
 
-/// Parses a duration, naming the accepted forms on error.
+use halley_proto::spec::Millis;
+
+/// Parses a duration, naming the accepted forms on error. The same forms as durations in
+/// `halley.toml` ([`Millis::parse`]).
 pub fn parse(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (digits, unit) = text.split_at(split);
-    let value: u64 = digits
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration; use forms like 90s, 30m, 24h, 7d"))?;
-    let secs = match unit {
-        "" | "s" => Some(value),
-        "ms" => return Ok(Duration::from_millis(value)),
-        "m" => value.checked_mul(60),
-        "h" => value.checked_mul(3600),
-        "d" => value.checked_mul(86_400),
-        _ => {
-            return Err(format!(
-                "unknown unit {unit:?} in {text:?}; use ms, s, m, h or d"
-            ));
-        }
-    };
-    secs.map(Duration::from_secs)
-        .ok_or_else(|| format!("{text:?} is too long"))
+    Millis::parse(text).map(Millis::as_duration)
 }
 
 #[cfg(test)]

@@ -216,73 +216,61 @@ mod tests {
     }
 
     fn run(script: &str) -> String {
-        let mut out = String::new();
         let mut view: Option<MembershipView> = None;
         let (mut self_name, mut suspect_after) = (None, 1000);
         let mut pending = Vec::new();
         let mut now = 0;
-        for line in script.lines() {
-            if line.starts_with("> ") {
-                continue; // expectations are regenerated below
+        crate::scenario::replay(script, |words, out| match words {
+            ["self", name] => self_name = Some(NodeName::parse(name).unwrap()),
+            ["suspect-after", ms] => suspect_after = ms.parse().unwrap(),
+            ["at", ms] => {
+                apply(&mut view, &mut pending, now, &self_name, suspect_after);
+                now = ms.parse().unwrap();
             }
-            out.push_str(line);
-            out.push('\n');
-            let words: Vec<&str> = line.split_whitespace().collect();
-            match words.as_slice() {
-                [] => {}
-                [c, ..] if c.starts_with('#') => {}
-                ["self", name] => self_name = Some(NodeName::parse(name).unwrap()),
-                ["suspect-after", ms] => suspect_after = ms.parse().unwrap(),
-                ["at", ms] => {
-                    apply(&mut view, &mut pending, now, &self_name, suspect_after);
-                    now = ms.parse().unwrap();
-                }
-                ["observe", name, rest @ ..] => {
-                    let mut obs = Observation {
-                        name: NodeName::parse(name).unwrap(),
-                        generation: 1,
-                        addr: format!("127.0.0.1:{}", 7000 + name.len()).parse().unwrap(),
-                        heartbeat: 0,
-                        liveness: Liveness::Unknown,
-                        version: "0.1.0".into(),
-                        draining: false,
-                        left: false,
-                        started_ms: None,
-                        services: Vec::new(),
-                    };
-                    for word in rest {
-                        match word.split_once('=') {
-                            Some(("gen", v)) => obs.generation = v.parse().unwrap(),
-                            Some(("hb", v)) => obs.heartbeat = v.parse().unwrap(),
-                            Some(("started", v)) => obs.started_ms = Some(v.parse().unwrap()),
-                            None if *word == "live" => obs.liveness = Liveness::Live,
-                            None if *word == "dead" => obs.liveness = Liveness::Dead,
-                            None if *word == "unknown" => obs.liveness = Liveness::Unknown,
-                            None if *word == "draining" => obs.draining = true,
-                            None if *word == "left" => obs.left = true,
-                            _ => panic!("bad observe word {word:?}"),
-                        }
-                    }
-                    pending.push(obs);
-                }
-                ["rows", wall] => {
-                    apply(&mut view, &mut pending, now, &self_name, suspect_after);
-                    let rows = view.as_ref().map(|v| v.rows(now, wall.parse().unwrap()));
-                    for row in rows.unwrap_or_default() {
-                        let heard = row.last_heard_ms.map_or("-".into(), |h| format!("{h}ms"));
-                        let up = row.uptime_secs.map_or("-".into(), |u| format!("{u}s"));
-                        out.push_str(&format!(
-                            "> {} {} {heard} {up} gen={}\n",
-                            row.name,
-                            row.state.as_str(),
-                            row.generation
-                        ));
+            ["observe", name, rest @ ..] => {
+                let mut obs = Observation {
+                    name: NodeName::parse(name).unwrap(),
+                    generation: 1,
+                    addr: format!("127.0.0.1:{}", 7000 + name.len()).parse().unwrap(),
+                    heartbeat: 0,
+                    liveness: Liveness::Unknown,
+                    version: "0.1.0".into(),
+                    draining: false,
+                    left: false,
+                    started_ms: None,
+                    services: Vec::new(),
+                };
+                for word in rest {
+                    match word.split_once('=') {
+                        Some(("gen", v)) => obs.generation = v.parse().unwrap(),
+                        Some(("hb", v)) => obs.heartbeat = v.parse().unwrap(),
+                        Some(("started", v)) => obs.started_ms = Some(v.parse().unwrap()),
+                        None if *word == "live" => obs.liveness = Liveness::Live,
+                        None if *word == "dead" => obs.liveness = Liveness::Dead,
+                        None if *word == "unknown" => obs.liveness = Liveness::Unknown,
+                        None if *word == "draining" => obs.draining = true,
+                        None if *word == "left" => obs.left = true,
+                        _ => panic!("bad observe word {word:?}"),
                     }
                 }
-                _ => panic!("unknown scenario command: {line}"),
+                pending.push(obs);
             }
-        }
-        out
+            ["rows", wall] => {
+                apply(&mut view, &mut pending, now, &self_name, suspect_after);
+                let rows = view.as_ref().map(|v| v.rows(now, wall.parse().unwrap()));
+                for row in rows.unwrap_or_default() {
+                    let heard = row.last_heard_ms.map_or("-".into(), |h| format!("{h}ms"));
+                    let up = row.uptime_secs.map_or("-".into(), |u| format!("{u}s"));
+                    out.push_str(&format!(
+                        "> {} {} {heard} {up} gen={}\n",
+                        row.name,
+                        row.state.as_str(),
+                        row.generation
+                    ));
+                }
+            }
+            _ => panic!("unknown scenario command: {words:?}"),
+        })
     }
 
     #[test]

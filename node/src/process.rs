@@ -30,26 +30,26 @@ use tracing::{debug, info, warn};
 use crate::error::{Error, Result};
 
 /// What a slot process needs to start.
-#[derive(Debug)]
-pub struct Launch<'a> {
+#[derive(Debug, Clone)]
+pub struct Launch {
     /// The service.
-    pub service: &'a ServiceName,
+    pub service: ServiceName,
     /// The release.
-    pub version: &'a ReleaseVersion,
+    pub version: ReleaseVersion,
     /// The slot.
     pub slot: Color,
     /// The slot's port on 127.0.0.1.
     pub port: u16,
     /// The unpacked release (the working directory).
-    pub release_dir: &'a Path,
+    pub release_dir: PathBuf,
     /// The persistent data directory (`HALLEY_SERVICE_DATA`).
-    pub data_dir: &'a Path,
+    pub data_dir: PathBuf,
     /// The log file.
-    pub log: &'a Path,
+    pub log: PathBuf,
     /// The spec the release runs with.
-    pub spec: &'a ServiceSpec,
+    pub spec: ServiceSpec,
     /// The node's data dir (made traversable for a service that runs as another `user`).
-    pub node_root: &'a Path,
+    pub node_root: PathBuf,
 }
 
 /// A running (or just exited) slot process.
@@ -92,7 +92,7 @@ pub fn argv(spec_argv: &[String], port: u16) -> Vec<String> {
 }
 
 /// The environment of a slot process (also used for `exec` health checks).
-pub fn environment(launch: &Launch<'_>) -> Vec<(String, String)> {
+pub fn environment(launch: &Launch) -> Vec<(String, String)> {
     let mut env: Vec<(String, String)> = ["PATH", "HOME", "LANG", "TZ"]
         .iter()
         .filter_map(|k| std::env::var(k).ok().map(|v| ((*k).to_owned(), v)))
@@ -148,11 +148,11 @@ pub fn program(release_dir: &Path, argv0: &str) -> Result<PathBuf> {
 }
 
 /// Starts a slot process.
-pub fn spawn(launch: &Launch<'_>) -> Result<Process> {
+pub fn spawn(launch: &Launch) -> Result<Process> {
     let argv = argv(&launch.spec.command, launch.port);
-    let program = program(launch.release_dir, &argv[0])?;
-    std::fs::create_dir_all(launch.data_dir)
-        .map_err(Error::io("cannot create", launch.data_dir))?;
+    let program = program(&launch.release_dir, &argv[0])?;
+    std::fs::create_dir_all(&launch.data_dir)
+        .map_err(Error::io("cannot create", &launch.data_dir))?;
     if let Some(dir) = launch.log.parent() {
         std::fs::create_dir_all(dir).map_err(Error::io("cannot create", dir))?;
     }
@@ -160,14 +160,14 @@ pub fn spawn(launch: &Launch<'_>) -> Result<Process> {
         .create(true)
         .append(true)
         .mode(0o640)
-        .open(launch.log)
-        .map_err(Error::io("cannot open log", launch.log))?;
+        .open(&launch.log)
+        .map_err(Error::io("cannot open log", &launch.log))?;
     let log2 = log
         .try_clone()
-        .map_err(Error::io("cannot open log", launch.log))?;
+        .map_err(Error::io("cannot open log", &launch.log))?;
     let mut cmd = tokio::process::Command::new(&program);
     cmd.args(&argv[1..])
-        .current_dir(launch.release_dir)
+        .current_dir(&launch.release_dir)
         .env_clear()
         .envs(environment(launch))
         .stdin(Stdio::null())
@@ -222,8 +222,8 @@ fn describe(status: std::process::ExitStatus) -> String {
     }
 }
 
-fn apply_user(cmd: &mut tokio::process::Command, user: &str, launch: &Launch<'_>) -> Result<()> {
-    let data_dir = launch.data_dir;
+fn apply_user(cmd: &mut tokio::process::Command, user: &str, launch: &Launch) -> Result<()> {
+    let data_dir = &launch.data_dir;
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         debug!(user, "not running as root; `user` is ignored");
@@ -255,7 +255,7 @@ fn apply_user(cmd: &mut tokio::process::Command, user: &str, launch: &Launch<'_>
     for dir in launch
         .release_dir
         .ancestors()
-        .filter(|d| d.starts_with(launch.node_root))
+        .filter(|d| d.starts_with(&launch.node_root))
     {
         if let Ok(meta) = std::fs::metadata(dir) {
             let mode = meta.permissions().mode();

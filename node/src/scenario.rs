@@ -27,3 +27,23 @@ pub fn run_folder(folder: &str, at_least: usize, run: fn(&str) -> String) {
         "expected at least {at_least} {folder} scenarios, found {ran}"
     );
 }
+
+/// Replays a script: echoes every line except old `> ` expectations, skips blank lines and `#`
+/// comments, and hands each command's words to `step`, which appends the new expectations.
+pub fn replay(script: &str, mut step: impl FnMut(&[&str], &mut String)) -> String {
+    let mut out = String::new();
+    for line in script.lines() {
+        if line.starts_with("> ") {
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            [] => {}
+            [c, ..] if c.starts_with('#') => {}
+            command => step(command, &mut out),
+        }
+    }
+    out
+}

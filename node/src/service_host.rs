@@ -716,42 +716,47 @@ impl Host {
     /// Starts (or restarts) the slot's process with its spec, version and port.
     fn launch(&mut self, slot: Color) -> crate::Result<()> {
         let now = self.now();
-        let name = self.record.name.clone();
-        let rt = &self.slots[slot.index()];
-        let (Some(spec), Some(upstream)) = (rt.spec.clone(), rt.upstream.clone()) else {
-            return Err(crate::Error::Process(format!(
-                "slot {slot} has no release to start"
-            )));
-        };
-        let service_dir = self.ctx.releases.service_dir(&name);
-        let release_dir = self.ctx.releases.release_dir(&name, &upstream.version);
-        let data = service_dir.join("data");
-        let log = service_dir.join("logs").join(format!("{slot}.log"));
-        let launch = Launch {
-            service: &name,
-            version: &upstream.version,
-            slot,
-            port: upstream.port,
-            release_dir: &release_dir,
-            data_dir: &data,
-            log: &log,
-            spec: &spec,
-            node_root: self.ctx.data_dir.root(),
-        };
+        let launch = self
+            .launch_of(slot)
+            .ok_or_else(|| crate::Error::Process(format!("slot {slot} has no release to start")))?;
         let p = process::spawn(&launch)?;
-        let _ = std::fs::write(service_dir.join(format!("{slot}.pid")), p.pid.to_string());
+        let pid_file = self
+            .ctx
+            .releases
+            .service_dir(&launch.service)
+            .join(format!("{slot}.pid"));
+        let _ = std::fs::write(pid_file, p.pid.to_string());
         let rt = &mut self.slots[slot.index()];
         rt.pid = Some((p.pid, p.start_ticks));
         rt.since_ms = now;
         rt.restart_at = None;
         match rt.tracker.as_mut() {
             Some(t) if rt.supervisor.restarts() > 0 => t.restarted(now),
-            _ => rt.tracker = Some(HealthTracker::new(&spec.health, now)),
+            _ => rt.tracker = Some(HealthTracker::new(&launch.spec.health, now)),
         }
         self.watch(slot, p);
         self.engine.set_health(slot, Health::Starting);
         self.save().map_err(crate::Error::Remote)?;
         Ok(())
+    }
+
+    /// How the slot's process is started (and its `exec` checks run): release, port, paths, spec.
+    fn launch_of(&self, slot: Color) -> Option<Launch> {
+        let rt = &self.slots[slot.index()];
+        let (spec, upstream) = (rt.spec.clone()?, rt.upstream.clone()?);
+        let name = self.record.name.clone();
+        let service_dir = self.ctx.releases.service_dir(&name);
+        Some(Launch {
+            release_dir: self.ctx.releases.release_dir(&name, &upstream.version),
+            data_dir: service_dir.join("data"),
+            log: service_dir.join("logs").join(format!("{slot}.log")),
+            node_root: self.ctx.data_dir.root().to_path_buf(),
+            service: name,
+            version: upstream.version.clone(),
+            slot,
+            port: upstream.port,
+            spec,
+        })
     }
 
     /// Spawns the probe loop and the exit watcher of a slot's current process.
@@ -764,7 +769,7 @@ impl Host {
         let run_id = rt.run_id;
         let token = CancellationToken::new();
         rt.tasks = Some(token.clone());
-        let (Some(spec), Some(upstream)) = (rt.spec.clone(), rt.upstream.clone()) else {
+        let Some(launch) = self.launch_of(slot) else {
             return;
         };
         let events = self.events_tx.clone();
@@ -776,29 +781,14 @@ impl Host {
             }
         });
         let events = self.events_tx.clone();
-        let name = self.record.name.clone();
-        let service_dir = self.ctx.releases.service_dir(&name);
-        let release_dir = self.ctx.releases.release_dir(&name, &upstream.version);
-        let node_root = self.ctx.data_dir.root().to_path_buf();
-        let port = upstream.port;
         tokio::spawn(async move {
             // An `exec` check runs with the slot's own environment.
-            let launch = Launch {
-                service: &name,
-                version: &upstream.version,
-                slot,
-                port,
-                release_dir: &release_dir,
-                data_dir: &service_dir.join("data"),
-                log: &service_dir.join("logs").join(format!("{slot}.log")),
-                spec: &spec,
-                node_root: &node_root,
-            };
             let env = process::environment(&launch);
             let ctx = ExecContext {
-                dir: &release_dir,
+                dir: &launch.release_dir,
                 env: &env,
             };
+            let (spec, port) = (&launch.spec, launch.port);
             let interval = spec.health.interval.as_duration();
             let timeout = spec.health.timeout.as_duration();
             // The first check soon after start, so a fast release is routable quickly.

@@ -490,68 +490,56 @@ mod tests {
     }
 
     fn run(script: &str) -> String {
-        let mut out = String::new();
         let mut slots = Slots::new(Policy {
             drain_ms: 30_000,
             keep_warm_ms: 0,
         });
         let mut now = 0;
-        for line in script.lines() {
-            if line.starts_with("> ") {
-                continue;
-            }
-            out.push_str(line);
-            out.push('\n');
-            let words: Vec<&str> = line.split_whitespace().collect();
-            match words.as_slice() {
-                [] => {}
-                [c, ..] if c.starts_with('#') => {}
-                ["policy", rest @ ..] => {
-                    let mut policy = slots.policy;
-                    for word in rest {
-                        match word.split_once('=') {
-                            Some(("drain", v)) => policy.drain_ms = v.parse().unwrap(),
-                            Some(("warm", v)) => policy.keep_warm_ms = v.parse().unwrap(),
-                            _ => panic!("bad policy word {word:?}"),
-                        }
+        crate::scenario::replay(script, |words, out| match words {
+            ["policy", rest @ ..] => {
+                let mut policy = slots.policy;
+                for word in rest {
+                    match word.split_once('=') {
+                        Some(("drain", v)) => policy.drain_ms = v.parse().unwrap(),
+                        Some(("warm", v)) => policy.keep_warm_ms = v.parse().unwrap(),
+                        _ => panic!("bad policy word {word:?}"),
                     }
-                    slots.set_policy(policy);
                 }
-                ["at", ms] => now = ms.parse().unwrap(),
-                ["start", v] => match slots.start_next(&ReleaseVersion::parse(v).unwrap()) {
-                    Ok((slot, reused, list)) => {
-                        out.push_str(&format!("> slot {slot} reused={reused}\n"));
-                        actions(&mut out, &list);
-                    }
-                    Err(r) => refused(&mut out, &r),
-                },
-                ["health", c, h] => slots.set_health(color(c), Health::parse(h).unwrap()),
-                ["flip"] => match slots.flip(now) {
-                    Ok(list) => actions(&mut out, &list),
-                    Err(r) => refused(&mut out, &r),
-                },
-                ["drained", c] => actions(&mut out, &slots.drained(color(c), now)),
-                ["tick"] => actions(&mut out, &slots.tick(now)),
-                ["commit"] => match slots.commit() {
-                    Ok((v, prev, list)) => {
-                        out.push_str(&format!(
-                            "> committed {v} previous {}\n",
-                            prev.map_or("-".into(), |p| p.to_string())
-                        ));
-                        actions(&mut out, &list);
-                    }
-                    Err(r) => refused(&mut out, &r),
-                },
-                ["revert"] => {
-                    let (outcome, list) = slots.revert(now);
-                    out.push_str(&format!("> {outcome:?}\n"));
-                    actions(&mut out, &list);
-                }
-                ["show"] => show(&mut out, &slots),
-                _ => panic!("unknown scenario command: {line}"),
+                slots.set_policy(policy);
             }
-        }
-        out
+            ["at", ms] => now = ms.parse().unwrap(),
+            ["start", v] => match slots.start_next(&ReleaseVersion::parse(v).unwrap()) {
+                Ok((slot, reused, list)) => {
+                    out.push_str(&format!("> slot {slot} reused={reused}\n"));
+                    actions(out, &list);
+                }
+                Err(r) => refused(out, &r),
+            },
+            ["health", c, h] => slots.set_health(color(c), Health::parse(h).unwrap()),
+            ["flip"] => match slots.flip(now) {
+                Ok(list) => actions(out, &list),
+                Err(r) => refused(out, &r),
+            },
+            ["drained", c] => actions(out, &slots.drained(color(c), now)),
+            ["tick"] => actions(out, &slots.tick(now)),
+            ["commit"] => match slots.commit() {
+                Ok((v, prev, list)) => {
+                    out.push_str(&format!(
+                        "> committed {v} previous {}\n",
+                        prev.map_or("-".into(), |p| p.to_string())
+                    ));
+                    actions(out, &list);
+                }
+                Err(r) => refused(out, &r),
+            },
+            ["revert"] => {
+                let (outcome, list) = slots.revert(now);
+                out.push_str(&format!("> {outcome:?}\n"));
+                actions(out, &list);
+            }
+            ["show"] => show(out, &slots),
+            _ => panic!("unknown scenario command: {words:?}"),
+        })
     }
 
     #[test]

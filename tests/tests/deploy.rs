@@ -78,6 +78,32 @@ kill_after = "2s"
     }
 }
 
+/// Runs `deploy` on a thread, for tests that watch the service while the deploy waits for a drain.
+fn deploy_in_background(
+    node: &Node,
+    config: &Path,
+    service: &str,
+    version: &str,
+) -> std::thread::JoinHandle<std::process::Output> {
+    let (dir, config) = (node.dir.clone(), config.to_path_buf());
+    let (service, version) = (service.to_owned(), version.to_owned());
+    std::thread::spawn(move || {
+        std::process::Command::new(halley_tests::binary())
+            .args(["deploy", &service, "-c"])
+            .arg(&config)
+            .args([
+                "--version",
+                &version,
+                "--artifact",
+                SERVICE_BIN,
+                "--data-dir",
+            ])
+            .arg(&dir)
+            .output()
+            .unwrap()
+    })
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -155,19 +181,7 @@ fn drain_finishes_short_requests_cuts_long_ones_and_keeps_websockets_until_the_d
         (short, long, ws)
     });
     let flip_started = Instant::now();
-    let deploy = std::thread::spawn({
-        let node_dir = host.node.dir.clone();
-        let config = config.clone();
-        move || {
-            std::process::Command::new(halley_tests::binary())
-                .args(["deploy", "web", "-c"])
-                .arg(&config)
-                .args(["--version", "v2", "--artifact", SERVICE_BIN, "--data-dir"])
-                .arg(&node_dir)
-                .output()
-                .unwrap()
-        }
-    });
+    let deploy = deploy_in_background(&host.node, &config, "web", "v2");
     rt.block_on(async {
         // New requests reach v2 once the flip is done, while v1 drains.
         let flipped = async {
@@ -524,19 +538,7 @@ fn tcp_services_flip_per_connection() {
         s
     });
     // The deploy waits for the old connection to drain; run it beside the checks.
-    let handle = std::thread::spawn({
-        let dir = host.node.dir.clone();
-        let tcp = tcp.clone();
-        move || {
-            std::process::Command::new(halley_tests::binary())
-                .args(["deploy", "echo", "-c"])
-                .arg(&tcp)
-                .args(["--version", "v2", "--artifact", SERVICE_BIN, "--data-dir"])
-                .arg(&dir)
-                .output()
-                .unwrap()
-        }
-    });
+    let handle = deploy_in_background(&host.node, &tcp, "echo", "v2");
     rt.block_on(async move {
         let fresh = async {
             loop {

@@ -101,17 +101,7 @@ async fn main() {
                 if stream.write_all(greeting.as_bytes()).await.is_err() {
                     return;
                 }
-                let mut buf = [0u8; 4096];
-                loop {
-                    match stream.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => {
-                            if stream.write_all(&buf[..n]).await.is_err() {
-                                return;
-                            }
-                        }
-                    }
-                }
+                echo(&mut stream).await;
             });
             continue;
         }
@@ -125,6 +115,21 @@ async fn main() {
                 .with_upgrades()
                 .await;
         });
+    }
+}
+
+/// Writes back whatever arrives until the peer closes.
+async fn echo(io: &mut (impl AsyncReadExt + AsyncWriteExt + Unpin)) {
+    let mut buf = [0u8; 4096];
+    loop {
+        match io.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                if io.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+            }
+        }
     }
 }
 
@@ -171,18 +176,7 @@ async fn handle(mut req: Request<Incoming>, k: &Knobs) -> Response<Body> {
             let upgrade = hyper::upgrade::on(&mut req);
             tokio::spawn(async move {
                 let Ok(upgraded) = upgrade.await else { return };
-                let mut io = TokioIo::new(upgraded);
-                let mut buf = [0u8; 4096];
-                loop {
-                    match io.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => {
-                            if io.write_all(&buf[..n]).await.is_err() {
-                                return;
-                            }
-                        }
-                    }
-                }
+                echo(&mut TokioIo::new(upgraded)).await;
             });
             let mut r = text(StatusCode::SWITCHING_PROTOCOLS, String::new());
             let h = r.headers_mut();
