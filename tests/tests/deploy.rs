@@ -844,3 +844,46 @@ fn archives_unpack_and_a_cold_rollback_starts_the_previous_release_again() {
         assert_eq!(http::get(entry, "/").await.unwrap().status, 200);
     });
 }
+
+#[test]
+fn env_reaches_the_service_but_no_log_or_gossip_and_its_data_outlives_releases() {
+    let host = Host::start();
+    let secret = "hunter2-do-not-leak";
+    let env_file = host.dir.join("web.env");
+    std::fs::write(&env_file, format!("FROM_FILE={secret}-file\n")).unwrap();
+    std::fs::set_permissions(
+        &env_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let config = host.config("env", &[("API_KEY", secret)], "env_file = \"web.env\"");
+    assert_ok(&host.deploy(&config, "v1"), "deploy");
+    let rt = runtime();
+    let entry = host.entry;
+    let (key, from_file, first) = rt.block_on(async move {
+        (
+            http::get(entry, "/env?name=API_KEY").await.unwrap().body,
+            http::get(entry, "/env?name=FROM_FILE").await.unwrap().body,
+            http::get(entry, "/visit").await.unwrap().body,
+        )
+    });
+    assert_eq!(
+        (key.as_str(), from_file.as_str()),
+        (secret, "hunter2-do-not-leak-file")
+    );
+    assert_eq!(first.trim(), "1");
+    assert_ok(&host.deploy(&config, "v2"), "deploy v2");
+    let second = rt.block_on(http::get(entry, "/visit")).unwrap();
+    assert_eq!(
+        second.body.trim(),
+        "2",
+        "the data directory outlived the release"
+    );
+    assert!(
+        !host.node.log().contains("hunter2"),
+        "a secret reached the node log"
+    );
+    let status = host.node.status().unwrap().to_string();
+    let services = host.node.services().to_string();
+    assert!(!status.contains("hunter2") && !services.contains("hunter2"));
+}

@@ -13,7 +13,9 @@
 //! | `TS_ERRORS_AFTER_MS` | only answer errors (`TS_ERROR_RATE`) after this long            |
 //!
 //! HTTP endpoints: `/health`; `/` answers `version=V slot=S pid=P`; `/sleep?ms=N`; `/echo` streams
-//! the request body back; `/ws` upgrades (WebSocket handshake) and then echoes raw bytes.
+//! the request body back; `/headers` lists the request headers; `/env?name=X` shows a variable;
+//! `/visit` counts calls in `$HALLEY_SERVICE_DATA/visits`; `/ws` upgrades (WebSocket handshake)
+//! and then echoes raw bytes.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -162,6 +164,25 @@ async fn handle(mut req: Request<Incoming>, k: &Knobs) -> Response<Body> {
             )
         }
         "/echo" => Response::new(req.into_body().boxed()),
+        "/env" => {
+            let name = req
+                .uri()
+                .query()
+                .and_then(|q| q.strip_prefix("name="))
+                .unwrap_or("");
+            text(StatusCode::OK, std::env::var(name).unwrap_or_default())
+        }
+        "/visit" => {
+            // Counts visits in a file under HALLEY_SERVICE_DATA, which outlives releases.
+            let dir = std::env::var("HALLEY_SERVICE_DATA").unwrap_or_else(|_| ".".into());
+            let path = std::path::Path::new(&dir).join("visits");
+            let mut line = std::fs::read_to_string(&path).unwrap_or_default();
+            line.push('x');
+            match std::fs::write(&path, &line) {
+                Ok(()) => text(StatusCode::OK, format!("{}\n", line.len())),
+                Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+            }
+        }
         "/headers" => {
             let mut out = String::new();
             for (name, value) in req.headers() {
