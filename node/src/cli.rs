@@ -56,15 +56,37 @@ enum Command {
     },
     /// Leave the cluster gracefully and stop the local daemon (peers mark it left at once).
     Leave,
-    /// Mark the local node as draining (published in gossip; shown by `status`).
-    Drain,
-    /// Clear the local node's draining mark.
-    Undrain,
-    /// Deploy a release of a service to this node: start it in the idle slot, check it, flip the
-    /// entry point to it, drain the old slot, commit.
+    /// Mark a node as draining (this one, or NODE): gossiped, shown by `status`, and
+    /// `GET /.halley/ready` on its entry points answers 503.
+    Drain {
+        /// The node [default: this one].
+        node: Option<NodeName>,
+    },
+    /// Clear a node's draining mark (this one, or NODE).
+    Undrain {
+        /// The node [default: this one].
+        node: Option<NodeName>,
+    },
+    /// Roll a release of a service out across its hosts, one batch at a time, coordinated by this
+    /// node: drain, deploy (start in the idle slot, check, flip, drain the old slot), undrain,
+    /// bake while watching regressions; roll every touched host back when they cross a threshold.
     Deploy(DeployArgs),
-    /// Put this node's service back on its previous release (a flip when that slot is warm).
+    /// Put every host of a service back on its previous release (or --to VERSION), all at once
+    /// (a flip where that slot is still warm).
     Rollback {
+        /// The service.
+        service: ServiceName,
+        /// The release to go back to [default: each host's previous committed release].
+        #[arg(long)]
+        to: Option<ReleaseVersion>,
+    },
+    /// Rollouts in progress or finished, as this node knows them (from gossip).
+    Rollout {
+        #[command(subcommand)]
+        command: RolloutCommand,
+    },
+    /// A service's rollouts: version, time, coordinator, outcome, why.
+    History {
         /// The service.
         service: ServiceName,
     },
@@ -78,19 +100,41 @@ enum Command {
     Demo,
 }
 
+#[derive(Debug, Subcommand)]
+enum RolloutCommand {
+    /// Show the newest rollout of each service (or of one), host by host.
+    Status {
+        /// The service [default: all].
+        service: Option<ServiceName>,
+    },
+}
+
 #[derive(Debug, Args)]
 struct DeployArgs {
     /// The service (a [service.NAME] table in the config).
     service: ServiceName,
+    /// Continue (or roll back) the service's unfinished rollout from its journal, taking it over
+    /// from a dead coordinator; no config or artifact needed.
+    #[arg(long)]
+    resume: bool,
+    /// With --resume: take the rollout over even from a coordinator that looks alive.
+    #[arg(long, requires = "resume")]
+    force: bool,
+    /// Skip hosts that are unreachable on their turn instead of pausing the rollout.
+    #[arg(long)]
+    skip_unreachable: bool,
+    /// Print the plan (batches, hosts, current and new version) and change nothing.
+    #[arg(long)]
+    dry_run: bool,
     /// The config file.
     #[arg(short = 'c', long = "config", default_value = "halley.toml")]
     config: PathBuf,
     /// The release's version (A-Z a-z 0-9 . _ - +).
-    #[arg(long)]
-    version: ReleaseVersion,
+    #[arg(long, required_unless_present = "resume")]
+    version: Option<ReleaseVersion>,
     /// The artifact: a .tar.gz or .tar.zst of the release directory, or a single executable.
-    #[arg(long)]
-    artifact: PathBuf,
+    #[arg(long, required_unless_present = "resume")]
+    artifact: Option<PathBuf>,
     /// The artifact's expected SHA-256 (64 hex digits); the deploy stops if it differs.
     #[arg(long, value_parser = parse_sha256)]
     sha256: Option<[u8; 32]>,
@@ -286,27 +330,76 @@ async fn dispatch(cli: Cli) -> Result<()> {
             admin::call(&data_dir, AdminRequest::Leave).await?;
             println!("leaving; the node announces it to its peers and stops");
         }
-        Command::Drain => {
-            admin::call(&data_dir, AdminRequest::SetDraining(true)).await?;
-            println!("draining");
+        Command::Drain { node } => {
+            let who = node
+                .as_ref()
+                .map_or("this node".into(), |n| format!("node {n}"));
+            admin::call(
+                &data_dir,
+                AdminRequest::SetDraining {
+                    node,
+                    draining: true,
+                },
+            )
+            .await?;
+            println!("{who} is draining");
         }
-        Command::Undrain => {
-            admin::call(&data_dir, AdminRequest::SetDraining(false)).await?;
-            println!("not draining");
+        Command::Undrain { node } => {
+            let who = node
+                .as_ref()
+                .map_or("this node".into(), |n| format!("node {n}"));
+            admin::call(
+                &data_dir,
+                AdminRequest::SetDraining {
+                    node,
+                    draining: false,
+                },
+            )
+            .await?;
+            println!("{who} is not draining");
         }
         Command::Deploy(args) => {
+            if args.resume {
+                deploy::resume(
+                    &data_dir,
+                    &args.service,
+                    args.force,
+                    args.skip_unreachable,
+                    &mut std::io::stdout(),
+                )
+                .await?;
+                return Ok(());
+            }
             let spec = config::load_service(&args.config, &args.service)?;
+            let (Some(version), Some(artifact)) = (args.version, args.artifact) else {
+                bail!("deploy needs --version and --artifact (or --resume)");
+            };
             let opts = DeployOptions {
                 service: args.service,
                 spec,
-                version: args.version,
-                artifact: args.artifact,
+                version,
+                artifact,
                 sha256: args.sha256,
+                skip_unreachable: args.skip_unreachable,
             };
+            if args.dry_run {
+                print!("{}", deploy::dry_run(&data_dir, &opts).await?);
+                return Ok(());
+            }
             deploy::deploy(&data_dir, &opts, &mut std::io::stdout()).await?;
         }
-        Command::Rollback { service } => {
-            deploy::rollback(&data_dir, &service, &mut std::io::stdout()).await?;
+        Command::Rollback { service, to } => {
+            deploy::rollback(&data_dir, &service, to, &mut std::io::stdout()).await?;
+        }
+        Command::Rollout {
+            command: RolloutCommand::Status { service },
+        } => {
+            let list = deploy::status(&data_dir, service.as_ref()).await?;
+            print!("{}", deploy::rollout_table(&list));
+        }
+        Command::History { service } => {
+            let list = deploy::history(&data_dir, &service).await?;
+            print!("{}", deploy::history_table(&list));
         }
         Command::Services { json } => {
             let list = deploy::services(&data_dir).await?;

@@ -84,11 +84,14 @@ pub async fn run(
     let interval = opts.gossip_interval;
     let suspect_after = (interval * 4).max(Duration::from_secs(1));
     // Services come back first, so their entry points are serving again as soon as possible.
+    let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let services = Services::load(HostContext {
         node: record.name.clone(),
         data_dir: data_dir.clone(),
         releases: Releases::new(data_dir.root()),
         service_address: opts.service_address,
+        draining: draining.clone(),
+        last_contact_ms: Arc::new(std::sync::atomic::AtomicU64::new(wall_ms())),
     });
     let service = Arc::new(NodeService::new(
         record.clone(),
@@ -98,7 +101,9 @@ pub async fn run(
         tokens,
         suspect_after.as_millis() as u64,
         services,
+        draining,
     ));
+    service.set_self();
     let (mesh, gossip_rx) = Mesh::start(record.listen, &creds, service.clone())?;
     let transport = QuicGossipTransport::new(mesh.clone(), gossip_rx);
 

@@ -1,23 +1,26 @@
-//! `halley-node deploy` and `halley-node rollback` on the local node: the operator's walk through
-//! the node's deploy steps over the admin socket, with a line of progress per step.
+//! The CLI side of deploys: `deploy`, `deploy --resume`, `rollback`, `rollout status`,
+//! `history` and `services`. The local node coordinates (see `rollout_driver`); the CLI asks it
+//! over the admin socket, then follows the rollout's published state and prints one line per
+//! host change, so the output reads the same on a terminal and in a log.
 //!
 //! ## Guarantees
-//! - Nothing gets traffic before its check passed: the walk is prepare → start-next → check →
-//!   flip → drain → commit, and the node refuses a flip to a slot that is not healthy.
-//! - Any failure after start-next is followed by a revert, so the service is left serving its
-//!   committed release; the error says which step failed and why (for a failed check, the last
-//!   check's output).
-//! - A rollback is the same walk to the previous committed release; when its slot is still warm,
-//!   start-next reuses it and the rollback is a flip.
+//! - The exit status says how the rollout ended: success only when it completed; a rollback, a
+//!   pause or a fenced stop is an error whose message says why and what each host did.
+//! - Closing the CLI does not stop a rollout: it runs in the node.
+//! - `--dry-run` reads the membership and prints the plan; it changes nothing.
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use halley_proto::deploy::{
-    ArtifactSource, ReleaseVersion, ServiceStatus, SlotRole, Step, StepReply, StepRequest,
+use halley_proto::NodeName;
+use halley_proto::deploy::{ReleaseVersion, ServiceStatus, SlotRole, Step, StepReply, StepRequest};
+use halley_proto::gossip::ServiceSummary;
+use halley_proto::message::{AdminRequest, AdminResponse, MemberState};
+use halley_proto::rollout::{
+    HistoryEntry, HostStep, Phase, RolloutKind, RolloutRequest, RolloutState,
 };
-use halley_proto::message::{AdminRequest, AdminResponse};
 use halley_proto::spec::{ServiceName, ServiceSpec};
 
 use crate::admin;
@@ -41,9 +44,11 @@ pub struct DeployOptions {
     pub artifact: PathBuf,
     /// Its expected SHA-256, if known.
     pub sha256: Option<[u8; 32]>,
+    /// Skip hosts unreachable on their turn.
+    pub skip_unreachable: bool,
 }
 
-/// Runs one step on the local node.
+/// Runs one deploy step on the local node (benchmarks and scripts drive a node with these).
 pub async fn step(data_dir: &DataDir, service: &ServiceName, step: Step) -> Result<StepReply> {
     let request = AdminRequest::Step(StepRequest {
         service: service.clone(),
@@ -52,188 +57,281 @@ pub async fn step(data_dir: &DataDir, service: &ServiceName, step: Step) -> Resu
     });
     match admin::call_within(data_dir, request, STEP_TIMEOUT).await? {
         AdminResponse::Step(reply) => Ok(reply),
-        other => Err(Error::Protocol(format!(
-            "the node answered a deploy step with {other:?}"
-        ))),
+        other => Err(unexpected("a deploy step", &other)),
     }
+}
+
+fn unexpected(what: &str, answer: &AdminResponse) -> Error {
+    Error::Protocol(format!("the node answered {what} with {answer:?}"))
 }
 
 /// The services of the local node.
 pub async fn services(data_dir: &DataDir) -> Result<Vec<ServiceStatus>> {
     match admin::call(data_dir, AdminRequest::Services).await? {
         AdminResponse::Services(list) => Ok(list),
-        other => Err(Error::Protocol(format!(
-            "the node answered a services request with {other:?}"
-        ))),
+        other => Err(unexpected("a services request", &other)),
     }
 }
 
-/// Deploys a release to the local node.
+/// Rolls a release out across the service's hosts, coordinated by the local node.
 pub async fn deploy(data_dir: &DataDir, opts: &DeployOptions, out: &mut impl Write) -> Result<()> {
     let artifact = std::fs::canonicalize(&opts.artifact)
         .map_err(Error::io("cannot find artifact", &opts.artifact))?;
-    let _ = writeln!(out, "deploy {} {}", opts.service, opts.version);
-    let t = Instant::now();
-    let prepared = step(
-        data_dir,
-        &opts.service,
-        Step::Prepare {
+    let request = RolloutRequest {
+        service: opts.service.clone(),
+        kind: RolloutKind::Deploy {
             spec: Box::new(opts.spec.clone()),
             version: opts.version.clone(),
-            artifact: ArtifactSource::LocalPath {
-                path: artifact.display().to_string(),
-                sha256: opts.sha256,
-            },
+            artifact: artifact.display().to_string(),
+            sha256: opts.sha256,
         },
-    )
-    .await?;
-    report(out, "prepare", &prepared, t);
-    walk(data_dir, &opts.service, &opts.version, out).await
+        skip_unreachable: opts.skip_unreachable,
+    };
+    run(data_dir, request, out).await
 }
 
-/// Rolls the local node's service back to its previous committed release.
+/// Continues the newest unfinished rollout of a service from its journal.
+pub async fn resume(
+    data_dir: &DataDir,
+    service: &ServiceName,
+    force: bool,
+    skip_unreachable: bool,
+    out: &mut impl Write,
+) -> Result<()> {
+    let request = RolloutRequest {
+        service: service.clone(),
+        kind: RolloutKind::Resume { force },
+        skip_unreachable,
+    };
+    run(data_dir, request, out).await
+}
+
+/// Puts every host of a service back on its previous release (or `to`), all at once.
 pub async fn rollback(
     data_dir: &DataDir,
     service: &ServiceName,
+    to: Option<ReleaseVersion>,
     out: &mut impl Write,
 ) -> Result<()> {
-    let list = services(data_dir).await?;
-    let status = list.iter().find(|s| &s.name == service).ok_or_else(|| {
-        Error::Invalid(format!(
-            "service {service} is not deployed on this node; 'halley-node services' lists what is"
-        ))
-    })?;
-    let previous = status.previous.clone().ok_or_else(|| {
-        Error::Invalid(format!(
-            "service {service} has no previous release on this node to roll back to (committed: {})",
-            status
-                .committed
-                .as_ref()
-                .map_or("none".into(), |v| v.to_string())
-        ))
-    })?;
-    let warm = status.slots.iter().any(|s| {
-        s.version.as_ref() == Some(&previous)
-            && matches!(s.role, SlotRole::Warm | SlotRole::Draining)
-    });
-    let _ = writeln!(
-        out,
-        "rollback {service} to {previous} ({})",
-        if warm {
-            "its slot is warm: a flip"
-        } else {
-            "cold: start, check, flip"
-        }
-    );
-    walk(data_dir, service, &previous, out).await
+    let request = RolloutRequest {
+        service: service.clone(),
+        kind: RolloutKind::Rollback { to },
+        skip_unreachable: false,
+    };
+    run(data_dir, request, out).await
 }
 
-/// start-next → check → flip → drain → commit, reverting on failure.
-async fn walk(
+async fn run(data_dir: &DataDir, request: RolloutRequest, out: &mut impl Write) -> Result<()> {
+    let service = request.service.clone();
+    let id = match admin::call(data_dir, AdminRequest::Rollout(request)).await? {
+        AdminResponse::RolloutStarted(id) => id,
+        other => return Err(unexpected("a rollout request", &other)),
+    };
+    follow(data_dir, &service, &id, out).await
+}
+
+/// Prints a rollout's progress until it ends; errors unless it completed.
+pub async fn follow(
     data_dir: &DataDir,
     service: &ServiceName,
-    version: &ReleaseVersion,
+    id: &str,
     out: &mut impl Write,
 ) -> Result<()> {
-    let t = Instant::now();
-    let started = step(
-        data_dir,
-        service,
-        Step::StartNext {
-            version: version.clone(),
-        },
-    )
-    .await?;
-    report(out, "start", &started, t);
-    let mut rest = async || -> Result<()> {
-        for (name, s) in [
-            ("check", Step::Check),
-            ("flip", Step::Flip),
-            ("drain", Step::Drain),
-            ("commit", Step::Commit),
-        ] {
-            let t = Instant::now();
-            let reply = step(data_dir, service, s)
-                .await
-                .map_err(|e| Error::Invalid(format!("{name} failed: {e}")))?;
-            report(out, name, &reply, t);
-        }
-        Ok(())
-    };
-    let result = rest().await;
-    if let Err(e) = result {
-        let _ = writeln!(out, "  {e}");
-        let t = Instant::now();
-        match step(data_dir, service, Step::Revert).await {
-            Ok(reply) => report(out, "revert", &reply, t),
-            Err(revert) => {
-                return Err(Error::Invalid(format!(
-                    "{e}; the revert failed too: {revert}"
-                )));
+    let started = Instant::now();
+    let mut seen: HashMap<NodeName, (HostStep, String)> = HashMap::new();
+    let mut last_phase = None;
+    loop {
+        let state = status(data_dir, Some(service))
+            .await?
+            .into_iter()
+            .find(|s| s.id == id);
+        if let Some(state) = state {
+            if last_phase.is_none() {
+                let _ = writeln!(
+                    out,
+                    "{} {} {} on {} host(s), coordinated by {} (epoch {})",
+                    if state.phase == Phase::RollingBack {
+                        "rollback of"
+                    } else {
+                        "rollout of"
+                    },
+                    state.service,
+                    state.version,
+                    state.hosts.len(),
+                    state.coordinator,
+                    state.epoch
+                );
+            }
+            for h in &state.hosts {
+                let now = (h.step, h.note.clone());
+                if seen.get(&h.node) != Some(&now) {
+                    let _ = writeln!(
+                        out,
+                        "  {:<12} {:<10} {}",
+                        h.node.as_str(),
+                        h.step.as_str(),
+                        h.note
+                    );
+                    seen.insert(h.node.clone(), now);
+                }
+            }
+            if last_phase != Some(state.phase) && state.phase != Phase::Running {
+                let _ = writeln!(out, "{}", state.phase);
+                last_phase = Some(state.phase);
+            }
+            last_phase.get_or_insert(state.phase);
+            let secs = started.elapsed().as_secs_f64();
+            match state.phase {
+                Phase::Completed => {
+                    let _ = writeln!(out, "completed in {secs:.1} s: {}", state.progress());
+                    return Ok(());
+                }
+                Phase::RolledBack if state.reason.starts_with("rollback to") => {
+                    let _ = writeln!(out, "rolled back in {secs:.1} s");
+                    return Ok(());
+                }
+                Phase::RolledBack | Phase::Paused | Phase::Fenced => {
+                    return Err(Error::Invalid(format!(
+                        "rollout {} {}: {}",
+                        state.id, state.phase, state.reason
+                    )));
+                }
+                _ => {}
             }
         }
-        return Err(e);
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    Ok(())
 }
 
-fn report(out: &mut impl Write, name: &str, reply: &StepReply, since: Instant) {
-    let took = since.elapsed();
-    let text = match reply {
-        StepReply::Prepared { sha256, unpacked } => format!(
-            "sha256 {}… {}",
-            &sha256[..sha256.len().min(12)],
-            if *unpacked {
-                "unpacked"
-            } else {
-                "already unpacked"
-            }
-        ),
-        StepReply::Started { slot, port, reused } => format!(
-            "{slot} on 127.0.0.1:{port}{}",
-            if *reused { " (warm, reused)" } else { "" }
-        ),
-        StepReply::Healthy { slot, .. } => format!("{slot} is healthy"),
-        StepReply::Flipped { from, to, took_ns } => format!(
-            "{} → {to} (route switched in {} µs)",
-            from.map_or("nothing".to_owned(), |f| f.to_string()),
-            *took_ns as f64 / 1000.0
-        ),
-        StepReply::Drained {
-            slot,
-            completed,
-            cut,
-            ..
-        } => match slot {
-            Some(slot) => format!("{slot}: {completed} finished, {cut} cut at drain_timeout"),
-            None => "nothing to drain".into(),
-        },
-        StepReply::Committed {
-            version,
-            previous,
-            pruned,
-        } => format!(
-            "{version} (previous {}){}",
-            previous.as_ref().map_or("none".into(), |p| p.to_string()),
-            if pruned.is_empty() {
+/// Rollouts as the local node knows them.
+pub async fn status(
+    data_dir: &DataDir,
+    service: Option<&ServiceName>,
+) -> Result<Vec<RolloutState>> {
+    match admin::call(data_dir, AdminRequest::RolloutStatus(service.cloned())).await? {
+        AdminResponse::Rollouts(list) => Ok(list),
+        other => Err(unexpected("a rollout status request", &other)),
+    }
+}
+
+/// A service's rollout history.
+pub async fn history(data_dir: &DataDir, service: &ServiceName) -> Result<Vec<HistoryEntry>> {
+    match admin::call(data_dir, AdminRequest::History(service.clone())).await? {
+        AdminResponse::History(list) => Ok(list),
+        other => Err(unexpected("a history request", &other)),
+    }
+}
+
+/// The plan a deploy would follow, from the membership and each host's gossiped release.
+pub async fn dry_run(data_dir: &DataDir, opts: &DeployOptions) -> Result<String> {
+    let AdminResponse::Status(report) = admin::call(data_dir, AdminRequest::Status).await? else {
+        return Err(Error::Protocol(
+            "the node answered status with something else".into(),
+        ));
+    };
+    let members: Vec<NodeName> = report
+        .members
+        .iter()
+        .filter(|m| m.state != MemberState::Left)
+        .map(|m| m.name.clone())
+        .collect();
+    let hosts = crate::rollout::plan(&opts.spec.hosts, &opts.spec.rollout.order, &members);
+    let batch = opts.spec.rollout.batch.max(1) as usize;
+    let mut text = format!(
+        "plan: {} {} on {} host(s), batches of {batch}, drain_wait {}, bake {}, pause {} (nothing was changed)\n",
+        opts.service,
+        opts.version,
+        hosts.len(),
+        opts.spec.rollout.drain_wait,
+        opts.spec.rollout.bake,
+        opts.spec.rollout.pause
+    );
+    for (i, chunk) in hosts.chunks(batch).enumerate() {
+        for host in chunk {
+            let member = report.members.iter().find(|m| &m.name == host);
+            let current = member
+                .and_then(|m| m.services.iter().find(|(n, _)| n == opts.service.as_str()))
+                .and_then(|(n, v)| ServiceSummary::parse(n, v).ok())
+                .map_or("not deployed".to_owned(), |s| s.version);
+            let state = member.map_or("unknown", |m| m.state.as_str());
+            text.push_str(&format!(
+                "  batch {:<3} {:<12} {:<10} {} -> {}\n",
+                i + 1,
+                host.as_str(),
+                state,
+                current,
+                opts.version
+            ));
+        }
+    }
+    Ok(text)
+}
+
+/// The `rollout status` table.
+pub fn rollout_table(list: &[RolloutState]) -> String {
+    if list.is_empty() {
+        return "no rollouts known to this node\n".into();
+    }
+    let mut out = String::new();
+    for s in list {
+        out.push_str(&format!(
+            "{} {} {}: {} ({}), coordinator {}, epoch {}{}\n",
+            s.service,
+            s.version,
+            s.id,
+            s.phase,
+            s.progress(),
+            s.coordinator,
+            s.epoch,
+            if s.reason.is_empty() {
                 String::new()
             } else {
-                format!(
-                    "; pruned {}",
-                    pruned
-                        .iter()
-                        .map(ToString::to_string)
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )
+                format!("\n  why: {}", s.reason)
             }
-        ),
-        StepReply::Reverted { serving } => format!(
-            "serving {}",
-            serving.as_ref().map_or("nothing".into(), |v| v.to_string())
-        ),
-    };
-    let _ = writeln!(out, "  {name:<8} {text}  [{} ms]", took.as_millis());
+        ));
+        for h in &s.hosts {
+            out.push_str(&format!(
+                "  {:<12} {:<10} {}\n",
+                h.node.as_str(),
+                h.step.as_str(),
+                h.note
+            ));
+        }
+    }
+    out
+}
+
+/// The `history` table.
+pub fn history_table(list: &[HistoryEntry]) -> String {
+    let mut out = format!(
+        "{:<24} {:<10} {:<12} {:<12} {:>8}  WHY\n",
+        "STARTED (UTC)", "VERSION", "COORDINATOR", "OUTCOME", "SECONDS"
+    );
+    for e in list {
+        let started = time::OffsetDateTime::from_unix_timestamp((e.started_ms / 1000) as i64)
+            .map(|t| {
+                format!(
+                    "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
+                    t.year(),
+                    u8::from(t.month()),
+                    t.day(),
+                    t.hour(),
+                    t.minute(),
+                    t.second()
+                )
+            })
+            .unwrap_or_else(|_| e.started_ms.to_string());
+        out.push_str(&format!(
+            "{:<24} {:<10} {:<12} {:<12} {:>8.1}  {}\n",
+            started,
+            e.version.as_str(),
+            e.coordinator.as_str(),
+            e.outcome.as_str(),
+            e.ended_ms.saturating_sub(e.started_ms) as f64 / 1000.0,
+            e.reason
+        ));
+    }
+    out
 }
 
 /// The `services` table.

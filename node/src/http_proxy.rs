@@ -15,10 +15,13 @@
 //! - Every response and failure is counted on its slot (requests, 5xx, latency to headers); the
 //!   proxy's own 502/504 count as 5xx.
 //! - Without a routed release the entry point answers 503 and says so.
+//! - `GET /.halley/ready` is answered by the proxy itself: 200, or 503 while the node is draining
+//!   (a rollout's drain, or `halley-node drain`), for external load balancers' health checks.
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -47,8 +50,16 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_secs(300);
 const MAX_HEAD: usize = 64 * 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The path a load balancer polls: 200 while the node takes work, 503 while it is draining.
+pub const READY_PATH: &str = "/.halley/ready";
+
 /// Serves HTTP on `listener` until the task is aborted.
-pub async fn serve(listener: TcpListener, router: Arc<Router>, service: String) {
+pub async fn serve(
+    listener: TcpListener,
+    router: Arc<Router>,
+    service: String,
+    draining: Arc<AtomicBool>,
+) {
     let service: Arc<str> = service.into();
     loop {
         let (stream, remote) = match listener.accept().await {
@@ -63,15 +74,22 @@ pub async fn serve(listener: TcpListener, router: Arc<Router>, service: String) 
         let _ = stream.set_nodelay(true);
         let router = router.clone();
         let service = service.clone();
+        let draining = draining.clone();
         tokio::spawn(async move {
             // Requests of one client connection come one after another, so one upstream
             // connection per client connection serves them all, with no pool to lock.
             let pinned: Arc<Mutex<Option<Pinned>>> = Arc::default();
-            let svc = service_fn(move |req| {
+            let svc = service_fn(move |req: Request<Incoming>| {
                 let router = router.clone();
                 let service = service.clone();
                 let pinned = pinned.clone();
-                async move { Ok::<_, Infallible>(handle(req, &router, remote, &service, &pinned).await) }
+                let draining = draining.clone();
+                async move {
+                    if req.uri().path() == READY_PATH {
+                        return Ok::<_, Infallible>(ready(draining.load(Ordering::Relaxed)));
+                    }
+                    Ok(handle(req, &router, remote, &service, &pinned).await)
+                }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -372,6 +390,17 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     if !keep_upgrade {
         headers.remove(header::CONNECTION);
         headers.remove(header::UPGRADE);
+    }
+}
+
+fn ready(draining: bool) -> Response<ProxyBody> {
+    if draining {
+        local(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining: this node takes no new work; send it elsewhere\n".into(),
+        )
+    } else {
+        local(StatusCode::OK, "ready\n".into())
     }
 }
 

@@ -28,11 +28,16 @@ pub mod init;
 pub mod join;
 pub mod membership;
 pub mod mesh;
+pub mod peers;
 pub mod pki;
 pub mod probe;
 pub mod process;
 pub mod random;
+pub mod regression;
 pub mod releases;
+pub mod rollout;
+pub mod rollout_driver;
+pub mod rollout_status;
 #[cfg(test)]
 mod scenario;
 pub mod service;

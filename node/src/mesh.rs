@@ -128,6 +128,39 @@ impl Mesh {
         }
     }
 
+    /// Sends one request to the node at `to` on a new bidirectional stream and waits up to
+    /// `timeout` for its reply. An [`Message::ErrorReply`] comes back as [`Error::Remote`].
+    pub async fn request(
+        self: &Arc<Self>,
+        to: SocketAddr,
+        request: &Message,
+        timeout: Duration,
+    ) -> Result<Message> {
+        let exchange = async {
+            let conn = self.connection(to).await?;
+            let (mut send, mut recv) = conn
+                .open_bi()
+                .await
+                .map_err(|e| Error::Net(format!("cannot open a stream to {to}: {e}")))?;
+            write_message(&mut send, request, Limit::Rpc).await?;
+            let _ = send.finish();
+            read_message(&mut recv, Limit::Rpc).await
+        };
+        match tokio::time::timeout(timeout, exchange).await {
+            Err(_) => Err(Error::Net(format!(
+                "{to} did not answer a {} request within {}s",
+                request.kind(),
+                timeout.as_secs()
+            ))),
+            Ok(Err(e)) => Err(e),
+            Ok(Ok(None)) => Err(Error::Net(format!(
+                "{to} closed the stream without a reply"
+            ))),
+            Ok(Ok(Some(Message::ErrorReply(reply)))) => Err(Error::Remote(reply)),
+            Ok(Ok(Some(reply))) => Ok(reply),
+        }
+    }
+
     /// Byte counters over all connections, live and closed.
     pub fn stats(&self) -> MeshStats {
         let (mut tx, mut rx, mut connections) = (0, 0, 0);

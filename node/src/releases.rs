@@ -114,6 +114,98 @@ impl Releases {
         result
     }
 
+    fn partial_path(&self, sha256: &[u8; 32]) -> PathBuf {
+        self.artifacts()
+            .join(format!(".part-{}", hex::encode(sha256)))
+    }
+
+    /// How much of an artifact is here: `(bytes, complete)`.
+    pub fn artifact_received(&self, sha256: &[u8; 32]) -> (u64, bool) {
+        if let Ok(meta) = fs::metadata(self.artifact_path(sha256)) {
+            return (meta.len(), true);
+        }
+        let partial = fs::metadata(self.partial_path(sha256)).map_or(0, |m| m.len());
+        (partial, false)
+    }
+
+    /// Appends a piece of an artifact sent by a coordinator. A piece whose `offset` is not what
+    /// is held is ignored and the held length returned, so the sender resumes from there (after
+    /// a dropped connection, say). The last piece is checked against the hash before the
+    /// artifact is stored under it. Returns `(bytes held, complete)`.
+    pub fn put_chunk(
+        &self,
+        sha256: &[u8; 32],
+        total: u64,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<(u64, bool)> {
+        let (held, complete) = self.artifact_received(sha256);
+        if complete {
+            return Ok((held, true));
+        }
+        if held != offset {
+            return Ok((held, false));
+        }
+        if offset + data.len() as u64 > total {
+            let _ = fs::remove_file(self.partial_path(sha256));
+            return Err(Error::Artifact(format!(
+                "artifact {} is longer than the {total} bytes announced; transfer restarted",
+                hex::encode(sha256)
+            )));
+        }
+        let dir = self.artifacts();
+        fs::create_dir_all(&dir).map_err(Error::io("cannot create", &dir))?;
+        let partial = self.partial_path(sha256);
+        let mut file = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&partial)
+            .map_err(Error::io("cannot open", &partial))?;
+        file.write_all(data)
+            .map_err(Error::io("cannot write (is the disk full?)", &partial))?;
+        let held = offset + data.len() as u64;
+        if held < total {
+            return Ok((held, false));
+        }
+        file.sync_all()
+            .map_err(Error::io("cannot write (is the disk full?)", &partial))?;
+        drop(file);
+        let mut check = File::open(&partial).map_err(Error::io("cannot open", &partial))?;
+        let got = copy_hashing(&mut check, &mut io::sink())
+            .map_err(Error::io("cannot read", &partial))?;
+        if &got != sha256 {
+            let _ = fs::remove_file(&partial);
+            return Err(Error::Artifact(format!(
+                "the artifact received has SHA-256 {}, not {}; it was damaged in transit and is discarded",
+                hex::encode(&got),
+                hex::encode(sha256)
+            )));
+        }
+        let dest = self.artifact_path(sha256);
+        fs::rename(&partial, &dest).map_err(Error::io("cannot rename into place", &dest))?;
+        Ok((total, true))
+    }
+
+    /// A piece of a stored artifact: `(total size, bytes from offset, at most max)`.
+    pub fn read_chunk(&self, sha256: &[u8; 32], offset: u64, max: usize) -> Result<(u64, Vec<u8>)> {
+        use std::io::{Seek, SeekFrom};
+        let path = self.artifact_path(sha256);
+        let mut file =
+            File::open(&path).map_err(Error::io("cannot open stored artifact", &path))?;
+        let total = file
+            .metadata()
+            .map_err(Error::io("cannot read", &path))?
+            .len();
+        file.seek(SeekFrom::Start(offset.min(total)))
+            .map_err(Error::io("cannot read", &path))?;
+        let mut data = Vec::with_capacity(max);
+        file.take(max as u64)
+            .read_to_end(&mut data)
+            .map_err(Error::io("cannot read", &path))?;
+        Ok((total, data))
+    }
+
     /// Hashes a stored artifact again and refuses it if it changed on disk.
     pub fn verify_stored(&self, sha256: &[u8; 32]) -> Result<()> {
         let path = self.artifact_path(sha256);
@@ -335,6 +427,40 @@ fn is_inside(path: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chunks_resume_at_what_is_held_and_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Releases::new(dir.path());
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+        let mut ctx = digest::Context::new(&digest::SHA256);
+        ctx.update(&data);
+        let mut sha = [0u8; 32];
+        sha.copy_from_slice(ctx.finish().as_ref());
+        let total = data.len() as u64;
+        assert_eq!(
+            store.put_chunk(&sha, total, 0, &data[..4000]).unwrap(),
+            (4000, false)
+        );
+        // A resend of an old piece (the reply was lost) only reports what is held.
+        assert_eq!(
+            store.put_chunk(&sha, total, 0, &data[..4000]).unwrap(),
+            (4000, false)
+        );
+        assert_eq!(store.artifact_received(&sha), (4000, false));
+        assert_eq!(
+            store.put_chunk(&sha, total, 4000, &data[4000..]).unwrap(),
+            (total, true)
+        );
+        assert_eq!(
+            store.read_chunk(&sha, 9000, 4096).unwrap(),
+            (total, data[9000..].to_vec())
+        );
+        // Damage in transit is caught by the hash.
+        let other = [7u8; 32];
+        assert!(store.put_chunk(&other, 3, 0, b"abc").is_err());
+        assert_eq!(store.artifact_received(&other), (0, false));
+    }
 
     #[test]
     fn lexical_containment() {

@@ -3,9 +3,10 @@
 //! It owns the membership view, the token book and (on the node that ran `init`) the CA key. The
 //! daemon driver feeds it chitchat snapshots; request handlers read and change it.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use chitchat::{Chitchat, ChitchatId};
@@ -14,8 +15,11 @@ use halley_proto::gossip::{
     self, KEY_CA_HOLDER, KEY_DRAINING, KEY_LEFT, KEY_STARTED_MS, KEY_VERSION,
 };
 use halley_proto::message::{
-    AdminRequest, AdminResponse, ErrorKind, ErrorReply, JoinRequest, JoinResponse, StatusReport,
+    AdminRequest, AdminResponse, ErrorKind, ErrorReply, JoinRequest, JoinResponse, MemberState,
+    StatusReport,
 };
+use halley_proto::rollout::RolloutState;
+use halley_proto::spec::ServiceName;
 use halley_proto::{Message, NodeName, Role};
 use rustls::pki_types::CertificateDer;
 use tokio::sync::Notify;
@@ -39,17 +43,23 @@ pub fn wall_ms() -> u64 {
 
 /// The running node's state.
 pub struct NodeService {
-    record: NodeRecord,
-    data_dir: DataDir,
+    pub(crate) record: NodeRecord,
+    pub(crate) data_dir: DataDir,
     ca: Option<ClusterCa>,
     ca_der: CertificateDer<'static>,
     tokens: tokio::sync::Mutex<TokenBook>,
     view: Mutex<MembershipView>,
     started: Instant,
-    chitchat: OnceLock<Arc<tokio::sync::Mutex<Chitchat>>>,
-    mesh: OnceLock<Arc<Mesh>>,
+    pub(crate) chitchat: OnceLock<Arc<tokio::sync::Mutex<Chitchat>>>,
+    pub(crate) mesh: OnceLock<Arc<Mesh>>,
     leave: Notify,
-    services: Services,
+    pub(crate) services: Services,
+    draining: Arc<AtomicBool>,
+    me: OnceLock<Weak<NodeService>>,
+    /// Rollouts this node coordinates (or coordinated since it started), by service.
+    pub(crate) rollouts: Mutex<HashMap<ServiceName, RolloutState>>,
+    /// Services whose rollout driver runs in this node now.
+    pub(crate) active_drivers: Mutex<HashSet<ServiceName>>,
 }
 
 impl NodeService {
@@ -62,6 +72,7 @@ impl NodeService {
         tokens: TokenBook,
         suspect_after_ms: u64,
         services: Services,
+        draining: Arc<AtomicBool>,
     ) -> Self {
         let view = MembershipView::new(record.name.clone(), suspect_after_ms);
         Self {
@@ -76,6 +87,69 @@ impl NodeService {
             mesh: OnceLock::new(),
             leave: Notify::new(),
             services,
+            draining,
+            me: OnceLock::new(),
+            rollouts: Mutex::default(),
+            active_drivers: Mutex::default(),
+        }
+    }
+
+    /// Gives the service a handle on itself, for the tasks it spawns (rollouts).
+    pub fn set_self(self: &Arc<Self>) {
+        let _ = self.me.set(Arc::downgrade(self));
+    }
+
+    /// This service as an `Arc`, once the daemon has set it.
+    pub(crate) fn arc(&self) -> Option<Arc<NodeService>> {
+        self.me.get().and_then(Weak::upgrade)
+    }
+
+    /// This node's name.
+    pub fn name(&self) -> &NodeName {
+        &self.record.name
+    }
+
+    /// The mesh address of a member that is not dead or gone.
+    pub fn member_addr(&self, name: &NodeName) -> Option<SocketAddr> {
+        let now = self.mono_ms();
+        let rows = self.view.lock().ok()?.rows(now, wall_ms());
+        rows.into_iter()
+            .find(|r| &r.name == name)
+            .filter(|r| !matches!(r.state, MemberState::Dead | MemberState::Left))
+            .map(|r| r.addr)
+    }
+
+    /// Every member the view knows, with its state.
+    pub fn members(&self) -> Vec<halley_proto::message::MemberRow> {
+        let now = self.mono_ms();
+        self.view
+            .lock()
+            .map(|v| v.rows(now, wall_ms()))
+            .unwrap_or_default()
+    }
+
+    /// Values of gossip keys starting with `prefix`, from every node: `(node, key, value)`.
+    pub async fn gossip_values(&self, prefix: &str) -> Vec<(NodeName, String, String)> {
+        let Some(chitchat) = self.chitchat.get() else {
+            return Vec::new();
+        };
+        let chitchat = chitchat.lock().await;
+        let mut out = Vec::new();
+        for (id, state) in chitchat.node_states() {
+            let Ok(node) = NodeName::parse(&id.node_id) else {
+                continue;
+            };
+            for (k, v) in state.iter_prefix(prefix) {
+                out.push((node.clone(), k.to_owned(), v.value.clone()));
+            }
+        }
+        out
+    }
+
+    /// Sets one of this node's gossip keys.
+    pub async fn publish(&self, key: String, value: String) {
+        if let Some(chitchat) = self.chitchat.get() {
+            chitchat.lock().await.self_node_state().set(key, value);
         }
     }
 
@@ -149,13 +223,16 @@ impl NodeService {
             view.observe(snapshot, now);
         }
         let published = self.services.gossip().await;
-        if !published.is_empty() {
-            let mut chitchat = chitchat.lock().await;
-            let state = chitchat.self_node_state();
-            for (key, value) in published {
-                state.set(key, value);
-            }
+        let mut chitchat = chitchat.lock().await;
+        let state = chitchat.self_node_state();
+        for (key, value) in published {
+            state.set(key, value);
         }
+        // The flag can also be cleared by a service host (an orphaned deploy reverting).
+        state.set(
+            KEY_DRAINING,
+            gossip::flag(self.draining.load(Ordering::Relaxed)),
+        );
     }
 
     /// Gossip addresses of the other members not known to be dead or gone.
@@ -303,7 +380,8 @@ impl NodeService {
         })
     }
 
-    async fn set_draining(&self, draining: bool) -> Result<AdminResponse, ErrorReply> {
+    pub(crate) async fn set_draining(&self, draining: bool) -> Result<AdminResponse, ErrorReply> {
+        self.draining.store(draining, Ordering::Relaxed);
         let chitchat = self
             .chitchat
             .get()
@@ -334,6 +412,10 @@ impl RequestHandler for NodeService {
                     Message::ErrorReply(reply)
                 }
             },
+            Message::Peer(request) => match self.handle_peer(request).await {
+                Ok(reply) => Message::PeerReply(reply),
+                Err(reply) => Message::ErrorReply(reply),
+            },
             Message::Step(step) => match self.services.step(step).await {
                 Ok(reply) => Message::StepReply(reply),
                 Err(reply) => Message::ErrorReply(reply),
@@ -351,7 +433,23 @@ impl AdminHandler for NodeService {
         let result = match request {
             AdminRequest::Status => Ok(self.status().await),
             AdminRequest::CreateToken { ttl_secs, uses } => self.create_token(ttl_secs, uses).await,
-            AdminRequest::SetDraining(draining) => self.set_draining(draining).await,
+            AdminRequest::SetDraining {
+                node: None,
+                draining,
+            } => self.set_draining(draining).await,
+            AdminRequest::SetDraining {
+                node: Some(node),
+                draining,
+            } => self.set_draining_of(&node, draining).await,
+            AdminRequest::Rollout(request) => crate::rollout_driver::start(self, request)
+                .await
+                .map(AdminResponse::RolloutStarted),
+            AdminRequest::RolloutStatus(service) => Ok(AdminResponse::Rollouts(
+                crate::rollout_status::rollouts(self, service.as_ref()).await,
+            )),
+            AdminRequest::History(service) => Ok(AdminResponse::History(
+                crate::rollout_status::history(self, &service).await,
+            )),
             AdminRequest::Leave => {
                 self.leave.notify_one();
                 Ok(AdminResponse::Done)
@@ -373,14 +471,14 @@ fn name_taken(name: &NodeName, addr: SocketAddr) -> ErrorReply {
     }
 }
 
-fn bad_request(message: &str) -> ErrorReply {
+pub(crate) fn bad_request(message: &str) -> ErrorReply {
     ErrorReply {
         kind: ErrorKind::BadRequest,
         message: message.to_owned(),
     }
 }
 
-fn internal(message: &str) -> ErrorReply {
+pub(crate) fn internal(message: &str) -> ErrorReply {
     ErrorReply {
         kind: ErrorKind::Internal,
         message: message.to_owned(),

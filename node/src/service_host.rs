@@ -59,6 +59,12 @@ pub struct HostContext {
     pub releases: Releases,
     /// The address a `listen = ":PORT"` binds on.
     pub service_address: std::net::IpAddr,
+    /// This node's draining flag: `GET /.halley/ready` on every HTTP entry point answers 503
+    /// while it is set, so an external balancer stops sending.
+    pub draining: Arc<std::sync::atomic::AtomicBool>,
+    /// When a coordinator last reached this node (a deploy step or a peer request, unix ms):
+    /// an unfinished deploy with no contact for `orphan_timeout` is reverted by the host.
+    pub last_contact_ms: Arc<std::sync::atomic::AtomicU64>,
 }
 
 type StepResult = Result<StepReply, ErrorReply>;
@@ -168,6 +174,16 @@ impl ServiceHandle {
         }
     }
 
+    /// A prepared release (from the saved record).
+    pub fn release(&self, version: &ReleaseVersion) -> Option<ReleaseEntry> {
+        let record: ServiceRecord = self
+            .ctx
+            .data_dir
+            .read_record(&record_name(&self.name))
+            .ok()?;
+        record.releases.into_iter().find(|r| &r.version == version)
+    }
+
     /// The service's current status.
     pub fn status(&self) -> ServiceStatus {
         self.status.borrow().clone()
@@ -238,14 +254,16 @@ impl ServiceHandle {
                 ArtifactSource::Stored { sha256, file_name } => (sha256, file_name),
             };
             let (_, unpacked) = releases.unpack(&name, &v, &sha, &file_name)?;
-            Ok((sha, unpacked))
+            Ok((sha, unpacked, file_name))
         })
         .await
         .map_err(|e| err(ErrorKind::Internal, format!("unpack task failed: {e}")))?;
-        let (sha256, unpacked) = stored.map_err(|e| err(ErrorKind::BadRequest, e.to_string()))?;
+        let (sha256, unpacked, file_name) =
+            stored.map_err(|e| err(ErrorKind::BadRequest, e.to_string()))?;
         let entry = Box::new(ReleaseEntry {
             version,
             sha256,
+            file_name,
             created_ms: wall_ms(),
             spec,
         });
@@ -459,6 +477,7 @@ impl Host {
         let router = self.router.clone();
         let protocol = self.record.spec.protocol;
         let name = self.record.name.to_string();
+        let draining = self.ctx.draining.clone();
         self.listener = Some(tokio::spawn(async move {
             let listener = match listener {
                 Some(l) => l,
@@ -480,7 +499,7 @@ impl Host {
             };
             info!(service = %name, %addr, "entry point listening");
             match protocol {
-                Protocol::Http => http_proxy::serve(listener, router, name).await,
+                Protocol::Http => http_proxy::serve(listener, router, name, draining).await,
                 Protocol::Tcp => tcp_proxy::serve(listener, router).await,
             }
         }));
@@ -517,6 +536,9 @@ impl Host {
     }
 
     fn command(&mut self, command: Command) {
+        self.ctx
+            .last_contact_ms
+            .fetch_max(wall_ms(), std::sync::atomic::Ordering::Relaxed);
         match command {
             Command::Register {
                 entry,
@@ -610,7 +632,7 @@ impl Host {
                     }),
                 }
             }
-            Step::Commit => match self.engine.commit() {
+            Step::Commit => match self.engine.commit(now) {
                 Ok((version, previous, actions)) => {
                     self.apply(actions);
                     let pruned = self.prune();
@@ -907,10 +929,37 @@ impl Host {
         }
         self.answer_drain(now);
         self.answer_check(now);
+        self.revert_orphan(now);
         if now >= self.last_signals_ms + 1000 {
             self.last_signals_ms = now;
             self.update_signals();
         }
+    }
+
+    /// A deploy left unfinished with no coordinator in touch for `orphan_timeout` is reverted:
+    /// the host goes back to its committed release and stops draining.
+    fn revert_orphan(&mut self, now: u64) {
+        let timeout = self.record.spec.rollout.orphan_timeout.0;
+        let silent = wall_ms().saturating_sub(
+            self.ctx
+                .last_contact_ms
+                .load(std::sync::atomic::Ordering::Relaxed),
+        );
+        if !self.engine.uncommitted() || self.check.is_some() || silent < timeout {
+            return;
+        }
+        warn!(service = %self.record.name, silent_ms = silent, "no coordinator for orphan_timeout; reverting to the committed release");
+        let (outcome, actions) = self.engine.revert(now);
+        self.apply(actions);
+        if let Reverted::StartCommitted(version) = outcome
+            && self.start_next(&version).is_ok()
+        {
+            let (reply, _) = oneshot::channel();
+            self.begin_check(reply, true);
+        }
+        self.ctx
+            .draining
+            .store(false, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Signals over the last window: one snapshot a second, compared with the one a window ago.
@@ -1224,6 +1273,7 @@ impl Host {
                 .iter()
                 .map(|r| r.version.clone())
                 .collect(),
+            epoch: self.record.epoch,
         }
     }
 }

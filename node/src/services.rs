@@ -105,6 +105,29 @@ impl Services {
         handle.step(request.epoch, request.step).await
     }
 
+    /// Notes that a coordinator reached this node (see `orphan_timeout`).
+    pub fn touch(&self) {
+        self.ctx.last_contact_ms.fetch_max(
+            crate::service::wall_ms(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
+    /// The artifact store and releases.
+    pub fn releases(&self) -> &crate::releases::Releases {
+        &self.ctx.releases
+    }
+
+    /// A release prepared on this node.
+    pub async fn release(
+        &self,
+        service: &ServiceName,
+        version: &halley_proto::deploy::ReleaseVersion,
+    ) -> Option<halley_proto::disk::ReleaseEntry> {
+        let handle = self.hosts.lock().await.get(service).cloned()?;
+        handle.release(version)
+    }
+
     /// Every service's status.
     pub async fn statuses(&self) -> Vec<ServiceStatus> {
         self.hosts

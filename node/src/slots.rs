@@ -9,8 +9,10 @@
 //! - A new release starts in the slot that is not active; it gets no traffic until a `flip`, and a
 //!   flip is refused unless that slot is healthy.
 //! - A flip routes new requests to the new slot at once and puts the old one in `draining` until
-//!   `drain_timeout`; when its in-flight work is done (or cut at the deadline) it is kept `warm`
-//!   for `keep_warm`, else stopped. A slot reverted away from is never kept warm.
+//!   `drain_timeout`. When its in-flight work is done (or cut at the deadline), a slot running the
+//!   committed release stays `warm` until the deploy is committed (so a revert is a flip), then
+//!   for `keep_warm`; any other drained slot is kept warm for `keep_warm`, else stopped. A slot
+//!   reverted away from is never kept warm.
 //! - A release already running in the idle slot (warm, or still draining) is reused, not
 //!   restarted: that is what makes a rollback a plain flip.
 //! - `revert` undoes what is not committed: it stops an unflipped next slot, and routes back to
@@ -113,6 +115,8 @@ pub struct Slot {
     pub until_ms: Option<u64>,
     /// Stop rather than keep warm once drained (set when reverting away from it).
     stop_after_drain: bool,
+    /// Kept warm until the deploy that replaced it is committed (a revert is then a flip).
+    held: bool,
 }
 
 impl Slot {
@@ -123,6 +127,7 @@ impl Slot {
             health: Health::Stopped,
             until_ms: None,
             stop_after_drain: false,
+            held: false,
         }
     }
 
@@ -253,6 +258,7 @@ impl Slots {
             s.role = SlotRole::Next;
             s.until_ms = None;
             s.stop_after_drain = false;
+            s.held = false;
             return Ok((target, true, vec![Action::Save]));
         }
         let mut actions = Vec::new();
@@ -320,6 +326,7 @@ impl Slots {
         let s = self.slot_mut(next);
         s.role = SlotRole::Active;
         s.until_ms = None;
+        s.held = false;
         self.active = Some(next);
         actions.push(Action::Save);
         Ok(actions)
@@ -328,9 +335,17 @@ impl Slots {
     /// The driver saw a draining slot's in-flight work reach zero (or cut it).
     pub fn drained(&mut self, color: Color, now: u64) -> Vec<Action> {
         let keep_warm = self.policy.keep_warm_ms;
+        let committed = self.committed.clone();
         let slot = self.slot_mut(color);
         if slot.role != SlotRole::Draining {
             return Vec::new();
+        }
+        if !slot.stop_after_drain && committed.is_some() && slot.version == committed {
+            // The committed release stays up until the new one is committed.
+            slot.role = SlotRole::Warm;
+            slot.until_ms = None;
+            slot.held = true;
+            return vec![Action::Save];
         }
         if keep_warm > 0 && !slot.stop_after_drain {
             slot.role = SlotRole::Warm;
@@ -364,7 +379,7 @@ impl Slots {
                     actions.push(Action::Stop { slot: color });
                     actions.push(Action::Save);
                 }
-                SlotRole::Warm if slot.until_ms.is_none() => {
+                SlotRole::Warm if slot.until_ms.is_none() && !slot.held => {
                     // Restored from disk: the warm period starts now.
                     let keep = self.policy.keep_warm_ms;
                     self.slot_mut(color).until_ms = Some(now + keep);
@@ -375,9 +390,20 @@ impl Slots {
         actions
     }
 
-    /// Makes the active slot's release the committed one. Returns it and the one before it.
+    /// Whether a deploy is under way: a started next slot, or routing to a release that is not
+    /// the committed one.
+    pub fn uncommitted(&self) -> bool {
+        self.next().is_some()
+            || self
+                .active
+                .is_some_and(|c| self.slot(c).version != self.committed)
+    }
+
+    /// Makes the active slot's release the committed one. Returns it and the one before it. A
+    /// slot held warm for the deploy now follows `keep_warm`.
     pub fn commit(
         &mut self,
+        now: u64,
     ) -> Result<(ReleaseVersion, Option<ReleaseVersion>, Vec<Action>), Refused> {
         let version = self
             .active
@@ -391,7 +417,25 @@ impl Slots {
         if self.committed.as_ref() != Some(&version) {
             self.previous = self.committed.replace(version.clone());
         }
-        Ok((version, self.previous.clone(), vec![Action::Save]))
+        let mut actions = Vec::new();
+        let keep_warm = self.policy.keep_warm_ms;
+        for color in Color::BOTH {
+            let s = self.slot_mut(color);
+            if s.role == SlotRole::Warm && s.held {
+                s.held = false;
+                if keep_warm > 0 {
+                    s.until_ms = Some(now + keep_warm);
+                } else {
+                    *s = Slot {
+                        version: s.version.take(),
+                        ..Slot::idle()
+                    };
+                    actions.push(Action::Stop { slot: color });
+                }
+            }
+        }
+        actions.push(Action::Save);
+        Ok((version, self.previous.clone(), actions))
     }
 
     /// Undoes what is not committed. See the module rules.
@@ -522,7 +566,7 @@ mod tests {
             },
             ["drained", c] => actions(out, &slots.drained(color(c), now)),
             ["tick"] => actions(out, &slots.tick(now)),
-            ["commit"] => match slots.commit() {
+            ["commit"] => match slots.commit(now) {
                 Ok((v, prev, list)) => {
                     out.push_str(&format!(
                         "> committed {v} previous {}\n",

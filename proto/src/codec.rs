@@ -110,6 +110,8 @@ pub fn encode_message(message: &Message, limit: Limit) -> Result<Vec<u8>, Error>
         Message::AdminResponse(m) => encode_body(m, limit)?,
         Message::Step(m) => encode_body(m, limit)?,
         Message::StepReply(m) => encode_body(m, limit)?,
+        Message::Peer(m) => encode_body(m, limit)?,
+        Message::PeerReply(m) => encode_body(m, limit)?,
     };
     Ok(frame(PROTOCOL_VERSION, message.code(), body))
 }
@@ -126,6 +128,8 @@ pub fn decode_message_body(header: &Header, body: &[u8], limit: Limit) -> Result
         21 => Message::AdminResponse(decode_body(body, limit)?),
         30 => Message::Step(decode_body(body, limit)?),
         31 => Message::StepReply(decode_body(body, limit)?),
+        40 => Message::Peer(decode_body(body, limit)?),
+        41 => Message::PeerReply(decode_body(body, limit)?),
         other => return Err(Error::UnknownCode(other)),
     })
 }

@@ -392,4 +392,6 @@ pub struct ServiceStatus {
     pub slots: Vec<SlotStatus>,
     /// Releases unpacked on disk, oldest first.
     pub releases: Vec<ReleaseVersion>,
+    /// The highest fencing epoch the node has seen for the service.
+    pub epoch: u64,
 }

@@ -134,8 +134,39 @@ pub struct ReleaseEntry {
     pub version: ReleaseVersion,
     /// SHA-256 of its artifact.
     pub sha256: [u8; 32],
+    /// The artifact's file name (the name a single executable gets in the release).
+    pub file_name: String,
     /// When it was unpacked, unix milliseconds.
     pub created_ms: u64,
     /// The spec it was prepared with.
     pub spec: ServiceSpec,
+}
+
+/// `rollouts/NAME.rec`: the journal of the coordinator's newest rollout of a service, written
+/// before every action it takes (0600: the spec holds env).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutJournal {
+    /// The rollout's state.
+    pub state: crate::rollout::RolloutState,
+    /// The spec rolled out.
+    pub spec: ServiceSpec,
+    /// The artifact.
+    pub sha256: [u8; 32],
+    /// The artifact's file name.
+    pub file_name: String,
+}
+
+impl Record for RolloutJournal {
+    const CODE: u16 = 120;
+}
+
+/// `history/NAME.rec`: rollouts of a service this node coordinated, newest last.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryBook {
+    /// Entries, at most 50.
+    pub entries: Vec<crate::rollout::HistoryEntry>,
+}
+
+impl Record for HistoryBook {
+    const CODE: u16 = 121;
 }

@@ -45,6 +45,13 @@ fn bad(key: &str, value: &str) -> Error {
     }
 }
 
+/// `rollout:NAME` holds the coordinator's newest rollout state of a service
+/// (`halley_proto::rollout::RolloutState::to_gossip`).
+pub const ROLLOUT_KEY_PREFIX: &str = "rollout:";
+/// `hist:NAME` holds the last rollouts of a service this node coordinated, one
+/// `HistoryEntry::to_line` a line.
+pub const HISTORY_KEY_PREFIX: &str = "hist:";
+
 /// Prefix of the per-service keys: `svc:NAME` holds a [`ServiceSummary`].
 pub const SERVICE_KEY_PREFIX: &str = "svc:";
 

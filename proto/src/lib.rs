@@ -23,6 +23,7 @@ pub mod hex;
 pub mod message;
 pub mod name;
 pub mod role;
+pub mod rollout;
 pub mod spec;
 pub mod token;
 

@@ -13,14 +13,18 @@
 //! | 21   | `AdminResponse`  | unix socket, reply           | never on the mesh |
 //! | 30   | `Step`           | QUIC bi stream, request      | role `node`       |
 //! | 31   | `StepReply`      | QUIC bi stream, reply        | never a request   |
+//! | 40   | `Peer`           | QUIC bi stream, request      | role `node`       |
+//! | 41   | `PeerReply`      | QUIC bi stream, reply        | never a request   |
 
 use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
 use crate::NodeName;
-use crate::deploy::{ServiceStatus, StepReply, StepRequest};
+use crate::deploy::{ReleaseVersion, ServiceStatus, StepReply, StepRequest};
 use crate::role::{Access, Role};
+use crate::rollout::{HistoryEntry, RolloutRequest, RolloutState};
+use crate::spec::{ServiceName, ServiceSpec};
 use crate::token::{TokenIdBytes, TokenSecretBytes};
 
 /// Every message Halley sends.
@@ -43,6 +47,10 @@ pub enum Message {
     Step(StepRequest),
     /// The answer to a deploy step.
     StepReply(StepReply),
+    /// A node-to-node request of a rollout coordinator (drain, signals, artifacts).
+    Peer(PeerRequest),
+    /// The answer to a [`PeerRequest`].
+    PeerReply(PeerReply),
 }
 
 impl Message {
@@ -57,15 +65,18 @@ impl Message {
             Message::AdminResponse(_) => 21,
             Message::Step(_) => 30,
             Message::StepReply(_) => 31,
+            Message::Peer(_) => 40,
+            Message::PeerReply(_) => 41,
         }
     }
 
     /// Who may send this message as a request on a mesh (QUIC) connection.
     pub fn access(&self) -> Access {
         match self {
-            Message::Gossip(_) | Message::Step(_) => Access::Role(Role::Node),
+            Message::Gossip(_) | Message::Step(_) | Message::Peer(_) => Access::Role(Role::Node),
             Message::JoinRequest(_) => Access::Anyone,
             Message::StepReply(_)
+            | Message::PeerReply(_)
             | Message::ErrorReply(_)
             | Message::JoinResponse(_)
             | Message::AdminRequest(_)
@@ -84,6 +95,8 @@ impl Message {
             Message::AdminResponse(_) => "admin-response",
             Message::Step(_) => "step",
             Message::StepReply(_) => "step-reply",
+            Message::Peer(_) => "peer",
+            Message::PeerReply(_) => "peer-reply",
         }
     }
 }
@@ -173,14 +186,25 @@ pub enum AdminRequest {
         /// How many joins it allows; `None` for unlimited until expiry.
         uses: Option<u32>,
     },
-    /// Set or clear this node's draining flag.
-    SetDraining(bool),
+    /// Set or clear a node's draining flag (this node's when `node` is `None`).
+    SetDraining {
+        /// The node; `None` for this one.
+        node: Option<NodeName>,
+        /// Draining or not.
+        draining: bool,
+    },
     /// Leave the cluster gracefully and stop the daemon.
     Leave,
     /// A deploy step on this node.
     Step(StepRequest),
     /// The services this node runs.
     Services,
+    /// Start (or resume, or roll back) a rollout with this node as coordinator.
+    Rollout(RolloutRequest),
+    /// Rollouts known to this node (its own and those gossiped), for one service or all.
+    RolloutStatus(Option<ServiceName>),
+    /// A service's rollout history, from every node's gossip.
+    History(ServiceName),
 }
 
 /// Answers to [`AdminRequest`].
@@ -201,6 +225,12 @@ pub enum AdminResponse {
     Step(StepReply),
     /// The services this node runs.
     Services(Vec<ServiceStatus>),
+    /// A rollout started (or resumed): its id.
+    RolloutStarted(String),
+    /// Rollouts, newest state of each.
+    Rollouts(Vec<RolloutState>),
+    /// History, oldest first.
+    History(Vec<HistoryEntry>),
     /// The request failed.
     Error(ErrorReply),
 }
@@ -276,4 +306,75 @@ impl MemberState {
             MemberState::Draining => "draining",
         }
     }
+}
+
+/// Node-to-node requests of a rollout coordinator.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PeerRequest {
+    /// Set or clear the receiver's draining flag.
+    SetDraining(bool),
+    /// The receiver's services.
+    Services,
+    /// How much of an artifact the receiver holds (to resume a transfer).
+    ArtifactStatus {
+        /// The artifact.
+        sha256: [u8; 32],
+    },
+    /// A piece of an artifact, written at `offset` (which must be what the receiver holds).
+    PutArtifact {
+        /// The artifact.
+        sha256: [u8; 32],
+        /// Its whole size.
+        total: u64,
+        /// Where this piece starts.
+        offset: u64,
+        /// The piece (at most 1 MiB).
+        data: Vec<u8>,
+    },
+    /// A piece of an artifact the receiver holds.
+    GetArtifact {
+        /// The artifact.
+        sha256: [u8; 32],
+        /// Where to start.
+        offset: u64,
+    },
+    /// The spec and artifact of a release the receiver has prepared.
+    GetRelease {
+        /// The service.
+        service: ServiceName,
+        /// The release.
+        version: ReleaseVersion,
+    },
+}
+
+/// Answers to [`PeerRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PeerReply {
+    /// Done.
+    Done,
+    /// The receiver's services.
+    Services(Vec<ServiceStatus>),
+    /// Bytes of the artifact the receiver holds; `complete` once stored and verified.
+    Artifact {
+        /// Bytes held.
+        received: u64,
+        /// Stored under its hash and verified.
+        complete: bool,
+    },
+    /// A piece of an artifact.
+    Chunk {
+        /// The artifact's whole size.
+        total: u64,
+        /// The piece (empty at the end).
+        data: Vec<u8>,
+    },
+    /// A prepared release.
+    Release {
+        /// Its spec.
+        spec: Box<ServiceSpec>,
+        /// Its artifact.
+        sha256: [u8; 32],
+        /// The artifact's file name (for a single executable).
+        file_name: String,
+    },
 }

@@ -111,6 +111,9 @@ pub struct ServiceSpec {
     /// The user to run as when the node runs as root.
     #[serde(default)]
     pub user: Option<String>,
+    /// How a deploy walks the cluster.
+    #[serde(default)]
+    pub rollout: RolloutPolicy,
 }
 
 fn default_keep_releases() -> u32 {
@@ -614,6 +617,121 @@ impl<'de> Deserialize<'de> for Millis {
             Err(_) => Err(de::Error::custom(
                 "expected a duration such as \"500ms\", \"30s\", \"5m\" or a number of seconds",
             )),
+        }
+    }
+}
+
+/// How a rollout walks the cluster (`[service.NAME.rollout]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RolloutPolicy {
+    /// Host order; hosts not listed follow by name. Empty: as listed in `hosts`, else by name.
+    pub order: Vec<NodeName>,
+    /// Hosts updated at once.
+    pub batch: u32,
+    /// How long a host is marked draining before its new release starts (for external balancers).
+    pub drain_wait: Millis,
+    /// How long a host's new release may take to pass its check.
+    pub health_deadline: Millis,
+    /// Healthy serving required after a batch's flip before the next batch.
+    pub bake: Millis,
+    /// Wait between batches, after the bake.
+    pub pause: Millis,
+    /// A 5xx share above this (and above `error_ratio` × the old release's) is a regression.
+    pub max_error_rate: Percent,
+    /// How many times the old release's 5xx share the new one may reach.
+    pub error_ratio: u32,
+    /// p99 above this many times the pre-deploy p99 is a regression...
+    pub p99_ratio: u32,
+    /// ...when it is also above this floor (so microsecond jitter is not a regression).
+    pub p99_floor: Millis,
+    /// Requests in the signal window below which rates are not judged.
+    pub min_requests: u32,
+    /// Updated hosts failing at once that make the rollout roll back (a host in its bake
+    /// failing always does).
+    pub max_failed_hosts: u32,
+    /// Roll every touched host back when a threshold is crossed (else pause).
+    pub auto_rollback: bool,
+    /// Hosts left in an unfinished step with no coordinator for this long revert themselves.
+    pub orphan_timeout: Millis,
+}
+
+impl Default for RolloutPolicy {
+    fn default() -> Self {
+        Self {
+            order: Vec::new(),
+            batch: 1,
+            drain_wait: Millis(2_000),
+            health_deadline: Millis(60_000),
+            bake: Millis(10_000),
+            pause: Millis(0),
+            max_error_rate: Percent(100),
+            error_ratio: 2,
+            p99_ratio: 2,
+            p99_floor: Millis(50),
+            min_requests: 20,
+            max_failed_hosts: 1,
+            auto_rollback: true,
+            orphan_timeout: Millis(600_000),
+        }
+    }
+}
+
+/// A share in basis points (1 % = 100). In TOML `"1%"`, `"0.5%"` or a number of percent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Percent(pub u32);
+
+impl Percent {
+    /// Parses `"1%"`, `"0.25%"` or `"2"` (percent).
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let t = text.trim();
+        let t = t.strip_suffix('%').unwrap_or(t).trim();
+        let value: f64 = t
+            .parse()
+            .map_err(|_| format!("{text:?} is not a percentage; write e.g. \"1%\" or \"0.5%\""))?;
+        if !(0.0..=100.0).contains(&value) {
+            return Err(format!("{text:?} is not between 0% and 100%"));
+        }
+        Ok(Percent((value * 100.0).round() as u32))
+    }
+
+    /// As a fraction (1 % = 0.01).
+    pub fn fraction(self) -> f64 {
+        f64::from(self.0) / 10_000.0
+    }
+}
+
+impl fmt::Display for Percent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}%", f64::from(self.0) / 100.0)
+    }
+}
+
+impl Serialize for Percent {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            s.collect_str(self)
+        } else {
+            s.serialize_u32(self.0)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Percent {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        if !d.is_human_readable() {
+            return u32::deserialize(d).map(Percent);
+        }
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(f64),
+            Text(String),
+        }
+        match Raw::deserialize(d) {
+            Ok(Raw::Number(n)) => Percent::parse(&n.to_string()).map_err(de::Error::custom),
+            Ok(Raw::Text(t)) => Percent::parse(&t).map_err(de::Error::custom),
+            Err(_) => Err(de::Error::custom("expected a percentage such as \"1%\"")),
         }
     }
 }

@@ -39,7 +39,10 @@ fn samples() -> Vec<Message> {
             ttl_secs: 60,
             uses: Some(1),
         }),
-        Message::AdminRequest(AdminRequest::SetDraining(true)),
+        Message::AdminRequest(AdminRequest::SetDraining {
+            node: Some(name("b")),
+            draining: true,
+        }),
         Message::AdminRequest(AdminRequest::Leave),
         Message::AdminResponse(AdminResponse::Done),
         Message::AdminResponse(AdminResponse::Token {
@@ -313,6 +316,7 @@ fn deploy_steps_and_records_round_trip_through_bincode() {
             releases: vec![ReleaseEntry {
                 version: ReleaseVersion::parse("1").unwrap(),
                 sha256: [1; 32],
+                file_name: "app.tar.gz".into(),
                 created_ms: 5,
                 spec: spec.clone(),
             }],

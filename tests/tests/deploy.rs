@@ -59,6 +59,9 @@ start_period = "10s"
 [service.web.stop]
 drain_timeout = "3s"
 kill_after = "2s"
+[service.web.rollout]
+drain_wait = "0s"
+bake = "0s"
 "#,
             port = self.entry.port(),
             env = env.join(", ")
@@ -521,7 +524,7 @@ fn tcp_services_flip_per_connection() {
     std::fs::write(
         &tcp,
         format!(
-            "[service.echo]\ncommand = [\"./halley-test-service\"]\nlisten = \"{}\"\nprotocol = \"tcp\"\nkeep_warm = \"1m\"\nenv = {{ TS_MODE = \"tcp\" }}\n[service.echo.health]\ntcp = true\ninterval = \"100ms\"\n[service.echo.stop]\ndrain_timeout = \"20s\"\n",
+            "[service.echo]\ncommand = [\"./halley-test-service\"]\nlisten = \"{}\"\nprotocol = \"tcp\"\nkeep_warm = \"1m\"\nenv = {{ TS_MODE = \"tcp\" }}\n[service.echo.health]\ntcp = true\ninterval = \"100ms\"\n[service.echo.stop]\ndrain_timeout = \"20s\"\n[service.echo.rollout]\ndrain_wait = \"0s\"\nbake = \"0s\"\n",
             host.entry
         ),
     )
@@ -673,21 +676,16 @@ fn service_state_is_gossiped_to_peers() {
     std::fs::write(
         &config,
         format!(
-            "[service.web]\ncommand = [\"./halley-test-service\"]\nlisten = \"127.0.0.1:{port}\"\nhosts = [\"n1\"]\n[service.web.health]\nhttp = \"/health\"\ninterval = \"100ms\"\n"
+            "[service.web]\ncommand = [\"./halley-test-service\"]\nlisten = \"127.0.0.1:{port}\"\nhosts = [\"n1\"]\n[service.web.health]\nhttp = \"/health\"\ninterval = \"100ms\"\n[service.web.rollout]\ndrain_wait = \"0s\"\nbake = \"0s\"\n"
         ),
     )
     .unwrap();
+    // n2 coordinates a rollout to n1 only (n2 is not in `hosts`): the artifact goes over the mesh.
     assert_ok(
-        &nodes[0].deploy(&config, "web", "v7", Path::new(SERVICE_BIN)),
-        "deploy on n1",
+        &nodes[1].deploy(&config, "web", "v7", Path::new(SERVICE_BIN)),
+        "deploy to n1 coordinated by n2",
     );
-    // n2 is not in `hosts`.
-    let out = nodes[1].deploy(&config, "web", "v7", Path::new(SERVICE_BIN));
-    assert!(
-        stderr(&out).contains("node n2 is not in `hosts`"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(nodes[1].slot("web", "active").is_none(), "n2 runs nothing");
     let seen = wait_until(Duration::from_secs(10), || {
         nodes[1].status().is_some_and(|s| {
             s["members"].as_array().into_iter().flatten().any(|m| {

@@ -54,7 +54,7 @@ fn main() {
     std::fs::write(
         &config,
         format!(
-            "[service.web]\ncommand = [\"./halley-test-service\"]\nlisten = \"{entry}\"\nkeep_warm = \"1h\"\n[service.web.health]\nhttp = \"/health\"\ninterval = \"100ms\"\n[service.web.stop]\ndrain_timeout = \"5s\"\n"
+            "[service.web]\ncommand = [\"./halley-test-service\"]\nlisten = \"{entry}\"\nkeep_warm = \"1h\"\n[service.web.health]\nhttp = \"/health\"\ninterval = \"100ms\"\n[service.web.stop]\ndrain_timeout = \"5s\"\n[service.web.rollout]\ndrain_wait = \"0s\"\nbake = \"0s\"\n"
         ),
     )
     .unwrap();

@@ -1,0 +1,712 @@
+//! The rollout engine: walks a release across the hosts of a service one batch at a time, and
+//! decides when to roll every touched host back. Pure: events and `now` (the coordinator's wall
+//! clock, unix ms) in, [`Action`]s out; no IO, no clock, no spawning. The driver
+//! (`rollout_driver`) carries the actions out and reports back.
+//!
+//! ## Rules
+//! - A batch's hosts are each drained (`Drain`), left draining for `drain_wait`, then deployed
+//!   (`Deploy`: the release is sent, started, checked in isolation, flipped, the old slot drained,
+//!   the host undrained). A host then bakes for `bake`; when the whole batch has baked (and
+//!   `pause` passed) the next batch starts. After the last batch every updated host commits.
+//! - Every action is preceded by `Journal`: the state is written before anything is done.
+//! - A failure is: a host's deploy failing (its new release never got traffic), a regression on
+//!   a host in its bake, or regressions on `max_failed_hosts` updated hosts at once. Then, with
+//!   `auto_rollback`, every touched host is reverted, in parallel; without it the rollout pauses.
+//!   Hosts never touched are left alone.
+//! - A revert or commit that fails is retried on that host (every `retry`), and reported; a
+//!   rollback never starts another rollout, and is never rolled back itself.
+//! - A host unreachable on its turn pauses the rollout, or is skipped with `skip_unreachable`.
+//! - A host that refuses a step for a stale epoch ends the rollout as `fenced`: a newer
+//!   coordinator owns the service, so this one touches nothing more.
+//! - `resume` continues from a journal: waits restart from `now`, and steps in flight are issued
+//!   again (the driver's steps are idempotent).
+
+use std::collections::BTreeSet;
+
+use halley_proto::NodeName;
+use halley_proto::rollout::{HostProgress, HostStep, Phase, RolloutState};
+
+/// Timing and thresholds the engine applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    /// Hosts per batch (at least 1).
+    pub batch: usize,
+    /// Drain wait per host.
+    pub drain_wait_ms: u64,
+    /// Bake per batch.
+    pub bake_ms: u64,
+    /// Pause between batches.
+    pub pause_ms: u64,
+    /// Updated hosts failing at once that trigger a rollback.
+    pub max_failed_hosts: usize,
+    /// Roll back (true) or pause (false) on failure.
+    pub auto_rollback: bool,
+    /// Skip hosts unreachable on their turn instead of pausing.
+    pub skip_unreachable: bool,
+    /// Delay before a failed revert or commit is retried.
+    pub retry_ms: u64,
+}
+
+/// What happened, as the driver reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// Time passed.
+    Tick,
+    /// The host is marked draining.
+    Drained(NodeName),
+    /// The host's deploy ended: `Ok(note)` serving the new release, or `Err(why)`.
+    Deployed(NodeName, Result<String, String>),
+    /// The watcher's judgement of an updated host: `Some(why)` when it crosses a threshold.
+    Verdict(NodeName, Option<String>),
+    /// The host's revert ended.
+    Reverted(NodeName, Result<String, String>),
+    /// The host's commit ended.
+    Committed(NodeName, Result<String, String>),
+    /// The host could not be reached on its turn.
+    Unreachable(NodeName),
+    /// The host refused a step: it has seen a newer epoch.
+    Fenced(NodeName, String),
+}
+
+/// What the driver must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Write the state to the journal (and gossip) before what follows.
+    Journal,
+    /// Mark the host draining; report [`Event::Drained`].
+    Drain(NodeName),
+    /// Deploy the release on the host; report [`Event::Deployed`].
+    Deploy(NodeName),
+    /// Put the host back on its committed release and undrain it; report [`Event::Reverted`].
+    Revert(NodeName),
+    /// Commit the release on the host; report [`Event::Committed`].
+    Commit(NodeName),
+    /// A line for the operator.
+    Say(String),
+}
+
+/// A rollout in progress.
+#[derive(Debug, Clone)]
+pub struct Rollout {
+    state: RolloutState,
+    policy: Policy,
+    failing: BTreeSet<NodeName>,
+    pause_until: Option<u64>,
+}
+
+impl Rollout {
+    /// A rollout of `state` (hosts pending), not started.
+    pub fn new(mut state: RolloutState, policy: Policy) -> Self {
+        state.batch = policy.batch.max(1) as u32;
+        Self {
+            state,
+            policy,
+            failing: BTreeSet::new(),
+            pause_until: None,
+        }
+    }
+
+    /// The state, as journaled.
+    pub fn state(&self) -> &RolloutState {
+        &self.state
+    }
+
+    /// Records the journal's write counter in the state.
+    pub fn set_seq(&mut self, seq: u64) {
+        self.state.seq = seq;
+    }
+
+    /// Starts the first batch.
+    pub fn start(&mut self, now: u64) -> Vec<Action> {
+        self.state.phase = Phase::Running;
+        let mut out = vec![Action::Say(format!(
+            "rollout {} of {} {}: {} hosts in batches of {}",
+            self.state.id,
+            self.state.service,
+            self.state.version,
+            self.state.hosts.len(),
+            self.policy.batch.max(1)
+        ))];
+        out.extend(self.advance(now));
+        journaled(out)
+    }
+
+    /// Takes a journaled rollout over: steps in flight are issued again, waits restart at `now`.
+    pub fn resume(&mut self, now: u64) -> Vec<Action> {
+        let mut out = vec![Action::Say(format!(
+            "resuming rollout {} ({}, {}) as epoch {}",
+            self.state.id,
+            self.state.phase,
+            self.state.progress(),
+            self.state.epoch
+        ))];
+        if self.state.phase == Phase::Paused {
+            self.state.phase = Phase::Running;
+            self.state.reason.clear();
+        }
+        let phase = self.state.phase;
+        for i in 0..self.state.hosts.len() {
+            let host = &mut self.state.hosts[i];
+            let node = host.node.clone();
+            match (phase, host.step) {
+                (Phase::Running, HostStep::Draining) => {
+                    host.until_ms = None;
+                    out.push(Action::Drain(node));
+                }
+                (Phase::Running, HostStep::Deploying) => out.push(Action::Deploy(node)),
+                (Phase::Running, HostStep::Baking) => {
+                    host.until_ms = Some(now + self.policy.bake_ms)
+                }
+                (Phase::RollingBack, HostStep::Reverting) => out.push(Action::Revert(node)),
+                (Phase::Committing, HostStep::Committing) => out.push(Action::Commit(node)),
+                _ => {}
+            }
+        }
+        out.extend(self.advance(now));
+        journaled(out)
+    }
+
+    /// Feeds one event.
+    pub fn step(&mut self, event: Event, now: u64) -> Vec<Action> {
+        if self.state.phase.finished() {
+            return Vec::new();
+        }
+        let before = self.state.clone();
+        let mut out = Vec::new();
+        match event {
+            Event::Tick => {}
+            Event::Drained(node) => {
+                let drain_wait = self.policy.drain_wait_ms;
+                if let Some(h) = self.host_in(&node, HostStep::Draining) {
+                    h.until_ms = Some(now + drain_wait);
+                }
+            }
+            Event::Deployed(node, Ok(note)) => {
+                let bake = self.policy.bake_ms;
+                if self.state.phase == Phase::Running
+                    && self
+                        .host(&node)
+                        .is_some_and(|h| h.step == HostStep::Deploying)
+                {
+                    let version = self.state.version.clone();
+                    let note = if note.is_empty() {
+                        format!("serving {version}")
+                    } else {
+                        note
+                    };
+                    if let Some(h) = self.host_in(&node, HostStep::Deploying) {
+                        set(h, HostStep::Baking, now, Some(now + bake), &note);
+                    }
+                    out.push(Action::Say(format!("{node}: {note}; baking")));
+                } else if let Some(h) = self.host_in(&node, HostStep::Deploying) {
+                    // A failure elsewhere started the rollback while this host deployed.
+                    set(h, HostStep::Reverting, now, None, &note);
+                    out.push(Action::Revert(node));
+                }
+            }
+            Event::Deployed(node, Err(why)) => {
+                let rolling_back = self.state.phase == Phase::RollingBack;
+                if let Some(h) = self.host_in(&node, HostStep::Deploying) {
+                    if rolling_back {
+                        // The rollback started while it deployed: undrain and revert it too.
+                        set(h, HostStep::Reverting, now, None, &why);
+                        out.push(Action::Revert(node.clone()));
+                    } else {
+                        set(h, HostStep::Failed, now, None, &why);
+                    }
+                }
+                if !rolling_back {
+                    out.extend(self.fail(format!("{node}: deploy failed: {why}"), now));
+                }
+            }
+            Event::Verdict(node, verdict) => {
+                let step = self.host(&node).map(|h| h.step);
+                match (step, verdict) {
+                    (Some(HostStep::Baking), Some(why)) => {
+                        out.extend(self.fail(format!("{node} (baking): {why}"), now));
+                    }
+                    (Some(HostStep::Updated), Some(why)) => {
+                        self.failing.insert(node.clone());
+                        if self.failing.len() >= self.policy.max_failed_hosts.max(1) {
+                            let hosts: Vec<String> =
+                                self.failing.iter().map(ToString::to_string).collect();
+                            out.extend(self.fail(
+                                format!(
+                                    "{} updated host(s) failing ({}); last: {node}: {why}",
+                                    self.failing.len(),
+                                    hosts.join(", ")
+                                ),
+                                now,
+                            ));
+                        } else {
+                            out.push(Action::Say(format!("{node}: {why} (watching)")));
+                        }
+                    }
+                    (_, None) => {
+                        self.failing.remove(&node);
+                    }
+                    _ => {}
+                }
+            }
+            Event::Reverted(node, result) => {
+                let retry = self.policy.retry_ms;
+                if let Some(h) = self.host_in(&node, HostStep::Reverting) {
+                    match result {
+                        Ok(note) => {
+                            let said = if note.is_empty() {
+                                format!("{node}: reverted")
+                            } else {
+                                format!("{node}: reverted: {note}")
+                            };
+                            set(h, HostStep::Reverted, now, None, &note);
+                            out.push(Action::Say(said));
+                        }
+                        Err(why) => {
+                            h.attempts += 1;
+                            h.until_ms = Some(now + retry);
+                            h.note = why.clone();
+                            out.push(Action::Say(format!(
+                                "{node}: revert attempt {} failed: {why}; retrying",
+                                h.attempts
+                            )));
+                        }
+                    }
+                }
+            }
+            Event::Committed(node, result) => {
+                let retry = self.policy.retry_ms;
+                if let Some(h) = self.host_in(&node, HostStep::Committing) {
+                    match result {
+                        Ok(note) => {
+                            // Keep what the deploy reported: it is the host's story.
+                            let note = match (h.note.is_empty(), note.is_empty()) {
+                                (true, _) => note,
+                                (false, true) => h.note.clone(),
+                                (false, false) => format!("{}; {note}", h.note),
+                            };
+                            set(h, HostStep::Committed, now, None, &note)
+                        }
+                        Err(why) => {
+                            h.attempts += 1;
+                            h.until_ms = Some(now + retry);
+                            h.note = why.clone();
+                            out.push(Action::Say(format!(
+                                "{node}: commit attempt {} failed: {why}; retrying",
+                                h.attempts
+                            )));
+                        }
+                    }
+                }
+            }
+            Event::Unreachable(node) => {
+                let skip = self.policy.skip_unreachable;
+                let waiting = self.state.hosts.iter_mut().find(|h| {
+                    h.node == node && matches!(h.step, HostStep::Pending | HostStep::Draining)
+                });
+                if let Some(h) = waiting {
+                    if skip {
+                        set(h, HostStep::Skipped, now, None, "unreachable on its turn");
+                        out.push(Action::Say(format!("{node}: unreachable; skipped")));
+                    } else {
+                        set(h, HostStep::Pending, now, None, "unreachable on its turn");
+                        self.state.phase = Phase::Paused;
+                        self.state.reason = format!(
+                            "{node} is unreachable on its turn; start it and run 'deploy --resume {}', or resume with --skip-unreachable",
+                            self.state.service
+                        );
+                        out.push(Action::Say(format!("paused: {}", self.state.reason)));
+                        return journaled(out);
+                    }
+                }
+            }
+            Event::Fenced(node, why) => {
+                self.state.phase = Phase::Fenced;
+                self.state.reason = format!("{node} refused a step: {why}");
+                self.state.ended_ms = Some(now);
+                out.push(Action::Say(format!("stopped: {}", self.state.reason)));
+                return journaled(out);
+            }
+        }
+        out.extend(self.advance(now));
+        if out.is_empty() && self.state == before {
+            return out;
+        }
+        journaled(out)
+    }
+
+    fn host(&self, node: &NodeName) -> Option<&HostProgress> {
+        self.state.hosts.iter().find(|h| &h.node == node)
+    }
+
+    fn host_in(&mut self, node: &NodeName, step: HostStep) -> Option<&mut HostProgress> {
+        self.state
+            .hosts
+            .iter_mut()
+            .find(|h| &h.node == node && h.step == step)
+    }
+
+    /// Starts the rollback (or pauses), once.
+    fn fail(&mut self, reason: String, now: u64) -> Vec<Action> {
+        if self.state.phase != Phase::Running {
+            return vec![Action::Say(format!("also: {reason}"))];
+        }
+        self.state.reason = reason.clone();
+        if !self.policy.auto_rollback {
+            self.state.phase = Phase::Paused;
+            return vec![Action::Say(format!(
+                "paused (auto_rollback is off): {reason}"
+            ))];
+        }
+        self.state.phase = Phase::RollingBack;
+        let mut out = vec![Action::Say(format!(
+            "rolling back every touched host: {reason}"
+        ))];
+        for h in &mut self.state.hosts {
+            match h.step {
+                // Its current deploy reports first; the rollback follows it.
+                HostStep::Deploying => {}
+                step if step.touched() && step != HostStep::Reverted => {
+                    let note = h.note.clone();
+                    set(h, HostStep::Reverting, now, None, &note);
+                    out.push(Action::Revert(h.node.clone()));
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+
+    /// Moves waits forward and starts what is due.
+    fn advance(&mut self, now: u64) -> Vec<Action> {
+        let mut out = Vec::new();
+        match self.state.phase {
+            Phase::Running => out.extend(self.advance_running(now)),
+            Phase::RollingBack => {
+                for h in &mut self.state.hosts {
+                    if h.step == HostStep::Reverting && h.until_ms.is_some_and(|t| t <= now) {
+                        h.until_ms = None;
+                        out.push(Action::Revert(h.node.clone()));
+                    }
+                }
+                let busy = self
+                    .state
+                    .hosts
+                    .iter()
+                    .any(|h| matches!(h.step, HostStep::Reverting | HostStep::Deploying));
+                if !busy {
+                    self.state.phase = Phase::RolledBack;
+                    self.state.ended_ms = Some(now);
+                    out.push(Action::Say(format!("rolled back: {}", self.state.reason)));
+                }
+            }
+            Phase::Committing => {
+                for h in &mut self.state.hosts {
+                    if h.step == HostStep::Committing && h.until_ms.is_some_and(|t| t <= now) {
+                        h.until_ms = None;
+                        out.push(Action::Commit(h.node.clone()));
+                    }
+                }
+                if !self
+                    .state
+                    .hosts
+                    .iter()
+                    .any(|h| h.step == HostStep::Committing)
+                {
+                    self.state.phase = Phase::Completed;
+                    self.state.ended_ms = Some(now);
+                    out.push(Action::Say(format!(
+                        "completed: {} {} on {}",
+                        self.state.service,
+                        self.state.version,
+                        self.state.progress()
+                    )));
+                }
+            }
+            _ => {}
+        }
+        out
+    }
+
+    fn advance_running(&mut self, now: u64) -> Vec<Action> {
+        let mut out = Vec::new();
+        let size = self.policy.batch.max(1);
+        let batches = self.state.hosts.len().div_ceil(size);
+        for b in 0..batches {
+            let range = b * size..((b + 1) * size).min(self.state.hosts.len());
+            let mut batch_done = true;
+            for i in range {
+                let drain_wait_due = |h: &HostProgress| h.until_ms.is_some_and(|t| t <= now);
+                let h = &mut self.state.hosts[i];
+                match h.step {
+                    HostStep::Pending => {
+                        set(h, HostStep::Draining, now, None, "draining");
+                        out.push(Action::Drain(h.node.clone()));
+                        batch_done = false;
+                    }
+                    HostStep::Draining if drain_wait_due(h) => {
+                        set(h, HostStep::Deploying, now, None, "deploying");
+                        out.push(Action::Deploy(h.node.clone()));
+                        batch_done = false;
+                    }
+                    HostStep::Baking if h.until_ms.is_some_and(|t| t <= now) => {
+                        let note = h.note.clone();
+                        set(h, HostStep::Updated, now, None, &note);
+                        out.push(Action::Say(format!("{}: baked", h.node)));
+                    }
+                    HostStep::Updated | HostStep::Skipped => {}
+                    _ => batch_done = false,
+                }
+            }
+            if !batch_done {
+                return out;
+            }
+            let more = b + 1 < batches;
+            if more && self.policy.pause_ms > 0 {
+                // The pause follows each batch once.
+                let first_of_next = (b + 1) * size;
+                if self.state.hosts[first_of_next].step == HostStep::Pending {
+                    match self.pause_until {
+                        None => {
+                            self.pause_until = Some(now + self.policy.pause_ms);
+                            return out;
+                        }
+                        Some(t) if t > now => return out,
+                        Some(_) => self.pause_until = None,
+                    }
+                }
+            }
+        }
+        // Every batch is done: commit.
+        self.state.phase = Phase::Committing;
+        for h in &mut self.state.hosts {
+            if h.step == HostStep::Updated {
+                let note = h.note.clone();
+                set(h, HostStep::Committing, now, None, &note);
+                out.push(Action::Commit(h.node.clone()));
+            }
+        }
+        if !self
+            .state
+            .hosts
+            .iter()
+            .any(|h| h.step == HostStep::Committing)
+        {
+            out.extend(self.advance(now));
+        }
+        out
+    }
+}
+
+fn set(h: &mut HostProgress, step: HostStep, now: u64, until: Option<u64>, note: &str) {
+    h.step = step;
+    h.since_ms = now;
+    h.until_ms = until;
+    h.note = note.to_owned();
+}
+
+/// The hosts of a service in rollout order: `order` first, then `hosts` as listed (or every
+/// member by name for `"*"`). `members` are the cluster's nodes that have not left.
+pub fn plan(
+    hosts: &halley_proto::spec::Hosts,
+    order: &[NodeName],
+    members: &[NodeName],
+) -> Vec<NodeName> {
+    let listed: Vec<NodeName> = match hosts {
+        halley_proto::spec::Hosts::All => {
+            let mut all = members.to_vec();
+            all.sort();
+            all
+        }
+        halley_proto::spec::Hosts::Names(names) => names.clone(),
+    };
+    let mut out: Vec<NodeName> = Vec::new();
+    for name in order.iter().chain(&listed) {
+        if listed.contains(name) && !out.contains(name) {
+            out.push(name.clone());
+        }
+    }
+    out
+}
+
+/// Puts `Journal` first when anything is to be done.
+fn journaled(actions: Vec<Action>) -> Vec<Action> {
+    if actions.is_empty() {
+        return actions;
+    }
+    let mut out = Vec::with_capacity(actions.len() + 1);
+    out.push(Action::Journal);
+    out.extend(actions);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    //! Scenario scripts in `node/tests/scenarios/rollout/*.txt`. Commands: `hosts N...`,
+    //! `policy batch=N drain=MS bake=MS pause=MS max-failed=N auto-rollback=BOOL skip=BOOL`,
+    //! `at MS`, `start`, `resume` (the engine is rebuilt from its own state, as from a journal),
+    //! `tick`, `drained H`, `deployed H ok|WHY...`, `verdict H ok|WHY...`, `reverted H ok|WHY...`,
+    //! `committed H ok|WHY...`, `unreachable H`, `fenced H WHY...`, `show`.
+    use halley_proto::deploy::ReleaseVersion;
+    use halley_proto::spec::ServiceName;
+
+    use super::*;
+
+    fn name(n: &str) -> NodeName {
+        NodeName::parse(n).unwrap()
+    }
+
+    fn result(words: &[&str]) -> Result<String, String> {
+        match words {
+            ["ok", rest @ ..] => Ok(rest.join(" ")),
+            why => Err(why.join(" ")),
+        }
+    }
+
+    fn render(out: &mut String, actions: &[Action]) {
+        let mut list = Vec::new();
+        for a in actions {
+            match a {
+                Action::Say(text) => out.push_str(&format!("> say: {text}\n")),
+                Action::Journal => list.push("journal".to_owned()),
+                Action::Drain(h) => list.push(format!("drain {h}")),
+                Action::Deploy(h) => list.push(format!("deploy {h}")),
+                Action::Revert(h) => list.push(format!("revert {h}")),
+                Action::Commit(h) => list.push(format!("commit {h}")),
+            }
+        }
+        out.push_str(&format!("> actions: {}\n", list.join(", ")));
+    }
+
+    fn run(script: &str) -> String {
+        let mut policy = Policy {
+            batch: 1,
+            drain_wait_ms: 1000,
+            bake_ms: 5000,
+            pause_ms: 0,
+            max_failed_hosts: 1,
+            auto_rollback: true,
+            skip_unreachable: false,
+            retry_ms: 1000,
+        };
+        let mut rollout: Option<Rollout> = None;
+        let mut hosts = Vec::new();
+        let mut now = 0;
+        crate::scenario::replay(script, |words, out| {
+            let event = match words {
+                ["hosts", list @ ..] => {
+                    hosts = list.iter().map(|h| name(h)).collect();
+                    return;
+                }
+                ["policy", rest @ ..] => {
+                    for word in rest {
+                        let (k, v) = word.split_once('=').expect("key=value");
+                        match k {
+                            "batch" => policy.batch = v.parse().unwrap(),
+                            "drain" => policy.drain_wait_ms = v.parse().unwrap(),
+                            "bake" => policy.bake_ms = v.parse().unwrap(),
+                            "pause" => policy.pause_ms = v.parse().unwrap(),
+                            "max-failed" => policy.max_failed_hosts = v.parse().unwrap(),
+                            "auto-rollback" => policy.auto_rollback = v.parse().unwrap(),
+                            "skip" => policy.skip_unreachable = v.parse().unwrap(),
+                            _ => panic!("bad policy word {word:?}"),
+                        }
+                    }
+                    return;
+                }
+                ["at", ms] => {
+                    now = ms.parse().unwrap();
+                    return;
+                }
+                ["start"] => {
+                    let state = RolloutState {
+                        id: "r1".into(),
+                        service: ServiceName::parse("web").unwrap(),
+                        version: ReleaseVersion::parse("2").unwrap(),
+                        epoch: 1,
+                        seq: 0,
+                        coordinator: name("n1"),
+                        hosts: hosts
+                            .iter()
+                            .map(|h| HostProgress {
+                                node: h.clone(),
+                                step: HostStep::Pending,
+                                since_ms: 0,
+                                until_ms: None,
+                                attempts: 0,
+                                note: String::new(),
+                            })
+                            .collect(),
+                        batch: 1,
+                        phase: Phase::Running,
+                        reason: String::new(),
+                        started_ms: now,
+                        ended_ms: None,
+                    };
+                    let mut r = Rollout::new(state, policy);
+                    render(out, &r.start(now));
+                    rollout = Some(r);
+                    return;
+                }
+                ["resume"] => {
+                    let journal = rollout.as_ref().expect("started").state().clone();
+                    let mut r = Rollout::new(journal, policy);
+                    r.state.epoch += 1;
+                    render(out, &r.resume(now));
+                    rollout = Some(r);
+                    return;
+                }
+                ["show"] => {
+                    let s = rollout.as_ref().expect("started").state();
+                    out.push_str(&format!("> phase={} reason={:?}\n", s.phase, s.reason));
+                    for h in &s.hosts {
+                        out.push_str(&format!(
+                            "> {} {}{}\n",
+                            h.node,
+                            h.step.as_str(),
+                            h.until_ms.map_or(String::new(), |t| format!(" until={t}"))
+                        ));
+                    }
+                    return;
+                }
+                ["tick"] => Event::Tick,
+                ["drained", h] => Event::Drained(name(h)),
+                ["deployed", h, rest @ ..] => Event::Deployed(name(h), result(rest)),
+                ["verdict", h, rest @ ..] => Event::Verdict(
+                    name(h),
+                    match rest {
+                        ["ok"] => None,
+                        why => Some(why.join(" ")),
+                    },
+                ),
+                ["reverted", h, rest @ ..] => Event::Reverted(name(h), result(rest)),
+                ["committed", h, rest @ ..] => Event::Committed(name(h), result(rest)),
+                ["unreachable", h] => Event::Unreachable(name(h)),
+                ["fenced", h, rest @ ..] => Event::Fenced(name(h), rest.join(" ")),
+                _ => panic!("unknown scenario command: {words:?}"),
+            };
+            let actions = rollout.as_mut().expect("started").step(event, now);
+            render(out, &actions);
+        })
+    }
+
+    #[test]
+    fn plan_follows_order_then_hosts() {
+        use halley_proto::spec::Hosts;
+        let members = [name("c"), name("a"), name("b")];
+        assert_eq!(
+            plan(&Hosts::All, &[], &members),
+            [name("a"), name("b"), name("c")]
+        );
+        assert_eq!(
+            plan(&Hosts::All, &[name("c"), name("x")], &members),
+            [name("c"), name("a"), name("b")]
+        );
+        let listed = Hosts::Names(vec![name("b"), name("z")]);
+        assert_eq!(plan(&listed, &[], &members), [name("b"), name("z")]);
+    }
+
+    #[test]
+    fn rollout_scenarios() {
+        crate::scenario::run_folder("rollout", 8, run);
+    }
+}

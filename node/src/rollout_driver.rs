@@ -1,0 +1,1112 @@
+//! The rollout coordinator: the async driver around the pure [`Rollout`] engine. It runs inside
+//! the daemon of the node where `deploy` (or `deploy --resume`, or `rollback`) was run, so a
+//! closed terminal does not stop a rollout; only the node's death does, and then another node
+//! resumes it from the journal.
+//!
+//! ## Guarantees
+//! - The state is journaled (`rollouts/NAME.rec`: temp, fsync, rename) and published in gossip
+//!   (`rollout:NAME`) before each action the engine asks for.
+//! - Actions on one host run one after another, in order (a worker task per host), so a revert
+//!   never overtakes the drain or deploy it undoes.
+//! - One rollout per service: a new one is refused while another is unfinished, naming its
+//!   coordinator, version and progress. Each rollout takes an epoch above every epoch gossip and
+//!   the hosts have seen, and hosts refuse steps of older epochs.
+//! - A regression is judged by [`regression::judge`] from each updated host's own signals, polled
+//!   every 500 ms over the mesh, against what its old release showed just before the flip.
+//!
+//! ## Non-goals
+//! There is no consensus: two `deploy`s started within a gossip round of each other on different
+//! nodes can both start; the epochs then make the hosts follow only the newer one, and the older
+//! one stops as `fenced`. Baselines live in the coordinator's memory: a resumed rollout judges
+//! updated hosts by the absolute thresholds only.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use halley_proto::NodeName;
+use halley_proto::deploy::{
+    ArtifactSource, ReleaseVersion, ServiceStatus, SlotRole, Step, StepReply, StepRequest,
+};
+use halley_proto::disk::{HistoryBook, RolloutJournal};
+use halley_proto::gossip::{HISTORY_KEY_PREFIX, ROLLOUT_KEY_PREFIX};
+use halley_proto::message::{ErrorKind, ErrorReply, MemberState, PeerReply, PeerRequest};
+use halley_proto::rollout::{
+    HistoryEntry, HostProgress, HostStep, Phase, RolloutKind, RolloutRequest, RolloutState,
+};
+use halley_proto::spec::{RolloutPolicy, ServiceName, ServiceSpec};
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use crate::error::Error;
+use crate::peers::CHUNK;
+use crate::regression::{self, Sample};
+use crate::rollout::{Action, Event, Policy, Rollout};
+use crate::rollout_status;
+use crate::service::{NodeService, internal, wall_ms};
+
+const TICK: Duration = Duration::from_millis(100);
+const WATCH: Duration = Duration::from_millis(500);
+const SHORT: Duration = Duration::from_secs(10);
+const LONG: Duration = Duration::from_secs(600);
+
+type Reply<T> = Result<T, ErrorReply>;
+
+fn conflict(message: String) -> ErrorReply {
+    ErrorReply {
+        kind: ErrorKind::Conflict,
+        message,
+    }
+}
+
+fn journal_name(service: &ServiceName) -> String {
+    format!("rollouts/{service}.rec")
+}
+
+fn history_name(service: &ServiceName) -> String {
+    format!("history/{service}.rec")
+}
+
+/// Starts a rollout (or a resume, or a cluster rollback) with this node as coordinator.
+/// Returns the rollout id once it is journaled; the rollout goes on in the background.
+pub async fn start(node: &NodeService, request: RolloutRequest) -> Reply<String> {
+    let me = node
+        .arc()
+        .ok_or_else(|| internal("the node is still starting"))?;
+    let service = request.service.clone();
+    match request.kind {
+        RolloutKind::Deploy {
+            spec,
+            version,
+            artifact,
+            sha256,
+        } => {
+            refuse_if_busy(node, &service, false).await?;
+            let artifact = PathBuf::from(artifact);
+            let releases = node.services.releases().clone();
+            let path = artifact.clone();
+            let sha = tokio::task::spawn_blocking(move || releases.store_local(&path, sha256))
+                .await
+                .map_err(|e| internal(&format!("storage task failed: {e}")))?
+                .map_err(|e| ErrorReply {
+                    kind: ErrorKind::BadRequest,
+                    message: e.to_string(),
+                })?;
+            let file_name = artifact
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let hosts = plan(node, &spec);
+            if hosts.is_empty() {
+                return Err(ErrorReply {
+                    kind: ErrorKind::BadRequest,
+                    message: format!(
+                        "no node of this cluster is in `hosts` of service {service}; check `hosts` in halley.toml and 'halley-node status'"
+                    ),
+                });
+            }
+            let epoch = next_epoch(node, &service, &hosts).await;
+            let state = new_state(node, &service, &version, epoch, &hosts, &spec.rollout);
+            let id = state.id.clone();
+            let journal = RolloutJournal {
+                state,
+                spec: *spec,
+                sha256: sha,
+                file_name,
+            };
+            let policy = engine_policy(&journal.spec.rollout, request.skip_unreachable);
+            let mut engine = Rollout::new(journal.state.clone(), policy);
+            let now = wall_ms();
+            let actions = engine.start(now);
+            Driver::spawn(me, journal, engine, actions);
+            Ok(id)
+        }
+        RolloutKind::Resume { force } => {
+            resume(node, me, &service, force, request.skip_unreachable).await
+        }
+        RolloutKind::Rollback { to } => {
+            refuse_if_busy(node, &service, false).await?;
+            rollback(node, me, &service, to).await
+        }
+    }
+}
+
+/// Refuses while another rollout of the service is unfinished.
+async fn refuse_if_busy(node: &NodeService, service: &ServiceName, force: bool) -> Reply<()> {
+    let Some(current) = rollout_status::newest(node, service).await else {
+        return Ok(());
+    };
+    if current.phase.finished() || force {
+        return Ok(());
+    }
+    let alive =
+        &current.coordinator == node.name() || node.member_addr(&current.coordinator).is_some();
+    let what = format!(
+        "service {service} has an unfinished rollout {} by node {}: version {}, {}, {}",
+        current.id,
+        current.coordinator,
+        current.version,
+        current.phase,
+        current.progress()
+    );
+    Err(conflict(if current.phase == Phase::Paused {
+        format!(
+            "{what} ({}); continue it with 'halley-node deploy --resume {service}'",
+            current.reason
+        )
+    } else if alive {
+        format!("{what}; wait for it ('halley-node rollout status {service}')")
+    } else {
+        format!(
+            "{what}, and node {} is not reachable; take it over with 'halley-node deploy --resume {service}'",
+            current.coordinator
+        )
+    }))
+}
+
+/// The hosts of a service in rollout order (see [`crate::rollout::plan`]). Members that left
+/// are not included; dead ones are (their turn pauses or skips).
+fn plan(node: &NodeService, spec: &ServiceSpec) -> Vec<NodeName> {
+    let members: Vec<NodeName> = node
+        .members()
+        .into_iter()
+        .filter(|m| m.state != MemberState::Left)
+        .map(|m| m.name)
+        .collect();
+    crate::rollout::plan(&spec.hosts, &spec.rollout.order, &members)
+}
+
+/// An epoch above every one gossip and the reachable hosts have seen for the service.
+async fn next_epoch(node: &NodeService, service: &ServiceName, hosts: &[NodeName]) -> u64 {
+    let mut max = rollout_status::newest(node, service)
+        .await
+        .map_or(0, |s| s.epoch);
+    for host in hosts {
+        if let Ok(PeerReply::Services(list)) = node
+            .peer(host, PeerRequest::Services, Duration::from_secs(3))
+            .await
+            && let Some(s) = list.iter().find(|s| &s.name == service)
+        {
+            max = max.max(s.epoch);
+        }
+    }
+    max + 1
+}
+
+fn new_state(
+    node: &NodeService,
+    service: &ServiceName,
+    version: &ReleaseVersion,
+    epoch: u64,
+    hosts: &[NodeName],
+    policy: &RolloutPolicy,
+) -> RolloutState {
+    let now = wall_ms();
+    let suffix = crate::random::bytes::<3>()
+        .map(|b| halley_proto::hex::encode(&b))
+        .unwrap_or_default();
+    RolloutState {
+        id: format!("{service}-{now}-{suffix}"),
+        service: service.clone(),
+        version: version.clone(),
+        epoch,
+        seq: 0,
+        coordinator: node.name().clone(),
+        hosts: hosts
+            .iter()
+            .map(|h| HostProgress {
+                node: h.clone(),
+                step: HostStep::Pending,
+                since_ms: now,
+                until_ms: None,
+                attempts: 0,
+                note: String::new(),
+            })
+            .collect(),
+        batch: policy.batch.max(1),
+        phase: Phase::Running,
+        reason: String::new(),
+        started_ms: now,
+        ended_ms: None,
+    }
+}
+
+fn engine_policy(policy: &RolloutPolicy, skip_unreachable: bool) -> Policy {
+    Policy {
+        batch: policy.batch.max(1) as usize,
+        drain_wait_ms: policy.drain_wait.0,
+        bake_ms: policy.bake.0,
+        pause_ms: policy.pause.0,
+        max_failed_hosts: policy.max_failed_hosts.max(1) as usize,
+        auto_rollback: policy.auto_rollback,
+        skip_unreachable,
+        retry_ms: 1000,
+    }
+}
+
+/// Takes the newest unfinished rollout of a service over.
+async fn resume(
+    node: &NodeService,
+    me: Arc<NodeService>,
+    service: &ServiceName,
+    force: bool,
+    skip_unreachable: bool,
+) -> Reply<String> {
+    let newest = rollout_status::newest(node, service).await;
+    let Some(mut state) = newest.filter(|s| !s.phase.finished()) else {
+        return Err(ErrorReply {
+            kind: ErrorKind::NotFound,
+            message: format!("service {service} has no unfinished rollout to resume"),
+        });
+    };
+    let running_here = node
+        .rollouts
+        .lock()
+        .map(|m| {
+            m.get(service).is_some_and(|s| {
+                s.id == state.id && !s.phase.finished() && s.phase != Phase::Paused
+            })
+        })
+        .unwrap_or(false)
+        && &state.coordinator == node.name()
+        && running(node, service);
+    if running_here {
+        return Err(conflict(format!(
+            "this node is already coordinating rollout {} of {service}",
+            state.id
+        )));
+    }
+    if &state.coordinator != node.name()
+        && node.member_addr(&state.coordinator).is_some()
+        && !force
+        && state.phase != Phase::Paused
+    {
+        return Err(conflict(format!(
+            "node {} is alive and coordinating rollout {} of {service}; use --force to take it over",
+            state.coordinator, state.id
+        )));
+    }
+    let (spec, sha256, file_name) = release_source(node, &state).await?;
+    let hosts: Vec<NodeName> = state.hosts.iter().map(|h| h.node.clone()).collect();
+    state.epoch = next_epoch(node, service, &hosts).await.max(state.epoch + 1);
+    state.coordinator = node.name().clone();
+    let id = state.id.clone();
+    let policy = engine_policy(&spec.rollout, skip_unreachable);
+    let journal = RolloutJournal {
+        state: state.clone(),
+        spec,
+        sha256,
+        file_name,
+    };
+    let mut engine = Rollout::new(state, policy);
+    let actions = engine.resume(wall_ms());
+    Driver::spawn(me, journal, engine, actions);
+    Ok(id)
+}
+
+fn running(node: &NodeService, service: &ServiceName) -> bool {
+    node.active_drivers
+        .lock()
+        .map(|s| s.contains(service))
+        .unwrap_or(false)
+}
+
+/// The spec and artifact of the release a rollout rolls out: from this node's journal, else
+/// from a host that prepared it (the artifact is copied into this node's store).
+async fn release_source(
+    node: &NodeService,
+    state: &RolloutState,
+) -> Reply<(ServiceSpec, [u8; 32], String)> {
+    if let Ok(journal) = node
+        .data_dir
+        .read_record::<RolloutJournal>(&journal_name(&state.service))
+        && journal.state.id == state.id
+        && node
+            .services
+            .releases()
+            .artifact_received(&journal.sha256)
+            .1
+    {
+        return Ok((journal.spec, journal.sha256, journal.file_name));
+    }
+    let mut sources: Vec<NodeName> = vec![node.name().clone()];
+    sources.extend(
+        state
+            .hosts
+            .iter()
+            .filter(|h| h.step.touched())
+            .map(|h| h.node.clone()),
+    );
+    for host in sources {
+        let request = PeerRequest::GetRelease {
+            service: state.service.clone(),
+            version: state.version.clone(),
+        };
+        let Ok(PeerReply::Release {
+            spec,
+            sha256,
+            file_name,
+        }) = node.peer(&host, request, SHORT).await
+        else {
+            continue;
+        };
+        if fetch_artifact(node, &host, &sha256).await.is_ok() {
+            info!(service = %state.service, from = %host, "took the release to resume from a host");
+            return Ok((*spec, sha256, file_name));
+        }
+    }
+    Err(ErrorReply {
+        kind: ErrorKind::NotFound,
+        message: format!(
+            "no reachable node has release {} of {} to continue with; start a host that has it, or deploy again",
+            state.version, state.service
+        ),
+    })
+}
+
+/// Copies an artifact from `host` into this node's store (resuming a partial copy).
+async fn fetch_artifact(
+    node: &NodeService,
+    host: &NodeName,
+    sha256: &[u8; 32],
+) -> Result<(), Error> {
+    let releases = node.services.releases().clone();
+    loop {
+        let (held, complete) = releases.artifact_received(sha256);
+        if complete {
+            return Ok(());
+        }
+        let reply = node
+            .peer(
+                host,
+                PeerRequest::GetArtifact {
+                    sha256: *sha256,
+                    offset: held,
+                },
+                SHORT,
+            )
+            .await?;
+        let PeerReply::Chunk { total, data } = reply else {
+            return Err(Error::Protocol("unexpected answer to GetArtifact".into()));
+        };
+        if data.is_empty() {
+            return Err(Error::Artifact(format!(
+                "{host} sent an empty piece at {held} of {total}"
+            )));
+        }
+        let releases = releases.clone();
+        let sha = *sha256;
+        tokio::task::spawn_blocking(move || releases.put_chunk(&sha, total, held, &data))
+            .await
+            .map_err(|e| Error::Net(format!("storage task failed: {e}")))??;
+    }
+}
+
+/// The coordinator's driver of one rollout.
+struct Driver {
+    node: Arc<NodeService>,
+    journal: RolloutJournal,
+    engine: Rollout,
+    events_tx: mpsc::UnboundedSender<Event>,
+    events_rx: mpsc::UnboundedReceiver<Event>,
+    workers: HashMap<NodeName, mpsc::UnboundedSender<Action>>,
+    baselines: Arc<Mutex<HashMap<NodeName, Sample>>>,
+    watching: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Driver {
+    fn spawn(node: Arc<NodeService>, journal: RolloutJournal, engine: Rollout, first: Vec<Action>) {
+        let service = journal.state.service.clone();
+        if let Ok(mut set) = node.active_drivers.lock() {
+            set.insert(service.clone());
+        }
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let mut driver = Driver {
+            node,
+            journal,
+            engine,
+            events_tx,
+            events_rx,
+            workers: HashMap::new(),
+            baselines: Arc::default(),
+            watching: Arc::default(),
+        };
+        tokio::spawn(async move {
+            driver.apply(first).await;
+            driver.run().await;
+            if let Ok(mut set) = driver.node.active_drivers.lock() {
+                set.remove(&service);
+            }
+        });
+    }
+
+    async fn run(&mut self) {
+        let mut tick = tokio::time::interval(TICK);
+        let mut watch = tokio::time::interval(WATCH);
+        loop {
+            let phase = self.engine.state().phase;
+            if phase.finished() || phase == Phase::Paused {
+                self.finish().await;
+                return;
+            }
+            let actions = tokio::select! {
+                Some(event) = self.events_rx.recv() => self.engine.step(event, wall_ms()),
+                _ = tick.tick() => self.engine.step(Event::Tick, wall_ms()),
+                _ = watch.tick() => { self.watch(); Vec::new() }
+            };
+            self.apply(actions).await;
+        }
+    }
+
+    async fn apply(&mut self, actions: Vec<Action>) {
+        for action in actions {
+            match action {
+                Action::Journal => self.write_journal().await,
+                Action::Say(text) => {
+                    info!(service = %self.journal.state.service, rollout = %self.journal.state.id, "{text}");
+                }
+                host_action => {
+                    let host = match &host_action {
+                        Action::Drain(h)
+                        | Action::Deploy(h)
+                        | Action::Revert(h)
+                        | Action::Commit(h) => h.clone(),
+                        _ => continue,
+                    };
+                    let worker = self.worker(&host);
+                    let _ = worker.send(host_action);
+                }
+            }
+        }
+    }
+
+    async fn write_journal(&mut self) {
+        let mut state = self.engine.state().clone();
+        state.seq = self.journal.state.seq + 1;
+        self.engine.set_seq(state.seq);
+        self.journal.state = state.clone();
+        let service = state.service.clone();
+        let dir = self.node.data_dir.file("rollouts");
+        let _ = std::fs::create_dir_all(&dir);
+        if let Err(e) = self
+            .node
+            .data_dir
+            .write_record(&journal_name(&service), &self.journal)
+        {
+            // Without a journal a dead coordinator's rollout can still be resumed from gossip.
+            warn!(service = %service, error = %e, "cannot write the rollout journal");
+        }
+        if let Ok(mut map) = self.node.rollouts.lock() {
+            map.insert(service.clone(), state.clone());
+        }
+        self.node
+            .publish(format!("{ROLLOUT_KEY_PREFIX}{service}"), state.to_gossip())
+            .await;
+    }
+
+    /// The worker that runs `host`'s actions one after another.
+    fn worker(&mut self, host: &NodeName) -> mpsc::UnboundedSender<Action> {
+        if let Some(w) = self.workers.get(host) {
+            return w.clone();
+        }
+        let (tx, mut rx) = mpsc::unbounded_channel::<Action>();
+        let ctx = HostCtx {
+            node: self.node.clone(),
+            host: host.clone(),
+            journal: self.journal.clone(),
+            baselines: self.baselines.clone(),
+        };
+        let events = self.events_tx.clone();
+        tokio::spawn(async move {
+            while let Some(action) = rx.recv().await {
+                let event = ctx.run(action).await;
+                if events.send(event).is_err() {
+                    return;
+                }
+            }
+        });
+        self.workers.insert(host.clone(), tx.clone());
+        tx
+    }
+
+    /// Samples every host that serves the new release and reports verdicts.
+    fn watch(&self) {
+        use std::sync::atomic::Ordering;
+        let watched: Vec<NodeName> = self
+            .engine
+            .state()
+            .hosts
+            .iter()
+            .filter(|h| matches!(h.step, HostStep::Baking | HostStep::Updated))
+            .map(|h| h.node.clone())
+            .collect();
+        if watched.is_empty() || self.watching.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (node, events, baselines, watching) = (
+            self.node.clone(),
+            self.events_tx.clone(),
+            self.baselines.clone(),
+            self.watching.clone(),
+        );
+        let service = self.journal.state.service.clone();
+        let version = self.journal.state.version.clone();
+        let policy = self.journal.spec.rollout.clone();
+        tokio::spawn(async move {
+            for host in watched {
+                let Some(now) = sample(&node, &host, &service, Some(&version)).await else {
+                    continue;
+                };
+                let base = baselines
+                    .lock()
+                    .ok()
+                    .and_then(|b| b.get(&host).copied())
+                    .unwrap_or_default();
+                let verdict = regression::judge(&base, &now, &policy);
+                let _ = events.send(Event::Verdict(host, verdict));
+            }
+            watching.store(false, Ordering::Release);
+        });
+    }
+
+    /// Writes history when the rollout ended.
+    async fn finish(&mut self) {
+        let state = self.engine.state().clone();
+        info!(service = %state.service, rollout = %state.id, phase = %state.phase, reason = %state.reason, "rollout stopped");
+        if !state.phase.finished() {
+            return;
+        }
+        let entry = HistoryEntry {
+            id: state.id.clone(),
+            version: state.version.clone(),
+            coordinator: state.coordinator.clone(),
+            started_ms: state.started_ms,
+            ended_ms: state.ended_ms.unwrap_or_else(wall_ms),
+            outcome: state.phase,
+            reason: state.reason.clone(),
+        };
+        record_history(&self.node, &state.service, entry).await;
+    }
+}
+
+/// Appends a history entry to this node's book and publishes its newest lines.
+async fn record_history(node: &NodeService, service: &ServiceName, entry: HistoryEntry) {
+    let name = history_name(service);
+    let _ = std::fs::create_dir_all(node.data_dir.file("history"));
+    let mut book: HistoryBook = node
+        .data_dir
+        .read_record_or_default(&name)
+        .unwrap_or_default();
+    book.entries.retain(|e| e.id != entry.id);
+    book.entries.push(entry);
+    let excess = book.entries.len().saturating_sub(50);
+    book.entries.drain(..excess);
+    if let Err(e) = node.data_dir.write_record(&name, &book) {
+        warn!(service = %service, error = %e, "cannot write rollout history");
+    }
+    let lines: Vec<String> = book
+        .entries
+        .iter()
+        .rev()
+        .take(10)
+        .rev()
+        .map(HistoryEntry::to_line)
+        .collect();
+    node.publish(format!("{HISTORY_KEY_PREFIX}{service}"), lines.join("\n"))
+        .await;
+}
+
+/// What a host worker needs.
+struct HostCtx {
+    node: Arc<NodeService>,
+    host: NodeName,
+    journal: RolloutJournal,
+    baselines: Arc<Mutex<HashMap<NodeName, Sample>>>,
+}
+
+/// Why a host's deploy did not end serving the new release.
+enum Failure {
+    Fenced(String),
+    Failed(String),
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Remote(reply) if reply.kind == ErrorKind::StaleEpoch => {
+                Failure::Fenced(reply.message)
+            }
+            other => Failure::Failed(other.to_string()),
+        }
+    }
+}
+
+impl HostCtx {
+    fn request(&self, step: Step) -> StepRequest {
+        StepRequest {
+            service: self.journal.state.service.clone(),
+            epoch: self.journal.state.epoch,
+            step,
+        }
+    }
+
+    async fn step(&self, step: Step, timeout: Duration) -> Result<StepReply, Failure> {
+        Ok(self
+            .node
+            .step_on(&self.host, self.request(step), timeout)
+            .await?)
+    }
+
+    async fn run(&self, action: Action) -> Event {
+        let host = self.host.clone();
+        match action {
+            Action::Drain(_) => match self
+                .node
+                .peer(&host, PeerRequest::SetDraining(true), SHORT)
+                .await
+            {
+                Ok(_) => Event::Drained(host),
+                Err(e) => {
+                    warn!(%host, error = %e, "host unreachable on its turn");
+                    Event::Unreachable(host)
+                }
+            },
+            Action::Deploy(_) => match self.deploy().await {
+                Ok(note) => Event::Deployed(host, Ok(note)),
+                Err(Failure::Fenced(why)) => Event::Fenced(host, why),
+                Err(Failure::Failed(why)) => {
+                    // The host reverted what it started; it must not stay drained.
+                    let _ = self
+                        .node
+                        .peer(&host, PeerRequest::SetDraining(false), SHORT)
+                        .await;
+                    Event::Deployed(host, Err(why))
+                }
+            },
+            Action::Revert(_) => {
+                let result = self.revert().await;
+                match result {
+                    Err(Failure::Fenced(why)) => Event::Fenced(host, why),
+                    Err(Failure::Failed(why)) => Event::Reverted(host, Err(why)),
+                    Ok(note) => Event::Reverted(host, Ok(note)),
+                }
+            }
+            Action::Commit(_) => match self.step(Step::Commit, LONG).await {
+                Ok(StepReply::Committed { version, .. }) => {
+                    Event::Committed(host, Ok(format!("committed {version}")))
+                }
+                Ok(_) => Event::Committed(host, Ok(String::new())),
+                Err(Failure::Fenced(why)) => Event::Fenced(host, why),
+                Err(Failure::Failed(why)) => Event::Committed(host, Err(why)),
+            },
+            Action::Journal | Action::Say(_) => Event::Tick,
+        }
+    }
+
+    async fn revert(&self) -> Result<String, Failure> {
+        let reply = match self
+            .node
+            .step_on(&self.host, self.request(Step::Revert), LONG)
+            .await
+        {
+            // The service was never created there (its first prepare failed): nothing to undo.
+            Err(Error::Remote(r)) if r.kind == ErrorKind::NotFound => {
+                StepReply::Reverted { serving: None }
+            }
+            other => other?,
+        };
+        self.node
+            .peer(&self.host, PeerRequest::SetDraining(false), SHORT)
+            .await?;
+        Ok(match reply {
+            StepReply::Reverted { serving } => format!(
+                "serving {}",
+                serving.map_or("nothing".into(), |v| v.to_string())
+            ),
+            _ => String::new(),
+        })
+    }
+
+    /// Sends the release, starts it, checks it, flips, drains the old slot, undrains the host.
+    async fn deploy(&self) -> Result<String, Failure> {
+        let j = &self.journal;
+        self.send_artifact().await?;
+        let service = &j.state.service;
+        if let Some(before) = sample(&self.node, &self.host, service, None).await
+            && let Ok(mut b) = self.baselines.lock()
+        {
+            b.insert(self.host.clone(), before);
+        }
+        let started = Instant::now();
+        self.step(
+            Step::Prepare {
+                spec: Box::new(j.spec.clone()),
+                version: j.state.version.clone(),
+                artifact: ArtifactSource::Stored {
+                    sha256: j.sha256,
+                    file_name: j.file_name.clone(),
+                },
+            },
+            LONG,
+        )
+        .await?;
+        let mut notes = Vec::new();
+        let reply = self
+            .step(
+                Step::StartNext {
+                    version: j.state.version.clone(),
+                },
+                SHORT * 6,
+            )
+            .await?;
+        if let StepReply::Started { slot, port, reused } = reply {
+            notes.push(format!(
+                "started {slot} on 127.0.0.1:{port}{}",
+                if reused { " (warm, reused)" } else { "" }
+            ));
+        }
+        let deadline = j.spec.rollout.health_deadline.as_duration();
+        match tokio::time::timeout(deadline, self.step(Step::Check, deadline + SHORT)).await {
+            Err(_) => {
+                return Err(Failure::Failed(format!(
+                    "not healthy within health_deadline ({})",
+                    j.spec.rollout.health_deadline
+                )));
+            }
+            Ok(Err(e)) => return Err(e),
+            Ok(Ok(StepReply::Healthy { waited_ms, .. })) => {
+                notes.push(format!("healthy in {waited_ms} ms"));
+            }
+            Ok(Ok(_)) => {}
+        }
+        if let StepReply::Flipped { from, to, took_ns } = self.step(Step::Flip, SHORT).await? {
+            notes.push(format!(
+                "flipped {} -> {to} in {:.1} us",
+                from.map_or("nothing".into(), |f| f.to_string()),
+                took_ns as f64 / 1000.0
+            ));
+        }
+        let drain = j.spec.stop.drain_timeout.as_duration() + SHORT * 3;
+        if let StepReply::Drained {
+            slot: Some(slot),
+            completed,
+            cut,
+            ..
+        } = self.step(Step::Drain, drain).await?
+        {
+            notes.push(format!(
+                "drained {slot}: {completed} finished, {cut} cut at drain_timeout"
+            ));
+        }
+        self.node
+            .peer(&self.host, PeerRequest::SetDraining(false), SHORT)
+            .await?;
+        notes.push(format!("{} ms", started.elapsed().as_millis()));
+        Ok(notes.join("; "))
+    }
+
+    /// Streams the artifact to the host in 1 MiB pieces, resuming from what it holds.
+    async fn send_artifact(&self) -> Result<(), Failure> {
+        if &self.host == self.node.name() {
+            return Ok(());
+        }
+        let sha256 = self.journal.sha256;
+        let releases = self.node.services.releases().clone();
+        let mut failures = 0;
+        let mut held = match self
+            .node
+            .peer(&self.host, PeerRequest::ArtifactStatus { sha256 }, SHORT)
+            .await?
+        {
+            PeerReply::Artifact { complete: true, .. } => return Ok(()),
+            PeerReply::Artifact { received, .. } => received,
+            _ => 0,
+        };
+        loop {
+            let r = releases.clone();
+            let (total, data) =
+                tokio::task::spawn_blocking(move || r.read_chunk(&sha256, held, CHUNK))
+                    .await
+                    .map_err(|e| Failure::Failed(format!("storage task failed: {e}")))?
+                    .map_err(|e| Failure::Failed(e.to_string()))?;
+            let request = PeerRequest::PutArtifact {
+                sha256,
+                total,
+                offset: held,
+                data,
+            };
+            match self.node.peer(&self.host, request, SHORT * 3).await {
+                Ok(PeerReply::Artifact { complete: true, .. }) => return Ok(()),
+                Ok(PeerReply::Artifact { received, .. }) => {
+                    held = received;
+                    failures = 0;
+                }
+                Ok(_) => {
+                    return Err(Failure::Failed(
+                        "unexpected answer to an artifact piece".into(),
+                    ));
+                }
+                Err(e @ Error::Remote(_)) => return Err(e.into()),
+                Err(e) => {
+                    // A dropped connection: ask what arrived and go on from there.
+                    failures += 1;
+                    if failures > 5 {
+                        return Err(Failure::Failed(format!("sending the artifact failed: {e}")));
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    if let Ok(PeerReply::Artifact { received, complete }) = self
+                        .node
+                        .peer(&self.host, PeerRequest::ArtifactStatus { sha256 }, SHORT)
+                        .await
+                    {
+                        if complete {
+                            return Ok(());
+                        }
+                        held = received;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The active slot's signals of a service on a host (`None` when unreachable, or when
+/// `version` is given and the active slot does not run it).
+async fn sample(
+    node: &NodeService,
+    host: &NodeName,
+    service: &ServiceName,
+    version: Option<&ReleaseVersion>,
+) -> Option<Sample> {
+    let reply = node
+        .peer(host, PeerRequest::Services, Duration::from_secs(3))
+        .await
+        .ok()?;
+    let PeerReply::Services(list) = reply else {
+        return None;
+    };
+    let status: &ServiceStatus = list.iter().find(|s| &s.name == service)?;
+    let active = status.slots.iter().find(|s| s.role == SlotRole::Active)?;
+    if version.is_some_and(|v| active.version.as_ref() != Some(v)) {
+        return None;
+    }
+    Some(Sample {
+        signals: active.signals,
+        health: Some(active.health),
+        crash_loop: active.crash_loop,
+    })
+}
+
+/// Puts every host that runs the service back on a release it has, all at once: its previous
+/// committed release, or `to`. A host that fails is retried; the outcome is published like a
+/// rollout's.
+async fn rollback(
+    node: &NodeService,
+    me: Arc<NodeService>,
+    service: &ServiceName,
+    to: Option<ReleaseVersion>,
+) -> Reply<String> {
+    let hosts: Vec<NodeName> = node
+        .members()
+        .into_iter()
+        .filter(|m| !matches!(m.state, MemberState::Dead | MemberState::Left))
+        .filter(|m| m.services.iter().any(|(name, _)| name == service.as_str()))
+        .map(|m| m.name)
+        .collect();
+    if hosts.is_empty() {
+        return Err(ErrorReply {
+            kind: ErrorKind::NotFound,
+            message: format!("no live node runs service {service}"),
+        });
+    }
+    let epoch = next_epoch(node, service, &hosts).await;
+    let shown = match &to {
+        Some(v) => v.clone(),
+        None => ReleaseVersion::parse("previous").map_err(|e| internal(&e.to_string()))?,
+    };
+    let mut state = new_state(
+        node,
+        service,
+        &shown,
+        epoch,
+        &hosts,
+        &RolloutPolicy::default(),
+    );
+    state.reason = match &to {
+        Some(v) => format!("rollback to {v}"),
+        None => "rollback to each host's previous release".into(),
+    };
+    for h in &mut state.hosts {
+        h.step = HostStep::Reverting;
+    }
+    state.phase = Phase::RollingBack;
+    let id = state.id.clone();
+    let service = service.clone();
+    tokio::spawn(async move {
+        let shared = Arc::new(tokio::sync::Mutex::new(state));
+        publish(&me, &shared).await;
+        let mut tasks = tokio::task::JoinSet::new();
+        for host in hosts {
+            let (me, shared, service, to) =
+                (me.clone(), shared.clone(), service.clone(), to.clone());
+            tasks.spawn(async move {
+                let mut attempts = 0;
+                loop {
+                    attempts += 1;
+                    let result = rollback_host(&me, &host, &service, to.as_ref(), epoch).await;
+                    let done = result.is_ok() || attempts >= 3;
+                    {
+                        let mut state = shared.lock().await;
+                        if let Some(h) = state.hosts.iter_mut().find(|h| h.node == host) {
+                            h.attempts = attempts - 1;
+                            match &result {
+                                Ok(note) => {
+                                    h.step = HostStep::Reverted;
+                                    h.note = note.clone();
+                                }
+                                Err(why) if done => {
+                                    h.step = HostStep::Failed;
+                                    h.note = why.clone();
+                                }
+                                Err(why) => {
+                                    h.note = format!("attempt {attempts} failed: {why}; retrying")
+                                }
+                            }
+                        }
+                    }
+                    publish(&me, &shared).await;
+                    if done {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            });
+        }
+        while tasks.join_next().await.is_some() {}
+        let entry = {
+            let mut state = shared.lock().await;
+            let failed: Vec<String> = state
+                .hosts
+                .iter()
+                .filter(|h| h.step != HostStep::Reverted)
+                .map(|h| format!("{}: {}", h.node, h.note))
+                .collect();
+            state.ended_ms = Some(wall_ms());
+            if failed.is_empty() {
+                state.phase = Phase::RolledBack;
+            } else {
+                // Not finished: the hosts that failed keep the lock until an operator acts.
+                state.phase = Phase::Paused;
+                state.reason = format!("{}; failed on {}", state.reason, failed.join("; "));
+            }
+            HistoryEntry {
+                id: state.id.clone(),
+                version: state.version.clone(),
+                coordinator: state.coordinator.clone(),
+                started_ms: state.started_ms,
+                ended_ms: state.ended_ms.unwrap_or_else(wall_ms),
+                outcome: state.phase,
+                reason: state.reason.clone(),
+            }
+        };
+        publish(&me, &shared).await;
+        if entry.outcome.finished() {
+            record_history(&me, &service, entry).await;
+        }
+    });
+    Ok(id)
+}
+
+/// Publishes a cluster rollback's state (it has no engine and no journal: each host step is
+/// itself durable on the host).
+async fn publish(node: &NodeService, state: &tokio::sync::Mutex<RolloutState>) {
+    let state = {
+        let mut s = state.lock().await;
+        s.seq += 1;
+        s.clone()
+    };
+    if let Ok(mut map) = node.rollouts.lock() {
+        map.insert(state.service.clone(), state.clone());
+    }
+    node.publish(
+        format!("{ROLLOUT_KEY_PREFIX}{}", state.service),
+        state.to_gossip(),
+    )
+    .await;
+}
+
+/// One host of a cluster rollback: start-next (reusing a warm slot) → check → flip → drain →
+/// commit, to `to` or the host's previous committed release.
+async fn rollback_host(
+    node: &NodeService,
+    host: &NodeName,
+    service: &ServiceName,
+    to: Option<&ReleaseVersion>,
+    epoch: u64,
+) -> Result<String, String> {
+    let status = match node.peer(host, PeerRequest::Services, SHORT).await {
+        Ok(PeerReply::Services(list)) => list.into_iter().find(|s| &s.name == service),
+        Ok(_) => None,
+        Err(e) => return Err(e.to_string()),
+    }
+    .ok_or_else(|| format!("{host} does not run {service}"))?;
+    let target = match to {
+        Some(v) => v.clone(),
+        None => status.previous.clone().ok_or_else(|| {
+            format!(
+                "{host} has no previous release of {service} (committed: {})",
+                status
+                    .committed
+                    .as_ref()
+                    .map_or("none".into(), |v| v.to_string())
+            )
+        })?,
+    };
+    let from = status
+        .committed
+        .as_ref()
+        .map_or("nothing".into(), |v| v.to_string());
+    let step = |step: Step| StepRequest {
+        service: service.clone(),
+        epoch,
+        step,
+    };
+    let started = Instant::now();
+    let err = |e: Error| e.to_string();
+    let reused = match node
+        .step_on(
+            host,
+            step(Step::StartNext {
+                version: target.clone(),
+            }),
+            SHORT * 6,
+        )
+        .await
+        .map_err(err)?
+    {
+        StepReply::Started { reused, .. } => reused,
+        _ => false,
+    };
+    let steps = [
+        (Step::Check, LONG),
+        (Step::Flip, SHORT),
+        (Step::Drain, LONG),
+        (Step::Commit, SHORT),
+    ];
+    for (s, timeout) in steps {
+        if let Err(e) = node.step_on(host, step(s), timeout).await {
+            let _ = node.step_on(host, step(Step::Revert), LONG).await;
+            return Err(e.to_string());
+        }
+    }
+    Ok(format!(
+        "{from} -> {target} ({}) in {} ms",
+        if reused {
+            "its slot was warm: a flip"
+        } else {
+            "cold: start, check, flip"
+        },
+        started.elapsed().as_millis()
+    ))
+}

@@ -1,0 +1,414 @@
+//! A rollout across hosts: its state (what the coordinator journals before acting, what gossip
+//! carries so every node can show it and another node can resume it), and the requests around it.
+//!
+//! ## Guarantees
+//! - The state is plain data: the rollout engine (`halley-node`'s `rollout` module) is the only
+//!   code that changes it, and it does so without IO or clocks.
+//! - The gossip form ([`RolloutState::to_gossip`]) carries no spec and no env: only ids, versions,
+//!   host names and steps, and the reason of the last decision.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::deploy::ReleaseVersion;
+use crate::spec::ServiceName;
+use crate::{Error, NodeName};
+
+/// Where a host is in a rollout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HostStep {
+    /// Not reached yet.
+    Pending,
+    /// Marked draining; waiting `drain_wait`.
+    Draining,
+    /// Receiving the release, starting, checking and flipping it.
+    Deploying,
+    /// Serving the new release; its signals are watched for `bake`.
+    Baking,
+    /// Baked; still watched until the rollout ends.
+    Updated,
+    /// Its deploy failed (it reverted itself: the new release got no traffic).
+    Failed,
+    /// Unreachable on its turn and skipped (`--skip-unreachable`).
+    Skipped,
+    /// Being put back on its committed release.
+    Reverting,
+    /// Back on its committed release.
+    Reverted,
+    /// Committing the new release.
+    Committing,
+    /// The new release is committed.
+    Committed,
+}
+
+impl HostStep {
+    /// All steps, for parsing.
+    pub const ALL: [HostStep; 11] = [
+        HostStep::Pending,
+        HostStep::Draining,
+        HostStep::Deploying,
+        HostStep::Baking,
+        HostStep::Updated,
+        HostStep::Failed,
+        HostStep::Skipped,
+        HostStep::Reverting,
+        HostStep::Reverted,
+        HostStep::Committing,
+        HostStep::Committed,
+    ];
+
+    /// Lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HostStep::Pending => "pending",
+            HostStep::Draining => "draining",
+            HostStep::Deploying => "deploying",
+            HostStep::Baking => "baking",
+            HostStep::Updated => "updated",
+            HostStep::Failed => "failed",
+            HostStep::Skipped => "skipped",
+            HostStep::Reverting => "reverting",
+            HostStep::Reverted => "reverted",
+            HostStep::Committing => "committing",
+            HostStep::Committed => "committed",
+        }
+    }
+
+    /// Parses [`HostStep::as_str`] text.
+    pub fn parse(text: &str) -> Option<HostStep> {
+        HostStep::ALL.into_iter().find(|s| s.as_str() == text)
+    }
+
+    /// Whether the host has been changed by the rollout (so a rollback must put it back).
+    pub fn touched(self) -> bool {
+        !matches!(self, HostStep::Pending | HostStep::Skipped)
+    }
+}
+
+/// The rollout as a whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    /// Walking the batches.
+    Running,
+    /// Stopped, waiting for `deploy --resume` (a host was unreachable on its turn, or a
+    /// regression with `auto_rollback = false`).
+    Paused,
+    /// Putting every touched host back.
+    RollingBack,
+    /// Committing the release on every updated host.
+    Committing,
+    /// Done: every host runs the new release.
+    Completed,
+    /// Done: every touched host is back on its committed release.
+    RolledBack,
+    /// Stopped because a host has seen a newer epoch: another coordinator owns the service.
+    Fenced,
+}
+
+impl Phase {
+    /// All phases, for parsing.
+    pub const ALL: [Phase; 7] = [
+        Phase::Running,
+        Phase::Paused,
+        Phase::RollingBack,
+        Phase::Committing,
+        Phase::Completed,
+        Phase::RolledBack,
+        Phase::Fenced,
+    ];
+
+    /// Lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Running => "running",
+            Phase::Paused => "paused",
+            Phase::RollingBack => "rolling-back",
+            Phase::Committing => "committing",
+            Phase::Completed => "completed",
+            Phase::RolledBack => "rolled-back",
+            Phase::Fenced => "fenced",
+        }
+    }
+
+    /// Parses [`Phase::as_str`] text.
+    pub fn parse(text: &str) -> Option<Phase> {
+        Phase::ALL.into_iter().find(|p| p.as_str() == text)
+    }
+
+    /// Whether nothing more will happen (a paused rollout can still be resumed).
+    pub fn finished(self) -> bool {
+        matches!(self, Phase::Completed | Phase::RolledBack | Phase::Fenced)
+    }
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One host in a rollout.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostProgress {
+    /// The host.
+    pub node: NodeName,
+    /// Its step.
+    pub step: HostStep,
+    /// When it entered the step (coordinator wall clock, unix ms).
+    pub since_ms: u64,
+    /// When its wait (drain, bake, retry) ends.
+    pub until_ms: Option<u64>,
+    /// Failed revert attempts (a revert is retried, never replaced by another rollout).
+    pub attempts: u32,
+    /// What happened last on this host, for the output.
+    pub note: String,
+}
+
+/// A rollout's state: the coordinator journals it before every action.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutState {
+    /// Unique id.
+    pub id: String,
+    /// The service.
+    pub service: ServiceName,
+    /// The release rolled out.
+    pub version: ReleaseVersion,
+    /// Fencing epoch (larger than any earlier rollout of the service).
+    pub epoch: u64,
+    /// Grows with every journal write, so the newest copy wins.
+    pub seq: u64,
+    /// The node driving it.
+    pub coordinator: NodeName,
+    /// Hosts in plan order.
+    pub hosts: Vec<HostProgress>,
+    /// Hosts per batch.
+    pub batch: u32,
+    /// The phase.
+    pub phase: Phase,
+    /// Why the rollout paused, rolled back or stopped.
+    pub reason: String,
+    /// When it started (unix ms).
+    pub started_ms: u64,
+    /// When it ended (unix ms), once finished.
+    pub ended_ms: Option<u64>,
+}
+
+impl RolloutState {
+    /// The gossip value: `id=..;epoch=..;seq=..;coord=..;v=..;phase=..;batch=..;start=..;end=..;
+    /// hosts=n1:committed,n2:baking;why=...` (`why` last, as it is free text).
+    pub fn to_gossip(&self) -> String {
+        let hosts: Vec<String> = self
+            .hosts
+            .iter()
+            .map(|h| format!("{}:{}", h.node, h.step.as_str()))
+            .collect();
+        format!(
+            "id={};epoch={};seq={};coord={};v={};phase={};batch={};start={};end={};hosts={};why={}",
+            self.id,
+            self.epoch,
+            self.seq,
+            self.coordinator,
+            self.version,
+            self.phase.as_str(),
+            self.batch,
+            self.started_ms,
+            self.ended_ms.map_or("-".into(), |e| e.to_string()),
+            hosts.join(","),
+            self.reason.replace('\n', " ")
+        )
+    }
+
+    /// Parses [`RolloutState::to_gossip`] text (host notes are not carried).
+    pub fn from_gossip(service: &ServiceName, text: &str) -> Result<Self, Error> {
+        let bad = || Error::BadGossipValue {
+            key: format!("rollout:{service}"),
+            value: text.chars().take(64).collect(),
+        };
+        let (fields, why) = text.split_once(";why=").ok_or_else(bad)?;
+        let mut state = RolloutState {
+            id: String::new(),
+            service: service.clone(),
+            version: ReleaseVersion::parse("0").map_err(|_| bad())?,
+            epoch: 0,
+            seq: 0,
+            coordinator: NodeName::parse("unknown").map_err(|_| bad())?,
+            hosts: Vec::new(),
+            batch: 1,
+            phase: Phase::Running,
+            reason: why.to_owned(),
+            started_ms: 0,
+            ended_ms: None,
+        };
+        for part in fields.split(';') {
+            let (k, v) = part.split_once('=').ok_or_else(bad)?;
+            let num = |v: &str| v.parse::<u64>().map_err(|_| bad());
+            match k {
+                "id" => state.id = v.to_owned(),
+                "epoch" => state.epoch = num(v)?,
+                "seq" => state.seq = num(v)?,
+                "coord" => state.coordinator = NodeName::parse(v).map_err(|_| bad())?,
+                "v" => state.version = ReleaseVersion::parse(v).map_err(|_| bad())?,
+                "phase" => state.phase = Phase::parse(v).ok_or_else(bad)?,
+                "batch" => state.batch = u32::try_from(num(v)?).map_err(|_| bad())?,
+                "start" => state.started_ms = num(v)?,
+                "end" => state.ended_ms = if v == "-" { None } else { Some(num(v)?) },
+                "hosts" => {
+                    for entry in v.split(',').filter(|e| !e.is_empty()) {
+                        let (name, step) = entry.split_once(':').ok_or_else(bad)?;
+                        state.hosts.push(HostProgress {
+                            node: NodeName::parse(name).map_err(|_| bad())?,
+                            step: HostStep::parse(step).ok_or_else(bad)?,
+                            since_ms: 0,
+                            until_ms: None,
+                            attempts: 0,
+                            note: String::new(),
+                        });
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(state)
+    }
+
+    /// `done/total` hosts updated or committed, for messages.
+    pub fn progress(&self) -> String {
+        let done = self
+            .hosts
+            .iter()
+            .filter(|h| {
+                matches!(
+                    h.step,
+                    HostStep::Baking | HostStep::Updated | HostStep::Committed
+                )
+            })
+            .count();
+        format!("{done}/{} hosts", self.hosts.len())
+    }
+}
+
+/// How to start a rollout (the CLI's `deploy`, sent to its local node, the coordinator).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutRequest {
+    /// The service.
+    pub service: ServiceName,
+    /// What to do.
+    pub kind: RolloutKind,
+    /// Skip hosts that are unreachable on their turn instead of pausing.
+    pub skip_unreachable: bool,
+}
+
+/// What a rollout does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RolloutKind {
+    /// Roll a new release out.
+    Deploy {
+        /// The spec, env merged; boxed as it dwarfs the rest.
+        spec: Box<crate::spec::ServiceSpec>,
+        /// The version.
+        version: ReleaseVersion,
+        /// The artifact on the coordinator's host (absolute path).
+        artifact: String,
+        /// Its expected SHA-256.
+        sha256: Option<[u8; 32]>,
+    },
+    /// Continue (or roll back) the rollout recorded in the journal, taking it over from a dead
+    /// coordinator; `force` also takes it from one that still looks alive.
+    Resume {
+        /// Take over even from a coordinator that looks alive.
+        force: bool,
+    },
+    /// Put every host back on a release it has (its previous committed one, or `to`), all hosts
+    /// at once.
+    Rollback {
+        /// The release to go back to; default: each host's previous committed release.
+        to: Option<ReleaseVersion>,
+    },
+}
+
+/// One line of a service's rollout history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    /// The rollout id.
+    pub id: String,
+    /// The release.
+    pub version: ReleaseVersion,
+    /// Who coordinated it.
+    pub coordinator: NodeName,
+    /// When it started and ended (unix ms).
+    pub started_ms: u64,
+    /// When it ended (unix ms).
+    pub ended_ms: u64,
+    /// How it ended.
+    pub outcome: Phase,
+    /// Why (for a rollback or a pause).
+    pub reason: String,
+}
+
+impl HistoryEntry {
+    /// One line of the gossip value `hist:NAME`: `id|version|coordinator|start|end|outcome|reason`.
+    pub fn to_line(&self) -> String {
+        format!(
+            "{}|{}|{}|{}|{}|{}|{}",
+            self.id,
+            self.version,
+            self.coordinator,
+            self.started_ms,
+            self.ended_ms,
+            self.outcome.as_str(),
+            self.reason.replace('\n', " ")
+        )
+    }
+
+    /// Parses [`HistoryEntry::to_line`] text.
+    pub fn from_line(line: &str) -> Option<Self> {
+        let mut parts = line.splitn(7, '|');
+        Some(HistoryEntry {
+            id: parts.next()?.to_owned(),
+            version: ReleaseVersion::parse(parts.next()?).ok()?,
+            coordinator: NodeName::parse(parts.next()?).ok()?,
+            started_ms: parts.next()?.parse().ok()?,
+            ended_ms: parts.next()?.parse().ok()?,
+            outcome: Phase::parse(parts.next()?)?,
+            reason: parts.next()?.to_owned(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gossip_form_round_trips_without_notes() {
+        let state = RolloutState {
+            id: "r1".into(),
+            service: ServiceName::parse("web").unwrap(),
+            version: ReleaseVersion::parse("2.0").unwrap(),
+            epoch: 3,
+            seq: 9,
+            coordinator: NodeName::parse("n1").unwrap(),
+            hosts: vec![HostProgress {
+                node: NodeName::parse("n2").unwrap(),
+                step: HostStep::Baking,
+                since_ms: 0,
+                until_ms: None,
+                attempts: 0,
+                note: String::new(),
+            }],
+            batch: 1,
+            phase: Phase::RollingBack,
+            reason: "n2: 5xx 12%; p99=3ms".into(),
+            started_ms: 5,
+            ended_ms: None,
+        };
+        let text = state.to_gossip();
+        assert_eq!(
+            RolloutState::from_gossip(&state.service, &text).unwrap(),
+            state
+        );
+    }
+}
