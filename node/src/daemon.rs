@@ -90,7 +90,7 @@ pub async fn run(
         data_dir: data_dir.clone(),
         releases: Releases::new(data_dir.root()),
         service_address: opts.service_address,
-        draining: draining.clone(),
+        draining,
         last_contact_ms: Arc::new(std::sync::atomic::AtomicU64::new(wall_ms())),
     });
     let service = Arc::new(NodeService::new(
@@ -101,7 +101,6 @@ pub async fn run(
         tokens,
         suspect_after.as_millis() as u64,
         services,
-        draining,
     ));
     service.set_self();
     let (mesh, gossip_rx) = Mesh::start(record.listen, &creds, service.clone())?;

@@ -143,6 +143,14 @@ impl NodeService {
                 })?;
                 Ok(PeerReply::Chunk { total, data })
             }
+            PeerRequest::Rollout(service) => {
+                let state = self
+                    .rollouts
+                    .lock()
+                    .ok()
+                    .and_then(|m| m.get(&service).cloned());
+                Ok(PeerReply::Rollout(state))
+            }
             PeerRequest::GetRelease { service, version } => {
                 let entry = self
                     .services

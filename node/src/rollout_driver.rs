@@ -119,7 +119,7 @@ pub async fn start(node: &NodeService, request: RolloutRequest) -> Reply<String>
             let mut engine = Rollout::new(journal.state.clone(), policy);
             let now = wall_ms();
             let actions = engine.start(now);
-            Driver::spawn(me, journal, engine, actions);
+            Driver::spawn(me, journal, engine, actions).await;
             Ok(id)
         }
         RolloutKind::Resume { force } => {
@@ -134,9 +134,24 @@ pub async fn start(node: &NodeService, request: RolloutRequest) -> Reply<String>
 
 /// Refuses while another rollout of the service is unfinished.
 async fn refuse_if_busy(node: &NodeService, service: &ServiceName, force: bool) -> Reply<()> {
-    let Some(current) = rollout_status::newest(node, service).await else {
+    let Some(mut current) = rollout_status::newest(node, service).await else {
         return Ok(());
     };
+    if !current.phase.finished() && &current.coordinator != node.name() {
+        // Gossip may lag a rollout that just ended: ask its coordinator.
+        if let Ok(PeerReply::Rollout(Some(fresh))) = node
+            .peer(
+                &current.coordinator,
+                PeerRequest::Rollout(service.clone()),
+                Duration::from_secs(3),
+            )
+            .await
+            && fresh.id == current.id
+            && (fresh.epoch, fresh.seq) >= (current.epoch, current.seq)
+        {
+            current = fresh;
+        }
+    }
     if current.phase.finished() || force {
         return Ok(());
     }
@@ -260,32 +275,19 @@ async fn resume(
             message: format!("service {service} has no unfinished rollout to resume"),
         });
     };
-    let running_here = node
-        .rollouts
-        .lock()
-        .map(|m| {
-            m.get(service).is_some_and(|s| {
-                s.id == state.id && !s.phase.finished() && s.phase != Phase::Paused
-            })
-        })
-        .unwrap_or(false)
-        && &state.coordinator == node.name()
-        && running(node, service);
-    if running_here {
-        return Err(conflict(format!(
-            "this node is already coordinating rollout {} of {service}",
-            state.id
-        )));
-    }
-    if &state.coordinator != node.name()
-        && node.member_addr(&state.coordinator).is_some()
-        && !force
-        && state.phase != Phase::Paused
-    {
-        return Err(conflict(format!(
-            "node {} is alive and coordinating rollout {} of {service}; use --force to take it over",
-            state.coordinator, state.id
-        )));
+    if state.phase != Phase::Paused && rollout_status::is_driven(node, &state).await {
+        if &state.coordinator == node.name() {
+            return Err(conflict(format!(
+                "this node is already coordinating rollout {} of {service}",
+                state.id
+            )));
+        }
+        if !force {
+            return Err(conflict(format!(
+                "node {} is alive and coordinating rollout {} of {service}; use --force to take it over",
+                state.coordinator, state.id
+            )));
+        }
     }
     let (spec, sha256, file_name) = release_source(node, &state).await?;
     let hosts: Vec<NodeName> = state.hosts.iter().map(|h| h.node.clone()).collect();
@@ -301,15 +303,8 @@ async fn resume(
     };
     let mut engine = Rollout::new(state, policy);
     let actions = engine.resume(wall_ms());
-    Driver::spawn(me, journal, engine, actions);
+    Driver::spawn(me, journal, engine, actions).await;
     Ok(id)
-}
-
-fn running(node: &NodeService, service: &ServiceName) -> bool {
-    node.active_drivers
-        .lock()
-        .map(|s| s.contains(service))
-        .unwrap_or(false)
 }
 
 /// The spec and artifact of the release a rollout rolls out: from this node's journal, else
@@ -416,7 +411,14 @@ struct Driver {
 }
 
 impl Driver {
-    fn spawn(node: Arc<NodeService>, journal: RolloutJournal, engine: Rollout, first: Vec<Action>) {
+    /// Journals the first actions (so the caller sees the rollout at once), then drives it in
+    /// the background.
+    async fn spawn(
+        node: Arc<NodeService>,
+        journal: RolloutJournal,
+        engine: Rollout,
+        first: Vec<Action>,
+    ) {
         let service = journal.state.service.clone();
         if let Ok(mut set) = node.active_drivers.lock() {
             set.insert(service.clone());
@@ -432,8 +434,8 @@ impl Driver {
             baselines: Arc::default(),
             watching: Arc::default(),
         };
+        driver.apply(first).await;
         tokio::spawn(async move {
-            driver.apply(first).await;
             driver.run().await;
             if let Ok(mut set) = driver.node.active_drivers.lock() {
                 set.remove(&service);

@@ -39,7 +39,7 @@ pub async fn rollouts(node: &NodeService, service: Option<&ServiceName>) -> Vec<
     for state in local {
         offer(state);
     }
-    for (_, key, value) in node.gossip_values(ROLLOUT_KEY_PREFIX).await {
+    for (_, _, key, value) in node.gossip_values(ROLLOUT_KEY_PREFIX).await {
         let Ok(name) = ServiceName::parse(key.trim_start_matches(ROLLOUT_KEY_PREFIX)) else {
             continue;
         };
@@ -59,7 +59,7 @@ pub async fn newest(node: &NodeService, service: &ServiceName) -> Option<Rollout
 pub async fn history(node: &NodeService, service: &ServiceName) -> Vec<HistoryEntry> {
     let key = format!("{HISTORY_KEY_PREFIX}{service}");
     let mut by_id: BTreeMap<String, HistoryEntry> = BTreeMap::new();
-    for (_, k, value) in node.gossip_values(HISTORY_KEY_PREFIX).await {
+    for (_, _, k, value) in node.gossip_values(HISTORY_KEY_PREFIX).await {
         if k != key {
             continue;
         }
@@ -70,4 +70,27 @@ pub async fn history(node: &NodeService, service: &ServiceName) -> Vec<HistoryEn
     let mut entries: Vec<HistoryEntry> = by_id.into_values().collect();
     entries.sort_by_key(|e| e.started_ms);
     entries
+}
+
+/// Whether a coordinator is driving `state` now: this node's own driver, or a live generation
+/// of the coordinator still publishing that rollout (a coordinator that died, even if its node
+/// has restarted since, is not).
+pub async fn is_driven(node: &NodeService, state: &RolloutState) -> bool {
+    if &state.coordinator == node.name() {
+        return node
+            .active_drivers
+            .lock()
+            .map(|s| s.contains(&state.service))
+            .unwrap_or(false);
+    }
+    let key = format!("{ROLLOUT_KEY_PREFIX}{}", state.service);
+    node.gossip_values(ROLLOUT_KEY_PREFIX)
+        .await
+        .into_iter()
+        .any(|(who, live, k, value)| {
+            live && who == state.coordinator
+                && k == key
+                && RolloutState::from_gossip(&state.service, &value)
+                    .is_ok_and(|s| s.id == state.id && !s.phase.finished())
+        })
 }

@@ -72,8 +72,8 @@ impl NodeService {
         tokens: TokenBook,
         suspect_after_ms: u64,
         services: Services,
-        draining: Arc<AtomicBool>,
     ) -> Self {
+        let draining = services.draining();
         let view = MembershipView::new(record.name.clone(), suspect_after_ms);
         Self {
             record,
@@ -128,19 +128,30 @@ impl NodeService {
             .unwrap_or_default()
     }
 
-    /// Values of gossip keys starting with `prefix`, from every node: `(node, key, value)`.
-    pub async fn gossip_values(&self, prefix: &str) -> Vec<(NodeName, String, String)> {
+    /// Values of gossip keys starting with `prefix`, from every node and generation:
+    /// `(node, live, key, value)`, where `live` says the failure detector holds that node
+    /// generation alive (a restarted node's old generation is not).
+    pub async fn gossip_values(&self, prefix: &str) -> Vec<(NodeName, bool, String, String)> {
         let Some(chitchat) = self.chitchat.get() else {
             return Vec::new();
         };
         let chitchat = chitchat.lock().await;
+        let live: HashSet<&ChitchatId> = chitchat.live_nodes().collect();
+        // A restarted node's new generation supersedes the old one at once, before the failure
+        // detector declares the old one dead.
+        let mut newest: HashMap<&str, u64> = HashMap::new();
+        for id in chitchat.node_states().keys() {
+            let g = newest.entry(&*id.node_id).or_default();
+            *g = (*g).max(id.generation_id);
+        }
         let mut out = Vec::new();
         for (id, state) in chitchat.node_states() {
             let Ok(node) = NodeName::parse(&id.node_id) else {
                 continue;
             };
+            let is_live = live.contains(id) && newest.get(&*id.node_id) == Some(&id.generation_id);
             for (k, v) in state.iter_prefix(prefix) {
-                out.push((node.clone(), k.to_owned(), v.value.clone()));
+                out.push((node.clone(), is_live, k.to_owned(), v.value.clone()));
             }
         }
         out

@@ -105,6 +105,11 @@ impl Services {
         handle.step(request.epoch, request.step).await
     }
 
+    /// The node's draining flag, shared with every entry point's readiness answer.
+    pub fn draining(&self) -> Arc<std::sync::atomic::AtomicBool> {
+        self.ctx.draining.clone()
+    }
+
     /// Notes that a coordinator reached this node (see `orphan_timeout`).
     pub fn touch(&self) {
         self.ctx.last_contact_ms.fetch_max(

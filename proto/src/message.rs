@@ -338,6 +338,8 @@ pub enum PeerRequest {
         /// Where to start.
         offset: u64,
     },
+    /// The receiver's own newest state of a service's rollout, fresher than gossip.
+    Rollout(ServiceName),
     /// The spec and artifact of a release the receiver has prepared.
     GetRelease {
         /// The service.
@@ -368,6 +370,8 @@ pub enum PeerReply {
         /// The piece (empty at the end).
         data: Vec<u8>,
     },
+    /// A rollout state, if the receiver has one.
+    Rollout(Option<RolloutState>),
     /// A prepared release.
     Release {
         /// Its spec.
