@@ -155,8 +155,7 @@ async fn refuse_if_busy(node: &NodeService, service: &ServiceName, force: bool) 
     if current.phase.finished() || force {
         return Ok(());
     }
-    let alive =
-        &current.coordinator == node.name() || node.member_addr(&current.coordinator).is_some();
+    let alive = rollout_status::is_driven(node, &current).await;
     let what = format!(
         "service {service} has an unfinished rollout {} by node {}: version {}, {}, {}",
         current.id,
@@ -174,7 +173,7 @@ async fn refuse_if_busy(node: &NodeService, service: &ServiceName, force: bool) 
         format!("{what}; wait for it ('halley-node rollout status {service}')")
     } else {
         format!(
-            "{what}, and node {} is not reachable; take it over with 'halley-node deploy --resume {service}'",
+            "{what}, and node {} no longer drives it (dead or restarted); take it over with 'halley-node deploy --resume {service}'",
             current.coordinator
         )
     }))
@@ -707,6 +706,7 @@ impl HostCtx {
     }
 
     async fn revert(&self) -> Result<String, Failure> {
+        let started = Instant::now();
         let reply = match self
             .node
             .step_on(&self.host, self.request(Step::Revert), LONG)
@@ -721,12 +721,13 @@ impl HostCtx {
         self.node
             .peer(&self.host, PeerRequest::SetDraining(false), SHORT)
             .await?;
+        let took = started.elapsed().as_millis();
         Ok(match reply {
             StepReply::Reverted { serving } => format!(
-                "serving {}",
+                "serving {} (reverted in {took} ms)",
                 serving.map_or("nothing".into(), |v| v.to_string())
             ),
-            _ => String::new(),
+            _ => format!("reverted in {took} ms"),
         })
     }
 
@@ -754,6 +755,9 @@ impl HostCtx {
         )
         .await?;
         let mut notes = Vec::new();
+        // A slot still draining an earlier release (a revert a moment ago, say) must finish first.
+        let drain = j.spec.stop.drain_timeout.as_duration() + SHORT * 3;
+        self.step(Step::Drain, drain).await?;
         let reply = self
             .step(
                 Step::StartNext {
@@ -789,7 +793,6 @@ impl HostCtx {
                 took_ns as f64 / 1000.0
             ));
         }
-        let drain = j.spec.stop.drain_timeout.as_duration() + SHORT * 3;
         if let StepReply::Drained {
             slot: Some(slot),
             completed,
@@ -1096,14 +1099,19 @@ async fn rollback_host(
         (Step::Drain, LONG),
         (Step::Commit, SHORT),
     ];
+    let mut flipped_ms = 0;
     for (s, timeout) in steps {
+        let is_flip = matches!(s, Step::Flip);
         if let Err(e) = node.step_on(host, step(s), timeout).await {
             let _ = node.step_on(host, step(Step::Revert), LONG).await;
             return Err(e.to_string());
         }
+        if is_flip {
+            flipped_ms = started.elapsed().as_millis();
+        }
     }
     Ok(format!(
-        "{from} -> {target} ({}) in {} ms",
+        "{from} -> {target} ({}); flipped after {flipped_ms} ms, done in {} ms",
         if reused {
             "its slot was warm: a flip"
         } else {

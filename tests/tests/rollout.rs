@@ -325,6 +325,16 @@ fn a_killed_coordinator_is_resumed_from_another_node() {
     assert!(wait_until(Duration::from_secs(10), || generation(
         &cluster.nodes[0]
     ) > before));
+    // A new deploy is refused while the rollout is unfinished, naming its coordinator.
+    let out = deploy(&cluster.nodes[0], &slow, "v3");
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("unfinished rollout")
+            && err.contains("by node n3")
+            && err.contains("--resume"),
+        "{err}"
+    );
     let out = cluster.nodes[0].cli(&["deploy", "web", "--resume"]);
     assert_ok(&out, "resume from n1");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -333,4 +343,64 @@ fn a_killed_coordinator_is_resumed_from_another_node() {
     for node in &cluster.nodes {
         assert_eq!(node.services()[0]["committed"], "v2", "{}", node.name);
     }
+}
+
+#[test]
+fn a_host_left_mid_rollout_without_a_coordinator_reverts_after_orphan_timeout() {
+    let root = tempfile::tempdir().unwrap();
+    let (mut nodes, _) = halley_tests::start_cluster(root.path(), &["n1", "n2"]);
+    let port = free_tcp_port();
+    let entry: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let config = |bake: &str| {
+        let path = root.path().join(format!("bake-{bake}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "[service.web]\ncommand = [\"./halley-test-service\"]\nlisten = \"{entry}\"\nhosts = [\"n1\"]\nkeep_warm = \"1m\"\n[service.web.health]\nhttp = \"/health\"\ninterval = \"100ms\"\n[service.web.rollout]\ndrain_wait = \"0s\"\nbake = \"{bake}\"\norphan_timeout = \"2s\"\n"
+            ),
+        )
+        .unwrap();
+        path
+    };
+    assert_ok(
+        &deploy(&nodes[1], &config("0s"), "v1"),
+        "first rollout, coordinated by n2",
+    );
+    let long = config("60s");
+    let coordinator = std::thread::spawn({
+        let dir = nodes[1].dir.clone();
+        move || {
+            std::process::Command::new(halley_tests::binary())
+                .args(["deploy", "web", "-c"])
+                .arg(&long)
+                .args(["--version", "v2", "--artifact", SERVICE_BIN, "--data-dir"])
+                .arg(&dir)
+                .output()
+                .unwrap()
+        }
+    });
+    let rt = runtime();
+    let version = || {
+        rt.block_on(http::get(entry, "/"))
+            .ok()
+            .and_then(|a| a.version().map(str::to_owned))
+    };
+    assert!(
+        wait_until(Duration::from_secs(20), || version().as_deref()
+            == Some("v2")),
+        "n1 never flipped to v2"
+    );
+    // The coordinator dies during n1's bake: n1 keeps serving v2 (it has a healthy slot)...
+    nodes[1].kill9();
+    let _ = coordinator.join();
+    assert_eq!(version().as_deref(), Some("v2"));
+    // ...until orphan_timeout passes with no coordinator, then goes back to its committed v1.
+    assert!(
+        wait_until(Duration::from_secs(15), || version().as_deref()
+            == Some("v1")),
+        "n1 did not revert the orphaned deploy: {}",
+        nodes[0].services()
+    );
+    assert_eq!(nodes[0].services()[0]["committed"], "v1");
+    assert_eq!(nodes[0].state_of("n1").as_deref(), Some("alive"));
 }

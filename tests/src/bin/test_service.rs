@@ -11,6 +11,7 @@
 //! | `TS_ERROR_RATE`      | fraction (0–1) of `/` requests answered 500                     |
 //! | `TS_LATENCY_MS`      | added latency of `/`                                            |
 //! | `TS_ERRORS_AFTER_MS` | only answer errors (`TS_ERROR_RATE`) after this long            |
+//! | `TS_HEALTH_FAIL_AFTER_MS` | `/health` answers 503 from this long after start           |
 //!
 //! HTTP endpoints: `/health`; `/` answers `version=V slot=S pid=P`; `/sleep?ms=N`; `/echo` streams
 //! the request body back; `/headers` lists the request headers; `/env?name=X` shows a variable;
@@ -36,6 +37,7 @@ struct Knobs {
     version: String,
     slot: String,
     health_fails: bool,
+    health_fails_after: Option<Duration>,
     error_every: Option<u64>,
     errors_after: Duration,
     latency: Duration,
@@ -77,6 +79,7 @@ async fn main() {
         version: std::env::var("HALLEY_RELEASE").unwrap_or_else(|_| "dev".into()),
         slot: std::env::var("HALLEY_SLOT").unwrap_or_else(|_| "-".into()),
         health_fails: std::env::var("TS_HEALTH").is_ok_and(|v| v == "fail"),
+        health_fails_after: env_ms("TS_HEALTH_FAIL_AFTER_MS"),
         error_every: (rate > 0.0).then(|| (1.0 / rate).round().max(1.0) as u64),
         errors_after: env_ms("TS_ERRORS_AFTER_MS").unwrap_or_default(),
         latency: env_ms("TS_LATENCY_MS").unwrap_or_default(),
@@ -145,10 +148,16 @@ fn text(status: StatusCode, body: String) -> Response<Body> {
 
 async fn handle(mut req: Request<Incoming>, k: &Knobs) -> Response<Body> {
     match req.uri().path() {
-        "/health" if k.health_fails => text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "failing on purpose\n".into(),
-        ),
+        "/health"
+            if k.health_fails
+                || k.health_fails_after
+                    .is_some_and(|d| k.started.elapsed() >= d) =>
+        {
+            text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "failing on purpose\n".into(),
+            )
+        }
         "/health" => text(StatusCode::OK, "ok\n".into()),
         "/sleep" => {
             let ms: u64 = req
