@@ -330,34 +330,8 @@ async fn dispatch(cli: Cli) -> Result<()> {
             admin::call(&data_dir, AdminRequest::Leave).await?;
             println!("leaving; the node announces it to its peers and stops");
         }
-        Command::Drain { node } => {
-            let who = node
-                .as_ref()
-                .map_or("this node".into(), |n| format!("node {n}"));
-            admin::call(
-                &data_dir,
-                AdminRequest::SetDraining {
-                    node,
-                    draining: true,
-                },
-            )
-            .await?;
-            println!("{who} is draining");
-        }
-        Command::Undrain { node } => {
-            let who = node
-                .as_ref()
-                .map_or("this node".into(), |n| format!("node {n}"));
-            admin::call(
-                &data_dir,
-                AdminRequest::SetDraining {
-                    node,
-                    draining: false,
-                },
-            )
-            .await?;
-            println!("{who} is not draining");
-        }
+        Command::Drain { node } => set_draining(&data_dir, node, true).await?,
+        Command::Undrain { node } => set_draining(&data_dir, node, false).await?,
         Command::Deploy(args) => {
             if args.resume {
                 deploy::resume(
@@ -411,6 +385,15 @@ async fn dispatch(cli: Cli) -> Result<()> {
         }
         Command::Demo => demo::run().await?,
     }
+    Ok(())
+}
+
+async fn set_draining(data_dir: &DataDir, node: Option<NodeName>, draining: bool) -> Result<()> {
+    let who = node
+        .as_ref()
+        .map_or("this node".into(), |n| format!("node {n}"));
+    admin::call(data_dir, AdminRequest::SetDraining { node, draining }).await?;
+    println!("{who} is {}draining", if draining { "" } else { "not " });
     Ok(())
 }
 

@@ -9,7 +9,6 @@
 //! - Closing the CLI does not stop a rollout: it runs in the node.
 //! - `--dry-run` reads the membership and prints the plan; it changes nothing.
 
-use std::collections::HashMap;
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -18,14 +17,13 @@ use halley_proto::NodeName;
 use halley_proto::deploy::{ReleaseVersion, ServiceStatus, SlotRole, Step, StepReply, StepRequest};
 use halley_proto::gossip::ServiceSummary;
 use halley_proto::message::{AdminRequest, AdminResponse, MemberState};
-use halley_proto::rollout::{
-    HistoryEntry, HostStep, Phase, RolloutKind, RolloutRequest, RolloutState,
-};
+use halley_proto::rollout::{HistoryEntry, Phase, RolloutKind, RolloutRequest, RolloutState};
 use halley_proto::spec::{ServiceName, ServiceSpec};
 
 use crate::admin;
 use crate::datadir::DataDir;
 use crate::error::{Error, Result};
+use crate::progress::Progress;
 
 /// Steps that wait (check, drain) are bounded on the node by `start_period` and
 /// `drain_timeout`; this only guards against a node that stopped answering.
@@ -130,15 +128,28 @@ async fn run(data_dir: &DataDir, request: RolloutRequest, out: &mut impl Write) 
     follow(data_dir, &service, &id, out).await
 }
 
-/// Prints a rollout's progress until it ends; errors unless it completed.
+/// Shows a rollout's progress until it ends; errors unless it completed.
 pub async fn follow(
     data_dir: &DataDir,
     service: &ServiceName,
     id: &str,
     out: &mut impl Write,
 ) -> Result<()> {
+    use std::io::IsTerminal;
+    let live = std::io::stdout().is_terminal() && std::env::var_os("HALLEY_PLAIN").is_none();
+    let mut progress = Progress::new(out, live);
+    let result = watch(data_dir, service, id, &mut progress).await;
+    progress.finish();
+    result
+}
+
+async fn watch<W: Write>(
+    data_dir: &DataDir,
+    service: &ServiceName,
+    id: &str,
+    progress: &mut Progress<'_, W>,
+) -> Result<()> {
     let started = Instant::now();
-    let mut seen: HashMap<NodeName, (HostStep, String)> = HashMap::new();
     let mut last_phase = None;
     loop {
         let state = status(data_dir, Some(service))
@@ -147,8 +158,7 @@ pub async fn follow(
             .find(|s| s.id == id);
         if let Some(state) = state {
             if last_phase.is_none() {
-                let _ = writeln!(
-                    out,
+                progress.say(&format!(
                     "{} {} {} on {} host(s), coordinated by {} (epoch {})",
                     if state.phase == Phase::RollingBack {
                         "rollback of"
@@ -160,34 +170,24 @@ pub async fn follow(
                     state.hosts.len(),
                     state.coordinator,
                     state.epoch
-                );
+                ));
             }
             for h in &state.hosts {
-                let now = (h.step, h.note.clone());
-                if seen.get(&h.node) != Some(&now) {
-                    let _ = writeln!(
-                        out,
-                        "  {:<12} {:<10} {}",
-                        h.node.as_str(),
-                        h.step.as_str(),
-                        h.note
-                    );
-                    seen.insert(h.node.clone(), now);
-                }
+                progress.host(h);
             }
             if last_phase != Some(state.phase) && state.phase != Phase::Running {
-                let _ = writeln!(out, "{}", state.phase);
+                progress.say(state.phase.as_str());
                 last_phase = Some(state.phase);
             }
             last_phase.get_or_insert(state.phase);
             let secs = started.elapsed().as_secs_f64();
             match state.phase {
                 Phase::Completed => {
-                    let _ = writeln!(out, "completed in {secs:.1} s: {}", state.progress());
+                    progress.say(&format!("completed in {secs:.1} s: {}", state.progress()));
                     return Ok(());
                 }
                 Phase::RolledBack if state.reason.starts_with("rollback to") => {
-                    let _ = writeln!(out, "rolled back in {secs:.1} s");
+                    progress.say(&format!("rolled back in {secs:.1} s"));
                     return Ok(());
                 }
                 Phase::RolledBack | Phase::Paused | Phase::Fenced => {

@@ -32,6 +32,7 @@ pub mod peers;
 pub mod pki;
 pub mod probe;
 pub mod process;
+pub mod progress;
 pub mod random;
 pub mod regression;
 pub mod releases;

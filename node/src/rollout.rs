@@ -334,6 +334,10 @@ impl Rollout {
         journaled(out)
     }
 
+    fn any_in(&self, step: HostStep) -> bool {
+        self.state.hosts.iter().any(|h| h.step == step)
+    }
+
     fn host(&self, node: &NodeName) -> Option<&HostProgress> {
         self.state.hosts.iter().find(|h| &h.node == node)
     }
@@ -406,12 +410,7 @@ impl Rollout {
                         out.push(Action::Commit(h.node.clone()));
                     }
                 }
-                if !self
-                    .state
-                    .hosts
-                    .iter()
-                    .any(|h| h.step == HostStep::Committing)
-                {
+                if !self.any_in(HostStep::Committing) {
                     self.state.phase = Phase::Completed;
                     self.state.ended_ms = Some(now);
                     out.push(Action::Say(format!(
@@ -485,12 +484,7 @@ impl Rollout {
                 out.push(Action::Commit(h.node.clone()));
             }
         }
-        if !self
-            .state
-            .hosts
-            .iter()
-            .any(|h| h.step == HostStep::Committing)
-        {
+        if !self.any_in(HostStep::Committing) {
             out.extend(self.advance(now));
         }
         out

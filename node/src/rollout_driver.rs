@@ -578,15 +578,7 @@ impl Driver {
         if !state.phase.finished() {
             return;
         }
-        let entry = HistoryEntry {
-            id: state.id.clone(),
-            version: state.version.clone(),
-            coordinator: state.coordinator.clone(),
-            started_ms: state.started_ms,
-            ended_ms: state.ended_ms.unwrap_or_else(wall_ms),
-            outcome: state.phase,
-            reason: state.reason.clone(),
-        };
+        let entry = HistoryEntry::of(&state, wall_ms());
         record_history(&self.node, &state.service, entry).await;
     }
 }
@@ -1005,15 +997,7 @@ async fn rollback(
                 state.phase = Phase::Paused;
                 state.reason = format!("{}; failed on {}", state.reason, failed.join("; "));
             }
-            HistoryEntry {
-                id: state.id.clone(),
-                version: state.version.clone(),
-                coordinator: state.coordinator.clone(),
-                started_ms: state.started_ms,
-                ended_ms: state.ended_ms.unwrap_or_else(wall_ms),
-                outcome: state.phase,
-                reason: state.reason.clone(),
-            }
+            HistoryEntry::of(&state, wall_ms())
         };
         publish(&me, &shared).await;
         if entry.outcome.finished() {

@@ -349,6 +349,19 @@ pub struct HistoryEntry {
 }
 
 impl HistoryEntry {
+    /// The history line of a rollout that ended (`ended_ms` fills in a missing end).
+    pub fn of(state: &RolloutState, ended_ms: u64) -> Self {
+        HistoryEntry {
+            id: state.id.clone(),
+            version: state.version.clone(),
+            coordinator: state.coordinator.clone(),
+            started_ms: state.started_ms,
+            ended_ms: state.ended_ms.unwrap_or(ended_ms),
+            outcome: state.phase,
+            reason: state.reason.clone(),
+        }
+    }
+
     /// One line of the gossip value `hist:NAME`: `id|version|coordinator|start|end|outcome|reason`.
     pub fn to_line(&self) -> String {
         format!(

@@ -366,3 +366,49 @@ pub fn three_node_cluster(root: &Path) -> (Vec<Node>, String) {
 pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
+
+/// A two-thread tokio runtime for a test's clients.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+/// Runs `deploy` against `node` on a thread, for tests that act while the rollout runs.
+pub fn deploy_in_background(
+    node: &Node,
+    config: &Path,
+    service: &str,
+    version: &str,
+    artifact: &Path,
+) -> std::thread::JoinHandle<Output> {
+    let (dir, config, artifact) = (
+        node.dir.clone(),
+        config.to_path_buf(),
+        artifact.to_path_buf(),
+    );
+    let (service, version) = (service.to_owned(), version.to_owned());
+    std::thread::spawn(move || {
+        Command::new(binary())
+            .args(["deploy", &service, "-c"])
+            .arg(&config)
+            .args(["--version", &version, "--artifact"])
+            .arg(&artifact)
+            .arg("--data-dir")
+            .arg(&dir)
+            .output()
+            .expect("run halley-node deploy")
+    })
+}
+
+/// Waits until every node sees every node alive (or panics after 15 s).
+pub fn wait_converged(nodes: &[Node]) {
+    assert!(
+        wait_until(Duration::from_secs(15), || nodes
+            .iter()
+            .all(|n| n.count("alive") == nodes.len())),
+        "the cluster did not converge"
+    );
+}

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use halley_tests::http::{self, Conn};
 use halley_tests::load::Load;
-use halley_tests::{Node, assert_ok, free_tcp_port, stderr, wait_until};
+use halley_tests::{Node, assert_ok, free_tcp_port, runtime, stderr, wait_until};
 use std::io::Read;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -88,31 +88,7 @@ fn deploy_in_background(
     service: &str,
     version: &str,
 ) -> std::thread::JoinHandle<std::process::Output> {
-    let (dir, config) = (node.dir.clone(), config.to_path_buf());
-    let (service, version) = (service.to_owned(), version.to_owned());
-    std::thread::spawn(move || {
-        std::process::Command::new(halley_tests::binary())
-            .args(["deploy", &service, "-c"])
-            .arg(&config)
-            .args([
-                "--version",
-                &version,
-                "--artifact",
-                SERVICE_BIN,
-                "--data-dir",
-            ])
-            .arg(&dir)
-            .output()
-            .unwrap()
-    })
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
+    halley_tests::deploy_in_background(node, config, service, version, Path::new(SERVICE_BIN))
 }
 
 #[test]
@@ -671,6 +647,7 @@ fn the_proxy_counts_requests_errors_and_latency_and_forwards_client_headers() {
 fn service_state_is_gossiped_to_peers() {
     let root = tempfile::tempdir().unwrap();
     let (nodes, _) = halley_tests::start_cluster(root.path(), &["n1", "n2"]);
+    halley_tests::wait_converged(&nodes);
     let port = free_tcp_port();
     let config = root.path().join("halley.toml");
     std::fs::write(

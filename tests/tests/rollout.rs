@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use halley_tests::http;
 use halley_tests::load::Load;
-use halley_tests::{Node, assert_ok, free_tcp_port, stderr, wait_until};
+use halley_tests::{
+    Node, assert_ok, deploy_in_background, free_tcp_port, runtime, stderr, wait_until,
+};
 
 const SERVICE_BIN: &str = env!("CARGO_BIN_EXE_halley-test-service");
 
@@ -35,12 +37,7 @@ impl Cluster {
             }
             node.start_with(&["--service-address", &format!("127.0.0.{}", i + 1)]);
         }
-        assert!(
-            wait_until(Duration::from_secs(15), || nodes
-                .iter()
-                .all(|n| n.count("alive") == 3)),
-            "the cluster did not converge"
-        );
+        halley_tests::wait_converged(&nodes);
         Self {
             nodes,
             port: free_tcp_port(),
@@ -99,14 +96,6 @@ drain_wait = "200ms"
             })
             .collect()
     }
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
 }
 
 fn deploy(node: &Node, config: &Path, version: &str) -> std::process::Output {
@@ -270,19 +259,13 @@ fn a_killed_coordinator_is_resumed_from_another_node() {
     assert_ok(&deploy(&cluster.nodes[0], &good, "v1"), "first rollout");
     let slow = cluster.config("slow", &[], "bake = \"6s\"");
     // n3 coordinates; kill it while n1 or n2 is baking.
-    let coordinator = std::thread::spawn({
-        let dir = cluster.nodes[2].dir.clone();
-        let slow = slow.clone();
-        move || {
-            std::process::Command::new(halley_tests::binary())
-                .args(["deploy", "web", "-c"])
-                .arg(&slow)
-                .args(["--version", "v2", "--artifact", SERVICE_BIN, "--data-dir"])
-                .arg(&dir)
-                .output()
-                .unwrap()
-        }
-    });
+    let coordinator = deploy_in_background(
+        &cluster.nodes[2],
+        &slow,
+        "web",
+        "v2",
+        Path::new(SERVICE_BIN),
+    );
     let baking = wait_until(Duration::from_secs(20), || {
         let out = cluster.nodes[0].cli(&["rollout", "status", "web"]);
         String::from_utf8_lossy(&out.stdout).lines().any(|l| {
@@ -349,6 +332,7 @@ fn a_killed_coordinator_is_resumed_from_another_node() {
 fn a_host_left_mid_rollout_without_a_coordinator_reverts_after_orphan_timeout() {
     let root = tempfile::tempdir().unwrap();
     let (mut nodes, _) = halley_tests::start_cluster(root.path(), &["n1", "n2"]);
+    halley_tests::wait_converged(&nodes);
     let port = free_tcp_port();
     let entry: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let config = |bake: &str| {
@@ -367,18 +351,7 @@ fn a_host_left_mid_rollout_without_a_coordinator_reverts_after_orphan_timeout() 
         "first rollout, coordinated by n2",
     );
     let long = config("60s");
-    let coordinator = std::thread::spawn({
-        let dir = nodes[1].dir.clone();
-        move || {
-            std::process::Command::new(halley_tests::binary())
-                .args(["deploy", "web", "-c"])
-                .arg(&long)
-                .args(["--version", "v2", "--artifact", SERVICE_BIN, "--data-dir"])
-                .arg(&dir)
-                .output()
-                .unwrap()
-        }
-    });
+    let coordinator = deploy_in_background(&nodes[1], &long, "web", "v2", Path::new(SERVICE_BIN));
     let rt = runtime();
     let version = || {
         rt.block_on(http::get(entry, "/"))
