@@ -990,12 +990,15 @@ async fn rollback(
                 .map(|h| format!("{}: {}", h.node, h.note))
                 .collect();
             state.ended_ms = Some(wall_ms());
-            if failed.is_empty() {
-                state.phase = Phase::RolledBack;
-            } else {
-                // Not finished: the hosts that failed keep the lock until an operator acts.
-                state.phase = Phase::Paused;
-                state.reason = format!("{}; failed on {}", state.reason, failed.join("; "));
+            // Finished either way: a host that could not be rolled back is reported (non-zero
+            // exit) but does not hold the service's lock; rolling back again retries it.
+            state.phase = Phase::RolledBack;
+            if !failed.is_empty() {
+                state.reason = format!(
+                    "rollback failed on {}; run 'halley-node rollback {}' again once they are reachable",
+                    failed.join("; "),
+                    state.service
+                );
             }
             HistoryEntry::of(&state, wall_ms())
         };

@@ -166,9 +166,13 @@ fn a_good_rollout_under_load_drops_nothing_on_any_entry_point() {
     let history = String::from_utf8_lossy(&history.stdout).into_owned();
     assert_eq!(history.matches("completed").count(), 2, "{history}");
 
-    // A second rollout while one is unfinished is refused, naming the holder: hold one open by
-    // pausing it on a stopped host is covered elsewhere; here a drain of another node and its
-    // readiness endpoint.
+    // Every host back to a named release, at once, from another node.
+    let out = cluster.nodes[2].cli(&["rollback", "web", "--to", "v1"]);
+    assert_ok(&out, "rollback --to v1");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("its slot was warm: a flip"));
+    assert_eq!(cluster.versions(&rt), vec![Some("v1".to_owned()); 3]);
+
+    // Maintenance: drain another node; its readiness endpoint answers 503 meanwhile.
     assert_ok(&cluster.nodes[0].cli(&["drain", "n3"]), "drain n3 from n1");
     let ready = |i: usize| {
         rt.block_on(http::get(cluster.entry(i), "/.halley/ready"))
