@@ -46,11 +46,17 @@ pub struct DeployOptions {
     pub skip_unreachable: bool,
 }
 
-/// Runs one deploy step on the local node (benchmarks and scripts drive a node with these).
-pub async fn step(data_dir: &DataDir, service: &ServiceName, step: Step) -> Result<StepReply> {
+/// Runs one deploy step on the local node (benchmarks and scripts drive a node with these). The
+/// epoch must be at least the newest the node has seen for the service (`ServiceStatus::epoch`).
+pub async fn step(
+    data_dir: &DataDir,
+    service: &ServiceName,
+    epoch: u64,
+    step: Step,
+) -> Result<StepReply> {
     let request = AdminRequest::Step(StepRequest {
         service: service.clone(),
-        epoch: 0,
+        epoch,
         step,
     });
     match admin::call_within(data_dir, request, STEP_TIMEOUT).await? {

@@ -165,6 +165,7 @@ fn main() {
     for _ in 0..flips {
         let statuses = rt.block_on(deploy::services(&data_dir)).expect("services");
         let previous: ReleaseVersion = statuses[0].previous.clone().expect("a previous release");
+        let epoch = statuses[0].epoch;
         let steps = [
             Step::StartNext { version: previous },
             Step::Check,
@@ -176,7 +177,7 @@ fn main() {
             let is_flip = matches!(step, Step::Flip);
             let t = Instant::now();
             let reply = rt
-                .block_on(deploy::step(&data_dir, &service, step))
+                .block_on(deploy::step(&data_dir, &service, epoch, step))
                 .expect("deploy step");
             if is_flip {
                 rpc_us.push(t.elapsed().as_micros() as f64);
