@@ -261,15 +261,7 @@ impl Rollout {
                             set(h, HostStep::Reverted, now, None, &note);
                             out.push(Action::Say(said));
                         }
-                        Err(why) => {
-                            h.attempts += 1;
-                            h.until_ms = Some(now + retry);
-                            h.note = why.clone();
-                            out.push(Action::Say(format!(
-                                "{node}: revert attempt {} failed: {why}; retrying",
-                                h.attempts
-                            )));
-                        }
+                        Err(why) => out.push(retry_later(h, now + retry, "revert", why)),
                     }
                 }
             }
@@ -286,15 +278,7 @@ impl Rollout {
                             };
                             set(h, HostStep::Committed, now, None, &note)
                         }
-                        Err(why) => {
-                            h.attempts += 1;
-                            h.until_ms = Some(now + retry);
-                            h.note = why.clone();
-                            out.push(Action::Say(format!(
-                                "{node}: commit attempt {} failed: {why}; retrying",
-                                h.attempts
-                            )));
-                        }
+                        Err(why) => out.push(retry_later(h, now + retry, "commit", why)),
                     }
                 }
             }
@@ -489,6 +473,18 @@ impl Rollout {
         }
         out
     }
+}
+
+/// A revert or commit that failed on a host: it is tried again at `at`, never given up.
+fn retry_later(h: &mut HostProgress, at: u64, what: &str, why: String) -> Action {
+    h.attempts += 1;
+    h.until_ms = Some(at);
+    let said = format!(
+        "{}: {what} attempt {} failed: {why}; retrying",
+        h.node, h.attempts
+    );
+    h.note = why;
+    Action::Say(said)
 }
 
 fn set(h: &mut HostProgress, step: HostStep, now: u64, until: Option<u64>, note: &str) {
