@@ -29,7 +29,7 @@ use crate::mesh::Mesh;
 use crate::pki::{ClusterCa, cert_from_pem, key_from_pem};
 use crate::releases::Releases;
 use crate::service::{NodeService, wall_ms};
-use crate::service_host::HostContext;
+use crate::service_handle::HostContext;
 use crate::services::Services;
 use crate::tls::Credentials;
 use crate::{VERSION, admin};

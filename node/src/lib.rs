@@ -12,6 +12,7 @@
 
 pub mod admin;
 pub mod cli;
+pub mod cluster_rollback;
 pub mod config;
 pub mod daemon;
 pub mod datadir;
@@ -38,10 +39,12 @@ pub mod regression;
 pub mod releases;
 pub mod rollout;
 pub mod rollout_driver;
+pub mod rollout_host;
 pub mod rollout_status;
 #[cfg(test)]
 mod scenario;
 pub mod service;
+pub mod service_handle;
 pub mod service_host;
 pub mod services;
 pub mod slots;

@@ -23,12 +23,10 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use halley_proto::NodeName;
-use halley_proto::deploy::{
-    ArtifactSource, ReleaseVersion, ServiceStatus, SlotRole, Step, StepReply, StepRequest,
-};
+use halley_proto::deploy::ReleaseVersion;
 use halley_proto::disk::{HistoryBook, RolloutJournal};
 use halley_proto::gossip::{HISTORY_KEY_PREFIX, ROLLOUT_KEY_PREFIX};
 use halley_proto::message::{ErrorKind, ErrorReply, MemberState, PeerReply, PeerRequest};
@@ -40,18 +38,18 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::error::Error;
-use crate::peers::CHUNK;
 use crate::regression::{self, Sample};
 use crate::rollout::{Action, Event, Policy, Rollout};
+use crate::rollout_host::{HostCtx, sample};
 use crate::rollout_status;
 use crate::service::{NodeService, internal, wall_ms};
 
 const TICK: Duration = Duration::from_millis(100);
 const WATCH: Duration = Duration::from_millis(500);
-const SHORT: Duration = Duration::from_secs(10);
-const LONG: Duration = Duration::from_secs(600);
+pub(crate) const SHORT: Duration = Duration::from_secs(10);
+pub(crate) const LONG: Duration = Duration::from_secs(600);
 
-type Reply<T> = Result<T, ErrorReply>;
+pub(crate) type Reply<T> = Result<T, ErrorReply>;
 
 fn conflict(message: String) -> ErrorReply {
     ErrorReply {
@@ -127,13 +125,17 @@ pub async fn start(node: &NodeService, request: RolloutRequest) -> Reply<String>
         }
         RolloutKind::Rollback { to } => {
             refuse_if_busy(node, &service, false).await?;
-            rollback(node, me, &service, to).await
+            crate::cluster_rollback::rollback(node, me, &service, to).await
         }
     }
 }
 
 /// Refuses while another rollout of the service is unfinished.
-async fn refuse_if_busy(node: &NodeService, service: &ServiceName, force: bool) -> Reply<()> {
+pub(crate) async fn refuse_if_busy(
+    node: &NodeService,
+    service: &ServiceName,
+    force: bool,
+) -> Reply<()> {
     let Some(mut current) = rollout_status::newest(node, service).await else {
         return Ok(());
     };
@@ -192,7 +194,11 @@ fn plan(node: &NodeService, spec: &ServiceSpec) -> Vec<NodeName> {
 }
 
 /// An epoch above every one gossip and the reachable hosts have seen for the service.
-async fn next_epoch(node: &NodeService, service: &ServiceName, hosts: &[NodeName]) -> u64 {
+pub(crate) async fn next_epoch(
+    node: &NodeService,
+    service: &ServiceName,
+    hosts: &[NodeName],
+) -> u64 {
     let mut max = rollout_status::newest(node, service)
         .await
         .map_or(0, |s| s.epoch);
@@ -208,7 +214,7 @@ async fn next_epoch(node: &NodeService, service: &ServiceName, hosts: &[NodeName
     max + 1
 }
 
-fn new_state(
+pub(crate) fn new_state(
     node: &NodeService,
     service: &ServiceName,
     version: &ReleaseVersion,
@@ -584,7 +590,7 @@ impl Driver {
 }
 
 /// Appends a history entry to this node's book and publishes its newest lines.
-async fn record_history(node: &NodeService, service: &ServiceName, entry: HistoryEntry) {
+pub(crate) async fn record_history(node: &NodeService, service: &ServiceName, entry: HistoryEntry) {
     let name = history_name(service);
     let _ = std::fs::create_dir_all(node.data_dir.file("history"));
     let mut book: HistoryBook = node
@@ -608,502 +614,4 @@ async fn record_history(node: &NodeService, service: &ServiceName, entry: Histor
         .collect();
     node.publish(format!("{HISTORY_KEY_PREFIX}{service}"), lines.join("\n"))
         .await;
-}
-
-/// What a host worker needs.
-struct HostCtx {
-    node: Arc<NodeService>,
-    host: NodeName,
-    journal: RolloutJournal,
-    baselines: Arc<Mutex<HashMap<NodeName, Sample>>>,
-}
-
-/// Why a host's deploy did not end serving the new release.
-enum Failure {
-    Fenced(String),
-    Failed(String),
-}
-
-impl From<Error> for Failure {
-    fn from(e: Error) -> Self {
-        match e {
-            Error::Remote(reply) if reply.kind == ErrorKind::StaleEpoch => {
-                Failure::Fenced(reply.message)
-            }
-            other => Failure::Failed(other.to_string()),
-        }
-    }
-}
-
-impl HostCtx {
-    fn request(&self, step: Step) -> StepRequest {
-        StepRequest {
-            service: self.journal.state.service.clone(),
-            epoch: self.journal.state.epoch,
-            step,
-        }
-    }
-
-    async fn step(&self, step: Step, timeout: Duration) -> Result<StepReply, Failure> {
-        Ok(self
-            .node
-            .step_on(&self.host, self.request(step), timeout)
-            .await?)
-    }
-
-    async fn run(&self, action: Action) -> Event {
-        let host = self.host.clone();
-        match action {
-            Action::Drain(_) => match self
-                .node
-                .peer(&host, PeerRequest::SetDraining(true), SHORT)
-                .await
-            {
-                Ok(_) => Event::Drained(host),
-                Err(e) => {
-                    warn!(%host, error = %e, "host unreachable on its turn");
-                    Event::Unreachable(host)
-                }
-            },
-            Action::Deploy(_) => match self.deploy().await {
-                Ok(note) => Event::Deployed(host, Ok(note)),
-                Err(Failure::Fenced(why)) => Event::Fenced(host, why),
-                Err(Failure::Failed(why)) => {
-                    // The host reverted what it started; it must not stay drained.
-                    let _ = self
-                        .node
-                        .peer(&host, PeerRequest::SetDraining(false), SHORT)
-                        .await;
-                    Event::Deployed(host, Err(why))
-                }
-            },
-            Action::Revert(_) => {
-                let result = self.revert().await;
-                match result {
-                    Err(Failure::Fenced(why)) => Event::Fenced(host, why),
-                    Err(Failure::Failed(why)) => Event::Reverted(host, Err(why)),
-                    Ok(note) => Event::Reverted(host, Ok(note)),
-                }
-            }
-            Action::Commit(_) => match self.step(Step::Commit, LONG).await {
-                Ok(StepReply::Committed { version, .. }) => {
-                    Event::Committed(host, Ok(format!("committed {version}")))
-                }
-                Ok(_) => Event::Committed(host, Ok(String::new())),
-                Err(Failure::Fenced(why)) => Event::Fenced(host, why),
-                Err(Failure::Failed(why)) => Event::Committed(host, Err(why)),
-            },
-            Action::Journal | Action::Say(_) => Event::Tick,
-        }
-    }
-
-    async fn revert(&self) -> Result<String, Failure> {
-        let started = Instant::now();
-        let reply = match self
-            .node
-            .step_on(&self.host, self.request(Step::Revert), LONG)
-            .await
-        {
-            // The service was never created there (its first prepare failed): nothing to undo.
-            Err(Error::Remote(r)) if r.kind == ErrorKind::NotFound => {
-                StepReply::Reverted { serving: None }
-            }
-            other => other?,
-        };
-        self.node
-            .peer(&self.host, PeerRequest::SetDraining(false), SHORT)
-            .await?;
-        let took = started.elapsed().as_millis();
-        Ok(match reply {
-            StepReply::Reverted { serving } => format!(
-                "serving {} (reverted in {took} ms)",
-                serving.map_or("nothing".into(), |v| v.to_string())
-            ),
-            _ => format!("reverted in {took} ms"),
-        })
-    }
-
-    /// Sends the release, starts it, checks it, flips, drains the old slot, undrains the host.
-    async fn deploy(&self) -> Result<String, Failure> {
-        let j = &self.journal;
-        self.send_artifact().await?;
-        let service = &j.state.service;
-        if let Some(before) = sample(&self.node, &self.host, service, None).await
-            && let Ok(mut b) = self.baselines.lock()
-        {
-            b.insert(self.host.clone(), before);
-        }
-        let started = Instant::now();
-        self.step(
-            Step::Prepare {
-                spec: Box::new(j.spec.clone()),
-                version: j.state.version.clone(),
-                artifact: ArtifactSource::Stored {
-                    sha256: j.sha256,
-                    file_name: j.file_name.clone(),
-                },
-            },
-            LONG,
-        )
-        .await?;
-        let mut notes = Vec::new();
-        // A slot still draining an earlier release (a revert a moment ago, say) must finish first.
-        let drain = j.spec.stop.drain_timeout.as_duration() + SHORT * 3;
-        self.step(Step::Drain, drain).await?;
-        let reply = self
-            .step(
-                Step::StartNext {
-                    version: j.state.version.clone(),
-                },
-                SHORT * 6,
-            )
-            .await?;
-        if let StepReply::Started { slot, port, reused } = reply {
-            notes.push(format!(
-                "started {slot} on 127.0.0.1:{port}{}",
-                if reused { " (warm, reused)" } else { "" }
-            ));
-        }
-        let deadline = j.spec.rollout.health_deadline.as_duration();
-        match tokio::time::timeout(deadline, self.step(Step::Check, deadline + SHORT)).await {
-            Err(_) => {
-                return Err(Failure::Failed(format!(
-                    "not healthy within health_deadline ({})",
-                    j.spec.rollout.health_deadline
-                )));
-            }
-            Ok(Err(e)) => return Err(e),
-            Ok(Ok(StepReply::Healthy { waited_ms, .. })) => {
-                notes.push(format!("healthy in {waited_ms} ms"));
-            }
-            Ok(Ok(_)) => {}
-        }
-        if let StepReply::Flipped { from, to, took_ns } = self.step(Step::Flip, SHORT).await? {
-            notes.push(format!(
-                "flipped {} -> {to} in {:.1} us",
-                from.map_or("nothing".into(), |f| f.to_string()),
-                took_ns as f64 / 1000.0
-            ));
-        }
-        if let StepReply::Drained {
-            slot: Some(slot),
-            completed,
-            cut,
-            ..
-        } = self.step(Step::Drain, drain).await?
-        {
-            notes.push(format!(
-                "drained {slot}: {completed} finished, {cut} cut at drain_timeout"
-            ));
-        }
-        self.node
-            .peer(&self.host, PeerRequest::SetDraining(false), SHORT)
-            .await?;
-        notes.push(format!("{} ms", started.elapsed().as_millis()));
-        Ok(notes.join("; "))
-    }
-
-    /// Streams the artifact to the host in 1 MiB pieces, resuming from what it holds.
-    async fn send_artifact(&self) -> Result<(), Failure> {
-        if &self.host == self.node.name() {
-            return Ok(());
-        }
-        let sha256 = self.journal.sha256;
-        let releases = self.node.services.releases().clone();
-        let mut failures = 0;
-        let mut held = match self
-            .node
-            .peer(&self.host, PeerRequest::ArtifactStatus { sha256 }, SHORT)
-            .await?
-        {
-            PeerReply::Artifact { complete: true, .. } => return Ok(()),
-            PeerReply::Artifact { received, .. } => received,
-            _ => 0,
-        };
-        loop {
-            let r = releases.clone();
-            let (total, data) =
-                tokio::task::spawn_blocking(move || r.read_chunk(&sha256, held, CHUNK))
-                    .await
-                    .map_err(|e| Failure::Failed(format!("storage task failed: {e}")))?
-                    .map_err(|e| Failure::Failed(e.to_string()))?;
-            let request = PeerRequest::PutArtifact {
-                sha256,
-                total,
-                offset: held,
-                data,
-            };
-            match self.node.peer(&self.host, request, SHORT * 3).await {
-                Ok(PeerReply::Artifact { complete: true, .. }) => return Ok(()),
-                Ok(PeerReply::Artifact { received, .. }) => {
-                    held = received;
-                    failures = 0;
-                }
-                Ok(_) => {
-                    return Err(Failure::Failed(
-                        "unexpected answer to an artifact piece".into(),
-                    ));
-                }
-                Err(e @ Error::Remote(_)) => return Err(e.into()),
-                Err(e) => {
-                    // A dropped connection: ask what arrived and go on from there.
-                    failures += 1;
-                    if failures > 5 {
-                        return Err(Failure::Failed(format!("sending the artifact failed: {e}")));
-                    }
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    if let Ok(PeerReply::Artifact { received, complete }) = self
-                        .node
-                        .peer(&self.host, PeerRequest::ArtifactStatus { sha256 }, SHORT)
-                        .await
-                    {
-                        if complete {
-                            return Ok(());
-                        }
-                        held = received;
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// The active slot's signals of a service on a host (`None` when unreachable, or when
-/// `version` is given and the active slot does not run it).
-async fn sample(
-    node: &NodeService,
-    host: &NodeName,
-    service: &ServiceName,
-    version: Option<&ReleaseVersion>,
-) -> Option<Sample> {
-    let reply = node
-        .peer(host, PeerRequest::Services, Duration::from_secs(3))
-        .await
-        .ok()?;
-    let PeerReply::Services(list) = reply else {
-        return None;
-    };
-    let status: &ServiceStatus = list.iter().find(|s| &s.name == service)?;
-    let active = status.slots.iter().find(|s| s.role == SlotRole::Active)?;
-    if version.is_some_and(|v| active.version.as_ref() != Some(v)) {
-        return None;
-    }
-    Some(Sample {
-        signals: active.signals,
-        health: Some(active.health),
-        crash_loop: active.crash_loop,
-    })
-}
-
-/// Puts every host that runs the service back on a release it has, all at once: its previous
-/// committed release, or `to`. A host that fails is retried; the outcome is published like a
-/// rollout's.
-async fn rollback(
-    node: &NodeService,
-    me: Arc<NodeService>,
-    service: &ServiceName,
-    to: Option<ReleaseVersion>,
-) -> Reply<String> {
-    let hosts: Vec<NodeName> = node
-        .members()
-        .into_iter()
-        .filter(|m| !matches!(m.state, MemberState::Dead | MemberState::Left))
-        .filter(|m| m.services.iter().any(|(name, _)| name == service.as_str()))
-        .map(|m| m.name)
-        .collect();
-    if hosts.is_empty() {
-        return Err(ErrorReply {
-            kind: ErrorKind::NotFound,
-            message: format!("no live node runs service {service}"),
-        });
-    }
-    let epoch = next_epoch(node, service, &hosts).await;
-    let shown = match &to {
-        Some(v) => v.clone(),
-        None => ReleaseVersion::parse("previous").map_err(|e| internal(&e.to_string()))?,
-    };
-    let mut state = new_state(
-        node,
-        service,
-        &shown,
-        epoch,
-        &hosts,
-        &RolloutPolicy::default(),
-    );
-    state.reason = match &to {
-        Some(v) => format!("rollback to {v}"),
-        None => "rollback to each host's previous release".into(),
-    };
-    for h in &mut state.hosts {
-        h.step = HostStep::Reverting;
-    }
-    state.phase = Phase::RollingBack;
-    let id = state.id.clone();
-    let service = service.clone();
-    tokio::spawn(async move {
-        let shared = Arc::new(tokio::sync::Mutex::new(state));
-        publish(&me, &shared).await;
-        let mut tasks = tokio::task::JoinSet::new();
-        for host in hosts {
-            let (me, shared, service, to) =
-                (me.clone(), shared.clone(), service.clone(), to.clone());
-            tasks.spawn(async move {
-                let mut attempts = 0;
-                loop {
-                    attempts += 1;
-                    let result = rollback_host(&me, &host, &service, to.as_ref(), epoch).await;
-                    let done = result.is_ok() || attempts >= 3;
-                    {
-                        let mut state = shared.lock().await;
-                        if let Some(h) = state.hosts.iter_mut().find(|h| h.node == host) {
-                            h.attempts = attempts - 1;
-                            match &result {
-                                Ok(note) => {
-                                    h.step = HostStep::Reverted;
-                                    h.note = note.clone();
-                                }
-                                Err(why) if done => {
-                                    h.step = HostStep::Failed;
-                                    h.note = why.clone();
-                                }
-                                Err(why) => {
-                                    h.note = format!("attempt {attempts} failed: {why}; retrying")
-                                }
-                            }
-                        }
-                    }
-                    publish(&me, &shared).await;
-                    if done {
-                        return;
-                    }
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-            });
-        }
-        while tasks.join_next().await.is_some() {}
-        let entry = {
-            let mut state = shared.lock().await;
-            let failed: Vec<String> = state
-                .hosts
-                .iter()
-                .filter(|h| h.step != HostStep::Reverted)
-                .map(|h| format!("{}: {}", h.node, h.note))
-                .collect();
-            state.ended_ms = Some(wall_ms());
-            // Finished either way: a host that could not be rolled back is reported (non-zero
-            // exit) but does not hold the service's lock; rolling back again retries it.
-            state.phase = Phase::RolledBack;
-            if !failed.is_empty() {
-                state.reason = format!(
-                    "rollback failed on {}; run 'halley-node rollback {}' again once they are reachable",
-                    failed.join("; "),
-                    state.service
-                );
-            }
-            HistoryEntry::of(&state, wall_ms())
-        };
-        publish(&me, &shared).await;
-        if entry.outcome.finished() {
-            record_history(&me, &service, entry).await;
-        }
-    });
-    Ok(id)
-}
-
-/// Publishes a cluster rollback's state (it has no engine and no journal: each host step is
-/// itself durable on the host).
-async fn publish(node: &NodeService, state: &tokio::sync::Mutex<RolloutState>) {
-    let state = {
-        let mut s = state.lock().await;
-        s.seq += 1;
-        s.clone()
-    };
-    if let Ok(mut map) = node.rollouts.lock() {
-        map.insert(state.service.clone(), state.clone());
-    }
-    node.publish(
-        format!("{ROLLOUT_KEY_PREFIX}{}", state.service),
-        state.to_gossip(),
-    )
-    .await;
-}
-
-/// One host of a cluster rollback: start-next (reusing a warm slot) → check → flip → drain →
-/// commit, to `to` or the host's previous committed release.
-async fn rollback_host(
-    node: &NodeService,
-    host: &NodeName,
-    service: &ServiceName,
-    to: Option<&ReleaseVersion>,
-    epoch: u64,
-) -> Result<String, String> {
-    let status = match node.peer(host, PeerRequest::Services, SHORT).await {
-        Ok(PeerReply::Services(list)) => list.into_iter().find(|s| &s.name == service),
-        Ok(_) => None,
-        Err(e) => return Err(e.to_string()),
-    }
-    .ok_or_else(|| format!("{host} does not run {service}"))?;
-    let target = match to {
-        Some(v) => v.clone(),
-        None => status.previous.clone().ok_or_else(|| {
-            format!(
-                "{host} has no previous release of {service} (committed: {})",
-                status
-                    .committed
-                    .as_ref()
-                    .map_or("none".into(), |v| v.to_string())
-            )
-        })?,
-    };
-    let from = status
-        .committed
-        .as_ref()
-        .map_or("nothing".into(), |v| v.to_string());
-    let step = |step: Step| StepRequest {
-        service: service.clone(),
-        epoch,
-        step,
-    };
-    let started = Instant::now();
-    let err = |e: Error| e.to_string();
-    let reused = match node
-        .step_on(
-            host,
-            step(Step::StartNext {
-                version: target.clone(),
-            }),
-            SHORT * 6,
-        )
-        .await
-        .map_err(err)?
-    {
-        StepReply::Started { reused, .. } => reused,
-        _ => false,
-    };
-    let steps = [
-        (Step::Check, LONG),
-        (Step::Flip, SHORT),
-        (Step::Drain, LONG),
-        (Step::Commit, SHORT),
-    ];
-    let mut flipped_ms = 0;
-    for (s, timeout) in steps {
-        let is_flip = matches!(s, Step::Flip);
-        if let Err(e) = node.step_on(host, step(s), timeout).await {
-            let _ = node.step_on(host, step(Step::Revert), LONG).await;
-            return Err(e.to_string());
-        }
-        if is_flip {
-            flipped_ms = started.elapsed().as_millis();
-        }
-    }
-    Ok(format!(
-        "{from} -> {target} ({}); flipped after {flipped_ms} ms, done in {} ms",
-        if reused {
-            "its slot was warm: a flip"
-        } else {
-            "cold: start, check, flip"
-        },
-        started.elapsed().as_millis()
-    ))
 }

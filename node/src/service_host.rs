@@ -15,15 +15,11 @@
 //!   deploy before anything starts), and re-bound by a restarted node, retrying until it is free.
 
 use std::collections::VecDeque;
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use halley_proto::NodeName;
 use halley_proto::deploy::{
-    ArtifactSource, Color, Health, ReleaseVersion, ServiceStatus, Signals, SlotRole, SlotStatus,
-    Step, StepReply,
+    Color, Health, ReleaseVersion, ServiceStatus, Signals, SlotRole, SlotStatus, Step, StepReply,
 };
 use halley_proto::disk::{ReleaseEntry, ServiceRecord, SlotRecord};
 use halley_proto::message::{ErrorKind, ErrorReply};
@@ -34,270 +30,20 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::datadir::DataDir;
 use crate::health::HealthTracker;
 use crate::probe::{self, ExecContext};
 use crate::process::{self, Launch};
-use crate::releases::Releases;
 use crate::service::wall_ms;
-use crate::slots::{Action, Policy, Refused, Reverted, Slots};
+use crate::service_handle::{
+    Command, HostContext, StepResult, bind, err, from_refused, protocol_name, record_name,
+};
+use crate::slots::{Action, Policy, Reverted, Slots};
 use crate::supervise::{RestartPolicy, Supervisor};
 use crate::upstream::{Router, StatsSnapshot, Upstream};
 use crate::{http_proxy, tcp_proxy};
 
 const TICK: Duration = Duration::from_millis(50);
 const SIGNAL_WINDOW_MS: u64 = 10_000;
-
-/// What every service host of a node shares.
-#[derive(Debug)]
-pub struct HostContext {
-    /// This node's name.
-    pub node: NodeName,
-    /// The data dir.
-    pub data_dir: DataDir,
-    /// The artifact store and releases.
-    pub releases: Releases,
-    /// The address a `listen = ":PORT"` binds on.
-    pub service_address: std::net::IpAddr,
-    /// This node's draining flag: `GET /.halley/ready` on every HTTP entry point answers 503
-    /// while it is set, so an external balancer stops sending.
-    pub draining: Arc<std::sync::atomic::AtomicBool>,
-    /// When a coordinator last reached this node (a deploy step or a peer request, unix ms):
-    /// an unfinished deploy with no contact for `orphan_timeout` is reverted by the host.
-    pub last_contact_ms: Arc<std::sync::atomic::AtomicU64>,
-}
-
-type StepResult = Result<StepReply, ErrorReply>;
-
-enum Command {
-    Step {
-        step: Step,
-        epoch: u64,
-        reply: oneshot::Sender<StepResult>,
-    },
-    Register {
-        entry: Box<ReleaseEntry>,
-        epoch: u64,
-        unpacked: bool,
-        reply: oneshot::Sender<StepResult>,
-    },
-}
-
-/// A running service host.
-pub struct ServiceHandle {
-    tx: mpsc::Sender<Command>,
-    status: watch::Receiver<ServiceStatus>,
-    ctx: Arc<HostContext>,
-    name: ServiceName,
-    task: JoinHandle<()>,
-}
-
-impl Drop for ServiceHandle {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-fn err(kind: ErrorKind, message: impl Into<String>) -> ErrorReply {
-    ErrorReply {
-        kind,
-        message: message.into(),
-    }
-}
-
-fn from_refused(r: Refused) -> ErrorReply {
-    err(r.kind, r.message)
-}
-
-/// The record file of a service, relative to the data dir.
-pub fn record_name(name: &ServiceName) -> String {
-    format!("services/{name}/service.rec")
-}
-
-impl ServiceHandle {
-    /// Starts the host of a service seen for the first time: binds its entry point now, so that a
-    /// taken address fails the deploy before anything runs.
-    pub async fn create(
-        ctx: Arc<HostContext>,
-        name: ServiceName,
-        spec: ServiceSpec,
-    ) -> Result<Self, ErrorReply> {
-        let addr = spec.listen.resolve(ctx.service_address);
-        let listener = bind(addr).await.map_err(|e| {
-            err(
-                ErrorKind::Conflict,
-                format!(
-                    "cannot listen on {addr} for service {name}: {e}. Another program holds that address; choose another `listen` in halley.toml or stop that program"
-                ),
-            )
-        })?;
-        let record = ServiceRecord {
-            name: name.clone(),
-            spec,
-            committed: None,
-            previous: None,
-            active: None,
-            slots: [SlotRecord::default(), SlotRecord::default()],
-            releases: Vec::new(),
-            epoch: 0,
-        };
-        let dir = ctx.releases.service_dir(&name);
-        std::fs::create_dir_all(&dir).map_err(|e| {
-            err(
-                ErrorKind::Internal,
-                format!("cannot create {}: {e}", dir.display()),
-            )
-        })?;
-        Ok(Self::start(ctx, record, Some(listener)))
-    }
-
-    /// Starts the host of a service found on disk after a node restart: adopts its processes.
-    pub fn adopt(ctx: Arc<HostContext>, record: ServiceRecord) -> Self {
-        Self::start(ctx, record, None)
-    }
-
-    fn start(ctx: Arc<HostContext>, record: ServiceRecord, listener: Option<TcpListener>) -> Self {
-        let (tx, rx) = mpsc::channel(16);
-        let name = record.name.clone();
-        let mut host = Host::new(ctx.clone(), record);
-        host.adopt_slots();
-        host.start_listener(listener);
-        let (status_tx, status) = watch::channel(host.status());
-        host.status_tx = Some(status_tx);
-        let task = tokio::spawn(host.run(rx));
-        Self {
-            tx,
-            status,
-            ctx,
-            name,
-            task,
-        }
-    }
-
-    /// A prepared release (from the saved record).
-    pub fn release(&self, version: &ReleaseVersion) -> Option<ReleaseEntry> {
-        let record: ServiceRecord = self
-            .ctx
-            .data_dir
-            .read_record(&record_name(&self.name))
-            .ok()?;
-        record.releases.into_iter().find(|r| &r.version == version)
-    }
-
-    /// The service's current status.
-    pub fn status(&self) -> ServiceStatus {
-        self.status.borrow().clone()
-    }
-
-    /// Runs one deploy step.
-    pub async fn step(&self, epoch: u64, step: Step) -> StepResult {
-        if let Step::Prepare {
-            spec,
-            version,
-            artifact,
-        } = step
-        {
-            return self.prepare(epoch, *spec, version, artifact).await;
-        }
-        let (reply, rx) = oneshot::channel();
-        self.send(Command::Step { step, epoch, reply }).await?;
-        rx.await
-            .map_err(|_| err(ErrorKind::Internal, "the service host stopped"))?
-    }
-
-    async fn send(&self, command: Command) -> Result<(), ErrorReply> {
-        self.tx
-            .send(command)
-            .await
-            .map_err(|_| err(ErrorKind::Internal, "the service host stopped"))
-    }
-
-    /// Stores and unpacks outside the actor (it can take a while), then registers the release.
-    async fn prepare(
-        &self,
-        epoch: u64,
-        spec: ServiceSpec,
-        version: ReleaseVersion,
-        artifact: ArtifactSource,
-    ) -> StepResult {
-        let current = self.status();
-        let listen = spec.listen.resolve(self.ctx.service_address).to_string();
-        let protocol = protocol_name(spec.protocol);
-        if current.listen != listen || current.protocol != protocol {
-            return Err(err(
-                ErrorKind::Conflict,
-                format!(
-                    "service {} listens on {} ({}) on this node; this spec says {listen} ({protocol}). Changing a service's entry point in a deploy is not supported: keep `listen` and `protocol`, or deploy under a new service name",
-                    self.name, current.listen, current.protocol
-                ),
-            ));
-        }
-        let releases = self.ctx.releases.clone();
-        let name = self.name.clone();
-        let v = version.clone();
-        let stored = tokio::task::spawn_blocking(move || {
-            let (sha, file_name) = match artifact {
-                ArtifactSource::LocalPath { path, sha256 } => {
-                    let path = PathBuf::from(path);
-                    if !path.is_absolute() {
-                        return Err(crate::Error::Invalid(format!(
-                            "artifact path {} must be absolute",
-                            path.display()
-                        )));
-                    }
-                    let file_name = path
-                        .file_name()
-                        .map(|n| n.to_string_lossy().into_owned())
-                        .unwrap_or_default();
-                    (releases.store_local(&path, sha256)?, file_name)
-                }
-                ArtifactSource::Stored { sha256, file_name } => (sha256, file_name),
-            };
-            let (_, unpacked) = releases.unpack(&name, &v, &sha, &file_name)?;
-            Ok((sha, unpacked, file_name))
-        })
-        .await
-        .map_err(|e| err(ErrorKind::Internal, format!("unpack task failed: {e}")))?;
-        let (sha256, unpacked, file_name) =
-            stored.map_err(|e| err(ErrorKind::BadRequest, e.to_string()))?;
-        let entry = Box::new(ReleaseEntry {
-            version,
-            sha256,
-            file_name,
-            created_ms: wall_ms(),
-            spec,
-        });
-        let (reply, rx) = oneshot::channel();
-        self.send(Command::Register {
-            entry,
-            epoch,
-            unpacked,
-            reply,
-        })
-        .await?;
-        rx.await
-            .map_err(|_| err(ErrorKind::Internal, "the service host stopped"))?
-    }
-}
-
-fn protocol_name(p: Protocol) -> String {
-    match p {
-        Protocol::Http => "http".into(),
-        Protocol::Tcp => "tcp".into(),
-    }
-}
-
-async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
-    };
-    // A restarted node must get its entry point back at once, despite TIME_WAIT connections.
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(1024)
-}
 
 enum Event {
     Probe {
@@ -350,7 +96,7 @@ struct DrainWaiter {
     slot: Color,
 }
 
-struct Host {
+pub(crate) struct Host {
     ctx: Arc<HostContext>,
     record: ServiceRecord,
     engine: Slots,
@@ -362,7 +108,7 @@ struct Host {
     check: Option<CheckWaiter>,
     drain: Option<DrainWaiter>,
     clock: Instant,
-    status_tx: Option<watch::Sender<ServiceStatus>>,
+    pub(crate) status_tx: Option<watch::Sender<ServiceStatus>>,
     last_signals_ms: u64,
     /// How long the last route switch took (a flip's own cost, without saving the record).
     route_switch_ns: u64,
@@ -384,7 +130,7 @@ fn policy_of(spec: &ServiceSpec) -> Policy {
 }
 
 impl Host {
-    fn new(ctx: Arc<HostContext>, record: ServiceRecord) -> Self {
+    pub(crate) fn new(ctx: Arc<HostContext>, record: ServiceRecord) -> Self {
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let engine = Slots::new(policy_of(&record.spec));
         Self {
@@ -415,7 +161,7 @@ impl Host {
 
     /// Takes over slot processes from the record (a node restart), restarting an active slot
     /// whose process is gone.
-    fn adopt_slots(&mut self) {
+    pub(crate) fn adopt_slots(&mut self) {
         let now = self.now();
         let mut versions: [Option<ReleaseVersion>; 2] = [None, None];
         let mut restart = Vec::new();
@@ -472,7 +218,7 @@ impl Host {
         }
     }
 
-    fn start_listener(&mut self, listener: Option<TcpListener>) {
+    pub(crate) fn start_listener(&mut self, listener: Option<TcpListener>) {
         let addr = self.record.spec.listen.resolve(self.ctx.service_address);
         let router = self.router.clone();
         let protocol = self.record.spec.protocol;
@@ -505,7 +251,7 @@ impl Host {
         }));
     }
 
-    async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
+    pub(crate) async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -1232,7 +978,7 @@ impl Host {
             })
     }
 
-    fn status(&self) -> ServiceStatus {
+    pub(crate) fn status(&self) -> ServiceStatus {
         let slots = Color::BOTH
             .into_iter()
             .map(|c| {

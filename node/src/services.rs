@@ -15,7 +15,7 @@ use halley_proto::message::{ErrorKind, ErrorReply};
 use halley_proto::spec::ServiceName;
 use tracing::{error, info};
 
-use crate::service_host::{HostContext, ServiceHandle, record_name};
+use crate::service_handle::{HostContext, ServiceHandle, record_name};
 
 /// This node's services.
 pub struct Services {
