@@ -161,10 +161,22 @@ pub async fn run(
     // Known peers are saved as seeds for the next start, when they change.
     let mut save_tick = tokio::time::interval(Duration::from_secs(10));
     let mut last_saved: Vec<SocketAddr> = known_peers.addrs.clone();
+    // A node that missed a rollout while it was away catches up.
+    let mut converge_tick = tokio::time::interval(Duration::from_secs(3));
+    let converging = Arc::new(std::sync::atomic::AtomicBool::new(false));
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             _ = ticker.tick() => service.refresh().await,
+            _ = converge_tick.tick() => {
+                if !converging.swap(true, std::sync::atomic::Ordering::AcqRel) {
+                    let (service, converging) = (service.clone(), converging.clone());
+                    tokio::spawn(async move {
+                        crate::converge::converge(&service).await;
+                        converging.store(false, std::sync::atomic::Ordering::Release);
+                    });
+                }
+            }
             _ = save_tick.tick() => save_peers(&data_dir, &service, &mut last_saved),
             _ = &mut shutdown => { info!("stop signal received; leaving the cluster"); break; }
             _ = service.leave_requested() => { info!("leave requested; leaving the cluster"); break; }

@@ -14,6 +14,7 @@ pub mod admin;
 pub mod cli;
 pub mod cluster_rollback;
 pub mod config;
+pub mod converge;
 pub mod daemon;
 pub mod datadir;
 pub mod demo;

@@ -366,7 +366,7 @@ async fn release_source(
 }
 
 /// Copies an artifact from `host` into this node's store (resuming a partial copy).
-async fn fetch_artifact(
+pub(crate) async fn fetch_artifact(
     node: &NodeService,
     host: &NodeName,
     sha256: &[u8; 32],

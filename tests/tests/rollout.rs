@@ -389,3 +389,42 @@ fn a_host_left_mid_rollout_without_a_coordinator_reverts_after_orphan_timeout() 
         nodes[0].state_of("n1")
     );
 }
+
+#[test]
+fn a_host_skipped_while_down_converges_when_it_returns() {
+    let mut cluster = Cluster::start();
+    let rt = runtime();
+    let good = cluster.config("good", &[], "bake = \"0s\"");
+    assert_ok(&deploy(&cluster.nodes[0], &good, "v1"), "first rollout");
+    // n3 is down on its turn: a rollout with --skip-unreachable leaves it behind.
+    cluster.nodes[2].kill9();
+    let out = cluster.nodes[0].cli(&[
+        "deploy",
+        "web",
+        "-c",
+        &good.display().to_string(),
+        "--version",
+        "v2",
+        "--artifact",
+        SERVICE_BIN,
+        "--skip-unreachable",
+    ]);
+    assert_ok(&out, "rollout skipping n3");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("skipped"));
+    assert_eq!(
+        cluster.versions(&rt)[..2],
+        [Some("v2".to_owned()), Some("v2".to_owned())]
+    );
+    // Back up, it catches up with the completed rollout by itself.
+    cluster.nodes[2].start_with(&["--service-address", "127.0.0.3"]);
+    assert!(
+        wait_until(
+            Duration::from_secs(30),
+            || cluster.nodes[2].services()[0]["committed"] == "v2"
+        ),
+        "n3 did not converge: {}\n{}",
+        cluster.nodes[2].services(),
+        cluster.nodes[2].log()
+    );
+    assert_eq!(cluster.versions(&rt), vec![Some("v2".to_owned()); 3]);
+}

@@ -1,0 +1,130 @@
+//! Convergence of a host that missed a rollout: a node that was skipped (unreachable on its turn,
+//! `--skip-unreachable`) and comes back after the rollout completed brings each such service to
+//! the cluster's committed release by itself.
+//!
+//! ## Rules
+//! - Only a completed rollout counts, and only while it is the newest of its service: a running,
+//!   paused or rolled-back one leaves the host as it is.
+//! - The host must be listed in that rollout, not committed there, and its own committed release
+//!   must differ. The release comes from this node if it has it, else from a host that committed
+//!   it (spec and artifact over the mesh, the artifact checked against its SHA-256).
+//! - The host walks the same steps as a rollout (prepare, start-next, check, flip, drain, commit)
+//!   with the rollout's epoch; a failure stops and reverts, and is tried again on the next pass.
+
+use std::time::Duration;
+
+use halley_proto::deploy::{ArtifactSource, Step, StepRequest};
+use halley_proto::message::{PeerReply, PeerRequest};
+use halley_proto::rollout::{HostStep, Phase, RolloutState};
+use tracing::{info, warn};
+
+use crate::rollout_driver::{LONG, SHORT, fetch_artifact};
+use crate::rollout_status;
+use crate::service::NodeService;
+
+/// One pass: converges every service whose newest completed rollout skipped this node.
+pub async fn converge(node: &NodeService) {
+    for state in rollout_status::rollouts(node, None).await {
+        if state.phase != Phase::Completed {
+            continue;
+        }
+        let Some(me) = state.hosts.iter().find(|h| &h.node == node.name()) else {
+            continue;
+        };
+        if me.step == HostStep::Committed {
+            continue;
+        }
+        let committed = node
+            .services
+            .statuses()
+            .await
+            .into_iter()
+            .find(|s| s.name == state.service)
+            .and_then(|s| s.committed);
+        if committed.as_ref() == Some(&state.version) {
+            continue;
+        }
+        match catch_up(node, &state).await {
+            Ok(()) => {
+                info!(service = %state.service, version = %state.version, rollout = %state.id, "converged to the release a rollout completed while this node was away")
+            }
+            Err(e) => {
+                warn!(service = %state.service, version = %state.version, error = %e, "cannot converge yet; will try again")
+            }
+        }
+    }
+}
+
+async fn catch_up(node: &NodeService, state: &RolloutState) -> Result<(), String> {
+    let (spec, sha256, file_name) =
+        match node.services.release(&state.service, &state.version).await {
+            Some(entry) => (entry.spec, entry.sha256, entry.file_name),
+            None => source(node, state).await?,
+        };
+    let step = |step: Step| StepRequest {
+        service: state.service.clone(),
+        epoch: state.epoch,
+        step,
+    };
+    let steps = [
+        (
+            Step::Prepare {
+                spec: Box::new(spec.clone()),
+                version: state.version.clone(),
+                artifact: ArtifactSource::Stored { sha256, file_name },
+            },
+            LONG,
+        ),
+        (
+            Step::StartNext {
+                version: state.version.clone(),
+            },
+            SHORT * 6,
+        ),
+        (
+            Step::Check,
+            spec.rollout.health_deadline.as_duration() + SHORT,
+        ),
+        (Step::Flip, SHORT),
+        (
+            Step::Drain,
+            spec.stop.drain_timeout.as_duration() + SHORT * 3,
+        ),
+        (Step::Commit, SHORT),
+    ];
+    for (s, timeout) in steps {
+        if let Err(e) = node.step_on(node.name(), step(s), timeout).await {
+            let _ = node.step_on(node.name(), step(Step::Revert), LONG).await;
+            return Err(e.to_string());
+        }
+    }
+    Ok(())
+}
+
+/// The spec and artifact from a host that committed the release.
+async fn source(
+    node: &NodeService,
+    state: &RolloutState,
+) -> Result<(halley_proto::spec::ServiceSpec, [u8; 32], String), String> {
+    for host in state.hosts.iter().filter(|h| h.step == HostStep::Committed) {
+        let request = PeerRequest::GetRelease {
+            service: state.service.clone(),
+            version: state.version.clone(),
+        };
+        let Ok(PeerReply::Release {
+            spec,
+            sha256,
+            file_name,
+        }) = node.peer(&host.node, request, Duration::from_secs(5)).await
+        else {
+            continue;
+        };
+        if fetch_artifact(node, &host.node, &sha256).await.is_ok() {
+            return Ok((*spec, sha256, file_name));
+        }
+    }
+    Err(format!(
+        "no reachable host has release {} of {}",
+        state.version, state.service
+    ))
+}
