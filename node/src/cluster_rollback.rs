@@ -9,17 +9,17 @@
 //!   not hold the service's lock, so running `rollback` again retries it.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use halley_proto::NodeName;
-use halley_proto::deploy::{ReleaseVersion, Step, StepReply, StepRequest};
+use halley_proto::deploy::{ReleaseVersion, Step, StepReply};
 use halley_proto::gossip::ROLLOUT_KEY_PREFIX;
 use halley_proto::message::{ErrorKind, ErrorReply, MemberState, PeerReply, PeerRequest};
 use halley_proto::rollout::{HistoryEntry, HostStep, Phase, RolloutState};
 use halley_proto::spec::{RolloutPolicy, ServiceName};
 
-use crate::error::Error;
 use crate::rollout_driver::{LONG, Reply, SHORT, new_state, next_epoch, record_history};
+use crate::rollout_host::walk;
 use crate::service::{NodeService, internal, wall_ms};
 
 /// Puts every host that runs the service back on a release it has, all at once: its previous
@@ -186,51 +186,37 @@ async fn rollback_host(
         .committed
         .as_ref()
         .map_or("nothing".into(), |v| v.to_string());
-    let step = |step: Step| StepRequest {
-        service: service.clone(),
-        epoch,
-        step,
-    };
-    let started = Instant::now();
-    let err = |e: Error| e.to_string();
-    let reused = match node
-        .step_on(
-            host,
-            step(Step::StartNext {
+    let steps = vec![
+        (
+            Step::StartNext {
                 version: target.clone(),
-            }),
+            },
             SHORT * 6,
-        )
-        .await
-        .map_err(err)?
-    {
-        StepReply::Started { reused, .. } => reused,
-        _ => false,
-    };
-    let steps = [
+        ),
         (Step::Check, LONG),
         (Step::Flip, SHORT),
         (Step::Drain, LONG),
         (Step::Commit, SHORT),
     ];
-    let mut flipped_ms = 0;
-    for (s, timeout) in steps {
-        let is_flip = matches!(s, Step::Flip);
-        if let Err(e) = node.step_on(host, step(s), timeout).await {
-            let _ = node.step_on(host, step(Step::Revert), LONG).await;
-            return Err(e.to_string());
-        }
-        if is_flip {
-            flipped_ms = started.elapsed().as_millis();
-        }
-    }
+    let replies = walk(node, host, service, epoch, steps)
+        .await
+        .map_err(|e| e.to_string())?;
+    let reused = replies
+        .iter()
+        .any(|(r, _)| matches!(r, StepReply::Started { reused: true, .. }));
+    let flipped = replies
+        .iter()
+        .find(|(r, _)| matches!(r, StepReply::Flipped { .. }))
+        .map_or(Duration::ZERO, |(_, at)| *at);
+    let done = replies.last().map_or(Duration::ZERO, |(_, at)| *at);
     Ok(format!(
-        "{from} -> {target} ({}); flipped after {flipped_ms} ms, done in {} ms",
+        "{from} -> {target} ({}); flipped after {} ms, done in {} ms",
         if reused {
             "its slot was warm: a flip"
         } else {
             "cold: start, check, flip"
         },
-        started.elapsed().as_millis()
+        flipped.as_millis(),
+        done.as_millis()
     ))
 }

@@ -11,14 +11,13 @@
 //! - The host walks the same steps as a rollout (prepare, start-next, check, flip, drain, commit)
 //!   with the rollout's epoch; a failure stops and reverts, and is tried again on the next pass.
 
-use std::time::Duration;
-
-use halley_proto::deploy::{ArtifactSource, Step, StepRequest};
-use halley_proto::message::{PeerReply, PeerRequest};
+use halley_proto::NodeName;
+use halley_proto::deploy::{ArtifactSource, Step};
 use halley_proto::rollout::{HostStep, Phase, RolloutState};
 use tracing::{info, warn};
 
-use crate::rollout_driver::{LONG, SHORT, fetch_artifact};
+use crate::rollout_driver::{LONG, SHORT};
+use crate::rollout_host::{fetch_release, walk};
 use crate::rollout_status;
 use crate::service::NodeService;
 
@@ -59,14 +58,26 @@ async fn catch_up(node: &NodeService, state: &RolloutState) -> Result<(), String
     let (spec, sha256, file_name) =
         match node.services.release(&state.service, &state.version).await {
             Some(entry) => (entry.spec, entry.sha256, entry.file_name),
-            None => source(node, state).await?,
+            None => {
+                let committed: Vec<NodeName> = state
+                    .hosts
+                    .iter()
+                    .filter(|h| h.step == HostStep::Committed)
+                    .map(|h| h.node.clone())
+                    .collect();
+                let (spec, sha256, file_name, _) =
+                    fetch_release(node, &state.service, &state.version, &committed)
+                        .await
+                        .ok_or_else(|| {
+                            format!(
+                                "no reachable host has release {} of {}",
+                                state.version, state.service
+                            )
+                        })?;
+                (spec, sha256, file_name)
+            }
         };
-    let step = |step: Step| StepRequest {
-        service: state.service.clone(),
-        epoch: state.epoch,
-        step,
-    };
-    let steps = [
+    let steps = vec![
         (
             Step::Prepare {
                 spec: Box::new(spec.clone()),
@@ -92,39 +103,8 @@ async fn catch_up(node: &NodeService, state: &RolloutState) -> Result<(), String
         ),
         (Step::Commit, SHORT),
     ];
-    for (s, timeout) in steps {
-        if let Err(e) = node.step_on(node.name(), step(s), timeout).await {
-            let _ = node.step_on(node.name(), step(Step::Revert), LONG).await;
-            return Err(e.to_string());
-        }
-    }
-    Ok(())
-}
-
-/// The spec and artifact from a host that committed the release.
-async fn source(
-    node: &NodeService,
-    state: &RolloutState,
-) -> Result<(halley_proto::spec::ServiceSpec, [u8; 32], String), String> {
-    for host in state.hosts.iter().filter(|h| h.step == HostStep::Committed) {
-        let request = PeerRequest::GetRelease {
-            service: state.service.clone(),
-            version: state.version.clone(),
-        };
-        let Ok(PeerReply::Release {
-            spec,
-            sha256,
-            file_name,
-        }) = node.peer(&host.node, request, Duration::from_secs(5)).await
-        else {
-            continue;
-        };
-        if fetch_artifact(node, &host.node, &sha256).await.is_ok() {
-            return Ok((*spec, sha256, file_name));
-        }
-    }
-    Err(format!(
-        "no reachable host has release {} of {}",
-        state.version, state.service
-    ))
+    walk(node, node.name(), &state.service, state.epoch, steps)
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }

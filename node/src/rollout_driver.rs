@@ -37,10 +37,9 @@ use halley_proto::spec::{RolloutPolicy, ServiceName, ServiceSpec};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use crate::error::Error;
 use crate::regression::{self, Sample};
 use crate::rollout::{Action, Event, Policy, Rollout};
-use crate::rollout_host::{HostCtx, sample};
+use crate::rollout_host::{HostCtx, fetch_release, sample};
 use crate::rollout_status;
 use crate::service::{NodeService, internal, wall_ms};
 
@@ -338,23 +337,11 @@ async fn release_source(
             .filter(|h| h.step.touched())
             .map(|h| h.node.clone()),
     );
-    for host in sources {
-        let request = PeerRequest::GetRelease {
-            service: state.service.clone(),
-            version: state.version.clone(),
-        };
-        let Ok(PeerReply::Release {
-            spec,
-            sha256,
-            file_name,
-        }) = node.peer(&host, request, SHORT).await
-        else {
-            continue;
-        };
-        if fetch_artifact(node, &host, &sha256).await.is_ok() {
-            info!(service = %state.service, from = %host, "took the release to resume from a host");
-            return Ok((*spec, sha256, file_name));
-        }
+    if let Some((spec, sha256, file_name, from)) =
+        fetch_release(node, &state.service, &state.version, &sources).await
+    {
+        info!(service = %state.service, %from, "took the release to resume from a host");
+        return Ok((spec, sha256, file_name));
     }
     Err(ErrorReply {
         kind: ErrorKind::NotFound,
@@ -363,44 +350,6 @@ async fn release_source(
             state.version, state.service
         ),
     })
-}
-
-/// Copies an artifact from `host` into this node's store (resuming a partial copy).
-pub(crate) async fn fetch_artifact(
-    node: &NodeService,
-    host: &NodeName,
-    sha256: &[u8; 32],
-) -> Result<(), Error> {
-    let releases = node.services.releases().clone();
-    loop {
-        let (held, complete) = releases.artifact_received(sha256);
-        if complete {
-            return Ok(());
-        }
-        let reply = node
-            .peer(
-                host,
-                PeerRequest::GetArtifact {
-                    sha256: *sha256,
-                    offset: held,
-                },
-                SHORT,
-            )
-            .await?;
-        let PeerReply::Chunk { total, data } = reply else {
-            return Err(Error::Protocol("unexpected answer to GetArtifact".into()));
-        };
-        if data.is_empty() {
-            return Err(Error::Artifact(format!(
-                "{host} sent an empty piece at {held} of {total}"
-            )));
-        }
-        let releases = releases.clone();
-        let sha = *sha256;
-        tokio::task::spawn_blocking(move || releases.put_chunk(&sha, total, held, &data))
-            .await
-            .map_err(|e| Error::Net(format!("storage task failed: {e}")))??;
-    }
 }
 
 /// The coordinator's driver of one rollout.

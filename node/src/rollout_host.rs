@@ -20,7 +20,7 @@ use halley_proto::deploy::{
 };
 use halley_proto::disk::RolloutJournal;
 use halley_proto::message::{ErrorKind, PeerReply, PeerRequest};
-use halley_proto::spec::ServiceName;
+use halley_proto::spec::{ServiceName, ServiceSpec};
 use tracing::warn;
 
 use crate::error::Error;
@@ -313,4 +313,99 @@ pub(crate) async fn sample(
         health: Some(active.health),
         crash_loop: active.crash_loop,
     })
+}
+
+/// Copies an artifact from `host` into this node's store (resuming a partial copy).
+pub(crate) async fn fetch_artifact(
+    node: &NodeService,
+    host: &NodeName,
+    sha256: &[u8; 32],
+) -> Result<(), Error> {
+    let releases = node.services.releases().clone();
+    loop {
+        let (held, complete) = releases.artifact_received(sha256);
+        if complete {
+            return Ok(());
+        }
+        let reply = node
+            .peer(
+                host,
+                PeerRequest::GetArtifact {
+                    sha256: *sha256,
+                    offset: held,
+                },
+                SHORT,
+            )
+            .await?;
+        let PeerReply::Chunk { total, data } = reply else {
+            return Err(Error::Protocol("unexpected answer to GetArtifact".into()));
+        };
+        if data.is_empty() {
+            return Err(Error::Artifact(format!(
+                "{host} sent an empty piece at {held} of {total}"
+            )));
+        }
+        let releases = releases.clone();
+        let sha = *sha256;
+        tokio::task::spawn_blocking(move || releases.put_chunk(&sha, total, held, &data))
+            .await
+            .map_err(|e| Error::Net(format!("storage task failed: {e}")))??;
+    }
+}
+
+/// The spec and artifact of a release from the first of `hosts` that has it (this node's own
+/// name is served from its store); the artifact is copied into this node's store.
+pub(crate) async fn fetch_release(
+    node: &NodeService,
+    service: &ServiceName,
+    version: &ReleaseVersion,
+    hosts: &[NodeName],
+) -> Option<(ServiceSpec, [u8; 32], String, NodeName)> {
+    for host in hosts {
+        let request = PeerRequest::GetRelease {
+            service: service.clone(),
+            version: version.clone(),
+        };
+        let Ok(PeerReply::Release {
+            spec,
+            sha256,
+            file_name,
+        }) = node.peer(host, request, SHORT).await
+        else {
+            continue;
+        };
+        if fetch_artifact(node, host, &sha256).await.is_ok() {
+            return Some((*spec, sha256, file_name, host.clone()));
+        }
+    }
+    None
+}
+
+/// Runs `steps` on `host` in order, each with its timeout. On the first failure the host is
+/// reverted (best effort: it already stopped what a failed step started) and the error returned.
+/// Each reply comes with the time since the walk began.
+pub(crate) async fn walk(
+    node: &NodeService,
+    host: &NodeName,
+    service: &ServiceName,
+    epoch: u64,
+    steps: Vec<(Step, Duration)>,
+) -> Result<Vec<(StepReply, Duration)>, Error> {
+    let request = |step: Step| StepRequest {
+        service: service.clone(),
+        epoch,
+        step,
+    };
+    let started = Instant::now();
+    let mut replies = Vec::with_capacity(steps.len());
+    for (step, timeout) in steps {
+        match node.step_on(host, request(step), timeout).await {
+            Ok(reply) => replies.push((reply, started.elapsed())),
+            Err(e) => {
+                let _ = node.step_on(host, request(Step::Revert), LONG).await;
+                return Err(e);
+            }
+        }
+    }
+    Ok(replies)
 }
