@@ -92,6 +92,7 @@ pub async fn run(
         service_address: opts.service_address,
         draining,
         last_contact_ms: Arc::new(std::sync::atomic::AtomicU64::new(wall_ms())),
+        cluster: Arc::default(),
     });
     let service = Arc::new(NodeService::new(
         record.clone(),

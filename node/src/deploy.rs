@@ -383,6 +383,20 @@ pub fn table(list: &[ServiceStatus]) -> String {
                 s.committed.as_ref().map_or("-", |v| v.as_str()),
             ));
         }
+        let r = &s.routing;
+        out.push_str(&format!(
+            "{:<12} routing {}; peers serving: {}; forwarded {}, retried {}, ejected {}\n",
+            "",
+            r.policy,
+            if r.peers.is_empty() {
+                "none".to_owned()
+            } else {
+                r.peers.join(", ")
+            },
+            r.forwarded,
+            r.retries,
+            r.ejections
+        ));
     }
     out
 }

@@ -53,6 +53,15 @@ pub trait RequestHandler: Send + Sync + 'static {
         remote: SocketAddr,
         request: Message,
     ) -> Message;
+
+    /// Takes over a stream that opened a mesh hop ([`Message::ProxyOpen`], access already
+    /// checked): it answers on `send` and then carries the proxied bytes.
+    async fn proxy(
+        &self,
+        open: halley_proto::message::ProxyOpen,
+        send: quinn::SendStream,
+        recv: quinn::RecvStream,
+    );
 }
 
 /// A gossip payload received from a peer.
@@ -159,6 +168,37 @@ impl Mesh {
             Ok(Ok(Some(Message::ErrorReply(reply)))) => Err(Error::Remote(reply)),
             Ok(Ok(Some(reply))) => Ok(reply),
         }
+    }
+
+    /// Opens a bidirectional stream to the node at `to` with `request` (a
+    /// [`Message::ProxyOpen`]) and waits up to `timeout` for [`Message::ProxyAccept`]; the stream
+    /// then carries raw bytes. An error means nothing beyond the request reached the peer.
+    pub async fn open_stream(
+        self: &Arc<Self>,
+        to: SocketAddr,
+        request: &Message,
+        timeout: Duration,
+    ) -> Result<(quinn::SendStream, quinn::RecvStream)> {
+        let exchange = async {
+            let conn = self.connection(to).await?;
+            let (mut send, mut recv) = conn
+                .open_bi()
+                .await
+                .map_err(|e| Error::Net(format!("cannot open a stream to {to}: {e}")))?;
+            write_message(&mut send, request, Limit::Rpc).await?;
+            match read_message(&mut recv, Limit::Rpc).await? {
+                Some(Message::ProxyAccept) => Ok((send, recv)),
+                Some(Message::ErrorReply(reply)) => Err(Error::Remote(reply)),
+                Some(other) => Err(Error::Net(format!(
+                    "{to} answered a stream opening with {}",
+                    other.kind()
+                ))),
+                None => Err(Error::Net(format!("{to} closed the stream at once"))),
+            }
+        };
+        tokio::time::timeout(timeout, exchange)
+            .await
+            .map_err(|_| Error::Net(format!("{to} did not accept a stream within {timeout:?}")))?
     }
 
     /// Byte counters over all connections, live and closed.
@@ -400,7 +440,17 @@ async fn serve_request(
     let reply = match read {
         Ok(Ok(Some(request))) => {
             let role = identity.as_ref().map(|i| i.role);
-            if request.access().allows(role) {
+            let access = request.access();
+            if let Message::ProxyOpen(open) = request {
+                if access.allows(role) {
+                    mesh.handler.proxy(open, send, recv).await;
+                    return;
+                }
+                Message::ErrorReply(ErrorReply {
+                    kind: ErrorKind::Unauthorised,
+                    message: "proxy-open is not allowed for this caller".into(),
+                })
+            } else if access.allows(role) {
                 mesh.handler.handle(identity, remote, request).await
             } else {
                 if mesh.may_warn(remote.ip()) {

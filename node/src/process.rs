@@ -50,6 +50,8 @@ pub struct Launch {
     pub spec: ServiceSpec,
     /// The node's data dir (made traversable for a service that runs as another `user`).
     pub node_root: PathBuf,
+    /// The node's name (`HALLEY_NODE`).
+    pub node: halley_proto::NodeName,
 }
 
 /// A running (or just exited) slot process.
@@ -110,6 +112,7 @@ pub fn environment(launch: &Launch) -> Vec<(String, String)> {
     env.extend([
         ("PORT".to_owned(), launch.port.to_string()),
         ("HALLEY_SERVICE".to_owned(), launch.service.to_string()),
+        ("HALLEY_NODE".to_owned(), launch.node.to_string()),
         ("HALLEY_RELEASE".to_owned(), launch.version.to_string()),
         ("HALLEY_SLOT".to_owned(), launch.slot.to_string()),
         (

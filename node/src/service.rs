@@ -167,6 +167,7 @@ impl NodeService {
     /// Connects the service to the gossip state and the mesh once both are running.
     pub fn attach(&self, chitchat: Arc<tokio::sync::Mutex<Chitchat>>, mesh: Arc<Mesh>) {
         let _ = self.chitchat.set(chitchat);
+        self.services.cluster().attach(mesh.clone());
         let _ = self.mesh.set(mesh);
     }
 
@@ -230,9 +231,14 @@ impl NodeService {
                 .collect::<Vec<_>>()
         };
         let now = self.mono_ms();
-        if let Ok(mut view) = self.view.lock() {
-            view.observe(snapshot, now);
-        }
+        let rows = match self.view.lock() {
+            Ok(mut view) => {
+                view.observe(snapshot, now);
+                view.rows(now, wall_ms())
+            }
+            Err(_) => Vec::new(),
+        };
+        self.services.cluster().update(&self.record.name, &rows);
         let published = self.services.gossip().await;
         let mut chitchat = chitchat.lock().await;
         let state = chitchat.self_node_state();
@@ -435,6 +441,16 @@ impl RequestHandler for NodeService {
                 Message::ErrorReply(bad_request(&format!("{} is not a request", other.kind())))
             }
         }
+    }
+
+    async fn proxy(
+        &self,
+        open: halley_proto::message::ProxyOpen,
+        send: quinn::SendStream,
+        recv: quinn::RecvStream,
+    ) {
+        let routes = self.services.cluster().get(&open.service);
+        crate::mesh_hop::accept(routes, open, send, recv).await;
     }
 }
 

@@ -43,6 +43,8 @@ pub struct HostContext {
     /// When a coordinator last reached this node (a deploy step or a peer request, unix ms):
     /// an unfinished deploy with no contact for `orphan_timeout` is reverted by the host.
     pub last_contact_ms: Arc<std::sync::atomic::AtomicU64>,
+    /// Every service's routing table, and the mesh that reaches peers' instances.
+    pub cluster: Arc<crate::routes::Cluster>,
 }
 
 pub(crate) type StepResult = Result<StepReply, ErrorReply>;
@@ -162,9 +164,14 @@ impl ServiceHandle {
         record.releases.into_iter().find(|r| &r.version == version)
     }
 
-    /// The service's current status.
+    /// The service's current status; the routing counters are read live (the host publishes
+    /// the rest on its own events and ticks).
     pub fn status(&self) -> ServiceStatus {
-        self.status.borrow().clone()
+        let mut status = self.status.borrow().clone();
+        if let Some(routes) = self.ctx.cluster.get(&self.name) {
+            status.routing = routes.status();
+        }
+        status
     }
 
     /// Runs one deploy step.

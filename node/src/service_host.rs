@@ -33,13 +33,14 @@ use tracing::{error, info, warn};
 use crate::health::HealthTracker;
 use crate::probe::{self, ExecContext};
 use crate::process::{self, Launch};
+use crate::routes::ServiceRoutes;
 use crate::service::wall_ms;
 use crate::service_handle::{
     Command, HostContext, StepResult, bind, err, from_refused, protocol_name, record_name,
 };
 use crate::slots::{Action, Policy, Reverted, Slots};
 use crate::supervise::{RestartPolicy, Supervisor};
-use crate::upstream::{Router, StatsSnapshot, Upstream};
+use crate::upstream::{StatsSnapshot, Upstream};
 use crate::{http_proxy, tcp_proxy};
 
 const TICK: Duration = Duration::from_millis(50);
@@ -100,7 +101,7 @@ pub(crate) struct Host {
     ctx: Arc<HostContext>,
     record: ServiceRecord,
     engine: Slots,
-    router: Arc<Router>,
+    routes: Arc<ServiceRoutes>,
     listener: Option<JoinHandle<()>>,
     slots: [SlotRuntime; 2],
     events_tx: mpsc::UnboundedSender<Event>,
@@ -126,6 +127,7 @@ fn policy_of(spec: &ServiceSpec) -> Policy {
     Policy {
         drain_ms: spec.stop.drain_timeout.0,
         keep_warm_ms: spec.keep_warm.0,
+        stop_start: spec.strategy == halley_proto::spec::Strategy::StopStart,
     }
 }
 
@@ -133,11 +135,17 @@ impl Host {
     pub(crate) fn new(ctx: Arc<HostContext>, record: ServiceRecord) -> Self {
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let engine = Slots::new(policy_of(&record.spec));
+        let routes = ctx.cluster.table(
+            &record.name,
+            &ctx.draining,
+            record.spec.routing,
+            record.spec.protocol,
+        );
         Self {
             ctx,
             record,
             engine,
-            router: Arc::new(Router::default()),
+            routes,
             listener: None,
             slots: Default::default(),
             events_tx,
@@ -209,7 +217,9 @@ impl Host {
             self.record.previous.clone(),
         );
         if let Some(active) = self.engine.active() {
-            self.router.set(self.slots[active.index()].upstream.clone());
+            self.routes
+                .router
+                .set(self.slots[active.index()].upstream.clone());
         }
         for color in restart {
             if let Err(e) = self.launch(color) {
@@ -220,10 +230,9 @@ impl Host {
 
     pub(crate) fn start_listener(&mut self, listener: Option<TcpListener>) {
         let addr = self.record.spec.listen.resolve(self.ctx.service_address);
-        let router = self.router.clone();
+        let routes = self.routes.clone();
         let protocol = self.record.spec.protocol;
         let name = self.record.name.to_string();
-        let draining = self.ctx.draining.clone();
         self.listener = Some(tokio::spawn(async move {
             let listener = match listener {
                 Some(l) => l,
@@ -245,8 +254,8 @@ impl Host {
             };
             info!(service = %name, %addr, "entry point listening");
             match protocol {
-                Protocol::Http => http_proxy::serve(listener, router, name, draining).await,
-                Protocol::Tcp => tcp_proxy::serve(listener, router).await,
+                Protocol::Http => http_proxy::serve(listener, routes).await,
+                Protocol::Tcp => tcp_proxy::serve(listener, routes).await,
             }
         }));
     }
@@ -268,6 +277,12 @@ impl Host {
     }
 
     fn publish(&mut self) {
+        self.routes.set_routing(self.record.spec.routing);
+        let local_ok = self
+            .engine
+            .active()
+            .is_some_and(|c| self.engine.slot(c).health != Health::Unhealthy);
+        self.routes.set_local_ok(local_ok);
         let status = self.status();
         if let Some(tx) = &self.status_tx {
             tx.send_if_modified(|old| {
@@ -440,9 +455,10 @@ impl Host {
             ));
         };
         self.engine.set_policy(policy_of(&entry.spec));
-        let (slot, reused, actions) = self.engine.start_next(version).map_err(from_refused)?;
-        let spawning = actions.iter().any(|a| matches!(a, Action::Spawn { .. }));
-        if spawning {
+        let now = self.now();
+        let (slot, reused, actions) = self.engine.start_next(version, now).map_err(from_refused)?;
+        if !reused {
+            // Spawned now, or (stop-start) once the old slot has drained.
             self.slots[slot.index()].spec = Some(entry.spec.clone());
         }
         for action in actions {
@@ -519,6 +535,7 @@ impl Host {
             data_dir: service_dir.join("data"),
             log: service_dir.join("logs").join(format!("{slot}.log")),
             node_root: self.ctx.data_dir.root().to_path_buf(),
+            node: self.ctx.node.clone(),
             service: name,
             version: upstream.version.clone(),
             slot,
@@ -765,6 +782,8 @@ impl Host {
             ))
         } else if state.health == Health::Healthy {
             None
+        } else if self.engine.pending() == Some(slot) {
+            return; // stop-start: spawned once the old slot has drained
         } else if tracker.is_some_and(|t| t.crash_loop()) {
             Some(format!(
                 "release {} is crash-looping: {}",
@@ -854,11 +873,11 @@ impl Host {
                 Action::Route { slot } => {
                     let upstream = self.slots[slot.index()].upstream.clone();
                     let started = Instant::now();
-                    self.router.set(upstream);
+                    self.routes.router.set(upstream);
                     self.route_switch_ns = started.elapsed().as_nanos() as u64;
                 }
                 Action::Unroute => {
-                    self.router.set(None);
+                    self.routes.router.set(None);
                 }
                 Action::Drain { slot } => {
                     let rt = &mut self.slots[slot.index()];
@@ -1020,6 +1039,7 @@ impl Host {
                 .map(|r| r.version.clone())
                 .collect(),
             epoch: self.record.epoch,
+            routing: self.routes.status(),
         }
     }
 }

@@ -110,6 +110,11 @@ impl Services {
         self.ctx.draining.clone()
     }
 
+    /// Every service's routing table.
+    pub fn cluster(&self) -> &crate::routes::Cluster {
+        &self.ctx.cluster
+    }
+
     /// Notes that a coordinator reached this node (see `orphan_timeout`).
     pub fn touch(&self) {
         self.ctx.last_contact_ms.fetch_max(

@@ -20,6 +20,11 @@
 //!   ([`Reverted::StartCommitted`]).
 //! - A slot that is draining a release other than the one asked for is never stopped early: the
 //!   start is refused until the drain ends, so in-flight requests keep their full `drain_timeout`.
+//! - `stop-start` (a service that cannot run two copies): starting a release first takes the
+//!   route away from the active slot and drains it; only when that drain ends (or is cut) and
+//!   the slot is stopped is the new release spawned. Nothing is kept warm, so a revert starts the
+//!   committed release cold, in the same order — unless the old slot is still draining, in which
+//!   case the revert routes straight back to it.
 //!
 //! ## Non-goals
 //! It does not know about processes, ports or health probes; only their outcomes.
@@ -36,6 +41,8 @@ pub struct Policy {
     pub drain_ms: u64,
     /// How long a drained slot stays running out of rotation.
     pub keep_warm_ms: u64,
+    /// Never run two slots at once (`strategy = "stop-start"`).
+    pub stop_start: bool,
 }
 
 /// What the driver must do.
@@ -155,6 +162,8 @@ pub struct Slots {
     committed: Option<ReleaseVersion>,
     previous: Option<ReleaseVersion>,
     policy: Policy,
+    /// A next slot waiting for the old active slot's drain before it is spawned (stop-start).
+    pending: Option<Color>,
 }
 
 impl Slots {
@@ -166,6 +175,7 @@ impl Slots {
             committed: None,
             previous: None,
             policy,
+            pending: None,
         }
     }
 
@@ -235,13 +245,28 @@ impl Slots {
         &mut self.slots[color.index()]
     }
 
+    /// The next slot whose spawn waits for the old slot's drain (stop-start).
+    pub fn pending(&self) -> Option<Color> {
+        self.pending
+    }
+
     /// Starts `version` in the slot that is not active, or reuses that slot when it already runs
-    /// `version` and is not unhealthy. Returns the slot and whether it was reused.
+    /// `version` and is not unhealthy. Returns the slot and whether it was reused. With
+    /// stop-start, the active slot is unrouted and drained first and the spawn waits for it.
     pub fn start_next(
         &mut self,
         version: &ReleaseVersion,
+        now: u64,
     ) -> Result<(Color, bool, Vec<Action>), Refused> {
-        let target = self.active.map_or(Color::Blue, Color::other);
+        let target = match self.active {
+            Some(active) => active.other(),
+            // Nothing routed: the next slot if one was started, else an idle one, so that a
+            // slot still draining is left alone.
+            None => self
+                .next()
+                .or_else(|| Color::BOTH.into_iter().find(|c| !self.slot(*c).running()))
+                .unwrap_or(Color::Blue),
+        };
         let slot = self.slot(target).clone();
         let same = slot.version.as_ref() == Some(version);
         if slot.role == SlotRole::Draining && !same {
@@ -265,10 +290,23 @@ impl Slots {
         if slot.running() {
             actions.push(Action::Stop { slot: target });
         }
-        actions.push(Action::Spawn {
-            slot: target,
-            version: version.clone(),
-        });
+        let old = self.active.filter(|_| self.policy.stop_start);
+        if let Some(old) = old {
+            let drain_until = now + self.policy.drain_ms;
+            let s = self.slot_mut(old);
+            s.role = SlotRole::Draining;
+            s.until_ms = Some(drain_until);
+            s.stop_after_drain = true;
+            s.held = false;
+            self.active = None;
+            self.pending = Some(target);
+            actions.extend([Action::Unroute, Action::Drain { slot: old }]);
+        } else {
+            actions.push(Action::Spawn {
+                slot: target,
+                version: version.clone(),
+            });
+        }
         actions.push(Action::Save);
         let s = self.slot_mut(target);
         *s = Slot::idle();
@@ -334,6 +372,28 @@ impl Slots {
 
     /// The driver saw a draining slot's in-flight work reach zero (or cut it).
     pub fn drained(&mut self, color: Color, now: u64) -> Vec<Action> {
+        let mut actions = self.drained_inner(color, now);
+        if let Some(next) = self.pending
+            && !Color::BOTH
+                .into_iter()
+                .any(|c| self.slot(c).role == SlotRole::Draining)
+        {
+            self.pending = None;
+            if let Some(version) = self.slot(next).version.clone() {
+                let at = actions.len().saturating_sub(1);
+                actions.insert(
+                    at,
+                    Action::Spawn {
+                        slot: next,
+                        version,
+                    },
+                );
+            }
+        }
+        actions
+    }
+
+    fn drained_inner(&mut self, color: Color, now: u64) -> Vec<Action> {
         let keep_warm = self.policy.keep_warm_ms;
         let committed = self.committed.clone();
         let slot = self.slot_mut(color);
@@ -394,6 +454,7 @@ impl Slots {
     /// the committed one.
     pub fn uncommitted(&self) -> bool {
         self.next().is_some()
+            || (self.active.is_none() && self.committed.is_some())
             || self
                 .active
                 .is_some_and(|c| self.slot(c).version != self.committed)
@@ -441,6 +502,7 @@ impl Slots {
     /// Undoes what is not committed. See the module rules.
     pub fn revert(&mut self, now: u64) -> (Reverted, Vec<Action>) {
         let mut actions = Vec::new();
+        self.pending = None;
         if let Some(next) = self.next() {
             let s = self.slot_mut(next);
             *s = Slot {
@@ -450,8 +512,31 @@ impl Slots {
             actions.push(Action::Stop { slot: next });
         }
         let Some(active) = self.active else {
+            // Stop-start took the route away from the committed release: route back to it while
+            // it still runs, else it must start again.
+            let Some(committed) = self.committed.clone() else {
+                actions.push(Action::Save);
+                return (Reverted::Done, actions);
+            };
+            let back = Color::BOTH.into_iter().find(|c| {
+                let s = self.slot(*c);
+                s.running()
+                    && s.version.as_ref() == Some(&committed)
+                    && s.health != Health::Unhealthy
+            });
+            if let Some(back) = back {
+                let s = self.slot_mut(back);
+                s.role = SlotRole::Next;
+                s.health = Health::Healthy;
+                s.stop_after_drain = false;
+                match self.flip_back(now) {
+                    Ok(flip) => actions.extend(flip),
+                    Err(_) => actions.push(Action::Save),
+                }
+                return (Reverted::Done, actions);
+            }
             actions.push(Action::Save);
-            return (Reverted::Done, actions);
+            return (Reverted::StartCommitted(committed), actions);
         };
         if self.slot(active).version == self.committed {
             actions.push(Action::Save);
@@ -493,7 +578,8 @@ impl Slots {
 
 #[cfg(test)]
 mod tests {
-    //! Scenario scripts in `node/tests/scenarios/slots/*.txt`. Commands: `policy drain=MS warm=MS`,
+    //! Scenario scripts in `node/tests/scenarios/slots/*.txt`. Commands:
+    //! `policy drain=MS warm=MS strategy=blue-green|stop-start`,
     //! `at MS`, `start VERSION`, `health SLOT starting|healthy|unhealthy`, `flip`, `drained SLOT`,
     //! `tick`, `commit`, `revert`, `show`. Under each command the engine's answer is recorded as
     //! `> ...` lines; `UPDATE_GOLDENFILES=1` rewrites them.
@@ -537,6 +623,7 @@ mod tests {
         let mut slots = Slots::new(Policy {
             drain_ms: 30_000,
             keep_warm_ms: 0,
+            stop_start: false,
         });
         let mut now = 0;
         crate::scenario::replay(script, |words, out| match words {
@@ -546,13 +633,15 @@ mod tests {
                     match word.split_once('=') {
                         Some(("drain", v)) => policy.drain_ms = v.parse().unwrap(),
                         Some(("warm", v)) => policy.keep_warm_ms = v.parse().unwrap(),
+                        Some(("strategy", "stop-start")) => policy.stop_start = true,
+                        Some(("strategy", "blue-green")) => policy.stop_start = false,
                         _ => panic!("bad policy word {word:?}"),
                     }
                 }
                 slots.set_policy(policy);
             }
             ["at", ms] => now = ms.parse().unwrap(),
-            ["start", v] => match slots.start_next(&ReleaseVersion::parse(v).unwrap()) {
+            ["start", v] => match slots.start_next(&ReleaseVersion::parse(v).unwrap(), now) {
                 Ok((slot, reused, list)) => {
                     out.push_str(&format!("> slot {slot} reused={reused}\n"));
                     actions(out, &list);

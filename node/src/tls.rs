@@ -67,7 +67,8 @@ fn transport() -> Arc<quinn::TransportConfig> {
         5_000,
     ))));
     transport.max_concurrent_uni_streams(quinn::VarInt::from_u32(256));
-    transport.max_concurrent_bidi_streams(quinn::VarInt::from_u32(64));
+    // Requests, and one stream per client connection a peer's entry point forwards here.
+    transport.max_concurrent_bidi_streams(quinn::VarInt::from_u32(4096));
     Arc::new(transport)
 }
 

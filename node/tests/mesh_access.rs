@@ -30,6 +30,15 @@ impl RequestHandler for Counting {
             message: format!("handled {}", request.kind()),
         })
     }
+
+    async fn proxy(
+        &self,
+        _open: halley_proto::message::ProxyOpen,
+        _send: quinn::SendStream,
+        _recv: quinn::RecvStream,
+    ) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
 }
 
 fn credentials(ca: &ClusterCa) -> Credentials {
@@ -100,6 +109,18 @@ async fn unauthenticated_clients_may_only_join() {
     match ask_without_certificate(addr, pin, step).await.unwrap() {
         Message::ErrorReply(reply) => assert_eq!(reply.kind, ErrorKind::Unauthorised, "{reply:?}"),
         other => panic!("a deploy step without a certificate must be refused, got {other:?}"),
+    }
+    assert_eq!(handler.0.load(Ordering::SeqCst), 0);
+
+    // So does a mesh hop into a service's slots.
+    let hop = Message::ProxyOpen(halley_proto::message::ProxyOpen {
+        service: "web".parse().unwrap(),
+        client: "192.0.2.1:5000".parse().unwrap(),
+        even_if_draining: true,
+    });
+    match ask_without_certificate(addr, pin, hop).await.unwrap() {
+        Message::ErrorReply(reply) => assert_eq!(reply.kind, ErrorKind::Unauthorised, "{reply:?}"),
+        other => panic!("a mesh hop without a certificate must be refused, got {other:?}"),
     }
     assert_eq!(handler.0.load(Ordering::SeqCst), 0);
 

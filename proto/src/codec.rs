@@ -25,9 +25,9 @@ use crate::message::Message;
 /// The first four bytes of every frame.
 pub const MAGIC: [u8; 4] = *b"HLEY";
 /// The wire protocol this build speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 /// The data-dir record format this build reads and writes.
-pub const DISK_FORMAT_VERSION: u16 = 1;
+pub const DISK_FORMAT_VERSION: u16 = 2;
 /// Bytes in a frame header.
 pub const HEADER_LEN: usize = 12;
 
@@ -112,6 +112,8 @@ pub fn encode_message(message: &Message, limit: Limit) -> Result<Vec<u8>, Error>
         Message::StepReply(m) => encode_body(m, limit)?,
         Message::Peer(m) => encode_body(m, limit)?,
         Message::PeerReply(m) => encode_body(m, limit)?,
+        Message::ProxyOpen(m) => encode_body(m, limit)?,
+        Message::ProxyAccept => encode_body(&(), limit)?,
     };
     Ok(frame(PROTOCOL_VERSION, message.code(), body))
 }
@@ -130,6 +132,11 @@ pub fn decode_message_body(header: &Header, body: &[u8], limit: Limit) -> Result
         31 => Message::StepReply(decode_body(body, limit)?),
         40 => Message::Peer(decode_body(body, limit)?),
         41 => Message::PeerReply(decode_body(body, limit)?),
+        50 => Message::ProxyOpen(decode_body(body, limit)?),
+        51 => {
+            decode_body::<()>(body, limit)?;
+            Message::ProxyAccept
+        }
         other => return Err(Error::UnknownCode(other)),
     })
 }

@@ -394,4 +394,22 @@ pub struct ServiceStatus {
     pub releases: Vec<ReleaseVersion>,
     /// The highest fencing epoch the node has seen for the service.
     pub epoch: u64,
+    /// Where this node's entry point sends work.
+    pub routing: RoutingStatus,
+}
+
+/// The entry point's routing on one node.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoutingStatus {
+    /// `local`, `local-first` or `balanced`.
+    pub policy: String,
+    /// Peers whose instance gossip reports healthy (`NAME`, or `NAME (draining)`).
+    pub peers: Vec<String>,
+    /// Requests and connections handed to peers over the mesh since the node started.
+    pub forwarded: u64,
+    /// Requests and connections sent again after a failure before any byte reached an upstream
+    /// (or, for bodiless safe requests, after a broken connection).
+    pub retries: u64,
+    /// Instances ejected by passive health.
+    pub ejections: u64,
 }

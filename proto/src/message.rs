@@ -15,6 +15,12 @@
 //! | 31   | `StepReply`      | QUIC bi stream, reply        | never a request   |
 //! | 40   | `Peer`           | QUIC bi stream, request      | role `node`       |
 //! | 41   | `PeerReply`      | QUIC bi stream, reply        | never a request   |
+//! | 50   | `ProxyOpen`      | QUIC bi stream, then raw bytes | role `node`     |
+//! | 51   | `ProxyAccept`    | QUIC bi stream, reply        | never a request   |
+//!
+//! `ProxyOpen` is the one request after which the stream is not closed: once the receiver answers
+//! `ProxyAccept`, both directions carry the proxied bytes (HTTP/1.1 or the TCP connection's) until
+//! either side finishes. An `ErrorReply` instead means nothing was handed to any upstream.
 
 use std::net::SocketAddr;
 
@@ -51,6 +57,22 @@ pub enum Message {
     Peer(PeerRequest),
     /// The answer to a [`PeerRequest`].
     PeerReply(PeerReply),
+    /// A peer's entry point hands proxied traffic to this node's instance of a service.
+    ProxyOpen(ProxyOpen),
+    /// This node takes the proxied traffic: raw bytes follow on the stream.
+    ProxyAccept,
+}
+
+/// Opens a mesh hop: the stream that carries it then carries one proxied client connection
+/// (HTTP/1.1 requests, or a TCP connection's bytes) to the receiver's local active slot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProxyOpen {
+    /// The service.
+    pub service: ServiceName,
+    /// The client's address at the entry point (for `X-Forwarded-For`).
+    pub client: SocketAddr,
+    /// Take the traffic even while the receiver drains (the sender has no other instance).
+    pub even_if_draining: bool,
 }
 
 impl Message {
@@ -67,16 +89,21 @@ impl Message {
             Message::StepReply(_) => 31,
             Message::Peer(_) => 40,
             Message::PeerReply(_) => 41,
+            Message::ProxyOpen(_) => 50,
+            Message::ProxyAccept => 51,
         }
     }
 
     /// Who may send this message as a request on a mesh (QUIC) connection.
     pub fn access(&self) -> Access {
         match self {
-            Message::Gossip(_) | Message::Step(_) | Message::Peer(_) => Access::Role(Role::Node),
+            Message::Gossip(_) | Message::Step(_) | Message::Peer(_) | Message::ProxyOpen(_) => {
+                Access::Role(Role::Node)
+            }
             Message::JoinRequest(_) => Access::Anyone,
             Message::StepReply(_)
             | Message::PeerReply(_)
+            | Message::ProxyAccept
             | Message::ErrorReply(_)
             | Message::JoinResponse(_)
             | Message::AdminRequest(_)
@@ -97,6 +124,8 @@ impl Message {
             Message::StepReply(_) => "step-reply",
             Message::Peer(_) => "peer",
             Message::PeerReply(_) => "peer-reply",
+            Message::ProxyOpen(_) => "proxy-open",
+            Message::ProxyAccept => "proxy-accept",
         }
     }
 }

@@ -114,6 +114,37 @@ pub struct ServiceSpec {
     /// How a deploy walks the cluster.
     #[serde(default)]
     pub rollout: RolloutPolicy,
+    /// Which instances an entry point sends work to.
+    #[serde(default)]
+    pub routing: Routing,
+    /// How a host replaces its running release.
+    #[serde(default)]
+    pub strategy: Strategy,
+}
+
+/// Which instances of a service an entry point sends requests and connections to.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Routing {
+    /// This host's instance only.
+    Local,
+    /// This host's instance while it is healthy and the host is not draining, else peers'.
+    #[default]
+    LocalFirst,
+    /// The healthy instance with the fewest requests in flight, anywhere in the cluster.
+    Balanced,
+}
+
+/// How a host replaces its running release.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Strategy {
+    /// Start the new release beside the old one, check it, flip, drain the old one.
+    #[default]
+    BlueGreen,
+    /// Stop the old release first, then start and check the new one (for services that cannot
+    /// run two copies at once); peers serve while the host is drained.
+    StopStart,
 }
 
 fn default_keep_releases() -> u32 {

@@ -17,6 +17,12 @@ fn samples() -> Vec<Message> {
     let addr = "127.0.0.1:7946".parse().unwrap();
     vec![
         Message::Gossip(GossipPacket(vec![1, 2, 3, 255])),
+        Message::ProxyOpen(halley_proto::message::ProxyOpen {
+            service: halley_proto::spec::ServiceName::parse("web").unwrap(),
+            client: "192.0.2.7:51000".parse().unwrap(),
+            even_if_draining: true,
+        }),
+        Message::ProxyAccept,
         Message::ErrorReply(ErrorReply {
             kind: ErrorKind::TokenExpired,
             message: "token expired".into(),

@@ -32,6 +32,13 @@ impl Answer {
             .split_whitespace()
             .find_map(|w| w.strip_prefix("version="))
     }
+
+    /// The `node=` field of a test-service answer: the host whose slot served it.
+    pub fn node(&self) -> Option<&str> {
+        self.body
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("node="))
+    }
 }
 
 impl Conn {
@@ -90,4 +97,39 @@ impl Conn {
 /// One GET on a fresh connection (`Connection: close`).
 pub async fn get(addr: SocketAddr, path: &str) -> Result<Answer, String> {
     Conn::open(addr).await?.request(path, true).await
+}
+
+/// One POST with `body` on a fresh connection (`Connection: close`).
+pub async fn post(addr: SocketAddr, path: &str, body: &'static str) -> Result<Answer, String> {
+    let stream = TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect {addr}: {e}"))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("handshake {addr}: {e}"))?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let req = Request::post(path)
+        .header("host", addr.to_string())
+        .header("connection", "close")
+        .body(http_body_util::Full::new(Bytes::from_static(
+            body.as_bytes(),
+        )))
+        .map_err(|e| e.to_string())?;
+    let resp = sender
+        .send_request(req)
+        .await
+        .map_err(|e| format!("request: {e}"))?;
+    let status = resp.status().as_u16();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("body: {e}"))?
+        .to_bytes();
+    Ok(Answer {
+        status,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
 }

@@ -23,6 +23,8 @@ pub struct LoadStats {
     pub conn_errors: AtomicU64,
     /// Answers per `version=` seen.
     pub versions: Mutex<BTreeMap<String, u64>>,
+    /// Answers per `node=` seen (the host whose slot served them).
+    pub nodes: Mutex<BTreeMap<String, u64>>,
     /// The first few problems, for the assertion message.
     pub problems: Mutex<Vec<String>>,
 }
@@ -34,6 +36,9 @@ impl LoadStats {
                 self.ok.fetch_add(1, Ordering::Relaxed);
                 if let (Some(v), Ok(mut map)) = (a.version(), self.versions.lock()) {
                     *map.entry(v.to_owned()).or_default() += 1;
+                }
+                if let (Some(n), Ok(mut map)) = (a.node(), self.nodes.lock()) {
+                    *map.entry(n.to_owned()).or_default() += 1;
                 }
             }
             Ok(a) => {
@@ -64,12 +69,21 @@ impl LoadStats {
         )
     }
 
+    /// Answers served by `node`'s slot so far.
+    pub fn served_by(&self, node: &str) -> u64 {
+        self.nodes
+            .lock()
+            .map(|m| m.get(node).copied().unwrap_or(0))
+            .unwrap_or(0)
+    }
+
     /// A one-line summary.
     pub fn summary(&self) -> String {
         let (ok, failed, errors) = self.totals();
         format!(
-            "ok={ok} failed={failed} conn_errors={errors} versions={:?} problems={:?}",
+            "ok={ok} failed={failed} conn_errors={errors} versions={:?} nodes={:?} problems={:?}",
             self.versions.lock().map(|v| v.clone()).unwrap_or_default(),
+            self.nodes.lock().map(|v| v.clone()).unwrap_or_default(),
             self.problems.lock().map(|p| p.clone()).unwrap_or_default()
         )
     }

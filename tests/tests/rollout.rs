@@ -4,117 +4,19 @@
 //! a coordinator killed mid-rollout and resumed from another node.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
+use halley_tests::cluster::{Cluster, stop_all};
 use halley_tests::http;
-use halley_tests::load::Load;
 use halley_tests::{
     Node, assert_ok, deploy_in_background, free_tcp_port, runtime, stderr, wait_until,
 };
 
 const SERVICE_BIN: &str = env!("CARGO_BIN_EXE_halley-test-service");
 
-struct Cluster {
-    nodes: Vec<Node>,
-    port: u16,
-    dir: PathBuf,
-    _root: tempfile::TempDir,
-}
-
-impl Cluster {
-    /// `n1` inits, `n2` and `n3` join; node `i` serves on 127.0.0.`i`.
-    fn start() -> Self {
-        let root = tempfile::tempdir().unwrap();
-        let mut nodes: Vec<Node> = ["n1", "n2", "n3"]
-            .iter()
-            .map(|n| Node::new(root.path(), n))
-            .collect();
-        let token = nodes[0].init();
-        for (i, node) in nodes.iter_mut().enumerate() {
-            if i > 0 {
-                assert_ok(&node.join(&token), "join");
-            }
-            node.start_with(&["--service-address", &format!("127.0.0.{}", i + 1)]);
-        }
-        halley_tests::wait_converged(&nodes);
-        Self {
-            nodes,
-            port: free_tcp_port(),
-            dir: root.path().to_path_buf(),
-            _root: root,
-        }
-    }
-
-    fn entry(&self, i: usize) -> SocketAddr {
-        format!("127.0.0.{}:{}", i + 1, self.port).parse().unwrap()
-    }
-
-    /// A `halley.toml` for service `web` on every node, with env knobs and rollout settings.
-    fn config(&self, name: &str, env: &[(&str, &str)], rollout: &str) -> PathBuf {
-        let env: Vec<String> = env.iter().map(|(k, v)| format!("{k} = \"{v}\"")).collect();
-        let text = format!(
-            r#"[service.web]
-command = ["./halley-test-service"]
-listen = ":{port}"
-keep_warm = "1m"
-env = {{ {env} }}
-[service.web.health]
-http = "/health"
-interval = "100ms"
-start_period = "10s"
-[service.web.stop]
-drain_timeout = "2s"
-[service.web.rollout]
-order = ["n1", "n2", "n3"]
-drain_wait = "200ms"
-{rollout}
-"#,
-            port = self.port,
-            env = env.join(", ")
-        );
-        let path = self.dir.join(format!("{name}.toml"));
-        std::fs::write(&path, text).unwrap();
-        path
-    }
-
-    fn versions(&self, rt: &tokio::runtime::Runtime) -> Vec<Option<String>> {
-        (0..3)
-            .map(|i| {
-                rt.block_on(http::get(self.entry(i), "/"))
-                    .ok()
-                    .and_then(|a| a.version().map(str::to_owned))
-            })
-            .collect()
-    }
-
-    fn load(&self, rt: &tokio::runtime::Runtime) -> Vec<Load> {
-        (0..3)
-            .map(|i| {
-                let entry = self.entry(i);
-                rt.block_on(async move { Load::start(entry, 2, 1, "/", Duration::ZERO) })
-            })
-            .collect()
-    }
-}
-
 fn deploy(node: &Node, config: &Path, version: &str) -> std::process::Output {
     node.deploy(config, "web", version, Path::new(SERVICE_BIN))
-}
-
-/// Totals over several loads: ok, failed, connection errors, and a summary.
-fn stop_all(rt: &tokio::runtime::Runtime, loads: Vec<Load>) -> (u64, u64, u64, String) {
-    let mut totals = (0, 0, 0, String::new());
-    for load in loads {
-        let stats = rt.block_on(load.stop());
-        let (ok, failed, errors) = stats.totals();
-        totals.0 += ok;
-        totals.1 += failed;
-        totals.2 += errors;
-        totals.3.push_str(&stats.summary());
-        totals.3.push('\n');
-    }
-    totals
 }
 
 #[test]

@@ -13,10 +13,12 @@
 //! | `TS_ERRORS_AFTER_MS` | only answer errors (`TS_ERROR_RATE`) after this long            |
 //! | `TS_HEALTH_FAIL_AFTER_MS` | `/health` answers 503 from this long after start           |
 //!
-//! HTTP endpoints: `/health`; `/` answers `version=V slot=S pid=P`; `/sleep?ms=N`; `/echo` streams
+//! HTTP endpoints: `/health`; `/` answers `version=V slot=S pid=P node=N`; `/sleep?ms=N`; `/echo` streams
 //! the request body back; `/headers` lists the request headers; `/env?name=X` shows a variable;
 //! `/visit` counts calls in `$HALLEY_SERVICE_DATA/visits`; `/ws` upgrades (WebSocket handshake)
-//! and then echoes raw bytes.
+//! and then echoes raw bytes; `/stop-listening` closes the listener (new connections are refused,
+//! open ones still served); `/crash` reads the request, counts it in
+//! `$HALLEY_SERVICE_DATA/crashes` and exits without answering.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -36,6 +38,7 @@ use tokio::net::TcpListener;
 struct Knobs {
     version: String,
     slot: String,
+    node: String,
     health_fails: bool,
     health_fails_after: Option<Duration>,
     error_every: Option<u64>,
@@ -43,6 +46,7 @@ struct Knobs {
     latency: Duration,
     started: Instant,
     count: AtomicU64,
+    stop_listening: tokio::sync::Notify,
 }
 
 fn env_ms(name: &str) -> Option<Duration> {
@@ -78,6 +82,7 @@ async fn main() {
     let knobs = Arc::new(Knobs {
         version: std::env::var("HALLEY_RELEASE").unwrap_or_else(|_| "dev".into()),
         slot: std::env::var("HALLEY_SLOT").unwrap_or_else(|_| "-".into()),
+        node: std::env::var("HALLEY_NODE").unwrap_or_else(|_| "-".into()),
         health_fails: std::env::var("TS_HEALTH").is_ok_and(|v| v == "fail"),
         health_fails_after: env_ms("TS_HEALTH_FAIL_AFTER_MS"),
         error_every: (rate > 0.0).then(|| (1.0 / rate).round().max(1.0) as u64),
@@ -85,6 +90,7 @@ async fn main() {
         latency: env_ms("TS_LATENCY_MS").unwrap_or_default(),
         started: Instant::now(),
         count: AtomicU64::new(0),
+        stop_listening: tokio::sync::Notify::new(),
     });
     let listener = match TcpListener::bind(("127.0.0.1", port)).await {
         Ok(l) => l,
@@ -96,7 +102,16 @@ async fn main() {
     eprintln!("test-service {} listening on {port}", knobs.version);
     let tcp = std::env::var("TS_MODE").is_ok_and(|m| m == "tcp");
     loop {
-        let Ok((mut stream, _)) = listener.accept().await else {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = knobs.stop_listening.notified() => {
+                // Connections already open keep being served; new ones are refused.
+                drop(listener);
+                std::future::pending::<()>().await;
+                return;
+            }
+        };
+        let Ok((mut stream, _)) = accepted else {
             continue;
         };
         let knobs = knobs.clone();
@@ -192,6 +207,20 @@ async fn handle(mut req: Request<Incoming>, k: &Knobs) -> Response<Body> {
                 Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
             }
         }
+        "/stop-listening" => {
+            k.stop_listening.notify_one();
+            text(StatusCode::OK, "no longer accepting connections\n".into())
+        }
+        "/crash" => {
+            // Reads the whole request, notes it, and exits without answering.
+            let _ = req.into_body().collect().await;
+            let dir = std::env::var("HALLEY_SERVICE_DATA").unwrap_or_else(|_| ".".into());
+            let path = std::path::Path::new(&dir).join("crashes");
+            let mut line = std::fs::read_to_string(&path).unwrap_or_default();
+            line.push('x');
+            let _ = std::fs::write(&path, &line);
+            std::process::exit(4);
+        }
         "/headers" => {
             let mut out = String::new();
             for (name, value) in req.headers() {
@@ -233,10 +262,11 @@ async fn handle(mut req: Request<Incoming>, k: &Knobs) -> Response<Body> {
             text(
                 StatusCode::OK,
                 format!(
-                    "version={} slot={} pid={}\n",
+                    "version={} slot={} pid={} node={}\n",
                     k.version,
                     k.slot,
-                    std::process::id()
+                    std::process::id(),
+                    k.node
                 ),
             )
         }
