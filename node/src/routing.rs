@@ -14,14 +14,20 @@
 //!   fewest requests in flight.
 //! - `balanced`: the instance with the fewest requests in flight from this entry point (this
 //!   host's instance counts everything in flight on its slot).
-//! - Ties go to the instance this client connection already uses (no new connection or
-//!   stream), then rotate by `spin`, so idle clients spread over the instances.
+//! - The instance this client connection already uses keeps it while it has at most
+//!   [`PIN_SLACK`] more requests in flight than the least loaded one: switching costs a new
+//!   connection (or a mesh stream and its round trip), which outweighs a small imbalance. Other
+//!   ties rotate by `spin`, so new clients spread over the instances.
 //!
 //! ## Non-goals
 //! Health from gossip (the caller lists only instances gossip calls healthy, plus its own).
 
 use halley_proto::NodeName;
 use halley_proto::spec::Routing;
+
+/// How many more requests in flight the instance a client connection already uses may have
+/// than the least loaded one before the connection's next request goes elsewhere.
+pub const PIN_SLACK: u64 = 2;
 
 /// An instance of a service: this host's, or a peer node's.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -89,16 +95,15 @@ pub fn choose(
         return Some(local);
     }
     let least = tier.iter().map(|&i| candidates[i].inflight).min()?;
+    if let Some(&p) = tier.iter().find(|&&i| {
+        Some(&candidates[i].target) == pinned && candidates[i].inflight <= least + PIN_SLACK
+    }) {
+        return Some(p);
+    }
     let tied: Vec<usize> = tier
         .into_iter()
         .filter(|&i| candidates[i].inflight == least)
         .collect();
-    if let Some(&p) = tied
-        .iter()
-        .find(|&&i| Some(&candidates[i].target) == pinned)
-    {
-        return Some(p);
-    }
     Some(tied[(spin % tied.len() as u64) as usize])
 }
 

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod bench;
 pub mod cluster;
 pub mod http;
 pub mod load;

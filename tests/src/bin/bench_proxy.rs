@@ -25,14 +25,9 @@ use halley_node::datadir::DataDir;
 use halley_node::deploy;
 use halley_proto::deploy::{ReleaseVersion, Step, StepReply};
 use halley_proto::spec::ServiceName;
+use halley_tests::bench::{Wrk, max, median, min, run_wrk, sequential_p50, wait_for};
 use halley_tests::load::Load;
-use halley_tests::{Node, assert_ok, free_tcp_port, http};
-
-struct Wrk {
-    rps: f64,
-    p50_us: f64,
-    p99_us: f64,
-}
+use halley_tests::{Node, assert_ok, free_tcp_port};
 
 fn main() {
     let quick = std::env::var_os("HALLEY_BENCH_QUICK").is_some();
@@ -280,90 +275,4 @@ http {{
         .stderr(Stdio::inherit())
         .spawn()
         .expect("start nginx")
-}
-
-fn wait_for(rt: &tokio::runtime::Runtime, addr: SocketAddr) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    rt.block_on(async {
-        while http::get(addr, "/").await.is_err() {
-            assert!(Instant::now() < deadline, "{addr} never answered");
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-    });
-}
-
-async fn sequential_p50(addr: SocketAddr, n: usize) -> f64 {
-    let mut conn = http::Conn::open(addr).await.expect("connect");
-    for _ in 0..100 {
-        conn.get("/").await.expect("warm-up request");
-    }
-    let mut samples = Vec::with_capacity(n);
-    while samples.len() < n {
-        let t = Instant::now();
-        match conn.get("/").await {
-            Ok(answer) => {
-                assert_eq!(answer.status, 200);
-                samples.push(t.elapsed().as_secs_f64() * 1e6);
-            }
-            // nginx closes a client connection after 1,000 requests (keepalive_requests).
-            Err(_) => conn = http::Conn::open(addr).await.expect("reconnect"),
-        }
-    }
-    median(samples.into_iter())
-}
-
-fn run_wrk(wrk: &str, url: &str, secs: u64) -> Wrk {
-    let out = Command::new(wrk)
-        .args(["-t2", "-c64", &format!("-d{secs}s"), "--latency", url])
-        .output()
-        .expect("run wrk");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let rps = text
-        .lines()
-        .find_map(|l| l.strip_prefix("Requests/sec:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("wrk printed no Requests/sec:\n{text}"));
-    let pct = |p: &str| {
-        text.lines()
-            .find_map(|l| l.trim().strip_prefix(p))
-            .map(|v| micros(v.trim()))
-            .unwrap_or(f64::NAN)
-    };
-    Wrk {
-        rps,
-        p50_us: pct("50%"),
-        p99_us: pct("99%"),
-    }
-}
-
-/// wrk prints latencies as `812.00us`, `1.23ms` or `2.01s`.
-fn micros(text: &str) -> f64 {
-    let (num, factor) = if let Some(v) = text.strip_suffix("us") {
-        (v, 1.0)
-    } else if let Some(v) = text.strip_suffix("ms") {
-        (v, 1000.0)
-    } else if let Some(v) = text.strip_suffix('s') {
-        (v, 1_000_000.0)
-    } else {
-        (text, 1.0)
-    };
-    num.parse::<f64>().map(|n| n * factor).unwrap_or(f64::NAN)
-}
-
-fn median(values: impl Iterator<Item = f64>) -> f64 {
-    let mut v: Vec<f64> = values.collect();
-    v.sort_by(|a, b| a.total_cmp(b));
-    match v.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
-}
-
-fn min(v: &[f64]) -> f64 {
-    v.iter().copied().fold(f64::INFINITY, f64::min)
-}
-
-fn max(v: &[f64]) -> f64 {
-    v.iter().copied().fold(f64::NEG_INFINITY, f64::max)
 }
