@@ -156,7 +156,10 @@ fn header_errors_are_specific() {
     let mut version = good.clone();
     version[4..6].copy_from_slice(&(PROTOCOL_VERSION + 1).to_be_bytes());
     let err = decode_message(&version, Limit::Rpc).unwrap_err();
-    assert!(matches!(err, Error::UnsupportedVersion { got: 2, ours: 1 }));
+    assert!(matches!(
+        err,
+        Error::UnsupportedVersion { got, ours } if got == PROTOCOL_VERSION + 1 && ours == PROTOCOL_VERSION
+    ));
     assert!(err.to_string().contains("same halley-node release"));
     let mut code = good.clone();
     code[6..8].copy_from_slice(&999u16.to_be_bytes());
