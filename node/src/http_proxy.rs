@@ -270,7 +270,7 @@ async fn attempt(
         Ok(Err(Forward::Unsent(req, e))) => {
             record(true);
             routes.record(&target, Outcome::ConnectFailed);
-            Attempt::Unsent(req, format!("{name}: {e}"))
+            Attempt::Unsent(*req, format!("{name}: {e}"))
         }
         Ok(Err(Forward::Sent(e))) => {
             record(true);
@@ -331,7 +331,8 @@ impl Pinned {
 }
 
 enum Forward {
-    Unsent(Request<ReqBody>, String),
+    /// Boxed: the failure path is rare, and the request is large.
+    Unsent(Box<Request<ReqBody>>, String),
     Sent(String),
 }
 
@@ -366,11 +367,11 @@ async fn forward(
     }
     let io = match open(picked, routes, client).await {
         Ok(io) => io,
-        Err(e) => return Err(Forward::Unsent(req, e)),
+        Err(e) => return Err(Forward::Unsent(Box::new(req), e)),
     };
     let mut sender = match handshake::<ReqBody>(io, false).await {
         Ok(s) => s,
-        Err(e) => return Err(Forward::Unsent(req, e)),
+        Err(e) => return Err(Forward::Unsent(Box::new(req), e)),
     };
     match sender.try_send_request(req).await {
         Ok(resp) => {
@@ -385,7 +386,10 @@ async fn forward(
             Ok(resp)
         }
         Err(mut e) => match e.take_message() {
-            Some(unsent) => Err(Forward::Unsent(unsent, root_cause(&e.into_error()))),
+            Some(unsent) => Err(Forward::Unsent(
+                Box::new(unsent),
+                root_cause(&e.into_error()),
+            )),
             None => Err(Forward::Sent(root_cause(&e.into_error()))),
         },
     }
