@@ -7,6 +7,9 @@
 //!   flip or a drained host: its next request goes where the routes say.
 //! - Each client connection keeps one upstream connection (or mesh stream) to the instance it
 //!   last used and reuses it while that instance is chosen; a flip or a new choice opens another.
+//!   A mesh stream a client connection stops using (it moved, or closed) goes to a per-peer pool
+//!   of idle streams (up to 64 a peer) that the entry point's other client connections take
+//!   before opening a new one.
 //! - A request that failed before any byte reached an upstream (connect refused, a peer that
 //!   could not be reached or would not take it, a connection closed before it took the request)
 //!   is sent once more, to another instance. After bytes were sent, only a request without a
@@ -24,6 +27,7 @@
 //! - `GET /.halley/ready` is answered by the proxy itself: 200, or 503 while the node is draining
 //!   (a rollout's drain, or `halley-node drain`), for external load balancers' health checks.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -44,6 +48,8 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tracing::debug;
+
+use halley_proto::NodeName;
 
 use crate::ejection::Outcome;
 use crate::http_headers::{is_upgrade, origin_form, rewrite_headers, strip_hop_by_hop};
@@ -78,6 +84,7 @@ enum Mode {
 
 /// Serves HTTP on `listener` until the task is aborted.
 pub async fn serve(listener: TcpListener, routes: Arc<ServiceRoutes>) {
+    let pool = Arc::new(HopPool::default());
     loop {
         let (stream, remote) = match listener.accept().await {
             Ok(pair) => pair,
@@ -94,22 +101,31 @@ pub async fn serve(listener: TcpListener, routes: Arc<ServiceRoutes>) {
             routes.clone(),
             remote,
             Mode::Entry,
+            Some(pool.clone()),
         ));
     }
 }
 
 /// Serves one mesh hop (HTTP/1.1 from a peer's entry point) from this host's slot.
 pub async fn serve_hop(routes: Arc<ServiceRoutes>, io: HopIo, client: SocketAddr) {
-    serve_connection(TokioIo::new(io), routes, client, Mode::Hop).await;
+    serve_connection(TokioIo::new(io), routes, client, Mode::Hop, None).await;
 }
 
-async fn serve_connection<I>(io: I, routes: Arc<ServiceRoutes>, remote: SocketAddr, mode: Mode)
-where
+async fn serve_connection<I>(
+    io: I,
+    routes: Arc<ServiceRoutes>,
+    remote: SocketAddr,
+    mode: Mode,
+    pool: Option<Arc<HopPool>>,
+) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     // Requests of one client connection come one after another, so one upstream connection
-    // per client connection serves them all, with no pool to lock.
-    let pinned: Arc<Mutex<Option<Pinned>>> = Arc::default();
+    // per client connection serves them all; mesh streams it stops using go to the pool.
+    let pinned = Arc::new(ClientConn {
+        pinned: Mutex::new(None),
+        pool,
+    });
     let svc = service_fn(move |req: Request<Incoming>| {
         let routes = routes.clone();
         let pinned = pinned.clone();
@@ -147,12 +163,12 @@ async fn handle(
     routes: &ServiceRoutes,
     remote: SocketAddr,
     mode: Mode,
-    pinned: &Mutex<Option<Pinned>>,
+    pinned: &ClientConn,
 ) -> Response<ProxyBody> {
     let first = match mode {
         Mode::Hop => routes.router.current().map(Picked::Local),
         Mode::Entry => {
-            let pinned_target = lock(pinned).as_ref().map(|p| p.target.clone());
+            let pinned_target = lock(&pinned.pinned).as_ref().map(|p| p.target.clone());
             routes.pick(pinned_target.as_ref(), None)
         }
     };
@@ -207,7 +223,7 @@ async fn attempt(
     routes: &ServiceRoutes,
     client: SocketAddr,
     mode: Mode,
-    pinned: &Mutex<Option<Pinned>>,
+    pinned: &ClientConn,
 ) -> Attempt {
     let started = Instant::now();
     let target = picked.target();
@@ -345,18 +361,32 @@ async fn forward(
     picked: &Picked,
     routes: &ServiceRoutes,
     client: SocketAddr,
-    pinned: &Mutex<Option<Pinned>>,
+    conn: &ClientConn,
 ) -> Result<Response<Incoming>, Forward> {
-    let reuse = lock(pinned)
-        .take()
-        .filter(|p| p.leads_to(picked) && !p.sender.is_closed());
+    let current = lock(&conn.pinned).take();
+    let reuse = match current {
+        Some(p) if p.leads_to(picked) && !p.sender.is_closed() => Some(p),
+        Some(p) => {
+            conn.release(p);
+            None
+        }
+        None => None,
+    };
+    let reuse = reuse.or_else(|| match picked {
+        Picked::Peer(peer) => conn.pool.as_ref()?.take(&peer.node).map(|sender| Pinned {
+            target: picked.target(),
+            upstream: None,
+            sender,
+        }),
+        Picked::Local(_) => None,
+    });
     let mut req = req;
     if let Some(mut p) = reuse
         && p.sender.ready().await.is_ok()
     {
         match p.sender.try_send_request(req).await {
             Ok(resp) => {
-                *lock(pinned) = Some(p);
+                *lock(&conn.pinned) = Some(p);
                 return Ok(resp);
             }
             Err(mut e) => match e.take_message() {
@@ -375,7 +405,7 @@ async fn forward(
     };
     match sender.try_send_request(req).await {
         Ok(resp) => {
-            *lock(pinned) = Some(Pinned {
+            *lock(&conn.pinned) = Some(Pinned {
                 target: picked.target(),
                 upstream: match picked {
                     Picked::Local(up) => Some(up.clone()),
@@ -392,6 +422,63 @@ async fn forward(
             )),
             None => Err(Forward::Sent(root_cause(&e.into_error()))),
         },
+    }
+}
+
+/// One client connection's upstream connection, and the entry point's pool of idle mesh
+/// streams it hands back to when it moves to another instance or closes.
+struct ClientConn {
+    pinned: Mutex<Option<Pinned>>,
+    pool: Option<Arc<HopPool>>,
+}
+
+impl ClientConn {
+    fn release(&self, p: Pinned) {
+        if let (Target::Peer(node), Some(pool)) = (p.target, &self.pool) {
+            pool.give(node, p.sender);
+        }
+    }
+}
+
+impl Drop for ClientConn {
+    fn drop(&mut self) {
+        if let Some(p) = lock(&self.pinned).take() {
+            self.release(p);
+        }
+    }
+}
+
+/// Idle HTTP/1.1 connections over mesh streams, per peer, shared by an entry point's client
+/// connections: moving a client to a peer reuses one instead of opening a stream (a round trip).
+#[derive(Default)]
+struct HopPool {
+    idle: Mutex<HashMap<NodeName, Vec<SendRequest<ReqBody>>>>,
+}
+
+/// Idle mesh streams kept per peer.
+const MAX_IDLE_HOPS: usize = 64;
+
+impl HopPool {
+    fn take(&self, node: &NodeName) -> Option<SendRequest<ReqBody>> {
+        let mut idle = lock(&self.idle);
+        let list = idle.get_mut(node)?;
+        while let Some(sender) = list.pop() {
+            if sender.is_ready() {
+                return Some(sender);
+            }
+        }
+        None
+    }
+
+    fn give(&self, node: NodeName, sender: SendRequest<ReqBody>) {
+        if !sender.is_ready() {
+            return;
+        }
+        let mut idle = lock(&self.idle);
+        let list = idle.entry(node).or_default();
+        if list.len() < MAX_IDLE_HOPS {
+            list.push(sender);
+        }
     }
 }
 

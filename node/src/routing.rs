@@ -14,8 +14,8 @@
 //!   fewest requests in flight.
 //! - `balanced`: the instance with the fewest requests in flight from this entry point (this
 //!   host's instance counts everything in flight on its slot).
-//! - The instance this client connection already uses keeps it while it has at most
-//!   [`PIN_SLACK`] more requests in flight than the least loaded one: switching costs a new
+//! - The instance this client connection already uses keeps it while it has at most half again
+//!   as many requests in flight as the least loaded one, plus [`PIN_SLACK`]: switching costs a new
 //!   connection (or a mesh stream and its round trip), which outweighs a small imbalance. Other
 //!   ties rotate by `spin`, so new clients spread over the instances.
 //!
@@ -26,8 +26,14 @@ use halley_proto::NodeName;
 use halley_proto::spec::Routing;
 
 /// How many more requests in flight the instance a client connection already uses may have
-/// than the least loaded one before the connection's next request goes elsewhere.
+/// than the least loaded one before the connection's next request goes elsewhere, on top of
+/// half the least loaded one's count.
 pub const PIN_SLACK: u64 = 2;
+
+/// The most requests in flight the pinned instance may have and keep the client connection.
+fn pin_limit(least: u64) -> u64 {
+    least + least / 2 + PIN_SLACK
+}
 
 /// An instance of a service: this host's, or a peer node's.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -96,7 +102,7 @@ pub fn choose(
     }
     let least = tier.iter().map(|&i| candidates[i].inflight).min()?;
     if let Some(&p) = tier.iter().find(|&&i| {
-        Some(&candidates[i].target) == pinned && candidates[i].inflight <= least + PIN_SLACK
+        Some(&candidates[i].target) == pinned && candidates[i].inflight <= pin_limit(least)
     }) {
         return Some(p);
     }

@@ -195,7 +195,7 @@ fn main() {
         .unwrap_or_default();
     println!();
     println!(
-        "{secs} s per run, {} rounds, targets interleaved in each round; n1 opened {forwarded} mesh streams for `spread` (one per client connection and peer it was sent to). All three nodes, wrk and the slots share the same 2 cores, so `balanced` cannot add capacity here: the ratio shows what the mesh hop costs, not what a second machine gives.",
+        "{secs} s per run, {} rounds, targets interleaved in each round; n1 opened {forwarded} mesh streams for `spread` (idle streams are pooled per peer and reused by other client connections). All three nodes, wrk and the slots share the same 2 cores, so `balanced` cannot add capacity here: the ratio shows what the mesh hop costs, not what a second machine gives.",
         rounds.min(3)
     );
 }
