@@ -11,6 +11,7 @@
 //!   [`datadir`] (layout, crash-safe writes).
 
 pub mod admin;
+pub mod backups;
 pub mod cli;
 pub mod cluster_rollback;
 pub mod config;

@@ -334,7 +334,8 @@ fn unpack_into(source: &Path, file_name: &str, dest: &Path) -> Result<()> {
     }
 }
 
-fn unpack_tar(reader: impl Read, dest: &Path) -> Result<()> {
+/// Unpacks a tar stream into `dest`, refusing entries that would land outside it.
+pub(crate) fn unpack_tar(reader: impl Read, dest: &Path) -> Result<()> {
     let damaged = |e: io::Error| Error::Artifact(format!("the archive is damaged: {e}"));
     let mut archive = tar::Archive::new(reader);
     archive.set_preserve_permissions(true);

@@ -170,3 +170,53 @@ pub struct HistoryBook {
 impl Record for HistoryBook {
     const CODE: u16 = 121;
 }
+
+/// One file of a backup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupFile {
+    /// Its path inside the backup directory.
+    pub name: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its SHA-256.
+    pub sha256: [u8; 32],
+}
+
+/// `backups/SERVICE/ID/manifest.rec`: what a backup holds. Written last: a backup without it (or
+/// still in a `.partial-` directory) is not a backup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupManifest {
+    /// Its id (sortable: `YYYYMMDDTHHMMSSmmmZ`).
+    pub id: String,
+    /// The service.
+    pub service: crate::spec::ServiceName,
+    /// The node that took it.
+    pub node: crate::NodeName,
+    /// The release serving when it was taken.
+    pub release: Option<ReleaseVersion>,
+    /// Why: `manual`, or `before deploy of V`.
+    pub reason: String,
+    /// The release whose deploy it was taken for.
+    pub for_release: Option<ReleaseVersion>,
+    /// When it was taken, unix ms.
+    pub created_ms: u64,
+    /// SQLite databases (paths relative to the service data directory) in `sqlite/`.
+    pub sqlite: Vec<String>,
+    /// Directories (relative paths) archived in `dirs/`.
+    pub dirs: Vec<String>,
+    /// Whether the `backup` command wrote `hook/`.
+    pub hook: bool,
+    /// Every file, with its size and hash.
+    pub files: Vec<BackupFile>,
+}
+
+impl BackupManifest {
+    /// Total size in bytes.
+    pub fn size(&self) -> u64 {
+        self.files.iter().map(|f| f.size).sum()
+    }
+}
+
+impl Record for BackupManifest {
+    const CODE: u16 = 130;
+}

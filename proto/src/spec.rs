@@ -120,6 +120,122 @@ pub struct ServiceSpec {
     /// How a host replaces its running release.
     #[serde(default)]
     pub strategy: Strategy,
+    /// The service's state: what is snapshotted before a deploy, how it is migrated.
+    #[serde(default)]
+    pub state: Option<StateSpec>,
+}
+
+/// `[service.NAME.state]`: the data a deploy must not lose, and its migrations.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "RawState")]
+pub struct StateSpec {
+    /// SQLite databases, relative to the service data directory; copied with SQLite's online
+    /// backup API (safe while the service writes).
+    pub sqlite: Vec<String>,
+    /// Directories, relative to the service data directory; archived.
+    pub dirs: Vec<String>,
+    /// A command that writes a backup into `$HALLEY_BACKUP_DIR` (pg_dump, mysqldump).
+    pub backup: Option<Vec<String>>,
+    /// A command that restores from `$HALLEY_BACKUP_DIR` (pg_restore).
+    pub restore: Option<Vec<String>>,
+    /// A command run against a restored copy (`$HALLEY_RESTORED`) of every snapshot.
+    pub verify: Option<Vec<String>>,
+    /// The new release's migration, run once, on the first state host, before any traffic moves.
+    pub migrate: Option<Vec<String>>,
+    /// Run once after the rollout is committed on every host (the contract step).
+    pub contract: Option<Vec<String>>,
+    /// Which hosts hold the state.
+    pub on: Hosts,
+    /// Backups kept per service on each state host.
+    pub keep_backups: u32,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawState {
+    #[serde(default)]
+    sqlite: Vec<String>,
+    #[serde(default)]
+    dirs: Vec<String>,
+    #[serde(default)]
+    backup: Option<Vec<String>>,
+    #[serde(default)]
+    restore: Option<Vec<String>>,
+    #[serde(default)]
+    verify: Option<Vec<String>>,
+    #[serde(default)]
+    migrate: Option<Vec<String>>,
+    #[serde(default)]
+    contract: Option<Vec<String>>,
+    #[serde(default)]
+    on: Hosts,
+    #[serde(default = "default_keep_backups")]
+    keep_backups: u32,
+}
+
+fn default_keep_backups() -> u32 {
+    10
+}
+
+impl TryFrom<RawState> for StateSpec {
+    type Error = String;
+
+    fn try_from(raw: RawState) -> Result<Self, String> {
+        for path in raw.sqlite.iter().chain(&raw.dirs) {
+            let p = std::path::Path::new(path);
+            let escapes = p
+                .components()
+                .any(|c| !matches!(c, std::path::Component::Normal(_)));
+            if path.is_empty() || escapes {
+                return Err(format!(
+                    "state path {path:?} must be relative to the service data directory, without `..` (e.g. \"app.db\" or \"uploads\")"
+                ));
+            }
+        }
+        for (name, argv) in [
+            ("backup", &raw.backup),
+            ("restore", &raw.restore),
+            ("verify", &raw.verify),
+            ("migrate", &raw.migrate),
+            ("contract", &raw.contract),
+        ] {
+            if argv
+                .as_ref()
+                .is_some_and(|a| a.is_empty() || a[0].is_empty())
+            {
+                return Err(format!(
+                    "state {name} must name a program, e.g. {name} = [\"./app\", \"{name}\"]"
+                ));
+            }
+        }
+        if raw.backup.is_some() != raw.restore.is_some() {
+            return Err(
+                "state backup and restore come together: a backup Halley cannot restore is no backup"
+                    .into(),
+            );
+        }
+        if raw.keep_backups == 0 {
+            return Err("state keep_backups must be at least 1".into());
+        }
+        Ok(Self {
+            sqlite: raw.sqlite,
+            dirs: raw.dirs,
+            backup: raw.backup,
+            restore: raw.restore,
+            verify: raw.verify,
+            migrate: raw.migrate,
+            contract: raw.contract,
+            on: raw.on,
+            keep_backups: raw.keep_backups,
+        })
+    }
+}
+
+impl StateSpec {
+    /// Whether there is anything to snapshot.
+    pub fn has_snapshot(&self) -> bool {
+        !self.sqlite.is_empty() || !self.dirs.is_empty() || self.backup.is_some()
+    }
 }
 
 /// Which instances of a service an entry point sends requests and connections to.

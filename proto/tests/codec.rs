@@ -260,6 +260,18 @@ hosts = ["pi-1", "pi-2"]
 keep_releases = 3
 keep_warm = "5m"
 user = "www"
+routing = "balanced"
+strategy = "stop-start"
+[service.web.state]
+sqlite = ["app.db"]
+dirs = ["uploads"]
+backup = ["pg_dump", "-Fc", "-f", "db.dump"]
+restore = ["pg_restore", "db.dump"]
+verify = ["./check"]
+migrate = ["./app", "migrate"]
+contract = ["./app", "contract"]
+on = ["pi-1"]
+keep_backups = 3
 [service.web.health]
 http = "/up"
 statuses = [200, 204]
@@ -288,6 +300,34 @@ fn deploy_steps_and_records_round_trip_through_bincode() {
     use halley_proto::spec::HalleyToml;
 
     let doc: HalleyToml = toml::from_str(FULL_SPEC).unwrap();
+    let web = &doc.service[&"web".parse().unwrap()];
+    let state = web.state.as_ref().expect("a state table");
+    assert_eq!(
+        (state.sqlite.as_slice(), state.keep_backups),
+        (&["app.db".to_owned()][..], 3)
+    );
+    let manifest = halley_proto::disk::BackupManifest {
+        id: "20261127T101010000Z".into(),
+        service: "web".parse().unwrap(),
+        node: halley_proto::NodeName::parse("pi-1").unwrap(),
+        release: Some(ReleaseVersion::parse("1").unwrap()),
+        reason: "before deploy of 2".into(),
+        for_release: Some(ReleaseVersion::parse("2").unwrap()),
+        created_ms: 1,
+        sqlite: state.sqlite.clone(),
+        dirs: state.dirs.clone(),
+        hook: true,
+        files: vec![halley_proto::disk::BackupFile {
+            name: "sqlite/0.db".into(),
+            size: 4096,
+            sha256: [7; 32],
+        }],
+    };
+    let bytes = halley_proto::codec::encode_record(&manifest).unwrap();
+    assert_eq!(
+        halley_proto::codec::decode_record::<halley_proto::disk::BackupManifest>(&bytes).unwrap(),
+        manifest
+    );
     for (name, spec) in &doc.service {
         let message = Message::Step(StepRequest {
             service: name.clone(),

@@ -1,0 +1,254 @@
+//! The backup store against real SQLite databases, directories and commands: a snapshot taken
+//! while a writer runs, verification, restore, corruption, a failing command, retention.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use halley_node::backups::{Backups, Hooks, Snapshot};
+use halley_proto::NodeName;
+use halley_proto::spec::{ServiceName, StateSpec};
+
+fn spec(toml_text: &str) -> StateSpec {
+    toml::from_str(toml_text).expect("a valid [state] table")
+}
+
+fn hooks(cwd: &Path) -> Hooks {
+    Hooks {
+        cwd: cwd.to_path_buf(),
+        env: vec![("PATH".into(), std::env::var("PATH").unwrap_or_default())],
+    }
+}
+
+fn snapshot<'a>(
+    service: &'a ServiceName,
+    node: &'a NodeName,
+    spec: &'a StateSpec,
+    data: &'a Path,
+    hooks: &'a Hooks,
+    now_ms: u64,
+) -> Snapshot<'a> {
+    Snapshot {
+        service,
+        node,
+        spec,
+        service_data: data,
+        release: None,
+        for_release: None,
+        hooks,
+        now_ms,
+    }
+}
+
+fn count(db: &Path) -> i64 {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    conn.query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+        .unwrap()
+}
+
+#[test]
+fn a_snapshot_taken_while_a_writer_runs_holds_every_row_committed_before_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let db = data.join("app.db");
+    {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.execute_batch(
+            "PRAGMA journal_mode=WAL; CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT NOT NULL);",
+        )
+        .unwrap();
+    }
+    let committed = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (db, committed, stop) = (db.clone(), committed.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let conn = rusqlite::Connection::open(&db).unwrap();
+            conn.busy_timeout(Duration::from_secs(5)).unwrap();
+            while !stop.load(Ordering::Relaxed) {
+                conn.execute("INSERT INTO t (v) VALUES (?1)", ["some text to make pages"])
+                    .unwrap();
+                committed.fetch_add(1, Ordering::SeqCst);
+            }
+        })
+    };
+    while committed.load(Ordering::SeqCst) < 2000 {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let (service, node) = (
+        ServiceName::parse("web").unwrap(),
+        NodeName::parse("n1").unwrap(),
+    );
+    let state = spec(
+        "sqlite = [\"app.db\"]\nverify = [\"sh\", \"-c\", \"test -s $HALLEY_RESTORED/app.db\"]",
+    );
+    let hooks = hooks(tmp.path());
+    let backups = Backups::new(tmp.path());
+    let before = committed.load(Ordering::SeqCst);
+    let manifest = backups
+        .create(&snapshot(&service, &node, &state, &data, &hooks, 1))
+        .unwrap();
+    let after = committed.load(Ordering::SeqCst);
+    stop.store(true, Ordering::Relaxed);
+    writer.join().unwrap();
+    assert!(
+        after > before,
+        "the writer kept writing during the snapshot"
+    );
+
+    let copy = tmp
+        .path()
+        .join("backups/web")
+        .join(&manifest.id)
+        .join("sqlite/0.db");
+    let rows = count(&copy) as u64;
+    assert!(
+        rows >= before,
+        "{rows} rows in the copy, {before} committed before it"
+    );
+    assert!(
+        rows <= after,
+        "{rows} rows in the copy, only {after} committed at its end"
+    );
+    let checked = backups
+        .verify(&service, &manifest.id, &state, &hooks)
+        .unwrap();
+    assert!(checked.contains("integrity_check ok"), "{checked}");
+    assert!(checked.contains("verify command passed"), "{checked}");
+
+    // Restore puts exactly the snapshot back.
+    assert!(count(&db) as u64 > rows);
+    backups
+        .restore(&service, &manifest.id, &state, &data, &hooks)
+        .unwrap();
+    assert_eq!(count(&db) as u64, rows);
+}
+
+#[test]
+fn a_corrupt_backup_is_refused_before_anything_is_restored() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(data.join("uploads/a")).unwrap();
+    std::fs::write(data.join("uploads/a/one.txt"), "one").unwrap();
+    let (service, node) = (
+        ServiceName::parse("web").unwrap(),
+        NodeName::parse("n1").unwrap(),
+    );
+    let state = spec("dirs = [\"uploads\"]");
+    let hooks = hooks(tmp.path());
+    let backups = Backups::new(tmp.path());
+    let m = backups
+        .create(&snapshot(&service, &node, &state, &data, &hooks, 1))
+        .unwrap();
+    std::fs::write(data.join("uploads/a/one.txt"), "changed").unwrap();
+    std::fs::write(data.join("uploads/two.txt"), "new").unwrap();
+
+    // Intact: the directory comes back as it was.
+    backups
+        .restore(&service, &m.id, &state, &data, &hooks)
+        .unwrap();
+    assert_eq!(
+        std::fs::read_to_string(data.join("uploads/a/one.txt")).unwrap(),
+        "one"
+    );
+    assert!(!data.join("uploads/two.txt").exists());
+
+    // One flipped byte: refused, naming the file, and nothing changes.
+    let archive = tmp
+        .path()
+        .join("backups/web")
+        .join(&m.id)
+        .join("dirs/0.tar");
+    let mut bytes = std::fs::read(&archive).unwrap();
+    bytes[600] ^= 0xff;
+    std::fs::write(&archive, bytes).unwrap();
+    std::fs::write(data.join("uploads/a/one.txt"), "kept").unwrap();
+    let err = backups
+        .restore(&service, &m.id, &state, &data, &hooks)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("corrupt") && err.contains("dirs/0.tar"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(data.join("uploads/a/one.txt")).unwrap(),
+        "kept"
+    );
+    let err = backups
+        .verify(&service, &m.id, &state, &hooks)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("corrupt"), "{err}");
+}
+
+#[test]
+fn a_failing_backup_command_leaves_no_backup_and_shows_its_output() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let (service, node) = (
+        ServiceName::parse("web").unwrap(),
+        NodeName::parse("n1").unwrap(),
+    );
+    let state = spec(
+        "backup = [\"sh\", \"-c\", \"echo half > $HALLEY_BACKUP_DIR/dump; echo 'pg_dump: connection refused' >&2; exit 3\"]\nrestore = [\"true\"]",
+    );
+    let hooks = hooks(tmp.path());
+    let backups = Backups::new(tmp.path());
+    let err = backups
+        .create(&snapshot(&service, &node, &state, &data, &hooks, 1))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("connection refused"), "{err}");
+    assert!(backups.list(&service).is_empty());
+    let leftovers: Vec<_> = std::fs::read_dir(tmp.path().join("backups/web"))
+        .unwrap()
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+
+    // A missing database is named too.
+    let state = spec("sqlite = [\"missing.db\"]");
+    let err = backups
+        .create(&snapshot(&service, &node, &state, &data, &hooks, 2))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("missing.db"), "{err}");
+    assert!(backups.list(&service).is_empty());
+}
+
+#[test]
+fn the_command_hooks_round_trip_and_retention_keeps_the_newest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("value"), "v1").unwrap();
+    let (service, node) = (
+        ServiceName::parse("web").unwrap(),
+        NodeName::parse("n1").unwrap(),
+    );
+    let state = spec(&format!(
+        "backup = [\"sh\", \"-c\", \"cp {d}/value $HALLEY_BACKUP_DIR/value\"]\nrestore = [\"sh\", \"-c\", \"cp $HALLEY_BACKUP_DIR/value {d}/value\"]\nkeep_backups = 2",
+        d = data.display()
+    ));
+    let hooks = hooks(tmp.path());
+    let backups = Backups::new(tmp.path());
+    let first = backups
+        .create(&snapshot(&service, &node, &state, &data, &hooks, 1_000))
+        .unwrap();
+    assert_eq!(first.files.len(), 1);
+    std::fs::write(data.join("value"), "v2").unwrap();
+    backups
+        .restore(&service, &first.id, &state, &data, &hooks)
+        .unwrap();
+    assert_eq!(std::fs::read_to_string(data.join("value")).unwrap(), "v1");
+    for ms in [2_000, 3_000] {
+        backups
+            .create(&snapshot(&service, &node, &state, &data, &hooks, ms))
+            .unwrap();
+    }
+    assert_eq!(backups.prune(&service, state.keep_backups), vec![first.id]);
+    assert_eq!(backups.list(&service).len(), 2);
+}
