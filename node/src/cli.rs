@@ -13,6 +13,7 @@ use halley_proto::message::{AdminRequest, AdminResponse};
 use halley_proto::spec::ServiceName;
 use halley_proto::{JoinToken, NodeName};
 
+use crate::backup_cli;
 use crate::daemon::{self, RunOptions};
 use crate::datadir::DataDir;
 use crate::deploy::{self, DeployOptions};
@@ -79,6 +80,18 @@ enum Command {
         /// The release to go back to [default: each host's previous committed release].
         #[arg(long)]
         to: Option<ReleaseVersion>,
+        /// Also restore, on every node that took one, the snapshot taken before the deploy being
+        /// rolled back (writes since then are lost; asks first).
+        #[arg(long)]
+        restore_data: bool,
+        /// Do not ask before restoring data.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// A service's state backups: list, create, restore (this node, or --node).
+    Backup {
+        #[command(subcommand)]
+        command: BackupCommand,
     },
     /// Rollouts in progress or finished, as this node knows them (from gossip).
     Rollout {
@@ -98,6 +111,41 @@ enum Command {
     },
     /// Start a throwaway 3-node cluster on loopback, show it converge and detect a killed node.
     Demo,
+}
+
+#[derive(Debug, Subcommand)]
+enum BackupCommand {
+    /// The service's backups: id, time, release, size, files, SHA-256, why.
+    List {
+        /// The service.
+        service: ServiceName,
+        /// The node [default: this one].
+        #[arg(long)]
+        node: Option<NodeName>,
+    },
+    /// Take a backup now (by the committed release's [state] table), verify it restores, and
+    /// prune to `keep_backups`.
+    Create {
+        /// The service.
+        service: ServiceName,
+        /// The node [default: this one].
+        #[arg(long)]
+        node: Option<NodeName>,
+    },
+    /// Restore a backup: its hashes are checked, the service stops on that node, its data is
+    /// replaced, the committed release starts again. Writes since the backup are lost.
+    Restore {
+        /// The service.
+        service: ServiceName,
+        /// The backup id (from `backup list`).
+        id: String,
+        /// The node [default: this one].
+        #[arg(long)]
+        node: Option<NodeName>,
+        /// Do not ask first.
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -362,9 +410,43 @@ async fn dispatch(cli: Cli) -> Result<()> {
             }
             deploy::deploy(&data_dir, &opts, &mut std::io::stdout()).await?;
         }
-        Command::Rollback { service, to } => {
-            deploy::rollback(&data_dir, &service, to, &mut std::io::stdout()).await?;
+        Command::Rollback {
+            service,
+            to,
+            restore_data,
+            yes,
+        } => {
+            if restore_data {
+                backup_cli::rollback_with_data(
+                    &data_dir,
+                    &service,
+                    to,
+                    yes,
+                    &mut std::io::stdout(),
+                )
+                .await?;
+            } else {
+                deploy::rollback(&data_dir, &service, to, &mut std::io::stdout()).await?;
+            }
         }
+        Command::Backup { command } => match command {
+            BackupCommand::List { service, node } => {
+                let list = backup_cli::list(&data_dir, node, &service).await?;
+                print!("{}", backup_cli::table(&list));
+            }
+            BackupCommand::Create { service, node } => {
+                backup_cli::create(&data_dir, node, &service, &mut std::io::stdout()).await?;
+            }
+            BackupCommand::Restore {
+                service,
+                id,
+                node,
+                yes,
+            } => {
+                backup_cli::restore(&data_dir, node, &service, &id, yes, &mut std::io::stdout())
+                    .await?;
+            }
+        },
         Command::Rollout {
             command: RolloutCommand::Status { service },
         } => {

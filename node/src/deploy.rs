@@ -65,7 +65,7 @@ pub async fn step(
     }
 }
 
-fn unexpected(what: &str, answer: &AdminResponse) -> Error {
+pub(crate) fn unexpected(what: &str, answer: &AdminResponse) -> Error {
     Error::Protocol(format!("the node answered {what} with {answer:?}"))
 }
 
@@ -127,8 +127,20 @@ pub async fn rollback(
 
 async fn run(data_dir: &DataDir, request: RolloutRequest, out: &mut impl Write) -> Result<()> {
     let service = request.service.clone();
-    let id = match admin::call(data_dir, AdminRequest::Rollout(request)).await? {
-        AdminResponse::RolloutStarted(id) => id,
+    // Snapshots and a migration run before the rollout starts, and may take a while.
+    let asked = admin::call_within(
+        data_dir,
+        AdminRequest::Rollout(request),
+        Duration::from_secs(3600),
+    )
+    .await?;
+    let id = match asked {
+        AdminResponse::RolloutStarted { id, notes } => {
+            for note in notes {
+                let _ = writeln!(out, "state: {note}");
+            }
+            id
+        }
         other => return Err(unexpected("a rollout request", &other)),
     };
     follow(data_dir, &service, &id, out).await
@@ -307,6 +319,23 @@ pub fn rollout_table(list: &[RolloutState]) -> String {
     out
 }
 
+/// A unix-ms time as `YYYY-MM-DD HH:MM:SS` (UTC).
+pub fn utc(ms: u64) -> String {
+    time::OffsetDateTime::from_unix_timestamp((ms / 1000) as i64)
+        .map(|t| {
+            format!(
+                "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
+                t.year(),
+                u8::from(t.month()),
+                t.day(),
+                t.hour(),
+                t.minute(),
+                t.second()
+            )
+        })
+        .unwrap_or_else(|_| ms.to_string())
+}
+
 /// The `history` table.
 pub fn history_table(list: &[HistoryEntry]) -> String {
     let mut out = format!(
@@ -314,19 +343,7 @@ pub fn history_table(list: &[HistoryEntry]) -> String {
         "STARTED (UTC)", "VERSION", "COORDINATOR", "OUTCOME", "SECONDS"
     );
     for e in list {
-        let started = time::OffsetDateTime::from_unix_timestamp((e.started_ms / 1000) as i64)
-            .map(|t| {
-                format!(
-                    "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
-                    t.year(),
-                    u8::from(t.month()),
-                    t.day(),
-                    t.hour(),
-                    t.minute(),
-                    t.second()
-                )
-            })
-            .unwrap_or_else(|_| e.started_ms.to_string());
+        let started = utc(e.started_ms);
         out.push_str(&format!(
             "{:<24} {:<10} {:<12} {:<12} {:>8.1}  {}\n",
             started,

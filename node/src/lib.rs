@@ -11,6 +11,7 @@
 //!   [`datadir`] (layout, crash-safe writes).
 
 pub mod admin;
+pub mod backup_cli;
 pub mod backups;
 pub mod cli;
 pub mod cluster_rollback;
@@ -55,6 +56,8 @@ pub mod service_handle;
 pub mod service_host;
 pub mod services;
 pub mod slots;
+pub mod state;
+pub mod state_flow;
 pub mod status;
 pub mod supervise;
 pub mod tcp_proxy;

@@ -110,6 +110,7 @@ impl NodeService {
                 Ok(PeerReply::Done)
             }
             PeerRequest::Services => Ok(PeerReply::Services(self.services.statuses().await)),
+            PeerRequest::State(request) => self.state(request).await.map(PeerReply::State),
             PeerRequest::ArtifactStatus { sha256 } => {
                 let (received, complete) = releases.artifact_received(&sha256);
                 Ok(PeerReply::Artifact { received, complete })

@@ -67,7 +67,7 @@ fn history_name(service: &ServiceName) -> String {
 
 /// Starts a rollout (or a resume, or a cluster rollback) with this node as coordinator.
 /// Returns the rollout id once it is journaled; the rollout goes on in the background.
-pub async fn start(node: &NodeService, request: RolloutRequest) -> Reply<String> {
+pub async fn start(node: &NodeService, request: RolloutRequest) -> Reply<(String, Vec<String>)> {
     let me = node
         .arc()
         .ok_or_else(|| internal("the node is still starting"))?;
@@ -112,19 +112,25 @@ pub async fn start(node: &NodeService, request: RolloutRequest) -> Reply<String>
                 sha256: sha,
                 file_name,
             };
+            // Snapshots and the migration come first: a failure there changes no host.
+            let notes = crate::state_flow::before_deploy(&me, &journal, &hosts).await?;
             let policy = engine_policy(&journal.spec.rollout, request.skip_unreachable);
             let mut engine = Rollout::new(journal.state.clone(), policy);
             let now = wall_ms();
             let actions = engine.start(now);
             Driver::spawn(me, journal, engine, actions).await;
-            Ok(id)
+            Ok((id, notes))
         }
         RolloutKind::Resume { force } => {
-            resume(node, me, &service, force, request.skip_unreachable).await
+            resume(node, me, &service, force, request.skip_unreachable)
+                .await
+                .map(|id| (id, Vec::new()))
         }
         RolloutKind::Rollback { to } => {
             refuse_if_busy(node, &service, false).await?;
-            crate::cluster_rollback::rollback(node, me, &service, to).await
+            crate::cluster_rollback::rollback(node, me, &service, to)
+                .await
+                .map(|id| (id, Vec::new()))
         }
     }
 }
@@ -533,7 +539,19 @@ impl Driver {
         if !state.phase.finished() {
             return;
         }
-        let entry = HistoryEntry::of(&state, wall_ms());
+        let mut entry = HistoryEntry::of(&state, wall_ms());
+        if state.phase == Phase::Completed {
+            let hosts: Vec<NodeName> = state.hosts.iter().map(|h| h.node.clone()).collect();
+            if let Some(line) =
+                crate::state_flow::after_commit(&self.node, &self.journal, &hosts).await
+            {
+                entry.reason = if entry.reason.is_empty() {
+                    line
+                } else {
+                    format!("{}; {line}", entry.reason)
+                };
+            }
+        }
         record_history(&self.node, &state.service, entry).await;
     }
 }

@@ -144,16 +144,10 @@ impl HostCtx {
     }
 
     /// Sends the release, starts it, checks it, flips, drains the old slot, undrains the host.
-    async fn deploy(&self) -> Result<String, Failure> {
+    /// Ships the artifact and prepares the release on the host (nothing starts or moves).
+    async fn prepare(&self) -> Result<(), Failure> {
         let j = &self.journal;
         self.send_artifact().await?;
-        let service = &j.state.service;
-        if let Some(before) = sample(&self.node, &self.host, service, None).await
-            && let Ok(mut b) = self.baselines.lock()
-        {
-            b.insert(self.host.clone(), before);
-        }
-        let started = Instant::now();
         self.step(
             Step::Prepare {
                 spec: Box::new(j.spec.clone()),
@@ -166,6 +160,26 @@ impl HostCtx {
             LONG,
         )
         .await?;
+        Ok(())
+    }
+
+    /// [`HostCtx::prepare`] for the state flow (a migration runs from the prepared release).
+    pub(crate) async fn prepare_release(&self) -> Result<(), String> {
+        self.prepare().await.map_err(|f| match f {
+            Failure::Fenced(why) | Failure::Failed(why) => why,
+        })
+    }
+
+    async fn deploy(&self) -> Result<String, Failure> {
+        let j = &self.journal;
+        let service = &j.state.service;
+        if let Some(before) = sample(&self.node, &self.host, service, None).await
+            && let Ok(mut b) = self.baselines.lock()
+        {
+            b.insert(self.host.clone(), before);
+        }
+        let started = Instant::now();
+        self.prepare().await?;
         let mut notes = Vec::new();
         // A slot still draining an earlier release (a revert a moment ago, say) must finish first.
         let drain = j.spec.stop.drain_timeout.as_duration() + SHORT * 3;

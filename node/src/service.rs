@@ -470,7 +470,32 @@ impl AdminHandler for NodeService {
             } => self.set_draining_of(&node, draining).await,
             AdminRequest::Rollout(request) => crate::rollout_driver::start(self, request)
                 .await
-                .map(AdminResponse::RolloutStarted),
+                .map(|(id, notes)| AdminResponse::RolloutStarted { id, notes }),
+            AdminRequest::State {
+                node: None,
+                request,
+            } => self.state(request).await.map(AdminResponse::State),
+            AdminRequest::State {
+                node: Some(node),
+                request,
+            } => match self
+                .peer(
+                    &node,
+                    halley_proto::message::PeerRequest::State(request),
+                    std::time::Duration::from_secs(3600),
+                )
+                .await
+            {
+                Ok(halley_proto::message::PeerReply::State(reply)) => {
+                    Ok(AdminResponse::State(reply))
+                }
+                Ok(_) => Err(internal("unexpected answer to a state request")),
+                Err(crate::Error::Remote(reply)) => Err(reply),
+                Err(e) => Err(ErrorReply {
+                    kind: ErrorKind::Unavailable,
+                    message: format!("node {node}: {e}"),
+                }),
+            },
             AdminRequest::RolloutStatus(service) => Ok(AdminResponse::Rollouts(
                 crate::rollout_status::rollouts(self, service.as_ref()).await,
             )),

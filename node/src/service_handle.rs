@@ -61,6 +61,10 @@ pub(crate) enum Command {
         unpacked: bool,
         reply: oneshot::Sender<StepResult>,
     },
+    /// Stop every slot (before a data restore); answers with the processes being stopped.
+    Quiesce {
+        reply: oneshot::Sender<Vec<(u32, u64)>>,
+    },
 }
 
 /// A running service host.
@@ -188,6 +192,15 @@ impl ServiceHandle {
         self.send(Command::Step { step, epoch, reply }).await?;
         rx.await
             .map_err(|_| err(ErrorKind::Internal, "the service host stopped"))?
+    }
+
+    /// Takes every route away and stops every slot, so nothing writes the service's data.
+    /// Returns the processes being stopped (pid, start ticks); they may still be exiting.
+    pub async fn quiesce(&self) -> Result<Vec<(u32, u64)>, ErrorReply> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Quiesce { reply }).await?;
+        rx.await
+            .map_err(|_| err(ErrorKind::Internal, "the service host stopped"))
     }
 
     async fn send(&self, command: Command) -> Result<(), ErrorReply> {

@@ -312,6 +312,13 @@ impl Host {
                     .and_then(|()| self.register(*entry, unpacked));
                 let _ = reply.send(result);
             }
+            Command::Quiesce { reply } => {
+                let stopping: Vec<(u32, u64)> = self.slots.iter().filter_map(|rt| rt.pid).collect();
+                warn!(service = %self.record.name, "stopping every slot for a data restore");
+                let actions = self.engine.stop_all();
+                self.apply(actions);
+                let _ = reply.send(stopping);
+            }
             Command::Step { step, epoch, reply } => {
                 if let Err(e) = self.fence(epoch) {
                     let _ = reply.send(Err(e));

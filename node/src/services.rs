@@ -110,6 +110,11 @@ impl Services {
         self.ctx.draining.clone()
     }
 
+    /// A service's host, if the service runs here.
+    pub async fn handle(&self, service: &ServiceName) -> Option<Arc<ServiceHandle>> {
+        self.hosts.lock().await.get(service).cloned()
+    }
+
     /// Every service's routing table.
     pub fn cluster(&self) -> &crate::routes::Cluster {
         &self.ctx.cluster

@@ -499,6 +499,27 @@ impl Slots {
         Ok((version, self.previous.clone(), actions))
     }
 
+    /// Takes every route away and stops both slots (their releases are remembered), so that
+    /// nothing writes the service's data; a [`Slots::revert`] then starts the committed release
+    /// again.
+    pub fn stop_all(&mut self) -> Vec<Action> {
+        let mut actions = vec![Action::Unroute];
+        self.active = None;
+        self.pending = None;
+        for color in Color::BOTH {
+            if self.slot(color).running() {
+                let s = self.slot_mut(color);
+                *s = Slot {
+                    version: s.version.take(),
+                    ..Slot::idle()
+                };
+                actions.push(Action::Stop { slot: color });
+            }
+        }
+        actions.push(Action::Save);
+        actions
+    }
+
     /// Undoes what is not committed. See the module rules.
     pub fn revert(&mut self, now: u64) -> (Reverted, Vec<Action>) {
         let mut actions = Vec::new();
@@ -581,7 +602,7 @@ mod tests {
     //! Scenario scripts in `node/tests/scenarios/slots/*.txt`. Commands:
     //! `policy drain=MS warm=MS strategy=blue-green|stop-start`,
     //! `at MS`, `start VERSION`, `health SLOT starting|healthy|unhealthy`, `flip`, `drained SLOT`,
-    //! `tick`, `commit`, `revert`, `show`. Under each command the engine's answer is recorded as
+    //! `tick`, `commit`, `revert`, `stop-all`, `show`. Under each command the engine's answer is recorded as
     //! `> ...` lines; `UPDATE_GOLDENFILES=1` rewrites them.
     use super::*;
 
@@ -665,6 +686,7 @@ mod tests {
                 }
                 Err(r) => refused(out, &r),
             },
+            ["stop-all"] => actions(out, &slots.stop_all()),
             ["revert"] => {
                 let (outcome, list) = slots.revert(now);
                 out.push_str(&format!("> {outcome:?}\n"));

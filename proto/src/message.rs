@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::NodeName;
 use crate::deploy::{ReleaseVersion, ServiceStatus, StepReply, StepRequest};
+use crate::disk::BackupManifest;
 use crate::role::{Access, Role};
 use crate::rollout::{HistoryEntry, RolloutRequest, RolloutState};
 use crate::spec::{ServiceName, ServiceSpec};
@@ -234,6 +235,75 @@ pub enum AdminRequest {
     RolloutStatus(Option<ServiceName>),
     /// A service's rollout history, from every node's gossip.
     History(ServiceName),
+    /// Backups and migrations of a service's state, on this node or on `node` over the mesh.
+    State {
+        /// The node; `None` for this one.
+        node: Option<NodeName>,
+        /// What to do.
+        request: StateRequest,
+    },
+}
+
+/// Work on a service's state on the receiving node (admin socket, or a coordinator's peer call).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StateRequest {
+    /// Take a backup, verify it restores, prune to `keep_backups`. `spec` is the spec whose
+    /// `[state]` applies (a deploy's new one); `None` uses the committed release's.
+    Snapshot {
+        /// The service.
+        service: ServiceName,
+        /// The spec to take it by.
+        spec: Option<Box<ServiceSpec>>,
+        /// The release it is taken before deploying.
+        for_release: Option<ReleaseVersion>,
+    },
+    /// Run `version`'s `migrate` command once (the release must be prepared here).
+    Migrate {
+        /// The service.
+        service: ServiceName,
+        /// The release whose migration runs.
+        version: ReleaseVersion,
+    },
+    /// Run `version`'s `contract` command (after its rollout committed everywhere).
+    Contract {
+        /// The service.
+        service: ServiceName,
+        /// The committed release.
+        version: ReleaseVersion,
+    },
+    /// The service's backups.
+    List(ServiceName),
+    /// Stop the service's slots, restore a backup, start the committed release again.
+    Restore {
+        /// The service.
+        service: ServiceName,
+        /// The backup.
+        id: String,
+    },
+}
+
+/// Answers to [`StateRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StateReply {
+    /// A backup taken and verified (with what was checked), or `None` when there was nothing
+    /// to take yet (the service has never run here), with why.
+    Snapshot {
+        /// The backup.
+        backup: Option<BackupManifest>,
+        /// What was checked, or why nothing was taken.
+        note: String,
+    },
+    /// A command ran (or had run before: `already`), with its output.
+    Ran {
+        /// It had already run for this release; not run again.
+        already: bool,
+        /// Its output.
+        output: String,
+    },
+    /// Backups, oldest first.
+    Backups(Vec<BackupManifest>),
+    /// A backup restored.
+    Restored(BackupManifest),
 }
 
 /// Answers to [`AdminRequest`].
@@ -254,12 +324,20 @@ pub enum AdminResponse {
     Step(StepReply),
     /// The services this node runs.
     Services(Vec<ServiceStatus>),
-    /// A rollout started (or resumed): its id.
-    RolloutStarted(String),
+    /// A rollout started (or resumed): its id, and what was done before it (snapshots,
+    /// migration).
+    RolloutStarted {
+        /// The rollout id.
+        id: String,
+        /// Lines about the state work done first.
+        notes: Vec<String>,
+    },
     /// Rollouts, newest state of each.
     Rollouts(Vec<RolloutState>),
     /// History, oldest first.
     History(Vec<HistoryEntry>),
+    /// The answer to a state request.
+    State(StateReply),
     /// The request failed.
     Error(ErrorReply),
 }
@@ -376,6 +454,8 @@ pub enum PeerRequest {
         /// The release.
         version: ReleaseVersion,
     },
+    /// Work on a service's state (snapshot, migrate, contract, restore).
+    State(StateRequest),
 }
 
 /// Answers to [`PeerRequest`].
@@ -410,4 +490,6 @@ pub enum PeerReply {
         /// The artifact's file name (for a single executable).
         file_name: String,
     },
+    /// The answer to a state request.
+    State(StateReply),
 }
