@@ -238,7 +238,11 @@ impl NodeService {
             .services
             .releases()
             .service_dir(service)
-            .join(format!("{what}d"));
+            .join(if what == "migrate" {
+                "migrated"
+            } else {
+                "contracted"
+            });
         let done = std::fs::read_to_string(&ledger).unwrap_or_default();
         if done.lines().any(|l| l == version.as_str()) {
             return Ok(StateReply::Ran {

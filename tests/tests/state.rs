@@ -202,3 +202,48 @@ fn a_backup_restores_after_its_hashes_are_checked_and_a_corrupt_one_is_refused()
     assert_eq!(rows(n1), 8);
     assert_eq!(n1.slot("web", "active").unwrap()["pid"], pid);
 }
+
+#[test]
+fn a_disk_filling_during_the_snapshot_stops_the_deploy_and_leaves_no_backup() {
+    let mut cluster = Cluster::start();
+    let rt = runtime();
+    let config = state_config(&cluster, "d", "never");
+    assert_ok(&deploy(&cluster.nodes[0], &config, "v1"), "first deploy");
+    {
+        // A 4 MB database; the restarted node may write files of at most 2 MB.
+        let conn = rusqlite::Connection::open(data(&cluster.nodes[0]).join("app.db")).unwrap();
+        conn.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+            .unwrap();
+        let filler = "x".repeat(10_000);
+        for _ in 0..400 {
+            conn.execute("INSERT INTO t (v) VALUES (?1)", [&filler])
+                .unwrap();
+        }
+    }
+    let n1 = &mut cluster.nodes[0];
+    assert!(n1.terminate());
+    n1.start_limited(&["--service-address", "127.0.0.1"], Some(2 << 20));
+    halley_tests::wait_converged(&cluster.nodes);
+    let n1 = &cluster.nodes[0];
+
+    // Coordinated by n2 (n1 could not even store the artifact under its limit).
+    let out = deploy(&cluster.nodes[1], &config, "v2");
+    assert!(!out.status.success(), "{}", text(&out));
+    let said = text(&out);
+    assert!(
+        said.contains("snapshot on n1 failed") && said.contains("before any host changed"),
+        "{said}"
+    );
+    let list = String::from_utf8_lossy(&n1.cli(&["backup", "list", "web"]).stdout).into_owned();
+    assert!(list.contains("(no backups)"), "{list}");
+    let leftovers: Vec<String> = std::fs::read_dir(n1.dir.join("backups/web"))
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    assert_eq!(cluster.versions(&rt), vec![Some("v1".to_owned()); 3]);
+    assert_eq!(rows(n1), 400);
+}
