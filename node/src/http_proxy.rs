@@ -225,29 +225,17 @@ async fn attempt(
     mode: Mode,
     pinned: &ClientConn,
 ) -> Attempt {
-    let started = Instant::now();
     let target = picked.target();
-    let (flight, cut, upstream) = match &picked {
-        Picked::Local(up) => {
-            let (flight, cut) = up.begin();
-            (Some(flight), Some(cut), Some(up.clone()))
-        }
-        Picked::Peer(_) => (None, None, None),
-    };
-    let record = |error: bool| {
-        if let Some(up) = &upstream {
-            up.record(error, started.elapsed());
-        }
-    };
+    let mut slot = OnSlot::begin(&picked);
     let sent = tokio::time::timeout(
         RESPONSE_TIMEOUT,
         forward(req, &picked, routes, client, pinned),
     );
-    let result = match &cut {
+    let result = match &slot.cut {
         Some(cut) => tokio::select! {
             r = sent => r,
             _ = cut.cancelled() => {
-                record(true);
+                slot.record(true);
                 return Attempt::Answered(local(
                     StatusCode::GATEWAY_TIMEOUT,
                     "halley: this request was still running when its release's drain_timeout ended\n".into(),
@@ -265,11 +253,14 @@ async fn attempt(
                 let (mut parts, body) = resp.into_parts();
                 parts.headers.remove(UNSENT);
                 let why = format!("{name} answered {} without serving it", parts.status);
-                let hold = Hold::new(flight, picked);
-                return Attempt::Failed(why, Response::from_parts(parts, guarded(body, hold, cut)));
+                let hold = Hold::new(slot.flight.take(), picked);
+                return Attempt::Failed(
+                    why,
+                    Response::from_parts(parts, guarded(body, hold, slot.cut.take())),
+                );
             }
             let error = resp.status().is_server_error();
-            record(error);
+            slot.record(error);
             routes.record(
                 &target,
                 if error {
@@ -280,16 +271,19 @@ async fn attempt(
             );
             let (mut parts, body) = resp.into_parts();
             strip_hop_by_hop(&mut parts.headers, false);
-            let hold = Hold::new(flight, picked);
-            Attempt::Answered(Response::from_parts(parts, guarded(body, hold, cut)))
+            let hold = Hold::new(slot.flight.take(), picked);
+            Attempt::Answered(Response::from_parts(
+                parts,
+                guarded(body, hold, slot.cut.take()),
+            ))
         }
         Ok(Err(Forward::Unsent(req, e))) => {
-            record(true);
+            slot.record(true);
             routes.record(&target, Outcome::ConnectFailed);
             Attempt::Unsent(*req, format!("{name}: {e}"))
         }
         Ok(Err(Forward::Sent(e))) => {
-            record(true);
+            slot.record(true);
             routes.record(
                 &target,
                 match target {
@@ -307,7 +301,7 @@ async fn attempt(
             Attempt::Failed(why, resp)
         }
         Err(_) => {
-            record(true);
+            slot.record(true);
             routes.record(&target, Outcome::ServerError);
             Attempt::Answered(local(
                 StatusCode::GATEWAY_TIMEOUT,
@@ -593,23 +587,11 @@ async fn upgrade(
     remote: SocketAddr,
     mode: Mode,
 ) -> Response<ProxyBody> {
-    let started = Instant::now();
     let target = picked.target();
-    let (flight, cut, upstream) = match &picked {
-        Picked::Local(up) => {
-            let (flight, cut) = up.begin();
-            (Some(flight), Some(cut), Some(up.clone()))
-        }
-        Picked::Peer(_) => (None, None, None),
-    };
-    let record = |error: bool| {
-        if let Some(up) = &upstream {
-            up.record(error, started.elapsed());
-        }
-    };
+    let mut slot = OnSlot::begin(&picked);
     let client_side = hyper::upgrade::on(&mut req);
     let failed = |what: String, outcome: Outcome| {
-        record(true);
+        slot.record(true);
         routes.record(&target, outcome);
         local(StatusCode::BAD_GATEWAY, format!("halley: {what}\n"))
     };
@@ -637,7 +619,7 @@ async fn upgrade(
         Err(e) => return failed(format!("upgrade request failed: {e}"), Outcome::ServerError),
     };
     let error = resp.status().is_server_error();
-    record(error);
+    slot.record(error);
     routes.record(
         &target,
         if error {
@@ -647,7 +629,8 @@ async fn upgrade(
         },
     );
     resp.headers_mut().remove(UNSENT);
-    let hold = Hold::new(flight, picked);
+    let hold = Hold::new(slot.flight.take(), picked);
+    let cut = slot.cut.take();
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers, false);
@@ -742,6 +725,39 @@ fn local(status: StatusCode, text: String) -> Response<ProxyBody> {
 
 fn empty() -> ProxyBody {
     Empty::new().map_err(|never| match never {}).boxed_unsync()
+}
+
+/// A request's hold on this host's slot when it goes there: counted in flight, its drain
+/// cut-off, and its outcome recorded in the slot's signals. Empty for a peer's instance.
+struct OnSlot {
+    started: Instant,
+    upstream: Option<Arc<Upstream>>,
+    flight: Option<Flight>,
+    cut: Option<CancellationToken>,
+}
+
+impl OnSlot {
+    fn begin(picked: &Picked) -> Self {
+        let (upstream, flight, cut) = match picked {
+            Picked::Local(up) => {
+                let (flight, cut) = up.begin();
+                (Some(up.clone()), Some(flight), Some(cut))
+            }
+            Picked::Peer(_) => (None, None, None),
+        };
+        Self {
+            started: Instant::now(),
+            upstream,
+            flight,
+            cut,
+        }
+    }
+
+    fn record(&self, error: bool) {
+        if let Some(up) = &self.upstream {
+            up.record(error, self.started.elapsed());
+        }
+    }
 }
 
 /// What keeps a request counted in flight on its instance until its response ends.

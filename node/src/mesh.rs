@@ -146,12 +146,7 @@ impl Mesh {
         timeout: Duration,
     ) -> Result<Message> {
         let exchange = async {
-            let conn = self.connection(to).await?;
-            let (mut send, mut recv) = conn
-                .open_bi()
-                .await
-                .map_err(|e| Error::Net(format!("cannot open a stream to {to}: {e}")))?;
-            write_message(&mut send, request, Limit::Rpc).await?;
+            let (mut send, mut recv) = self.send_on_new_stream(to, request).await?;
             let _ = send.finish();
             read_message(&mut recv, Limit::Rpc).await
         };
@@ -180,12 +175,7 @@ impl Mesh {
         timeout: Duration,
     ) -> Result<(quinn::SendStream, quinn::RecvStream)> {
         let exchange = async {
-            let conn = self.connection(to).await?;
-            let (mut send, mut recv) = conn
-                .open_bi()
-                .await
-                .map_err(|e| Error::Net(format!("cannot open a stream to {to}: {e}")))?;
-            write_message(&mut send, request, Limit::Rpc).await?;
+            let (send, mut recv) = self.send_on_new_stream(to, request).await?;
             match read_message(&mut recv, Limit::Rpc).await? {
                 Some(Message::ProxyAccept) => Ok((send, recv)),
                 Some(Message::ErrorReply(reply)) => Err(Error::Remote(reply)),
@@ -199,6 +189,21 @@ impl Mesh {
         tokio::time::timeout(timeout, exchange)
             .await
             .map_err(|_| Error::Net(format!("{to} did not accept a stream within {timeout:?}")))?
+    }
+
+    /// Opens a bidirectional stream to `to` (dialling if needed) and writes `request` on it.
+    async fn send_on_new_stream(
+        self: &Arc<Self>,
+        to: SocketAddr,
+        request: &Message,
+    ) -> Result<(quinn::SendStream, quinn::RecvStream)> {
+        let conn = self.connection(to).await?;
+        let (mut send, recv) = conn
+            .open_bi()
+            .await
+            .map_err(|e| Error::Net(format!("cannot open a stream to {to}: {e}")))?;
+        write_message(&mut send, request, Limit::Rpc).await?;
+        Ok((send, recv))
     }
 
     /// Byte counters over all connections, live and closed.

@@ -17,6 +17,15 @@ pub struct Wrk {
     pub p99_us: f64,
 }
 
+/// The benchmark drivers' runtime: two worker threads, like the machines they run on.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
 /// Waits up to 15 s until `addr` answers `GET /`.
 pub fn wait_for(rt: &tokio::runtime::Runtime, addr: SocketAddr) {
     let deadline = Instant::now() + Duration::from_secs(15);

@@ -44,17 +44,10 @@ impl Answer {
 impl Conn {
     /// Opens a connection.
     pub async fn open(addr: SocketAddr) -> Result<Self, String> {
-        let stream = TcpStream::connect(addr)
-            .await
-            .map_err(|e| format!("connect {addr}: {e}"))?;
-        let _ = stream.set_nodelay(true);
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| format!("handshake {addr}: {e}"))?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        Ok(Self { sender, addr })
+        Ok(Self {
+            sender: connect(addr).await?,
+            addr,
+        })
     }
 
     /// Sends a GET and reads the whole answer.
@@ -75,48 +68,35 @@ impl Conn {
             req.headers_mut()
                 .insert("connection", "close".parse().map_err(|_| "header")?);
         }
-        let resp = self
-            .sender
-            .send_request(req)
-            .await
-            .map_err(|e| format!("request: {e}"))?;
-        let status = resp.status().as_u16();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| format!("body: {e}"))?
-            .to_bytes();
-        Ok(Answer {
-            status,
-            body: String::from_utf8_lossy(&body).into_owned(),
-        })
+        exchange(&mut self.sender, req).await
     }
 }
 
-/// One GET on a fresh connection (`Connection: close`).
-pub async fn get(addr: SocketAddr, path: &str) -> Result<Answer, String> {
-    Conn::open(addr).await?.request(path, true).await
-}
-
-/// One POST with `body` on a fresh connection (`Connection: close`).
-pub async fn post(addr: SocketAddr, path: &str, body: &'static str) -> Result<Answer, String> {
+/// A client connection to `addr`, its driver spawned.
+async fn connect<B>(addr: SocketAddr) -> Result<SendRequest<B>, String>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let stream = TcpStream::connect(addr)
         .await
         .map_err(|e| format!("connect {addr}: {e}"))?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+    let _ = stream.set_nodelay(true);
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| format!("handshake {addr}: {e}"))?;
     tokio::spawn(async move {
         let _ = conn.await;
     });
-    let req = Request::post(path)
-        .header("host", addr.to_string())
-        .header("connection", "close")
-        .body(http_body_util::Full::new(Bytes::from_static(
-            body.as_bytes(),
-        )))
-        .map_err(|e| e.to_string())?;
+    Ok(sender)
+}
+
+/// Sends a request and reads the whole answer.
+async fn exchange<B>(sender: &mut SendRequest<B>, req: Request<B>) -> Result<Answer, String>
+where
+    B: hyper::body::Body + Send + 'static,
+{
     let resp = sender
         .send_request(req)
         .await
@@ -132,4 +112,22 @@ pub async fn post(addr: SocketAddr, path: &str, body: &'static str) -> Result<An
         status,
         body: String::from_utf8_lossy(&body).into_owned(),
     })
+}
+
+/// One GET on a fresh connection (`Connection: close`).
+pub async fn get(addr: SocketAddr, path: &str) -> Result<Answer, String> {
+    Conn::open(addr).await?.request(path, true).await
+}
+
+/// One POST with `body` on a fresh connection (`Connection: close`).
+pub async fn post(addr: SocketAddr, path: &str, body: &'static str) -> Result<Answer, String> {
+    let mut sender = connect(addr).await?;
+    let req = Request::post(path)
+        .header("host", addr.to_string())
+        .header("connection", "close")
+        .body(http_body_util::Full::new(Bytes::from_static(
+            body.as_bytes(),
+        )))
+        .map_err(|e| e.to_string())?;
+    exchange(&mut sender, req).await
 }

@@ -19,33 +19,19 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use halley_tests::bench::{max, median, min, run_wrk, sequential_p50, wait_for};
-use halley_tests::{Node, assert_ok, free_tcp_port};
+use halley_tests::cluster::Cluster;
+use halley_tests::{assert_ok, free_tcp_port};
 
 fn main() {
     let quick = std::env::var_os("HALLEY_BENCH_QUICK").is_some();
     let service_bin =
         PathBuf::from(std::env::var("HALLEY_TEST_SERVICE").expect("HALLEY_TEST_SERVICE"));
     let wrk = std::env::var("WRK").unwrap_or_else(|_| "wrk".into());
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let tmp = tempfile::tempdir().expect("temp dir");
-    let mut nodes: Vec<Node> = ["n1", "n2", "n3"]
-        .iter()
-        .map(|n| Node::new(tmp.path(), n))
-        .collect();
-    let token = nodes[0].init();
-    for (i, node) in nodes.iter_mut().enumerate() {
-        if i > 0 {
-            assert_ok(&node.join(&token), "join");
-        }
-        node.start_with(&["--service-address", &format!("127.0.0.{}", i + 1)]);
-    }
-    halley_tests::wait_converged(&nodes);
+    let rt = halley_tests::bench::runtime();
+    let cluster = Cluster::start();
+    let nodes = &cluster.nodes;
     let (one_port, spread_port) = (free_tcp_port(), free_tcp_port());
-    let config = tmp.path().join("halley.toml");
+    let config = cluster.dir.join("halley.toml");
     let service = |name: &str, port: u16, routing: &str| {
         format!(
             "[service.{name}]\ncommand = [\"./halley-test-service\"]\nlisten = \":{port}\"\nrouting = \"{routing}\"\n[service.{name}.health]\nhttp = \"/health\"\ninterval = \"100ms\"\n[service.{name}.rollout]\ndrain_wait = \"0s\"\nbake = \"0s\"\n"

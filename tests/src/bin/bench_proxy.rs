@@ -35,11 +35,7 @@ fn main() {
         PathBuf::from(std::env::var("HALLEY_TEST_SERVICE").expect("HALLEY_TEST_SERVICE"));
     let wrk = std::env::var("WRK").unwrap_or_else(|_| "wrk".into());
     let nginx = std::env::var("NGINX_BIN").unwrap_or_else(|_| "nginx".into());
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = halley_tests::bench::runtime();
     let tmp = tempfile::tempdir().expect("temp dir");
     let mut node = Node::new(tmp.path(), "bench");
     node.init();
