@@ -36,6 +36,17 @@ pub enum Outcome {
     ConnectFailed,
 }
 
+impl Outcome {
+    /// The outcome of an answer: a 5xx or not.
+    pub fn of_answer(server_error: bool) -> Self {
+        if server_error {
+            Outcome::ServerError
+        } else {
+            Outcome::Good
+        }
+    }
+}
+
 /// One instance's passive health.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Passive {

@@ -261,14 +261,7 @@ async fn attempt(
             }
             let error = resp.status().is_server_error();
             slot.record(error);
-            routes.record(
-                &target,
-                if error {
-                    Outcome::ServerError
-                } else {
-                    Outcome::Good
-                },
-            );
+            routes.record(&target, Outcome::of_answer(error));
             let (mut parts, body) = resp.into_parts();
             strip_hop_by_hop(&mut parts.headers, false);
             let hold = Hold::new(slot.flight.take(), picked);
@@ -620,14 +613,7 @@ async fn upgrade(
     };
     let error = resp.status().is_server_error();
     slot.record(error);
-    routes.record(
-        &target,
-        if error {
-            Outcome::ServerError
-        } else {
-            Outcome::Good
-        },
-    );
+    routes.record(&target, Outcome::of_answer(error));
     resp.headers_mut().remove(UNSENT);
     let hold = Hold::new(slot.flight.take(), picked);
     let cut = slot.cut.take();
