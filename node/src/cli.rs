@@ -109,8 +109,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Start a throwaway 3-node cluster on loopback, show it converge and detect a killed node.
+    /// A throwaway 3-node cluster on loopback: deploy, roll out a good release under load, then
+    /// a regressing one that the cluster rolls back; ends with a summary.
     Demo,
+    /// The demo's service (run by the demo's nodes, not by hand).
+    #[command(hide = true)]
+    DemoService,
 }
 
 #[derive(Debug, Subcommand)]
@@ -466,6 +470,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
             }
         }
         Command::Demo => demo::run().await?,
+        Command::DemoService => crate::demo_service::run().await?,
     }
     Ok(())
 }

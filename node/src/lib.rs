@@ -20,6 +20,8 @@ pub mod converge;
 pub mod daemon;
 pub mod datadir;
 pub mod demo;
+pub mod demo_load;
+pub mod demo_service;
 pub mod deploy;
 pub mod duration;
 pub mod ejection;
