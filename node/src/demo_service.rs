@@ -69,7 +69,7 @@ fn answer(demo: &Demo, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             let failing = demo
                 .errors_after
                 .is_some_and(|after| demo.started.elapsed() >= after);
-            if failing && n % 2 == 0 {
+            if failing && n.is_multiple_of(2) {
                 (
                     StatusCode::INTERNAL_SERVER_ERROR,
                     format!("release {} on {} is failing\n", demo.release, demo.node),
