@@ -18,7 +18,13 @@
 //! `/visit` counts calls in `$HALLEY_SERVICE_DATA/visits`; `/ws` upgrades (WebSocket handshake)
 //! and then echoes raw bytes; `/stop-listening` closes the listener (new connections are refused,
 //! open ones still served); `/crash` reads the request, counts it in
-//! `$HALLEY_SERVICE_DATA/crashes` and exits without answering.
+//! `$HALLEY_SERVICE_DATA/crashes` and exits without answering; `/committed` reports the SQLite
+//! writer's highest committed row id (`TS_SQLITE_WRITER=1` commits a row to
+//! `$HALLEY_SERVICE_DATA/app.db` every 20 ms). Commands: `migrate`, `check-restored`,
+//! `count DB` (see `test_service_db.rs`).
+
+#[path = "test_service/db.rs"]
+mod db;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -46,6 +52,7 @@ struct Knobs {
     latency: Duration,
     started: Instant,
     count: AtomicU64,
+    committed: Option<Arc<AtomicU64>>,
     stop_listening: tokio::sync::Notify,
 }
 
@@ -58,6 +65,11 @@ fn env_ms(name: &str) -> Option<Duration> {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    db::command(&args);
+    let committed = std::env::var("TS_SQLITE_WRITER")
+        .is_ok_and(|v| v == "1")
+        .then(db::start_writer);
     let port: u16 = std::env::var("PORT")
         .ok()
         .and_then(|p| p.parse().ok())
@@ -90,6 +102,7 @@ async fn main() {
         latency: env_ms("TS_LATENCY_MS").unwrap_or_default(),
         started: Instant::now(),
         count: AtomicU64::new(0),
+        committed,
         stop_listening: tokio::sync::Notify::new(),
     });
     let listener = match TcpListener::bind(("127.0.0.1", port)).await {
@@ -207,6 +220,13 @@ async fn handle(mut req: Request<Incoming>, k: &Knobs) -> Response<Body> {
                 Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
             }
         }
+        "/committed" => text(
+            StatusCode::OK,
+            format!(
+                "committed={}\n",
+                k.committed.as_ref().map_or(0, |c| c.load(Ordering::SeqCst))
+            ),
+        ),
         "/stop-listening" => {
             k.stop_listening.notify_one();
             text(StatusCode::OK, "no longer accepting connections\n".into())

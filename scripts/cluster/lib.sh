@@ -1,0 +1,218 @@
+# Shared by the Docker scenarios (scripts/cluster/scenario-*): a static image FROM scratch,
+# three hosts on a private network, each with its own address and data volume, formed with
+# init + join; load from this machine through every host's entry point; invariants.
+# Source it; do not run it.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+
+IMAGE=halley-node:scenario
+NET=halley-scenario
+SUBNET=172.30.99
+PORT=8080
+HOSTS=(n1 n2 n3)
+WORK="$(mktemp -d /tmp/halley-scenario.XXXXXX)"
+LOAD_PID=""
+
+ip_of() { echo "$SUBNET.$((10 + ${1#n}))"; }
+
+say() { echo "-- $*"; }
+
+fail() {
+  echo "FAILED: $*" >&2
+  for h in "${HOSTS[@]}"; do
+    echo "---- last log lines of $h" >&2
+    docker logs --tail 30 "halley-$h" 2>&1 | sed 's/^/   /' >&2 || true
+  done
+  exit 1
+}
+
+cleanup() {
+  [ -n "$LOAD_PID" ] && kill "$LOAD_PID" 2>/dev/null || true
+  for h in "${HOSTS[@]}"; do
+    docker rm -f "halley-$h" >/dev/null 2>&1 || true
+    docker volume rm -f "halley-$h-data" >/dev/null 2>&1 || true
+  done
+  docker network rm "$NET" >/dev/null 2>&1 || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+# Builds the static binaries and the image (cached by Docker when nothing changed).
+build_image() {
+  scripts/lib/ensure-packages musl-gcc:musl-tools >&2
+  rustup target add x86_64-unknown-linux-musl >&2 2>&1
+  CC_x86_64_unknown_linux_musl=musl-gcc cargo build --release --target x86_64-unknown-linux-musl \
+    -p halley-node -p halley-tests --bin halley-node --bin halley-test-service >&2
+  cargo build --release -p halley-tests --bin halley-load >&2
+  local ctx="$WORK/image"
+  mkdir -p "$ctx"
+  cp target/x86_64-unknown-linux-musl/release/halley-node target/x86_64-unknown-linux-musl/release/halley-test-service "$ctx/"
+  cat > "$ctx/Dockerfile" <<'DOCKERFILE'
+FROM scratch
+COPY halley-node halley-test-service /
+ENV HALLEY_DATA_DIR=/data PATH=/
+ENTRYPOINT ["/halley-node"]
+DOCKERFILE
+  docker build -q -t "$IMAGE" "$ctx" >/dev/null
+}
+
+# halley-node on a host: hn n1 status
+hn() {
+  local host="$1"
+  shift
+  docker exec "halley-$host" /halley-node "$@"
+}
+
+run_host() {
+  local h="$1"
+  docker run -d --name "halley-$h" --hostname "$h" --network "$NET" --ip "$(ip_of "$h")" \
+    -v "halley-$h-data:/data" "$IMAGE" run --service-address 0.0.0.0 >/dev/null
+}
+
+# Three hosts: n1 inits, n2 and n3 join with its token.
+start_cluster() {
+  docker network create --subnet "$SUBNET.0/24" "$NET" >/dev/null
+  local token
+  token=$(docker run --rm --network "$NET" --ip "$(ip_of n1)" -v halley-n1-data:/data "$IMAGE" \
+    init --name n1 --listen "$(ip_of n1):7946" | tail -n 1)
+  run_host n1
+  wait_for "n1 answers" 20 hn n1 status
+  for h in n2 n3; do
+    docker run --rm --network "$NET" --ip "$(ip_of "$h")" -v "halley-$h-data:/data" "$IMAGE" \
+      join "$token" --name "$h" --listen "$(ip_of "$h"):7946" >/dev/null
+    run_host "$h"
+  done
+  wait_for "3 nodes alive on every host" 30 all_alive 3
+}
+
+all_alive() {
+  local want="$1" h
+  for h in "${HOSTS[@]}"; do
+    [ "$(hn "$h" status 2>/dev/null | grep -c ' alive ')" -eq "$want" ] || return 1
+  done
+}
+
+# wait_for WHAT SECONDS COMMAND...
+wait_for() {
+  local what="$1" secs="$2"
+  shift 2
+  local deadline=$((SECONDS + secs))
+  until "$@" >/dev/null 2>&1; do
+    [ "$SECONDS" -lt "$deadline" ] || fail "timed out after ${secs}s waiting for: $what"
+    sleep 0.5
+  done
+}
+
+# config NAME [ENV_TOML] [ROLLOUT_TOML]: writes /NAME.toml into every host.
+config() {
+  local name="$1" env="${2:-}" rollout="${3:-}"
+  cat > "$WORK/$name.toml" <<TOML
+[service.web]
+command = ["/halley-test-service"]
+listen = ":$PORT"
+keep_warm = "1m"
+env = { $env }
+[service.web.health]
+http = "/health"
+interval = "200ms"
+start_period = "10s"
+[service.web.stop]
+drain_timeout = "3s"
+[service.web.rollout]
+order = ["n1", "n2", "n3"]
+drain_wait = "1s"
+$rollout
+TOML
+  grep -q '^bake' "$WORK/$name.toml" || echo 'bake = "3s"' >> "$WORK/$name.toml"
+  local h
+  for h in "${HOSTS[@]}"; do
+    docker cp "$WORK/$name.toml" "halley-$h:/$name.toml" >/dev/null 2>&1 || true
+  done
+}
+
+# deploy FROM_HOST CONFIG VERSION [extra args]
+deploy() {
+  local from="$1" cfg="$2" version="$3"
+  shift 3
+  HALLEY_PLAIN=1 docker exec -e HALLEY_PLAIN=1 "halley-$from" /halley-node deploy web \
+    -c "/$cfg.toml" --version "$version" --artifact /halley-test-service "$@"
+}
+
+entries() {
+  local h out=()
+  for h in "$@"; do out+=("$(ip_of "$h"):$PORT"); done
+  echo "${out[@]}"
+}
+
+# Load from this machine through the given hosts' entry points.
+load_start() {
+  rm -f "$WORK/stop" "$WORK/load.out"
+  # shellcheck disable=SC2046
+  target/release/halley-load --until "$WORK/stop" $(entries "$@") > "$WORK/load.out" &
+  LOAD_PID=$!
+  sleep 1
+}
+
+# Stops the load and prints its totals; fails unless 0 failed and 0 connection errors.
+load_stop_expect_clean() {
+  touch "$WORK/stop"
+  wait "$LOAD_PID" || true
+  LOAD_PID=""
+  cat "$WORK/load.out"
+  grep -q '^ok=[1-9][0-9]* failed=0 conn_errors=0$' "$WORK/load.out" \
+    || fail "requests failed through hosts that stayed up: $(head -1 "$WORK/load.out")"
+}
+
+# Invariant: every listed host serves exactly one committed release, VERSION, from a healthy
+# active slot, and no rollout of the service is left unfinished.
+expect_serving() {
+  local version="$1" h
+  shift
+  for h in "$@"; do
+    local json
+    json=$(hn "$h" services --json) || fail "$h does not answer"
+    echo "$json" | grep -q "\"committed\": \"$version\"" || fail "$h has not committed $version: $json"
+    echo "$json" | grep -A8 '"role": "active"' | grep -q '"health": "healthy"' \
+      || fail "$h has no healthy active slot"
+    echo "$json" | grep -A8 '"role": "active"' | grep -q "\"version\": \"$version\"" \
+      || fail "$h's active slot does not run $version"
+    case "$(phase_on "$h")" in
+      running | paused | rolling-back | committing)
+        fail "$h reports an unfinished rollout: $(hn "$h" rollout status web)" ;;
+    esac
+  done
+  say "invariant holds on $*: $version committed, served by a healthy active slot, no unfinished rollout"
+}
+
+# Stops the load; fails if any request got no answer (5xx answers from a bad release are
+# expected in fault scenarios and reported).
+load_stop_expect_answers() {
+  touch "$WORK/stop"
+  wait "$LOAD_PID" || true
+  LOAD_PID=""
+  cat "$WORK/load.out"
+  grep -q '^ok=[1-9][0-9]* failed=[0-9]* conn_errors=0$' "$WORK/load.out" \
+    || fail "requests got no answer through hosts that stayed up: $(head -1 "$WORK/load.out")"
+}
+
+# The rollout phase as HOST sees it (from gossip): running, paused, rolled-back, ...
+phase_on() {
+  hn "$1" rollout status web 2>/dev/null | head -1 | sed -E 's/^[^:]*: ([a-z-]+) .*/\1/'
+}
+
+# Waits until HOST reports that host TARGET's step is STEP.
+wait_step() {
+  local host="$1" target="$2" step="$3"
+  wait_for "$target reaching $step (seen from $host)" 60 \
+    sh -c "docker exec halley-$host /halley-node rollout status web | grep -E '^ +$target +$step'"
+}
+
+phase_is() { [ "$(phase_on "$1")" = "$2" ]; }
+
+# Waits until HOST sees the rollout in PHASE (gossip takes a moment to carry it).
+wait_phase() {
+  wait_for "the rollout reaching $2 (seen from $1)" 20 phase_is "$1" "$2"
+}
+
+# Whether HOST sees TARGET in STATE (alive, suspect, dead, left, draining).
+sees() { [ "$(hn "$1" status 2>/dev/null | awk -v t="$2" '$1 == t {print $3}')" = "$3" ]; }
