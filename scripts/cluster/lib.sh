@@ -11,6 +11,7 @@ SUBNET=172.30.99
 PORT=8080
 HOSTS=(n1 n2 n3)
 WORK="$(mktemp -d /tmp/halley-scenario.XXXXXX)"
+TARGET="${CARGO_TARGET_DIR:-target}"
 LOAD_PID=""
 
 ip_of() { echo "$SUBNET.$((10 + ${1#n}))"; }
@@ -46,7 +47,7 @@ build_image() {
   cargo build --release -p halley-tests --bin halley-load >&2
   local ctx="$WORK/image"
   mkdir -p "$ctx"
-  cp target/x86_64-unknown-linux-musl/release/halley-node target/x86_64-unknown-linux-musl/release/halley-test-service "$ctx/"
+  cp "$TARGET/x86_64-unknown-linux-musl/release/halley-node" "$TARGET/x86_64-unknown-linux-musl/release/halley-test-service" "$ctx/"
   cat > "$ctx/Dockerfile" <<'DOCKERFILE'
 FROM scratch
 COPY halley-node halley-test-service /
@@ -148,7 +149,7 @@ entries() {
 load_start() {
   rm -f "$WORK/stop" "$WORK/load.out"
   # shellcheck disable=SC2046
-  target/release/halley-load --until "$WORK/stop" $(entries "$@") > "$WORK/load.out" &
+  "$TARGET/release/halley-load" --until "$WORK/stop" $(entries "$@") > "$WORK/load.out" &
   LOAD_PID=$!
   sleep 1
 }
