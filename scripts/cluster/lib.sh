@@ -154,14 +154,21 @@ load_start() {
   sleep 1
 }
 
-# Stops the load and prints its totals; fails unless 0 failed and 0 connection errors.
-load_stop_expect_clean() {
+# Stops the load and prints its totals. `clean`: fails unless 0 failed and 0 connection errors;
+# `answered`: fails on any connection error (5xx answers from a bad release are expected in
+# fault scenarios, and reported).
+load_stop_expect() {
+  local pattern='^ok=[1-9][0-9]* failed=0 conn_errors=0$' what="requests failed"
+  if [ "$1" = answered ]; then
+    pattern='^ok=[1-9][0-9]* failed=[0-9]* conn_errors=0$'
+    what="requests got no answer"
+  fi
   touch "$WORK/stop"
   wait "$LOAD_PID" || true
   LOAD_PID=""
   cat "$WORK/load.out"
-  grep -q '^ok=[1-9][0-9]* failed=0 conn_errors=0$' "$WORK/load.out" \
-    || fail "requests failed through hosts that stayed up: $(head -1 "$WORK/load.out")"
+  grep -q "$pattern" "$WORK/load.out" \
+    || fail "$what through hosts that stayed up: $(head -1 "$WORK/load.out")"
 }
 
 # Invariant: every listed host serves exactly one committed release, VERSION, from a healthy
@@ -172,28 +179,18 @@ expect_serving() {
   for h in "$@"; do
     local json
     json=$(hn "$h" services --json) || fail "$h does not answer"
-    echo "$json" | grep -q "\"committed\": \"$version\"" || fail "$h has not committed $version: $json"
-    echo "$json" | grep -A8 '"role": "active"' | grep -q '"health": "healthy"' \
-      || fail "$h has no healthy active slot"
-    echo "$json" | grep -A8 '"role": "active"' | grep -q "\"version\": \"$version\"" \
-      || fail "$h's active slot does not run $version"
+    # Plain string matching: `cmd | grep -q` under pipefail fails when grep stops reading early.
+    [[ $json == *"\"committed\": \"$version\""* ]] || fail "$h has not committed $version: $json"
+    local active
+    active=$(grep -A8 '"role": "active"' <<<"$json")
+    [[ $active == *'"health": "healthy"'* ]] || fail "$h has no healthy active slot: $active"
+    [[ $active == *"\"version\": \"$version\""* ]] || fail "$h's active slot does not run $version"
     case "$(phase_on "$h")" in
       running | paused | rolling-back | committing)
         fail "$h reports an unfinished rollout: $(hn "$h" rollout status web)" ;;
     esac
   done
   say "invariant holds on $*: $version committed, served by a healthy active slot, no unfinished rollout"
-}
-
-# Stops the load; fails if any request got no answer (5xx answers from a bad release are
-# expected in fault scenarios and reported).
-load_stop_expect_answers() {
-  touch "$WORK/stop"
-  wait "$LOAD_PID" || true
-  LOAD_PID=""
-  cat "$WORK/load.out"
-  grep -q '^ok=[1-9][0-9]* failed=[0-9]* conn_errors=0$' "$WORK/load.out" \
-    || fail "requests got no answer through hosts that stayed up: $(head -1 "$WORK/load.out")"
 }
 
 # The rollout phase as HOST sees it (from gossip): running, paused, rolled-back, ...
@@ -213,6 +210,13 @@ phase_is() { [ "$(phase_on "$1")" = "$2" ]; }
 # Waits until HOST sees the rollout in PHASE (gossip takes a moment to carry it).
 wait_phase() {
   wait_for "the rollout reaching $2 (seen from $1)" 20 phase_is "$1" "$2"
+}
+
+# Whether HOST's `rollout status web` mentions TEXT.
+rollout_mentions() {
+  local out
+  out=$(hn "$1" rollout status web 2>/dev/null) || return 1
+  [[ $out == *"$2"* ]]
 }
 
 # Whether HOST sees TARGET in STATE (alive, suspect, dead, left, draining).
