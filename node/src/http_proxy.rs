@@ -190,10 +190,11 @@ async fn handle(
         Mode::Entry => rewrite_headers(&mut parts.headers, remote, false),
         Mode::Hop => strip_hop_by_hop(&mut parts.headers, false),
     }
+    // Cheap checks first: `has_peers` reads the routes.
     let replay = (mode == Mode::Entry
-        && routes.has_peers()
         && body.is_end_stream()
-        && matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS))
+        && matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS)
+        && routes.has_peers())
     .then(|| Head::of(&parts));
     let req = Request::from_parts(parts, ReqBody::Incoming(body));
     let first_target = first.target();

@@ -30,6 +30,7 @@ use tracing::debug;
 
 use crate::framing::write_message;
 use crate::routes::{PeerPick, ServiceRoutes};
+use crate::service_handle::err;
 
 /// How long a peer may take to accept a hop before the sender tries another instance.
 pub const OPEN_TIMEOUT: Duration = Duration::from_secs(2);
@@ -164,15 +165,12 @@ fn admit(
     service: &ServiceName,
     even_if_draining: bool,
 ) -> Result<(), ErrorReply> {
-    let unavailable = |message: String| ErrorReply {
-        kind: ErrorKind::Unavailable,
-        message,
-    };
+    let unavailable = |message: String| err(ErrorKind::Unavailable, message);
     let Some(routes) = routes else {
-        return Err(ErrorReply {
-            kind: ErrorKind::NotFound,
-            message: format!("service {service} does not run on this node"),
-        });
+        return Err(err(
+            ErrorKind::NotFound,
+            format!("service {service} does not run on this node"),
+        ));
     };
     if routes.router.current().is_none() {
         return Err(unavailable(format!(

@@ -25,15 +25,9 @@ use halley_proto::spec::{ServiceName, ServiceSpec, StateSpec};
 use crate::backups::{Backups, Hooks, Snapshot};
 use crate::process::Launch;
 use crate::service::{NodeService, wall_ms};
+use crate::service_handle::err;
 
 type Reply<T> = Result<T, ErrorReply>;
-
-fn failed(kind: ErrorKind, message: impl Into<String>) -> ErrorReply {
-    ErrorReply {
-        kind,
-        message: message.into(),
-    }
-}
 
 /// What state work on one service needs: the release whose commands run, and where.
 struct Context {
@@ -46,7 +40,7 @@ struct Context {
 impl Context {
     fn state(&self, service: &ServiceName) -> Reply<&StateSpec> {
         self.spec.state.as_ref().ok_or_else(|| {
-            failed(
+            err(
                 ErrorKind::BadRequest,
                 format!(
                     "service {service} has no [service.{service}.state] table in its release's spec; add one (see docs/state.md)"
@@ -91,7 +85,7 @@ impl NodeService {
         let record: ServiceRecord = self
             .data_dir
             .read_record(&crate::service_handle::record_name(service))
-            .map_err(|e| failed(ErrorKind::Internal, e.to_string()))?;
+            .map_err(|e| err(ErrorKind::Internal, e.to_string()))?;
         drop(handle);
         let Some(version) = version.or(record.committed.as_ref()).cloned() else {
             return Ok(None);
@@ -102,7 +96,7 @@ impl NodeService {
             .find(|r| r.version == version)
             .cloned()
         else {
-            return Err(failed(
+            return Err(err(
                 ErrorKind::NotFound,
                 format!("release {version} of service {service} is not prepared on this node"),
             ));
@@ -127,7 +121,7 @@ impl NodeService {
             .filter(|(k, _)| k != "PORT" && k != "HALLEY_SLOT")
             .collect();
         std::fs::create_dir_all(&data).map_err(|e| {
-            failed(
+            err(
                 ErrorKind::Internal,
                 format!("cannot create {}: {e}", data.display()),
             )
@@ -183,11 +177,11 @@ impl NodeService {
                     hooks: &ctx.hooks,
                     now_ms: wall_ms(),
                 })
-                .map_err(|e| failed(ErrorKind::CheckFailed, format!("snapshot failed: {e}")))?;
+                .map_err(|e| err(ErrorKind::CheckFailed, format!("snapshot failed: {e}")))?;
             let note = backups
                 .verify(&service, &manifest.id, &state, &ctx.hooks)
                 .map_err(|e| {
-                    failed(
+                    err(
                         ErrorKind::CheckFailed,
                         format!(
                             "backup {} was taken but does not restore cleanly: {e}",
@@ -207,7 +201,7 @@ impl NodeService {
             })
         })
         .await
-        .map_err(|e| failed(ErrorKind::Internal, format!("snapshot task failed: {e}")))?
+        .map_err(|e| err(ErrorKind::Internal, format!("snapshot task failed: {e}")))?
     }
 
     /// Runs `migrate` or `contract` of `version` once on this node.
@@ -218,7 +212,7 @@ impl NodeService {
         what: &'static str,
     ) -> Reply<StateReply> {
         let Some(ctx) = self.context(service, Some(version)).await? else {
-            return Err(failed(
+            return Err(err(
                 ErrorKind::NotFound,
                 format!("service {service} is not deployed on this node"),
             ));
@@ -229,7 +223,7 @@ impl NodeService {
             _ => state.contract.clone(),
         }
         .ok_or_else(|| {
-            failed(
+            err(
                 ErrorKind::BadRequest,
                 format!("release {version} of service {service} has no {what} command"),
             )
@@ -254,12 +248,12 @@ impl NodeService {
         tokio::task::spawn_blocking(move || {
             let output = hooks
                 .run(what, &argv, &[])
-                .map_err(|e| failed(ErrorKind::CheckFailed, e.to_string()))?;
+                .map_err(|e| err(ErrorKind::CheckFailed, e.to_string()))?;
             let mut done = std::fs::read_to_string(&ledger).unwrap_or_default();
             done.push_str(version.as_str());
             done.push('\n');
             std::fs::write(&ledger, done).map_err(|e| {
-                failed(
+                err(
                     ErrorKind::Internal,
                     format!(
                         "the {what} command ran, but recording that in {} failed: {e}",
@@ -273,12 +267,12 @@ impl NodeService {
             })
         })
         .await
-        .map_err(|e| failed(ErrorKind::Internal, format!("{what} task failed: {e}")))?
+        .map_err(|e| err(ErrorKind::Internal, format!("{what} task failed: {e}")))?
     }
 
     async fn restore(&self, service: &ServiceName, id: &str) -> Reply<StateReply> {
         let Some(ctx) = self.context(service, None).await? else {
-            return Err(failed(
+            return Err(err(
                 ErrorKind::NotFound,
                 format!("service {service} has no committed release on this node to restore into"),
             ));
@@ -288,12 +282,12 @@ impl NodeService {
         // Refuse a corrupt backup before stopping anything.
         backups
             .check(service, id)
-            .map_err(|e| failed(ErrorKind::BadRequest, e.to_string()))?;
+            .map_err(|e| err(ErrorKind::BadRequest, e.to_string()))?;
         let handle = self
             .services
             .handle(service)
             .await
-            .ok_or_else(|| failed(ErrorKind::NotFound, format!("service {service} is gone")))?;
+            .ok_or_else(|| err(ErrorKind::NotFound, format!("service {service} is gone")))?;
         let stopped = handle.quiesce().await?;
         for (pid, ticks) in stopped {
             let deadline = std::time::Instant::now() + Duration::from_secs(60);
@@ -305,18 +299,18 @@ impl NodeService {
         let restored =
             tokio::task::spawn_blocking(move || b.restore(&s, &i, &state, &ctx.data, &ctx.hooks))
                 .await
-                .map_err(|e| failed(ErrorKind::Internal, format!("restore task failed: {e}")));
+                .map_err(|e| err(ErrorKind::Internal, format!("restore task failed: {e}")));
         // Whatever happened, the committed release serves again.
         let epoch = handle.status().epoch;
         let woke = handle.step(epoch, Step::Revert).await;
         let manifest = restored?.map_err(|e| {
-            failed(
+            err(
                 ErrorKind::CheckFailed,
                 format!("restoring backup {id} failed: {e}"),
             )
         })?;
         woke.map_err(|e| {
-            failed(
+            err(
                 e.kind,
                 format!(
                     "backup {id} was restored, but the service did not start again: {}",

@@ -28,15 +28,13 @@ use tracing::{info, warn};
 
 use crate::rollout_host::HostCtx;
 use crate::service::NodeService;
+use crate::service_handle::err;
 
 /// How long a snapshot (with its verification) or a migration may take.
 const STATE_TIMEOUT: Duration = Duration::from_secs(3600);
 
 fn failed(message: String) -> ErrorReply {
-    ErrorReply {
-        kind: ErrorKind::CheckFailed,
-        message,
-    }
+    err(ErrorKind::CheckFailed, message)
 }
 
 /// The state hosts of a rollout, in rollout order.
