@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use halley_node::backups::{Backups, Hooks, Snapshot};
+use halley_node::host::backups::{Backups, Hooks, Snapshot};
 use halley_proto::NodeName;
 use halley_proto::spec::{ServiceName, StateSpec};
 

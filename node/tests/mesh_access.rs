@@ -5,10 +5,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use halley_node::framing::{read_message, write_message};
-use halley_node::mesh::{Mesh, RequestHandler};
-use halley_node::pki::{ClusterCa, PeerIdentity, cert_hash};
-use halley_node::tls::{self, Credentials};
+use halley_node::mesh::endpoint::{Mesh, RequestHandler};
+use halley_node::mesh::framing::{read_message, write_message};
+use halley_node::mesh::pki::{ClusterCa, PeerIdentity, cert_hash};
+use halley_node::mesh::tls::{self, Credentials};
 use halley_proto::message::{ErrorKind, ErrorReply, GossipPacket, JoinRequest};
 use halley_proto::{Limit, Message, NodeName, Role};
 

@@ -702,7 +702,7 @@ fn a_service_runs_as_its_user_when_the_node_is_root() {
 
 #[test]
 fn a_step_with_an_older_epoch_is_refused() {
-    use halley_node::datadir::DataDir;
+    use halley_node::store::datadir::DataDir;
     use halley_proto::deploy::{Step, StepRequest};
     use halley_proto::message::{AdminRequest, ErrorKind};
 
@@ -715,7 +715,7 @@ fn a_step_with_an_older_epoch_is_refused() {
             epoch,
             step: Step::Drain,
         });
-        runtime().block_on(halley_node::admin::call(&data_dir, request))
+        runtime().block_on(halley_node::daemon::admin::call(&data_dir, request))
     };
     assert!(step(5).is_ok(), "a newer epoch is taken");
     match step(3) {

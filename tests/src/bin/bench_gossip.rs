@@ -13,8 +13,8 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use halley_node::admin;
-use halley_node::datadir::DataDir;
+use halley_node::daemon::admin;
+use halley_node::store::datadir::DataDir;
 use halley_proto::message::{AdminRequest, AdminResponse, MemberState, StatusReport};
 use halley_tests::{Node, start_cluster, wait_until};
 

@@ -21,8 +21,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use halley_node::datadir::DataDir;
-use halley_node::deploy;
+use halley_node::cli::deploy;
+use halley_node::store::datadir::DataDir;
 use halley_proto::deploy::{ReleaseVersion, Step, StepReply};
 use halley_proto::spec::ServiceName;
 use halley_tests::bench::{Wrk, max, median, min, run_wrk, sequential_p50, wait_for};

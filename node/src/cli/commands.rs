@@ -1,0 +1,514 @@
+//! The `halley-node` command line (clap). This is the only place that uses anyhow: errors from the
+//! library are shown with their full context and the process exits non-zero.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use halley_proto::deploy::ReleaseVersion;
+use halley_proto::message::{AdminRequest, AdminResponse};
+use halley_proto::spec::ServiceName;
+use halley_proto::{JoinToken, NodeName};
+
+use crate::cli::backup as backup_cli;
+use crate::cli::demo::run as demo;
+use crate::cli::deploy::{self, DeployOptions};
+use crate::cli::render as status;
+use crate::cli::{config, duration};
+use crate::cluster::init::{self, InitOptions};
+use crate::cluster::join::{self, JoinOptions};
+use crate::daemon::admin;
+use crate::daemon::run::{self as daemon, RunOptions};
+use crate::store::datadir::DataDir;
+
+/// The default mesh port.
+pub const DEFAULT_PORT: u16 = 7946;
+
+/// Halley: a zero-downtime deploy mesh for small stacks.
+#[derive(Debug, Parser)]
+#[command(name = "halley-node", version, about, long_about = None)]
+pub struct Cli {
+    /// The node's data dir [default: $HALLEY_DATA_DIR, else /var/lib/halley as root, else
+    /// ~/.local/share/halley]. Several nodes can share a machine with different data dirs.
+    #[arg(long, global = true, env = "HALLEY_DATA_DIR", value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Start a new cluster: make its CA and this node's identity, and print a join token (last line).
+    Init(InitArgs),
+    /// Join a cluster with a token from `init` or `token create`; then start the node with `run`.
+    Join(JoinArgs),
+    /// Run the node daemon (mesh, gossip, admin socket) until SIGTERM, SIGINT or `leave`.
+    Run(RunArgs),
+    /// Show every node as this node sees it.
+    Status {
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Join tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Leave the cluster gracefully and stop the local daemon (peers mark it left at once).
+    Leave,
+    /// Mark a node as draining (this one, or NODE): gossiped, shown by `status`, and
+    /// `GET /.halley/ready` on its entry points answers 503.
+    Drain {
+        /// The node [default: this one].
+        node: Option<NodeName>,
+    },
+    /// Clear a node's draining mark (this one, or NODE).
+    Undrain {
+        /// The node [default: this one].
+        node: Option<NodeName>,
+    },
+    /// Roll a release of a service out across its hosts, one batch at a time, coordinated by this
+    /// node: drain, deploy (start in the idle slot, check, flip, drain the old slot), undrain,
+    /// bake while watching regressions; roll every touched host back when they cross a threshold.
+    Deploy(DeployArgs),
+    /// Put every host of a service back on its previous release (or --to VERSION), all at once
+    /// (a flip where that slot is still warm).
+    Rollback {
+        /// The service.
+        service: ServiceName,
+        /// The release to go back to [default: each host's previous committed release].
+        #[arg(long)]
+        to: Option<ReleaseVersion>,
+        /// Also restore, on every node that took one, the snapshot taken before the deploy being
+        /// rolled back (writes since then are lost; asks first).
+        #[arg(long)]
+        restore_data: bool,
+        /// Do not ask before restoring data.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// A service's state backups: list, create, restore (this node, or --node).
+    Backup {
+        #[command(subcommand)]
+        command: BackupCommand,
+    },
+    /// Rollouts in progress or finished, as this node knows them (from gossip).
+    Rollout {
+        #[command(subcommand)]
+        command: RolloutCommand,
+    },
+    /// A service's rollouts: version, time, coordinator, outcome, why.
+    History {
+        /// The service.
+        service: ServiceName,
+    },
+    /// Show this node's services: slots, releases, health and request signals.
+    Services {
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A throwaway 3-node cluster on loopback: deploy, roll out a good release under load, then
+    /// a regressing one that the cluster rolls back; ends with a summary.
+    Demo,
+    /// The demo's service (run by the demo's nodes, not by hand).
+    #[command(hide = true)]
+    DemoService,
+}
+
+#[derive(Debug, Subcommand)]
+enum BackupCommand {
+    /// The service's backups: id, time, release, size, files, SHA-256, why.
+    List {
+        /// The service.
+        service: ServiceName,
+        /// The node [default: this one].
+        #[arg(long)]
+        node: Option<NodeName>,
+    },
+    /// Take a backup now (by the committed release's [state] table), verify it restores, and
+    /// prune to `keep_backups`.
+    Create {
+        /// The service.
+        service: ServiceName,
+        /// The node [default: this one].
+        #[arg(long)]
+        node: Option<NodeName>,
+    },
+    /// Restore a backup: its hashes are checked, the service stops on that node, its data is
+    /// replaced, the committed release starts again. Writes since the backup are lost.
+    Restore {
+        /// The service.
+        service: ServiceName,
+        /// The backup id (from `backup list`).
+        id: String,
+        /// The node [default: this one].
+        #[arg(long)]
+        node: Option<NodeName>,
+        /// Do not ask first.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum RolloutCommand {
+    /// Show the newest rollout of each service (or of one), host by host.
+    Status {
+        /// The service [default: all].
+        service: Option<ServiceName>,
+    },
+}
+
+#[derive(Debug, Args)]
+struct DeployArgs {
+    /// The service (a [service.NAME] table in the config).
+    service: ServiceName,
+    /// Continue (or roll back) the service's unfinished rollout from its journal, taking it over
+    /// from a dead coordinator; no config or artifact needed.
+    #[arg(long)]
+    resume: bool,
+    /// With --resume: take the rollout over even from a coordinator that looks alive.
+    #[arg(long, requires = "resume")]
+    force: bool,
+    /// Skip hosts that are unreachable on their turn instead of pausing the rollout.
+    #[arg(long)]
+    skip_unreachable: bool,
+    /// Print the plan (batches, hosts, current and new version) and change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// The config file.
+    #[arg(short = 'c', long = "config", default_value = "halley.toml")]
+    config: PathBuf,
+    /// The release's version (A-Z a-z 0-9 . _ - +).
+    #[arg(long, required_unless_present = "resume")]
+    version: Option<ReleaseVersion>,
+    /// The artifact: a .tar.gz or .tar.zst of the release directory, or a single executable.
+    #[arg(long, required_unless_present = "resume")]
+    artifact: Option<PathBuf>,
+    /// The artifact's expected SHA-256 (64 hex digits); the deploy stops if it differs.
+    #[arg(long, value_parser = parse_sha256)]
+    sha256: Option<[u8; 32]>,
+}
+
+fn parse_sha256(text: &str) -> Result<[u8; 32], String> {
+    halley_proto::hex::decode_array::<32>(text).ok_or_else(|| {
+        format!("{text:?} is not a SHA-256: give 64 hex digits (sha256sum prints them)")
+    })
+}
+
+#[derive(Debug, Args)]
+struct InitArgs {
+    /// This node's name (a-z, 0-9, '-'; at most 63 characters).
+    #[arg(long)]
+    name: NodeName,
+    #[command(flatten)]
+    addrs: AddrArgs,
+    /// Lifetime of the printed token (e.g. 30m, 24h, 7d).
+    #[arg(long, default_value = "24h", value_parser = duration::parse)]
+    token_ttl: Duration,
+    /// How many joins the printed token allows [default: unlimited until it expires].
+    #[arg(long)]
+    token_uses: Option<u32>,
+}
+
+#[derive(Debug, Args)]
+struct JoinArgs {
+    /// The token printed by `init` or `token create`.
+    token: String,
+    /// This node's name (a-z, 0-9, '-'; at most 63 characters).
+    #[arg(long)]
+    name: NodeName,
+    #[command(flatten)]
+    addrs: AddrArgs,
+}
+
+#[derive(Debug, Args)]
+struct AddrArgs {
+    /// Where the QUIC mesh endpoint binds (UDP).
+    #[arg(long, default_value_t = SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT)))]
+    listen: SocketAddr,
+    /// The address other hosts reach this one at [default: --listen when it names an IP].
+    #[arg(long)]
+    advertise: Option<SocketAddr>,
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// Time between gossip rounds.
+    #[arg(long, default_value = "250ms", value_parser = duration::parse)]
+    gossip_interval: Duration,
+    /// The address a service's `listen = ":PORT"` binds on (e.g. 127.0.0.2 to run several nodes
+    /// on one machine).
+    #[arg(long, default_value = "0.0.0.0")]
+    service_address: IpAddr,
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Ask the running node for a new join token (only the node that ran `init` can issue them).
+    Create {
+        /// Lifetime (e.g. 30m, 24h, 7d).
+        #[arg(long, default_value = "24h", value_parser = duration::parse)]
+        ttl: Duration,
+        /// How many joins it allows [default: unlimited until it expires].
+        #[arg(long)]
+        uses: Option<u32>,
+    },
+}
+
+/// Parses arguments, runs the command and returns the process exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let is_daemon = matches!(cli.command, Command::Run(_));
+    if is_daemon {
+        // A file-size limit must fail the write that hits it (the deploy then stops cleanly),
+        // not kill the node.
+        // SAFETY: setting a signal's disposition to "ignore" has no preconditions.
+        unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
+    }
+    init_logging(is_daemon);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(is_daemon: bool) {
+    let default = if is_daemon { "info" } else { "warn" };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+async fn dispatch(cli: Cli) -> Result<()> {
+    let data_dir = DataDir::new(cli.data_dir.clone().unwrap_or_else(DataDir::default_root));
+    match cli.command {
+        Command::Init(args) => {
+            let opts = InitOptions {
+                name: args.name,
+                listen: args.addrs.listen,
+                advertise: args.addrs.advertise,
+                token_ttl_secs: args.token_ttl.as_secs().max(1),
+                token_uses: args.token_uses,
+            };
+            let token = init::init(&data_dir, &opts).context("init failed")?;
+            println!(
+                "initialised cluster in {} as node {:?}",
+                data_dir.root().display(),
+                opts.name.as_str()
+            );
+            println!(
+                "start it:        halley-node run --data-dir {}",
+                data_dir.root().display()
+            );
+            println!("add a machine:   halley-node join TOKEN --name NAME");
+            println!("join token (valid {}):", human_secs(opts.token_ttl_secs));
+            println!("{token}");
+        }
+        Command::Join(args) => {
+            let token: JoinToken = args.token.parse()?;
+            let opts = JoinOptions {
+                token,
+                name: args.name,
+                listen: args.addrs.listen,
+                advertise: args.addrs.advertise,
+            };
+            let record = join::join(&data_dir, &opts).await.context("join failed")?;
+            println!(
+                "joined cluster {} as node {:?} (advertising {})",
+                record.cluster_id,
+                record.name.as_str(),
+                record.advertise
+            );
+            println!(
+                "start it: halley-node run --data-dir {}",
+                data_dir.root().display()
+            );
+        }
+        Command::Run(args) => {
+            let opts = RunOptions {
+                gossip_interval: args.gossip_interval,
+                service_address: args.service_address,
+            };
+            if opts.gossip_interval < Duration::from_millis(10) {
+                bail!("--gossip-interval must be at least 10ms");
+            }
+            daemon::run(data_dir, opts, stop_signal()).await?;
+        }
+        Command::Status { json } => {
+            let AdminResponse::Status(report) =
+                admin::call(&data_dir, AdminRequest::Status).await?
+            else {
+                bail!("the node answered a status request with something else");
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status::json(&report))?);
+            } else {
+                print!("{}", status::table(&report));
+            }
+        }
+        Command::Token {
+            command: TokenCommand::Create { ttl, uses },
+        } => {
+            let request = AdminRequest::CreateToken {
+                ttl_secs: ttl.as_secs().max(1),
+                uses,
+            };
+            match admin::call(&data_dir, request).await? {
+                AdminResponse::Token { token, .. } => println!("{token}"),
+                _ => bail!("the node answered a token request with something else"),
+            }
+        }
+        Command::Leave => {
+            admin::call(&data_dir, AdminRequest::Leave).await?;
+            println!("leaving; the node announces it to its peers and stops");
+        }
+        Command::Drain { node } => set_draining(&data_dir, node, true).await?,
+        Command::Undrain { node } => set_draining(&data_dir, node, false).await?,
+        Command::Deploy(args) => {
+            if args.resume {
+                deploy::resume(
+                    &data_dir,
+                    &args.service,
+                    args.force,
+                    args.skip_unreachable,
+                    &mut std::io::stdout(),
+                )
+                .await?;
+                return Ok(());
+            }
+            let spec = config::load_service(&args.config, &args.service)?;
+            let (Some(version), Some(artifact)) = (args.version, args.artifact) else {
+                bail!("deploy needs --version and --artifact (or --resume)");
+            };
+            let opts = DeployOptions {
+                service: args.service,
+                spec,
+                version,
+                artifact,
+                sha256: args.sha256,
+                skip_unreachable: args.skip_unreachable,
+            };
+            if args.dry_run {
+                print!("{}", deploy::dry_run(&data_dir, &opts).await?);
+                return Ok(());
+            }
+            deploy::deploy(&data_dir, &opts, &mut std::io::stdout()).await?;
+        }
+        Command::Rollback {
+            service,
+            to,
+            restore_data,
+            yes,
+        } => {
+            if restore_data {
+                backup_cli::rollback_with_data(
+                    &data_dir,
+                    &service,
+                    to,
+                    yes,
+                    &mut std::io::stdout(),
+                )
+                .await?;
+            } else {
+                deploy::rollback(&data_dir, &service, to, &mut std::io::stdout()).await?;
+            }
+        }
+        Command::Backup { command } => match command {
+            BackupCommand::List { service, node } => {
+                let list = backup_cli::list(&data_dir, node, &service).await?;
+                print!("{}", backup_cli::table(&list));
+            }
+            BackupCommand::Create { service, node } => {
+                backup_cli::create(&data_dir, node, &service, &mut std::io::stdout()).await?;
+            }
+            BackupCommand::Restore {
+                service,
+                id,
+                node,
+                yes,
+            } => {
+                backup_cli::restore(&data_dir, node, &service, &id, yes, &mut std::io::stdout())
+                    .await?;
+            }
+        },
+        Command::Rollout {
+            command: RolloutCommand::Status { service },
+        } => {
+            let list = deploy::status(&data_dir, service.as_ref()).await?;
+            print!("{}", deploy::rollout_table(&list));
+        }
+        Command::History { service } => {
+            let list = deploy::history(&data_dir, &service).await?;
+            print!("{}", deploy::history_table(&list));
+        }
+        Command::Services { json } => {
+            let list = deploy::services(&data_dir).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                print!("{}", deploy::table(&list));
+            }
+        }
+        Command::Demo => demo::run().await?,
+        Command::DemoService => crate::cli::demo::service::run().await?,
+    }
+    Ok(())
+}
+
+async fn set_draining(data_dir: &DataDir, node: Option<NodeName>, draining: bool) -> Result<()> {
+    let who = node
+        .as_ref()
+        .map_or("this node".into(), |n| format!("node {n}"));
+    admin::call(data_dir, AdminRequest::SetDraining { node, draining }).await?;
+    println!("{who} is {}draining", if draining { "" } else { "not " });
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn stop_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => std::future::pending().await,
+    }
+}
+
+fn human_secs(secs: u64) -> String {
+    match secs {
+        s if s % 86_400 == 0 => format!("{}d", s / 86_400),
+        s if s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}

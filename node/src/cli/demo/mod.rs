@@ -1,0 +1,5 @@
+//! The demo.
+
+pub mod load;
+pub mod run;
+pub mod service;

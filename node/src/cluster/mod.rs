@@ -1,0 +1,4 @@
+//! This node in the cluster.
+
+pub mod init;
+pub mod join;

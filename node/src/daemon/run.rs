@@ -1,0 +1,236 @@
+//! `halley-node run`: the daemon's driver. It wires the mesh, gossip, the admin socket and the node
+//! service together, ticks the membership view, and leaves the cluster gracefully on SIGTERM,
+//! SIGINT or `halley-node leave`.
+//!
+//! ## Guarantees
+//! - One daemon per data dir (flock on `daemon.lock`).
+//! - Each start uses a generation larger than any before it (persisted before use), so peers never
+//!   confuse a restarted node with its previous life.
+//! - On a graceful stop the node publishes `left` and pushes it to every peer before closing, so
+//!   peers show it as left at once instead of waiting for the failure detector.
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chitchat::{ChitchatConfig, ChitchatId, FailureDetectorConfig, spawn_chitchat};
+use halley_proto::disk::{GenerationRecord, PeersRecord, TokenBook};
+use halley_proto::gossip::{
+    self, KEY_CA_HOLDER, KEY_DRAINING, KEY_ROLE, KEY_STARTED_MS, KEY_VERSION,
+};
+use tracing::{info, warn};
+
+use crate::daemon::node::{NodeService, wall_ms};
+use crate::error::{Error, Result};
+use crate::host::handle::HostContext;
+use crate::host::services::Services;
+use crate::mesh::endpoint::Mesh;
+use crate::mesh::gossip_transport::QuicGossipTransport;
+use crate::mesh::pki::{ClusterCa, cert_from_pem, key_from_pem};
+use crate::mesh::tls::Credentials;
+use crate::store::datadir::{
+    CA_CERT, CA_KEY, DataDir, GENERATION, NODE_CERT, NODE_KEY, PEERS, TOKENS,
+};
+use crate::store::releases::Releases;
+use crate::{VERSION, daemon::admin};
+
+/// Default time between gossip rounds. With chitchat's phi threshold of 8 (about 8 mean heartbeat
+/// intervals) a killed node is declared dead about 2 s after its last heartbeat.
+pub const DEFAULT_GOSSIP_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Daemon settings.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Time between gossip rounds.
+    pub gossip_interval: Duration,
+    /// Where a service's `listen = ":PORT"` binds.
+    pub service_address: IpAddr,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        Self {
+            gossip_interval: DEFAULT_GOSSIP_INTERVAL,
+            service_address: IpAddr::from([0, 0, 0, 0]),
+        }
+    }
+}
+
+/// Runs the node until `shutdown` resolves or a `leave` is requested.
+pub async fn run(
+    data_dir: DataDir,
+    opts: RunOptions,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
+    let _lock = data_dir.lock_daemon()?;
+    let record = data_dir.load_node()?;
+    let ca_pem = data_dir.read_file(CA_CERT)?;
+    let creds = Credentials {
+        ca: cert_from_pem(&ca_pem)?,
+        cert: cert_from_pem(&data_dir.read_file(NODE_CERT)?)?,
+        key_pkcs8: key_from_pem(&read_text(&data_dir, NODE_KEY)?)?.serialize_der(),
+    };
+    let ca = if data_dir.file(CA_KEY).exists() {
+        Some(ClusterCa::from_pem(
+            &ca_pem,
+            &read_text(&data_dir, CA_KEY)?,
+        )?)
+    } else {
+        None
+    };
+    let tokens: TokenBook = data_dir.read_record_or_default(TOKENS)?;
+    let generation = next_generation(&data_dir)?;
+
+    let interval = opts.gossip_interval;
+    let suspect_after = (interval * 4).max(Duration::from_secs(1));
+    // Services come back first, so their entry points are serving again as soon as possible.
+    let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let services = Services::load(HostContext {
+        node: record.name.clone(),
+        data_dir: data_dir.clone(),
+        releases: Releases::new(data_dir.root()),
+        service_address: opts.service_address,
+        draining,
+        last_contact_ms: Arc::new(std::sync::atomic::AtomicU64::new(wall_ms())),
+        cluster: Arc::default(),
+    });
+    let service = Arc::new(NodeService::new(
+        record.clone(),
+        data_dir.clone(),
+        ca,
+        creds.ca.clone(),
+        tokens,
+        suspect_after.as_millis() as u64,
+        services,
+    ));
+    service.set_self();
+    let (mesh, gossip_rx) = Mesh::start(record.listen, &creds, service.clone())?;
+    let transport = QuicGossipTransport::new(mesh.clone(), gossip_rx);
+
+    let known_peers: PeersRecord = data_dir.read_record_or_default(PEERS).unwrap_or_default();
+    let seeds: BTreeSet<SocketAddr> = record
+        .seeds
+        .iter()
+        .chain(&known_peers.addrs)
+        .filter(|a| **a != record.advertise)
+        .copied()
+        .collect();
+    let config = ChitchatConfig {
+        chitchat_id: ChitchatId::new(record.name.to_string(), generation, record.advertise),
+        cluster_id: record.cluster_id.clone(),
+        gossip_interval: interval,
+        listen_addr: record.listen,
+        seed_nodes: seeds.iter().map(ToString::to_string).collect(),
+        failure_detector_config: FailureDetectorConfig {
+            phi_threshold: 8.0,
+            sampling_window_size: 100,
+            max_interval: interval * 20,
+            initial_interval: interval,
+            dead_node_grace_period: Duration::from_secs(3600),
+        },
+        marked_for_deletion_grace_period: Duration::from_secs(3600),
+        catchup_callback: None,
+        extra_liveness_predicate: None,
+    };
+    let started_ms = wall_ms();
+    let key_values = vec![
+        (KEY_VERSION.to_owned(), VERSION.to_owned()),
+        (KEY_ROLE.to_owned(), record.role.as_str().to_owned()),
+        (KEY_DRAINING.to_owned(), gossip::flag(false).to_owned()),
+        (KEY_STARTED_MS.to_owned(), started_ms.to_string()),
+        (
+            KEY_CA_HOLDER.to_owned(),
+            gossip::flag(service.holds_ca()).to_owned(),
+        ),
+    ];
+    let chitchat = spawn_chitchat(config, key_values, &transport)
+        .await
+        .map_err(|e| Error::Net(format!("cannot start gossip: {e}")))?;
+    service.attach(chitchat.chitchat(), mesh.clone());
+    let admin_task = admin::serve(&data_dir, service.clone())?;
+    info!(
+        name = %record.name,
+        cluster = %record.cluster_id,
+        listen = %record.listen,
+        advertise = %record.advertise,
+        generation,
+        seeds = seeds.len(),
+        "halley-node running"
+    );
+
+    let mut ticker = tokio::time::interval(interval);
+    // Known peers are saved as seeds for the next start, when they change.
+    let mut save_tick = tokio::time::interval(Duration::from_secs(10));
+    let mut last_saved: Vec<SocketAddr> = known_peers.addrs.clone();
+    // A node that missed a rollout while it was away catches up.
+    let mut converge_tick = tokio::time::interval(Duration::from_secs(3));
+    let converging = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => service.refresh().await,
+            _ = converge_tick.tick() => {
+                if !converging.swap(true, std::sync::atomic::Ordering::AcqRel) {
+                    let (service, converging) = (service.clone(), converging.clone());
+                    tokio::spawn(async move {
+                        crate::rollout::converge::converge(&service).await;
+                        converging.store(false, std::sync::atomic::Ordering::Release);
+                    });
+                }
+            }
+            _ = save_tick.tick() => save_peers(&data_dir, &service, &mut last_saved),
+            _ = &mut shutdown => { info!("stop signal received; leaving the cluster"); break; }
+            _ = service.leave_requested() => { info!("leave requested; leaving the cluster"); break; }
+        }
+    }
+
+    service.announce_leave().await;
+    for peer in service.peer_addrs() {
+        let _ = chitchat.gossip(peer);
+    }
+    // Long enough for a syn / syn-ack / ack exchange to finish with every peer.
+    tokio::time::sleep((interval * 2).clamp(Duration::from_millis(300), Duration::from_secs(2)))
+        .await;
+    save_peers(&data_dir, &service, &mut last_saved);
+    admin_task.abort();
+    let _ = std::fs::remove_file(data_dir.admin_socket());
+    if let Err(e) = chitchat.shutdown().await {
+        warn!(error = %e, "gossip did not stop cleanly");
+    }
+    mesh.close().await;
+    info!("halley-node stopped");
+    Ok(())
+}
+
+fn read_text(data_dir: &DataDir, name: &str) -> Result<String> {
+    String::from_utf8(data_dir.read_file(name)?)
+        .map_err(|_| Error::DataDir(format!("{} is not text", data_dir.file(name).display())))
+}
+
+/// The next generation: larger than the last one used and than the wall clock in ms, persisted
+/// before use so that it grows even if the clock steps back.
+fn next_generation(data_dir: &DataDir) -> Result<u64> {
+    let last: GenerationRecord = data_dir.read_record_or_default(GENERATION)?;
+    let next = (last.last + 1).max(wall_ms());
+    data_dir.write_record(GENERATION, &GenerationRecord { last: next })?;
+    Ok(next)
+}
+
+fn save_peers(data_dir: &DataDir, service: &NodeService, last_saved: &mut Vec<SocketAddr>) {
+    let mut addrs = service.peer_addrs();
+    addrs.sort();
+    if addrs.is_empty() || addrs == *last_saved {
+        return;
+    }
+    match data_dir.write_record(
+        PEERS,
+        &PeersRecord {
+            addrs: addrs.clone(),
+        },
+    ) {
+        Ok(()) => *last_saved = addrs,
+        Err(e) => warn!(error = %e, "cannot save known peers"),
+    }
+}

@@ -1,0 +1,11 @@
+//! Pure decision logic.
+
+pub mod ejection;
+pub mod health;
+pub mod membership;
+pub mod regression;
+pub mod rollout;
+pub mod routing;
+pub mod slots;
+pub mod supervise;
+pub mod tokens;

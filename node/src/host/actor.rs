@@ -1,0 +1,1068 @@
+//! The driver of one service on this node: an actor task that owns the service's [`Slots`]
+//! engine, its two slot processes, their health probes and restarts, the entry point's proxy, and
+//! the service's record on disk. Deploy steps arrive as commands; probe results and process exits
+//! arrive as events; a 50 ms tick applies deadlines. Decisions are the engine's, the
+//! [`HealthTracker`]'s and the [`Supervisor`]'s; this file only carries them out.
+//!
+//! ## Guarantees
+//! - Steps of one service run one at a time, in order. `check` and `drain` wait without blocking
+//!   the actor: they are answered from the tick when their condition is met or their deadline
+//!   passes.
+//! - The record (`services/NAME/service.rec`) is saved after every change, before the step is
+//!   answered, so a restarted node adopts exactly what was running.
+//! - A slot process that exits is restarted with back-off; a crash loop makes it unhealthy.
+//! - The entry point is bound when the service is first prepared (so a taken port fails the
+//!   deploy before anything starts), and re-bound by a restarted node, retrying until it is free.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use halley_proto::deploy::{
+    Color, Health, ReleaseVersion, ServiceStatus, Signals, SlotRole, SlotStatus, Step, StepReply,
+};
+use halley_proto::disk::{ReleaseEntry, ServiceRecord, SlotRecord};
+use halley_proto::message::{ErrorKind, ErrorReply};
+use halley_proto::spec::{Protocol, ServiceName, ServiceSpec};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::daemon::node::wall_ms;
+use crate::engine::health::HealthTracker;
+use crate::engine::slots::{Action, Policy, Reverted, Slots};
+use crate::engine::supervise::{RestartPolicy, Supervisor};
+use crate::host::handle::{
+    Command, HostContext, StepResult, bind, err, from_refused, protocol_name, record_name,
+};
+use crate::host::probe::{self, ExecContext};
+use crate::host::process::{self, Launch};
+use crate::proxy;
+use crate::proxy::routes::ServiceRoutes;
+use crate::proxy::upstream::{StatsSnapshot, Upstream};
+
+const TICK: Duration = Duration::from_millis(50);
+const SIGNAL_WINDOW_MS: u64 = 10_000;
+
+enum Event {
+    Probe {
+        slot: Color,
+        run_id: u64,
+        outcome: probe::Outcome,
+    },
+    Exited {
+        slot: Color,
+        run_id: u64,
+        how: String,
+    },
+}
+
+#[derive(Default)]
+struct SlotRuntime {
+    run_id: u64,
+    pid: Option<(u32, u64)>,
+    since_ms: u64,
+    upstream: Option<Arc<Upstream>>,
+    spec: Option<ServiceSpec>,
+    tracker: Option<HealthTracker>,
+    supervisor: Supervisor,
+    tasks: Option<CancellationToken>,
+    restart_at: Option<u64>,
+    drain: Option<DrainInfo>,
+    history: VecDeque<StatsSnapshot>,
+    signals: Signals,
+    last_exit: Option<String>,
+}
+
+struct DrainInfo {
+    started_ms: u64,
+    finished_at_start: u64,
+    /// Finished before the cut, once there was one.
+    completed: Option<u64>,
+    cut: u64,
+}
+
+struct CheckWaiter {
+    reply: oneshot::Sender<StepResult>,
+    slot: Color,
+    started_ms: u64,
+    /// Part of a revert that had to start the committed release cold: flip back when healthy.
+    flip_back: bool,
+}
+
+struct DrainWaiter {
+    reply: oneshot::Sender<StepResult>,
+    slot: Color,
+}
+
+pub(crate) struct Host {
+    ctx: Arc<HostContext>,
+    record: ServiceRecord,
+    engine: Slots,
+    routes: Arc<ServiceRoutes>,
+    listener: Option<JoinHandle<()>>,
+    slots: [SlotRuntime; 2],
+    events_tx: mpsc::UnboundedSender<Event>,
+    events_rx: mpsc::UnboundedReceiver<Event>,
+    check: Option<CheckWaiter>,
+    drain: Option<DrainWaiter>,
+    clock: Instant,
+    pub(crate) status_tx: Option<watch::Sender<ServiceStatus>>,
+    last_signals_ms: u64,
+    /// How long the last route switch took (a flip's own cost, without saving the record).
+    route_switch_ns: u64,
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        if let Some(l) = self.listener.take() {
+            l.abort();
+        }
+    }
+}
+
+fn policy_of(spec: &ServiceSpec) -> Policy {
+    Policy {
+        drain_ms: spec.stop.drain_timeout.0,
+        keep_warm_ms: spec.keep_warm.0,
+        stop_start: spec.strategy == halley_proto::spec::Strategy::StopStart,
+    }
+}
+
+impl Host {
+    pub(crate) fn new(ctx: Arc<HostContext>, record: ServiceRecord) -> Self {
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let engine = Slots::new(policy_of(&record.spec));
+        let routes = ctx.cluster.table(
+            &record.name,
+            &ctx.draining,
+            record.spec.routing,
+            record.spec.protocol,
+        );
+        Self {
+            ctx,
+            record,
+            engine,
+            routes,
+            listener: None,
+            slots: Default::default(),
+            events_tx,
+            events_rx,
+            check: None,
+            drain: None,
+            clock: Instant::now(),
+            status_tx: None,
+            last_signals_ms: 0,
+            route_switch_ns: 0,
+        }
+    }
+
+    fn now(&self) -> u64 {
+        self.clock.elapsed().as_millis() as u64
+    }
+
+    fn name(&self) -> &ServiceName {
+        &self.record.name
+    }
+
+    /// Takes over slot processes from the record (a node restart), restarting an active slot
+    /// whose process is gone.
+    pub(crate) fn adopt_slots(&mut self) {
+        let now = self.now();
+        let mut versions: [Option<ReleaseVersion>; 2] = [None, None];
+        let mut restart = Vec::new();
+        for color in Color::BOTH {
+            let rec = self.record.slots[color.index()].clone();
+            let (Some(version), Some(spec)) = (rec.version.clone(), rec.spec.clone()) else {
+                continue;
+            };
+            let alive = rec.pid.and_then(|pid| process::adopt(pid, rec.start_ticks));
+            let is_active = self.record.active == Some(color);
+            if alive.is_none() && !is_active {
+                continue;
+            }
+            versions[color.index()] = Some(version.clone());
+            let rt = &mut self.slots[color.index()];
+            rt.upstream = Some(Upstream::new(color, version.clone(), rec.port));
+            rt.supervisor = Supervisor::new(RestartPolicy::default());
+            match alive {
+                Some(p) => {
+                    info!(service = %self.record.name, slot = %color, pid = p.pid, %version, "adopted running slot process");
+                    rt.tracker = Some(HealthTracker::adopted(&spec.health, now));
+                    rt.spec = Some(spec);
+                    rt.pid = Some((p.pid, p.start_ticks));
+                    rt.since_ms = now;
+                    self.watch(color, p);
+                }
+                None => {
+                    warn!(service = %self.record.name, slot = %color, %version, "active slot process is gone; restarting it");
+                    rt.spec = Some(spec);
+                    restart.push(color);
+                }
+            }
+        }
+        let policy = self
+            .record
+            .active
+            .and_then(|c| self.slots[c.index()].spec.as_ref())
+            .map(policy_of)
+            .unwrap_or_else(|| policy_of(&self.record.spec));
+        self.engine = Slots::restore(
+            policy,
+            self.record.active,
+            versions,
+            self.record.committed.clone(),
+            self.record.previous.clone(),
+        );
+        if let Some(active) = self.engine.active() {
+            self.routes
+                .router
+                .set(self.slots[active.index()].upstream.clone());
+        }
+        for color in restart {
+            if let Err(e) = self.launch(color) {
+                error!(service = %self.record.name, slot = %color, error = %e, "cannot restart adopted slot");
+            }
+        }
+    }
+
+    pub(crate) fn start_listener(&mut self, listener: Option<TcpListener>) {
+        let addr = self.record.spec.listen.resolve(self.ctx.service_address);
+        let routes = self.routes.clone();
+        let protocol = self.record.spec.protocol;
+        let name = self.record.name.to_string();
+        self.listener = Some(tokio::spawn(async move {
+            let listener = match listener {
+                Some(l) => l,
+                None => {
+                    let mut warned = false;
+                    loop {
+                        match bind(addr).await {
+                            Ok(l) => break l,
+                            Err(e) => {
+                                if !warned {
+                                    error!(service = %name, %addr, error = %e, "cannot bind the entry point; retrying every 500ms");
+                                    warned = true;
+                                }
+                                tokio::time::sleep(Duration::from_millis(500)).await;
+                            }
+                        }
+                    }
+                }
+            };
+            info!(service = %name, %addr, "entry point listening");
+            match protocol {
+                Protocol::Http => proxy::http::serve(listener, routes).await,
+                Protocol::Tcp => proxy::tcp::serve(listener, routes).await,
+            }
+        }));
+    }
+
+    pub(crate) async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                command = commands.recv() => match command {
+                    Some(c) => self.command(c),
+                    None => break,
+                },
+                Some(event) = self.events_rx.recv() => self.event(event),
+                _ = tick.tick() => self.tick(),
+            }
+            self.publish();
+        }
+    }
+
+    fn publish(&mut self) {
+        self.routes.set_routing(self.record.spec.routing);
+        let local_ok = self
+            .engine
+            .active()
+            .is_some_and(|c| self.engine.slot(c).health != Health::Unhealthy);
+        self.routes.set_local_ok(local_ok);
+        let status = self.status();
+        if let Some(tx) = &self.status_tx {
+            tx.send_if_modified(|old| {
+                if *old == status {
+                    false
+                } else {
+                    *old = status;
+                    true
+                }
+            });
+        }
+    }
+
+    fn command(&mut self, command: Command) {
+        self.ctx
+            .last_contact_ms
+            .fetch_max(wall_ms(), std::sync::atomic::Ordering::Relaxed);
+        match command {
+            Command::Register {
+                entry,
+                epoch,
+                unpacked,
+                reply,
+            } => {
+                let result = self
+                    .fence(epoch)
+                    .and_then(|()| self.register(*entry, unpacked));
+                let _ = reply.send(result);
+            }
+            Command::Quiesce { reply } => {
+                let stopping: Vec<(u32, u64)> = self.slots.iter().filter_map(|rt| rt.pid).collect();
+                warn!(service = %self.record.name, "stopping every slot for a data restore");
+                let actions = self.engine.stop_all();
+                self.apply(actions);
+                let _ = reply.send(stopping);
+            }
+            Command::Step { step, epoch, reply } => {
+                if let Err(e) = self.fence(epoch) {
+                    let _ = reply.send(Err(e));
+                    return;
+                }
+                self.step(step, reply);
+            }
+        }
+    }
+
+    fn fence(&mut self, epoch: u64) -> Result<(), ErrorReply> {
+        if epoch < self.record.epoch {
+            return Err(err(
+                ErrorKind::StaleEpoch,
+                format!(
+                    "step refused: it carries epoch {epoch}, but service {} has seen epoch {}; a newer rollout owns it",
+                    self.record.name, self.record.epoch
+                ),
+            ));
+        }
+        if epoch > self.record.epoch {
+            self.record.epoch = epoch;
+            self.save()?;
+        }
+        Ok(())
+    }
+
+    fn register(&mut self, entry: ReleaseEntry, unpacked: bool) -> StepResult {
+        let sha256 = halley_proto::hex::encode(&entry.sha256);
+        self.record.spec = entry.spec.clone();
+        self.record.releases.retain(|r| r.version != entry.version);
+        info!(service = %self.record.name, version = %entry.version, sha256 = %sha256, unpacked, "release prepared");
+        self.record.releases.push(entry);
+        self.save()?;
+        Ok(StepReply::Prepared { sha256, unpacked })
+    }
+
+    fn step(&mut self, step: Step, reply: oneshot::Sender<StepResult>) {
+        let now = self.now();
+        let result = match step {
+            Step::Prepare { .. } => Err(err(
+                ErrorKind::Internal,
+                "prepare is handled before the actor",
+            )),
+            Step::StartNext { version } => self.start_next(&version),
+            Step::Check => return self.begin_check(reply, false),
+            Step::Flip => {
+                let from = self.engine.active();
+                match self.engine.flip(now) {
+                    Ok(actions) => {
+                        let to = self.engine.active().unwrap_or(Color::Blue);
+                        self.apply(actions);
+                        let took_ns = self.route_switch_ns;
+                        info!(service = %self.record.name, from = ?from, %to, took_ns, "flipped");
+                        Ok(StepReply::Flipped { from, to, took_ns })
+                    }
+                    Err(r) => Err(from_refused(r)),
+                }
+            }
+            Step::Drain => {
+                let draining = Color::BOTH
+                    .into_iter()
+                    .find(|c| self.engine.slot(*c).role == SlotRole::Draining);
+                match draining {
+                    Some(slot) => {
+                        if let Some(old) = self.drain.replace(DrainWaiter { reply, slot }) {
+                            let _ = old.reply.send(Err(err(
+                                ErrorKind::Conflict,
+                                "another drain request replaced this one",
+                            )));
+                        }
+                        return;
+                    }
+                    None => Ok(StepReply::Drained {
+                        slot: None,
+                        completed: 0,
+                        cut: 0,
+                        took_ms: 0,
+                    }),
+                }
+            }
+            Step::Commit => match self.engine.commit(now) {
+                Ok((version, previous, actions)) => {
+                    self.apply(actions);
+                    let pruned = self.prune();
+                    info!(service = %self.record.name, %version, previous = ?previous.as_ref().map(|p| p.to_string()), "committed");
+                    Ok(StepReply::Committed {
+                        version,
+                        previous,
+                        pruned,
+                    })
+                }
+                Err(r) => Err(from_refused(r)),
+            },
+            Step::Revert => {
+                let (outcome, actions) = self.engine.revert(now);
+                self.apply(actions);
+                match outcome {
+                    Reverted::Done => Ok(StepReply::Reverted {
+                        serving: self.serving(),
+                    }),
+                    Reverted::StartCommitted(version) => {
+                        warn!(service = %self.record.name, %version, "reverting: the committed release no longer runs; starting it again");
+                        match self.start_next(&version) {
+                            Ok(_) => return self.begin_check(reply, true),
+                            Err(e) => Err(err(
+                                e.kind,
+                                format!(
+                                    "revert could not start the committed release {version}: {}",
+                                    e.message
+                                ),
+                            )),
+                        }
+                    }
+                }
+            }
+        };
+        let _ = reply.send(result);
+    }
+
+    fn serving(&self) -> Option<ReleaseVersion> {
+        self.engine
+            .active()
+            .and_then(|c| self.engine.slot(c).version.clone())
+    }
+
+    fn start_next(&mut self, version: &ReleaseVersion) -> StepResult {
+        let Some(entry) = self
+            .record
+            .releases
+            .iter()
+            .find(|r| &r.version == version)
+            .cloned()
+        else {
+            return Err(err(
+                ErrorKind::NotFound,
+                format!(
+                    "release {version} of service {} is not on this node; prepare it first (deploy does)",
+                    self.record.name
+                ),
+            ));
+        };
+        self.engine.set_policy(policy_of(&entry.spec));
+        let now = self.now();
+        let (slot, reused, actions) = self.engine.start_next(version, now).map_err(from_refused)?;
+        if !reused {
+            // Spawned now, or (stop-start) once the old slot has drained.
+            self.slots[slot.index()].spec = Some(entry.spec.clone());
+        }
+        for action in actions {
+            if let Action::Spawn { slot, .. } = action {
+                if let Err(e) = self.fresh_slot(slot) {
+                    let (_, undo) = self.engine.revert(self.now());
+                    self.apply(undo);
+                    return Err(err(ErrorKind::CheckFailed, e.to_string()));
+                }
+            } else {
+                self.apply(vec![action]);
+            }
+        }
+        let port = self.slots[slot.index()]
+            .upstream
+            .as_ref()
+            .map_or(0, |u| u.port);
+        Ok(StepReply::Started { slot, port, reused })
+    }
+
+    /// Starts a new process for a slot on a new port, with a fresh upstream and supervision.
+    fn fresh_slot(&mut self, slot: Color) -> crate::Result<()> {
+        let port = process::free_port()?;
+        let version = self
+            .engine
+            .slot(slot)
+            .version
+            .clone()
+            .ok_or_else(|| crate::Error::Process("no release for the slot".into()))?;
+        let rt = &mut self.slots[slot.index()];
+        rt.upstream = Some(Upstream::new(slot, version, port));
+        rt.supervisor = Supervisor::new(RestartPolicy::default());
+        rt.history.clear();
+        rt.signals = Signals::default();
+        rt.last_exit = None;
+        self.launch(slot)
+    }
+
+    /// Starts (or restarts) the slot's process with its spec, version and port.
+    fn launch(&mut self, slot: Color) -> crate::Result<()> {
+        let now = self.now();
+        let launch = self
+            .launch_of(slot)
+            .ok_or_else(|| crate::Error::Process(format!("slot {slot} has no release to start")))?;
+        let p = process::spawn(&launch)?;
+        let pid_file = self
+            .ctx
+            .releases
+            .service_dir(&launch.service)
+            .join(format!("{slot}.pid"));
+        let _ = std::fs::write(pid_file, p.pid.to_string());
+        let rt = &mut self.slots[slot.index()];
+        rt.pid = Some((p.pid, p.start_ticks));
+        rt.since_ms = now;
+        rt.restart_at = None;
+        match rt.tracker.as_mut() {
+            Some(t) if rt.supervisor.restarts() > 0 => t.restarted(now),
+            _ => rt.tracker = Some(HealthTracker::new(&launch.spec.health, now)),
+        }
+        self.watch(slot, p);
+        self.engine.set_health(slot, Health::Starting);
+        self.save().map_err(crate::Error::Remote)?;
+        Ok(())
+    }
+
+    /// How the slot's process is started (and its `exec` checks run): release, port, paths, spec.
+    fn launch_of(&self, slot: Color) -> Option<Launch> {
+        let rt = &self.slots[slot.index()];
+        let (spec, upstream) = (rt.spec.clone()?, rt.upstream.clone()?);
+        let name = self.record.name.clone();
+        let service_dir = self.ctx.releases.service_dir(&name);
+        Some(Launch {
+            release_dir: self.ctx.releases.release_dir(&name, &upstream.version),
+            data_dir: service_dir.join("data"),
+            log: service_dir.join("logs").join(format!("{slot}.log")),
+            node_root: self.ctx.data_dir.root().to_path_buf(),
+            node: self.ctx.node.clone(),
+            service: name,
+            version: upstream.version.clone(),
+            slot,
+            port: upstream.port,
+            spec,
+        })
+    }
+
+    /// Spawns the probe loop and the exit watcher of a slot's current process.
+    fn watch(&mut self, slot: Color, mut p: process::Process) {
+        let rt = &mut self.slots[slot.index()];
+        if let Some(old) = rt.tasks.take() {
+            old.cancel();
+        }
+        rt.run_id += 1;
+        let run_id = rt.run_id;
+        let token = CancellationToken::new();
+        rt.tasks = Some(token.clone());
+        let Some(launch) = self.launch_of(slot) else {
+            return;
+        };
+        let events = self.events_tx.clone();
+        let exit_token = token.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                how = p.exited() => { let _ = events.send(Event::Exited { slot, run_id, how }); }
+                _ = exit_token.cancelled() => {}
+            }
+        });
+        let events = self.events_tx.clone();
+        tokio::spawn(async move {
+            // An `exec` check runs with the slot's own environment.
+            let env = process::environment(&launch);
+            let ctx = ExecContext {
+                dir: &launch.release_dir,
+                env: &env,
+            };
+            let (spec, port) = (&launch.spec, launch.port);
+            let interval = spec.health.interval.as_duration();
+            let timeout = spec.health.timeout.as_duration();
+            // The first check soon after start, so a fast release is routable quickly.
+            let mut wait = interval.min(Duration::from_millis(50));
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = token.cancelled() => return,
+                }
+                let outcome = probe::probe(&spec.health.check, port, timeout, &ctx).await;
+                if events
+                    .send(Event::Probe {
+                        slot,
+                        run_id,
+                        outcome,
+                    })
+                    .is_err()
+                {
+                    return;
+                }
+                wait = interval;
+            }
+        });
+    }
+
+    fn event(&mut self, event: Event) {
+        let now = self.now();
+        match event {
+            Event::Probe {
+                slot,
+                run_id,
+                outcome,
+            } => {
+                let rt = &mut self.slots[slot.index()];
+                if rt.run_id != run_id {
+                    return;
+                }
+                let Some(tracker) = rt.tracker.as_mut() else {
+                    return;
+                };
+                let before = tracker.health();
+                let health = tracker.observe(outcome.passed, &outcome.output, now);
+                if health != before {
+                    info!(service = %self.record.name, %slot, health = health.as_str(), output = %outcome.output, "slot health changed");
+                }
+                self.engine.set_health(slot, health);
+            }
+            Event::Exited { slot, run_id, how } => {
+                let name = self.record.name.clone();
+                let log = self
+                    .ctx
+                    .releases
+                    .service_dir(&name)
+                    .join("logs")
+                    .join(format!("{slot}.log"));
+                let rt = &mut self.slots[slot.index()];
+                if rt.run_id != run_id {
+                    return;
+                }
+                rt.pid = None;
+                let ran = now.saturating_sub(rt.since_ms);
+                let restart = rt.supervisor.exited(now, ran);
+                rt.restart_at = Some(now + restart.delay_ms);
+                rt.last_exit = Some(format!(
+                    "the process {how}; last output: {}",
+                    log_tail(&log)
+                ));
+                if let Some(t) = rt.tracker.as_mut() {
+                    t.set_crash_loop(restart.crash_loop);
+                    self.engine.set_health(slot, t.health());
+                }
+                warn!(service = %name, %slot, %how, restart_in_ms = restart.delay_ms, crash_loop = restart.crash_loop, "slot process exited");
+            }
+        }
+    }
+
+    fn tick(&mut self) {
+        let now = self.now();
+        let actions = self.engine.tick(now);
+        self.apply(actions);
+        for color in Color::BOTH {
+            // Restarts that are due.
+            let rt = &self.slots[color.index()];
+            if rt.restart_at.is_some_and(|t| t <= now)
+                && self.engine.slot(color).running()
+                && let Err(e) = self.launch(color)
+            {
+                error!(service = %self.record.name, slot = %color, error = %e, "restart failed");
+                let rt = &mut self.slots[color.index()];
+                let restart = rt.supervisor.exited(now, 0);
+                rt.restart_at = Some(now + restart.delay_ms);
+                rt.last_exit = Some(e.to_string());
+            }
+            // A crash loop ends once the process stays up.
+            let rt = &mut self.slots[color.index()];
+            if rt.pid.is_some()
+                && rt.supervisor.recovered(rt.since_ms, now)
+                && let Some(t) = rt.tracker.as_mut()
+                && t.crash_loop()
+            {
+                t.set_crash_loop(false);
+                let h = t.health();
+                self.engine.set_health(color, h);
+            }
+            // Drains whose work is done.
+            if self.engine.slot(color).role == SlotRole::Draining {
+                let idle = self.slots[color.index()]
+                    .upstream
+                    .as_ref()
+                    .is_none_or(|u| u.inflight() == 0);
+                if idle {
+                    let actions = self.engine.drained(color, now);
+                    self.apply(actions);
+                }
+            }
+        }
+        self.answer_drain(now);
+        self.answer_check(now);
+        self.revert_orphan(now);
+        if now >= self.last_signals_ms + 1000 {
+            self.last_signals_ms = now;
+            self.update_signals();
+        }
+    }
+
+    /// A deploy left unfinished with no coordinator in touch for `orphan_timeout` is reverted:
+    /// the host goes back to its committed release and stops draining.
+    fn revert_orphan(&mut self, now: u64) {
+        let timeout = self.record.spec.rollout.orphan_timeout.0;
+        let silent = wall_ms().saturating_sub(
+            self.ctx
+                .last_contact_ms
+                .load(std::sync::atomic::Ordering::Relaxed),
+        );
+        if !self.engine.uncommitted() || self.check.is_some() || silent < timeout {
+            return;
+        }
+        warn!(service = %self.record.name, silent_ms = silent, "no coordinator for orphan_timeout; reverting to the committed release");
+        let (outcome, actions) = self.engine.revert(now);
+        self.apply(actions);
+        if let Reverted::StartCommitted(version) = outcome
+            && self.start_next(&version).is_ok()
+        {
+            let (reply, _) = oneshot::channel();
+            self.begin_check(reply, true);
+        }
+        self.ctx
+            .draining
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Signals over the last window: one snapshot a second, compared with the one a window ago.
+    fn update_signals(&mut self) {
+        let per_window = (SIGNAL_WINDOW_MS / 1000) as usize;
+        for rt in &mut self.slots {
+            let Some(up) = &rt.upstream else { continue };
+            let snap = up.snapshot();
+            let window_ms = rt.history.len() as u64 * 1000;
+            let oldest = rt.history.front().cloned().unwrap_or_default();
+            rt.signals = snap.signals_since(&oldest, window_ms.max(1000));
+            rt.history.push_back(snap);
+            while rt.history.len() > per_window {
+                rt.history.pop_front();
+            }
+        }
+    }
+
+    fn answer_drain(&mut self, now: u64) {
+        let Some(waiter) = &self.drain else { return };
+        let slot = waiter.slot;
+        if self.engine.slot(slot).role == SlotRole::Draining {
+            return;
+        }
+        let Some(waiter) = self.drain.take() else {
+            return;
+        };
+        let rt = &mut self.slots[slot.index()];
+        let (completed, cut, took_ms) = match rt.drain.take() {
+            Some(d) => {
+                let finished = rt.upstream.as_ref().map_or(0, |u| u.finished());
+                let done = d
+                    .completed
+                    .unwrap_or_else(|| finished.saturating_sub(d.finished_at_start));
+                (done, d.cut, now.saturating_sub(d.started_ms))
+            }
+            None => (0, 0, 0),
+        };
+        let _ = waiter.reply.send(Ok(StepReply::Drained {
+            slot: Some(slot),
+            completed,
+            cut,
+            took_ms,
+        }));
+    }
+
+    fn answer_check(&mut self, now: u64) {
+        let Some(waiter) = &self.check else { return };
+        let slot = waiter.slot;
+        let state = self.engine.slot(slot);
+        let rt = &self.slots[slot.index()];
+        let tracker = rt.tracker.as_ref();
+        let failure = if state.role != SlotRole::Next {
+            Some(format!(
+                "slot {slot} is no longer the next slot (it is {})",
+                state.role.as_str()
+            ))
+        } else if state.health == Health::Healthy {
+            None
+        } else if self.engine.pending() == Some(slot) {
+            return; // stop-start: spawned once the old slot has drained
+        } else if tracker.is_some_and(|t| t.crash_loop()) {
+            Some(format!(
+                "release {} is crash-looping: {}",
+                state.version.as_ref().map_or("-", |v| v.as_str()),
+                rt.last_exit.clone().unwrap_or_default()
+            ))
+        } else if tracker.is_none_or(|t| t.missed_deadline(now))
+            || state.health == Health::Unhealthy
+        {
+            let last = tracker
+                .map(|t| t.last_failure().to_owned())
+                .unwrap_or_default();
+            let exit = rt
+                .last_exit
+                .as_ref()
+                .map(|e| format!("; {e}"))
+                .unwrap_or_default();
+            Some(format!(
+                "release {} did not become healthy within start_period; last check: {}{exit}",
+                state.version.as_ref().map_or("-", |v| v.as_str()),
+                if last.is_empty() { "none ran" } else { &last }
+            ))
+        } else {
+            return; // still starting
+        };
+        let Some(waiter) = self.check.take() else {
+            return;
+        };
+        let waited_ms = now.saturating_sub(waiter.started_ms);
+        let result = match failure {
+            None if waiter.flip_back => match self.engine.flip_back(now) {
+                Ok(actions) => {
+                    self.apply(actions);
+                    Ok(StepReply::Reverted {
+                        serving: self.serving(),
+                    })
+                }
+                Err(r) => Err(from_refused(r)),
+            },
+            None => Ok(StepReply::Healthy { slot, waited_ms }),
+            Some(message) => {
+                warn!(service = %self.record.name, %slot, %message, "health check failed");
+                if !waiter.flip_back {
+                    // A release that never became healthy never gets traffic: stop it now.
+                    let (_, actions) = self.engine.revert(now);
+                    self.apply(actions);
+                }
+                Err(err(ErrorKind::CheckFailed, message))
+            }
+        };
+        let _ = waiter.reply.send(result);
+    }
+
+    fn begin_check(&mut self, reply: oneshot::Sender<StepResult>, flip_back: bool) {
+        let Some(slot) = self.engine.next() else {
+            let _ = reply.send(Err(err(
+                ErrorKind::Conflict,
+                "no started release to check; run start-next first",
+            )));
+            return;
+        };
+        if let Some(old) = self.check.replace(CheckWaiter {
+            reply,
+            slot,
+            started_ms: self.now(),
+            flip_back,
+        }) {
+            let _ = old.reply.send(Err(err(
+                ErrorKind::Conflict,
+                "another check request replaced this one",
+            )));
+        }
+        let now = self.now();
+        self.answer_check(now);
+    }
+
+    fn apply(&mut self, actions: Vec<Action>) {
+        let now = self.now();
+        for action in actions {
+            match action {
+                Action::Spawn { slot, .. } => {
+                    if let Err(e) = self.fresh_slot(slot) {
+                        error!(service = %self.record.name, %slot, error = %e, "cannot start slot");
+                    }
+                }
+                Action::Stop { slot } => self.stop_slot(slot),
+                Action::Route { slot } => {
+                    let upstream = self.slots[slot.index()].upstream.clone();
+                    let started = Instant::now();
+                    self.routes.router.set(upstream);
+                    self.route_switch_ns = started.elapsed().as_nanos() as u64;
+                }
+                Action::Unroute => {
+                    self.routes.router.set(None);
+                }
+                Action::Drain { slot } => {
+                    let rt = &mut self.slots[slot.index()];
+                    rt.drain = Some(DrainInfo {
+                        started_ms: now,
+                        finished_at_start: rt.upstream.as_ref().map_or(0, |u| u.finished()),
+                        completed: None,
+                        cut: 0,
+                    });
+                }
+                Action::Cut { slot } => {
+                    let rt = &mut self.slots[slot.index()];
+                    if let Some(up) = &rt.upstream {
+                        let left = up.inflight();
+                        if let Some(d) = rt.drain.as_mut() {
+                            d.cut += left;
+                            d.completed = Some(up.finished().saturating_sub(d.finished_at_start));
+                        }
+                        warn!(service = %self.record.name, %slot, cut = left, "drain_timeout reached; cutting what is still in flight");
+                        up.cut();
+                    }
+                }
+                Action::Save => {
+                    if let Err(e) = self.save() {
+                        error!(service = %self.record.name, error = %e.message, "cannot save the service record");
+                    }
+                }
+            }
+        }
+    }
+
+    fn stop_slot(&mut self, slot: Color) {
+        let name = self.record.name.clone();
+        let rt = &mut self.slots[slot.index()];
+        if let Some(t) = rt.tasks.take() {
+            t.cancel();
+        }
+        rt.run_id += 1;
+        rt.restart_at = None;
+        rt.tracker = None;
+        let spec = rt.spec.clone();
+        if let Some((pid, ticks)) = rt.pid.take() {
+            let (signal, kill_after) = spec
+                .as_ref()
+                .map(|s| (s.stop.signal, s.stop.kill_after.as_duration()))
+                .unwrap_or_default();
+            info!(service = %name, %slot, pid, "stopping slot process");
+            tokio::spawn(process::stop(pid, ticks, signal, kill_after));
+        }
+        let _ = std::fs::remove_file(
+            self.ctx
+                .releases
+                .service_dir(&name)
+                .join(format!("{slot}.pid")),
+        );
+    }
+
+    /// Removes releases beyond `keep_releases`, oldest first, never one a slot runs or the
+    /// committed or previous one.
+    fn prune(&mut self) -> Vec<ReleaseVersion> {
+        let keep = self.record.spec.keep_releases.max(2) as usize;
+        let mut protected: Vec<ReleaseVersion> = Vec::new();
+        protected.extend(self.engine.committed().cloned());
+        protected.extend(self.engine.previous().cloned());
+        for c in Color::BOTH {
+            protected.extend(self.engine.slot(c).version.clone());
+        }
+        let mut pruned = Vec::new();
+        while self.record.releases.len() > keep {
+            let Some(i) = self
+                .record
+                .releases
+                .iter()
+                .position(|r| !protected.contains(&r.version))
+            else {
+                break;
+            };
+            let entry = self.record.releases.remove(i);
+            if let Err(e) = self
+                .ctx
+                .releases
+                .remove_release(&self.record.name, &entry.version)
+            {
+                warn!(service = %self.record.name, version = %entry.version, error = %e, "cannot remove old release");
+            }
+            pruned.push(entry.version);
+        }
+        if !pruned.is_empty() {
+            let _ = self.save();
+        }
+        pruned
+    }
+
+    fn save(&mut self) -> Result<(), ErrorReply> {
+        self.record.active = self.engine.active();
+        self.record.committed = self.engine.committed().cloned();
+        self.record.previous = self.engine.previous().cloned();
+        for c in Color::BOTH {
+            let rt = &self.slots[c.index()];
+            let state = self.engine.slot(c);
+            self.record.slots[c.index()] = SlotRecord {
+                version: state.version.clone().filter(|_| state.running()),
+                port: rt.upstream.as_ref().map_or(0, |u| u.port),
+                pid: rt.pid.map(|(p, _)| p),
+                start_ticks: rt.pid.map_or(0, |(_, t)| t),
+                spec: rt.spec.clone().filter(|_| state.running()),
+            };
+        }
+        self.ctx
+            .data_dir
+            .write_record(&record_name(&self.record.name), &self.record)
+            .map_err(|e| {
+                err(
+                    ErrorKind::Internal,
+                    format!("cannot save the service record: {e}"),
+                )
+            })
+    }
+
+    pub(crate) fn status(&self) -> ServiceStatus {
+        let slots = Color::BOTH
+            .into_iter()
+            .map(|c| {
+                let state = self.engine.slot(c);
+                let rt = &self.slots[c.index()];
+                SlotStatus {
+                    color: c,
+                    role: state.role,
+                    version: state.version.clone(),
+                    port: rt.upstream.as_ref().map_or(0, |u| u.port),
+                    pid: rt.pid.map(|(p, _)| p),
+                    health: if state.running() {
+                        state.health
+                    } else {
+                        Health::Stopped
+                    },
+                    restarts: rt.supervisor.restarts(),
+                    crash_loop: rt.tracker.as_ref().is_some_and(|t| t.crash_loop()),
+                    signals: rt.signals,
+                }
+            })
+            .collect();
+        ServiceStatus {
+            name: self.name().clone(),
+            listen: self
+                .record
+                .spec
+                .listen
+                .resolve(self.ctx.service_address)
+                .to_string(),
+            protocol: protocol_name(self.record.spec.protocol),
+            committed: self.engine.committed().cloned(),
+            previous: self.engine.previous().cloned(),
+            slots,
+            releases: self
+                .record
+                .releases
+                .iter()
+                .map(|r| r.version.clone())
+                .collect(),
+            epoch: self.record.epoch,
+            routing: self.routes.status(),
+        }
+    }
+}
+
+/// The last lines of a slot's log, for error messages.
+fn log_tail(path: &std::path::Path) -> String {
+    let Ok(bytes) = std::fs::read(path) else {
+        return "(no log)".into();
+    };
+    let start = bytes.len().saturating_sub(400);
+    let text = String::from_utf8_lossy(&bytes[start..]);
+    let lines: Vec<&str> = text.lines().rev().take(5).collect();
+    let tail: Vec<&str> = lines.into_iter().rev().collect();
+    if tail.is_empty() {
+        "(empty)".into()
+    } else {
+        tail.join(" | ")
+    }
+}

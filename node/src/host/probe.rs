@@ -1,0 +1,279 @@
+//! Health probes of a slot: one check, bounded by the spec's `timeout`, with a short description
+//! of what failed (shown by a deploy whose release never becomes healthy).
+//!
+//! ## Guarantees
+//! - A probe never takes longer than its timeout: a hanging endpoint or command fails the check
+//!   (an `exec` check's process group is killed).
+//! - At most 4 KiB of an HTTP answer and of a command's output is read.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use halley_proto::spec::HealthCheck;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const MAX_READ: usize = 4096;
+
+/// What an `exec` check runs with.
+#[derive(Debug, Clone)]
+pub struct ExecContext<'a> {
+    /// The release directory (working directory).
+    pub dir: &'a Path,
+    /// The slot's environment.
+    pub env: &'a [(String, String)],
+}
+
+/// The result of one check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// Whether it passed.
+    pub passed: bool,
+    /// What happened, for a failed check.
+    pub output: String,
+}
+
+fn fail(output: String) -> Outcome {
+    Outcome {
+        passed: false,
+        output,
+    }
+}
+
+fn pass() -> Outcome {
+    Outcome {
+        passed: true,
+        output: String::new(),
+    }
+}
+
+/// Runs one check against the slot on `port`.
+pub async fn probe(
+    check: &HealthCheck,
+    port: u16,
+    timeout: Duration,
+    exec: &ExecContext<'_>,
+) -> Outcome {
+    let run = async {
+        match check {
+            HealthCheck::Tcp => tcp(port).await,
+            HealthCheck::Http { path, statuses } => http(port, path, statuses).await,
+            HealthCheck::Exec(argv) => command(argv, port, exec).await,
+        }
+    };
+    match tokio::time::timeout(timeout, run).await {
+        Ok(outcome) => outcome,
+        Err(_) => fail(format!(
+            "{} did not answer within the {}ms health timeout",
+            describe(check, port),
+            timeout.as_millis()
+        )),
+    }
+}
+
+fn describe(check: &HealthCheck, port: u16) -> String {
+    match check {
+        HealthCheck::Tcp => format!("TCP connect to 127.0.0.1:{port}"),
+        HealthCheck::Http { path, .. } => format!("GET http://127.0.0.1:{port}{path}"),
+        HealthCheck::Exec(argv) => format!("health command {:?}", argv.join(" ")),
+    }
+}
+
+async fn tcp(port: u16) -> Outcome {
+    match TcpStream::connect(("127.0.0.1", port)).await {
+        Ok(_) => pass(),
+        Err(e) => fail(format!("TCP connect to 127.0.0.1:{port} failed: {e}")),
+    }
+}
+
+async fn http(port: u16, path: &str, statuses: &[u16]) -> Outcome {
+    let url = format!("http://127.0.0.1:{port}{path}");
+    let mut stream = match TcpStream::connect(("127.0.0.1", port)).await {
+        Ok(s) => s,
+        Err(e) => return fail(format!("GET {url}: cannot connect: {e}")),
+    };
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: halley-health\r\nConnection: close\r\n\r\n"
+    );
+    if let Err(e) = stream.write_all(request.as_bytes()).await {
+        return fail(format!("GET {url}: cannot send: {e}"));
+    }
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    while buf.len() < MAX_READ {
+        match stream.read(&mut chunk).await {
+            Ok(0) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if buf.is_empty() => return fail(format!("GET {url}: {e}")),
+            Err(_) => break,
+        }
+        if buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() >= 512 {
+            break;
+        }
+    }
+    let text = String::from_utf8_lossy(&buf);
+    let status: Option<u16> = text
+        .lines()
+        .next()
+        .filter(|l| l.starts_with("HTTP/1."))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok());
+    let Some(status) = status else {
+        return fail(format!(
+            "GET {url}: the answer is not HTTP: {:?}",
+            text.chars().take(80).collect::<String>()
+        ));
+    };
+    let ok = if statuses.is_empty() {
+        (200..400).contains(&status)
+    } else {
+        statuses.contains(&status)
+    };
+    if ok {
+        return pass();
+    }
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.trim())
+        .unwrap_or("");
+    fail(format!(
+        "GET {url} answered {status}: {}",
+        body.chars().take(300).collect::<String>()
+    ))
+}
+
+async fn command(argv: &[String], port: u16, ctx: &ExecContext<'_>) -> Outcome {
+    let argv = crate::host::process::argv(argv, port);
+    let program = match crate::host::process::program(ctx.dir, &argv[0]) {
+        Ok(p) => p,
+        Err(e) => return fail(e.to_string()),
+    };
+    let child = tokio::process::Command::new(program)
+        .args(&argv[1..])
+        .current_dir(ctx.dir)
+        .env_clear()
+        .envs(ctx.env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .process_group(0)
+        .spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) => return fail(format!("cannot run health command {:?}: {e}", argv[0])),
+    };
+    let mut out = Vec::new();
+    let (mut so, mut se) = (child.stdout.take(), child.stderr.take());
+    let read_out = async {
+        let mut a = Vec::new();
+        let mut b = Vec::new();
+        if let Some(s) = so.as_mut() {
+            let _ = s.take(MAX_READ as u64).read_to_end(&mut a).await;
+        }
+        if let Some(s) = se.as_mut() {
+            let _ = s.take(MAX_READ as u64).read_to_end(&mut b).await;
+        }
+        a.extend(b);
+        a
+    };
+    let (status, output) = tokio::join!(child.wait(), read_out);
+    out.extend(output);
+    let text = String::from_utf8_lossy(&out).trim().to_owned();
+    match status {
+        Ok(s) if s.success() => pass(),
+        Ok(s) => fail(format!(
+            "health command {:?} {s}: {}",
+            argv.join(" "),
+            text.chars()
+                .rev()
+                .take(500)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect::<String>()
+        )),
+        Err(e) => fail(format!("health command {:?}: {e}", argv[0])),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn http_probe_reads_status_and_times_out_on_a_hang() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let mut n = 0;
+            loop {
+                let (mut s, _) = listener.accept().await.unwrap();
+                n += 1;
+                let mut buf = [0u8; 1024];
+                let _ = s.read(&mut buf).await;
+                match n {
+                    1 => {
+                        let _ = s
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                            .await;
+                    }
+                    2 => {
+                        let _ = s
+                            .write_all(
+                                b"HTTP/1.1 503 Unavailable\r\ncontent-length: 7\r\n\r\nwarming",
+                            )
+                            .await;
+                    }
+                    // Hang: keep the socket open and say nothing.
+                    _ => {
+                        tokio::time::sleep(Duration::from_secs(30)).await;
+                    }
+                }
+            }
+        });
+        let check = HealthCheck::Http {
+            path: "/up".into(),
+            statuses: vec![],
+        };
+        let ctx = ExecContext {
+            dir: Path::new("/"),
+            env: &[],
+        };
+        let t = Duration::from_millis(300);
+        assert!(probe(&check, port, t, &ctx).await.passed);
+        let second = probe(&check, port, t, &ctx).await;
+        assert!(!second.passed);
+        assert!(
+            second.output.contains("503") && second.output.contains("warming"),
+            "{}",
+            second.output
+        );
+        let hung = probe(&check, port, t, &ctx).await;
+        assert!(
+            hung.output.contains("did not answer within"),
+            "{}",
+            hung.output
+        );
+    }
+
+    #[tokio::test]
+    async fn exec_probe_passes_on_exit_zero_and_shows_output() {
+        let ctx = ExecContext {
+            dir: Path::new("/"),
+            env: &[("PATH".into(), "/usr/bin:/bin".into())],
+        };
+        let t = Duration::from_secs(5);
+        let ok = HealthCheck::Exec(vec!["true".into()]);
+        assert!(probe(&ok, 1, t, &ctx).await.passed);
+        let bad = HealthCheck::Exec(vec![
+            "sh".into(),
+            "-c".into(),
+            "echo db down; exit 3".into(),
+        ]);
+        let out = probe(&bad, 1, t, &ctx).await;
+        assert!(!out.passed);
+        assert!(out.output.contains("db down"), "{}", out.output);
+    }
+}

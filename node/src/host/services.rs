@@ -1,0 +1,200 @@
+//! The services of this node: one [`ServiceHandle`] per service, created by the first `prepare`
+//! step that names it and found again on disk when the node restarts.
+//!
+//! ## Guarantees
+//! - At most one host per service name; concurrent first deploys of a service create it once.
+//! - A record that cannot be read is logged with its path and skipped; the other services start.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use halley_proto::deploy::{ServiceStatus, Step, StepReply, StepRequest};
+use halley_proto::disk::ServiceRecord;
+use halley_proto::gossip::{SERVICE_KEY_PREFIX, ServiceSummary};
+use halley_proto::message::{ErrorKind, ErrorReply};
+use halley_proto::spec::ServiceName;
+use tracing::{error, info};
+
+use crate::host::handle::{HostContext, ServiceHandle, record_name};
+
+/// This node's services.
+pub struct Services {
+    ctx: Arc<HostContext>,
+    hosts: tokio::sync::Mutex<BTreeMap<ServiceName, Arc<ServiceHandle>>>,
+}
+
+impl Services {
+    /// Adopts every service recorded in the data dir.
+    pub fn load(ctx: HostContext) -> Self {
+        let ctx = Arc::new(ctx);
+        let mut hosts = BTreeMap::new();
+        let dir = ctx.data_dir.file("services");
+        let names: Vec<String> = std::fs::read_dir(&dir)
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        for name in names {
+            let Ok(name) = ServiceName::parse(&name) else {
+                continue;
+            };
+            let file = record_name(&name);
+            if !ctx.data_dir.file(&file).exists() {
+                continue;
+            }
+            match ctx.data_dir.read_record::<ServiceRecord>(&file) {
+                Ok(record) => {
+                    info!(service = %name, "adopting service");
+                    hosts.insert(name, Arc::new(ServiceHandle::adopt(ctx.clone(), record)));
+                }
+                Err(e) => {
+                    error!(service = %name, error = %e, "cannot read the service record; the service is not started")
+                }
+            }
+        }
+        Self {
+            ctx,
+            hosts: tokio::sync::Mutex::new(hosts),
+        }
+    }
+
+    /// Runs a deploy step.
+    pub async fn step(&self, request: StepRequest) -> Result<StepReply, ErrorReply> {
+        if let Step::Prepare { spec, .. } = &request.step
+            && !spec.hosts.includes(&self.ctx.node)
+        {
+            return Err(ErrorReply {
+                kind: ErrorKind::BadRequest,
+                message: format!(
+                    "node {} is not in `hosts` of service {}; add it, or deploy from a node that is",
+                    self.ctx.node, request.service
+                ),
+            });
+        }
+        let handle = {
+            let mut hosts = self.hosts.lock().await;
+            match (hosts.get(&request.service), &request.step) {
+                (Some(h), _) => h.clone(),
+                (None, Step::Prepare { spec, .. }) => {
+                    let h = Arc::new(
+                        ServiceHandle::create(
+                            self.ctx.clone(),
+                            request.service.clone(),
+                            (**spec).clone(),
+                        )
+                        .await?,
+                    );
+                    hosts.insert(request.service.clone(), h.clone());
+                    h
+                }
+                (None, step) => {
+                    return Err(ErrorReply {
+                        kind: ErrorKind::NotFound,
+                        message: format!(
+                            "service {} is not deployed on node {}; '{}' needs a deploy first",
+                            request.service,
+                            self.ctx.node,
+                            step.name()
+                        ),
+                    });
+                }
+            }
+        };
+        handle.step(request.epoch, request.step).await
+    }
+
+    /// The node's draining flag, shared with every entry point's readiness answer.
+    pub fn draining(&self) -> Arc<std::sync::atomic::AtomicBool> {
+        self.ctx.draining.clone()
+    }
+
+    /// A service's host, if the service runs here.
+    pub async fn handle(&self, service: &ServiceName) -> Option<Arc<ServiceHandle>> {
+        self.hosts.lock().await.get(service).cloned()
+    }
+
+    /// Every service's routing table.
+    pub fn cluster(&self) -> &crate::proxy::routes::Cluster {
+        &self.ctx.cluster
+    }
+
+    /// Notes that a coordinator reached this node (see `orphan_timeout`).
+    pub fn touch(&self) {
+        self.ctx.last_contact_ms.fetch_max(
+            crate::daemon::node::wall_ms(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
+    /// The artifact store and releases.
+    pub fn releases(&self) -> &crate::store::releases::Releases {
+        &self.ctx.releases
+    }
+
+    /// A release prepared on this node.
+    pub async fn release(
+        &self,
+        service: &ServiceName,
+        version: &halley_proto::deploy::ReleaseVersion,
+    ) -> Option<halley_proto::disk::ReleaseEntry> {
+        let handle = self.hosts.lock().await.get(service).cloned()?;
+        handle.release(version)
+    }
+
+    /// Every service's status.
+    pub async fn statuses(&self) -> Vec<ServiceStatus> {
+        self.hosts
+            .lock()
+            .await
+            .values()
+            .map(|h| h.status())
+            .collect()
+    }
+
+    /// The gossip key-values that describe the services (`svc:NAME`).
+    pub async fn gossip(&self) -> Vec<(String, String)> {
+        self.statuses()
+            .await
+            .iter()
+            .map(|s| {
+                (
+                    format!("{SERVICE_KEY_PREFIX}{}", s.name),
+                    summary(s).format(),
+                )
+            })
+            .collect()
+    }
+}
+
+/// What a node publishes about a service: its active slot's release, health and signals.
+pub fn summary(status: &ServiceStatus) -> ServiceSummary {
+    let active = status
+        .slots
+        .iter()
+        .find(|s| s.role == halley_proto::deploy::SlotRole::Active);
+    match active {
+        Some(slot) => {
+            let sig = slot.signals;
+            ServiceSummary {
+                version: slot.version.as_ref().map_or("-".into(), |v| v.to_string()),
+                slot: slot.color.to_string(),
+                health: slot.health.as_str().into(),
+                restarts: slot.restarts,
+                rate_milli: sig.requests * 1_000_000 / sig.window_ms.max(1),
+                errors_bp: sig.errors * 10_000 / sig.requests.max(1),
+                p99_us: sig.p99_us,
+            }
+        }
+        None => ServiceSummary {
+            version: "-".into(),
+            slot: "-".into(),
+            health: "stopped".into(),
+            restarts: 0,
+            rate_milli: 0,
+            errors_bp: 0,
+            p99_us: 0,
+        },
+    }
+}

@@ -1,0 +1,523 @@
+//! The mesh: one QUIC endpoint per node that both listens and dials, carrying gossip and RPCs.
+//!
+//! ## Guarantees
+//! - Every connection is mutually authenticated against the cluster CA, except a client with no
+//!   certificate, which may open exactly one bidirectional stream carrying a join request and is then
+//!   closed. Every request is checked against its [`Access`](halley_proto::role::Access) rule using
+//!   the role in the caller's certificate.
+//! - Sending gossip never blocks the caller: frames go to a bounded per-peer queue served by its own
+//!   task (dialling, if needed, with a timeout); when the queue is full the frame is dropped, which
+//!   gossip tolerates.
+//! - A connection accepted from a peer is reused to send to it, so a peer's source address is its
+//!   gossip address and replies need no new handshake.
+//! - Refused handshakes and bad frames are logged at most once a minute per peer IP.
+//!
+//! ## Non-goals
+//! No ordering between gossip frames (each goes on its own uni stream) and no retransmission above
+//! QUIC's: gossip repairs itself on the next round.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use halley_proto::message::{ErrorKind, ErrorReply, MeshStats};
+use halley_proto::{Limit, Message, Role};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use crate::error::{Error, Result};
+use crate::mesh::framing::{read_message, write_message};
+use crate::mesh::pki::PeerIdentity;
+use crate::mesh::tls::{self, Credentials};
+
+/// How long a dial may take before the frames waiting for it are dropped.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a peer may take to deliver one frame on a stream.
+const STREAM_TIMEOUT: Duration = Duration::from_secs(5);
+/// Frames queued per peer before new ones are dropped.
+const PEER_QUEUE: usize = 64;
+/// Inbound gossip frames queued before new ones are dropped.
+const INBOUND_QUEUE: usize = 1024;
+/// How often a given peer IP may cause a warning.
+const LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// Answers requests that arrive on bidirectional streams.
+#[async_trait::async_trait]
+pub trait RequestHandler: Send + Sync + 'static {
+    /// Handles one request (already checked against its access rule) and returns the reply.
+    async fn handle(
+        &self,
+        caller: Option<PeerIdentity>,
+        remote: SocketAddr,
+        request: Message,
+    ) -> Message;
+
+    /// Takes over a stream that opened a mesh hop ([`Message::ProxyOpen`], access already
+    /// checked): it answers on `send` and then carries the proxied bytes.
+    async fn proxy(
+        &self,
+        open: halley_proto::message::ProxyOpen,
+        send: quinn::SendStream,
+        recv: quinn::RecvStream,
+    );
+}
+
+/// A gossip payload received from a peer.
+pub type InboundGossip = (SocketAddr, Vec<u8>);
+
+/// The node's QUIC endpoint and its connections.
+pub struct Mesh {
+    endpoint: quinn::Endpoint,
+    client: quinn::ClientConfig,
+    conns: Mutex<HashMap<SocketAddr, quinn::Connection>>,
+    senders: Mutex<HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>>,
+    gossip_in: mpsc::Sender<InboundGossip>,
+    handler: Arc<dyn RequestHandler>,
+    warned: Mutex<HashMap<IpAddr, Instant>>,
+    closed_tx_bytes: AtomicU64,
+    closed_rx_bytes: AtomicU64,
+}
+
+impl Mesh {
+    /// Binds the endpoint and starts accepting. Returns the mesh and the stream of inbound gossip.
+    pub fn start(
+        listen: SocketAddr,
+        creds: &Credentials,
+        handler: Arc<dyn RequestHandler>,
+    ) -> Result<(Arc<Self>, mpsc::Receiver<InboundGossip>)> {
+        let server = tls::server_config(creds)?;
+        let client = tls::mesh_client_config(creds)?;
+        let endpoint = quinn::Endpoint::server(server, listen).map_err(|e| {
+            Error::Net(format!(
+                "cannot listen on {listen}/udp: {e}; is another halley-node using that port? Pick another with --listen"
+            ))
+        })?;
+        let (gossip_in, gossip_rx) = mpsc::channel(INBOUND_QUEUE);
+        let mesh = Arc::new(Self {
+            endpoint,
+            client,
+            conns: Mutex::default(),
+            senders: Mutex::default(),
+            gossip_in,
+            handler,
+            warned: Mutex::default(),
+            closed_tx_bytes: AtomicU64::new(0),
+            closed_rx_bytes: AtomicU64::new(0),
+        });
+        tokio::spawn(accept_loop(Arc::downgrade(&mesh), mesh.endpoint.clone()));
+        Ok((mesh, gossip_rx))
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> Result<SocketAddr> {
+        self.endpoint
+            .local_addr()
+            .map_err(|e| Error::Net(format!("endpoint has no address: {e}")))
+    }
+
+    /// Queues a gossip frame for `to`; never waits.
+    pub fn send_gossip(self: &Arc<Self>, to: SocketAddr, frame: Vec<u8>) {
+        let sender = {
+            let Ok(mut senders) = self.senders.lock() else {
+                return;
+            };
+            senders
+                .entry(to)
+                .or_insert_with(|| {
+                    let (tx, rx) = mpsc::channel(PEER_QUEUE);
+                    tokio::spawn(peer_sender(Arc::downgrade(self), to, rx));
+                    tx
+                })
+                .clone()
+        };
+        if sender.try_send(frame).is_err() {
+            debug!(peer = %to, "gossip queue full; frame dropped");
+        }
+    }
+
+    /// Sends one request to the node at `to` on a new bidirectional stream and waits up to
+    /// `timeout` for its reply. An [`Message::ErrorReply`] comes back as [`Error::Remote`].
+    pub async fn request(
+        self: &Arc<Self>,
+        to: SocketAddr,
+        request: &Message,
+        timeout: Duration,
+    ) -> Result<Message> {
+        let exchange = async {
+            let (mut send, mut recv) = self.send_on_new_stream(to, request).await?;
+            let _ = send.finish();
+            read_message(&mut recv, Limit::Rpc).await
+        };
+        match tokio::time::timeout(timeout, exchange).await {
+            Err(_) => Err(Error::Net(format!(
+                "{to} did not answer a {} request within {}s",
+                request.kind(),
+                timeout.as_secs()
+            ))),
+            Ok(Err(e)) => Err(e),
+            Ok(Ok(None)) => Err(Error::Net(format!(
+                "{to} closed the stream without a reply"
+            ))),
+            Ok(Ok(Some(Message::ErrorReply(reply)))) => Err(Error::Remote(reply)),
+            Ok(Ok(Some(reply))) => Ok(reply),
+        }
+    }
+
+    /// Opens a bidirectional stream to the node at `to` with `request` (a
+    /// [`Message::ProxyOpen`]) and waits up to `timeout` for [`Message::ProxyAccept`]; the stream
+    /// then carries raw bytes. An error means nothing beyond the request reached the peer.
+    pub async fn open_stream(
+        self: &Arc<Self>,
+        to: SocketAddr,
+        request: &Message,
+        timeout: Duration,
+    ) -> Result<(quinn::SendStream, quinn::RecvStream)> {
+        let exchange = async {
+            let (send, mut recv) = self.send_on_new_stream(to, request).await?;
+            match read_message(&mut recv, Limit::Rpc).await? {
+                Some(Message::ProxyAccept) => Ok((send, recv)),
+                Some(Message::ErrorReply(reply)) => Err(Error::Remote(reply)),
+                Some(other) => Err(Error::Net(format!(
+                    "{to} answered a stream opening with {}",
+                    other.kind()
+                ))),
+                None => Err(Error::Net(format!("{to} closed the stream at once"))),
+            }
+        };
+        tokio::time::timeout(timeout, exchange)
+            .await
+            .map_err(|_| Error::Net(format!("{to} did not accept a stream within {timeout:?}")))?
+    }
+
+    /// Opens a bidirectional stream to `to` (dialling if needed) and writes `request` on it.
+    async fn send_on_new_stream(
+        self: &Arc<Self>,
+        to: SocketAddr,
+        request: &Message,
+    ) -> Result<(quinn::SendStream, quinn::RecvStream)> {
+        let conn = self.connection(to).await?;
+        let (mut send, recv) = conn
+            .open_bi()
+            .await
+            .map_err(|e| Error::Net(format!("cannot open a stream to {to}: {e}")))?;
+        write_message(&mut send, request, Limit::Rpc).await?;
+        Ok((send, recv))
+    }
+
+    /// Byte counters over all connections, live and closed.
+    pub fn stats(&self) -> MeshStats {
+        let (mut tx, mut rx, mut connections) = (0, 0, 0);
+        if let Ok(conns) = self.conns.lock() {
+            for conn in conns.values() {
+                let stats = conn.stats();
+                tx += stats.udp_tx.bytes;
+                rx += stats.udp_rx.bytes;
+                connections += 1;
+            }
+        }
+        MeshStats {
+            udp_tx_bytes: tx + self.closed_tx_bytes.load(Ordering::Relaxed),
+            udp_rx_bytes: rx + self.closed_rx_bytes.load(Ordering::Relaxed),
+            connections,
+        }
+    }
+
+    /// Closes every connection and waits briefly for the peers to be told.
+    pub async fn close(&self) {
+        self.endpoint
+            .close(quinn::VarInt::from_u32(0), b"node stopping");
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+    }
+
+    /// A connection to `to`, reusing a live one or dialling.
+    async fn connection(self: &Arc<Self>, to: SocketAddr) -> Result<quinn::Connection> {
+        if let Some(conn) = self.conns.lock().ok().and_then(|c| c.get(&to).cloned())
+            && conn.close_reason().is_none()
+        {
+            return Ok(conn);
+        }
+        let connecting = self
+            .endpoint
+            .connect_with(self.client.clone(), to, &to.ip().to_string())
+            .map_err(|e| Error::Net(format!("cannot dial {to}: {e}")))?;
+        let conn = tokio::time::timeout(DIAL_TIMEOUT, connecting)
+            .await
+            .map_err(|_| Error::Net(format!("dialling {to} timed out")))?
+            .map_err(|e| Error::Net(format!("handshake with {to} failed: {e}")))?;
+        let identity = peer_identity(&conn)
+            .ok_or_else(|| Error::Net(format!("{to} presented no usable certificate")))??;
+        if identity.role != Role::Node {
+            conn.close(quinn::VarInt::from_u32(2), b"peer is not a node");
+            return Err(Error::Net(format!(
+                "{to} is not a node (role {})",
+                identity.role
+            )));
+        }
+        self.register(to, conn.clone());
+        tokio::spawn(serve_connection(
+            Arc::downgrade(self),
+            conn.clone(),
+            Some(identity),
+        ));
+        Ok(conn)
+    }
+
+    fn register(&self, addr: SocketAddr, conn: quinn::Connection) {
+        if let Ok(mut conns) = self.conns.lock()
+            && let Some(old) = conns.insert(addr, conn)
+        {
+            self.account_closed(&old);
+        }
+    }
+
+    fn forget(&self, addr: SocketAddr, conn: &quinn::Connection) {
+        if let Ok(mut conns) = self.conns.lock()
+            && conns.get(&addr).map(|c| c.stable_id()) == Some(conn.stable_id())
+        {
+            conns.remove(&addr);
+            self.account_closed(conn);
+        }
+    }
+
+    fn account_closed(&self, conn: &quinn::Connection) {
+        let stats = conn.stats();
+        self.closed_tx_bytes
+            .fetch_add(stats.udp_tx.bytes, Ordering::Relaxed);
+        self.closed_rx_bytes
+            .fetch_add(stats.udp_rx.bytes, Ordering::Relaxed);
+    }
+
+    /// Whether a warning about `ip` may be logged now (at most once per [`LOG_EVERY`]).
+    fn may_warn(&self, ip: IpAddr) -> bool {
+        let Ok(mut warned) = self.warned.lock() else {
+            return false;
+        };
+        let now = Instant::now();
+        if warned.len() > 4096 {
+            warned.retain(|_, at| now.duration_since(*at) < LOG_EVERY);
+        }
+        match warned.get(&ip) {
+            Some(at) if now.duration_since(*at) < LOG_EVERY => false,
+            _ => {
+                warned.insert(ip, now);
+                true
+            }
+        }
+    }
+}
+
+fn peer_identity(conn: &quinn::Connection) -> Option<Result<PeerIdentity>> {
+    let certs = conn
+        .peer_identity()?
+        .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+        .ok()?;
+    let first = certs.first()?;
+    Some(PeerIdentity::from_cert(first))
+}
+
+async fn accept_loop(mesh: Weak<Mesh>, endpoint: quinn::Endpoint) {
+    while let Some(incoming) = endpoint.accept().await {
+        let mesh = mesh.clone();
+        tokio::spawn(async move {
+            let remote = incoming.remote_address();
+            match incoming.await {
+                Ok(conn) => accept_connection(mesh, conn).await,
+                Err(e) => {
+                    if let Some(m) = mesh.upgrade()
+                        && m.may_warn(remote.ip())
+                    {
+                        warn!(peer = %remote, error = %e, "refused a connection (handshake failed: no valid cluster certificate, or another protocol); further refusals from this IP are not logged for a minute");
+                    }
+                }
+            }
+        });
+    }
+}
+
+async fn accept_connection(mesh: Weak<Mesh>, conn: quinn::Connection) {
+    let remote = conn.remote_address();
+    match peer_identity(&conn) {
+        None => serve_join_only(mesh, conn).await,
+        Some(Ok(identity)) => {
+            let Some(m) = mesh.upgrade() else { return };
+            debug!(peer = %remote, name = %identity.name, role = %identity.role, "peer connected");
+            m.register(remote, conn.clone());
+            drop(m);
+            serve_connection(mesh, conn, Some(identity)).await;
+        }
+        Some(Err(e)) => {
+            if let Some(m) = mesh.upgrade()
+                && m.may_warn(remote.ip())
+            {
+                warn!(peer = %remote, error = %e, "closing connection: certificate from the cluster CA but without a usable identity");
+            }
+            conn.close(quinn::VarInt::from_u32(2), b"no usable identity");
+        }
+    }
+}
+
+/// A client without a certificate: one request, which must be allowed to anyone (a join).
+async fn serve_join_only(mesh: Weak<Mesh>, conn: quinn::Connection) {
+    let remote = conn.remote_address();
+    let Ok(Ok((send, recv))) = tokio::time::timeout(STREAM_TIMEOUT, conn.accept_bi()).await else {
+        conn.close(quinn::VarInt::from_u32(3), b"expected a join request");
+        return;
+    };
+    serve_request(mesh, None, remote, send, recv).await;
+    // Give the reply time to reach the client before closing.
+    let _ = tokio::time::timeout(STREAM_TIMEOUT, conn.closed()).await;
+}
+
+/// An authenticated peer: gossip on uni streams, requests on bi streams, until it closes.
+async fn serve_connection(
+    mesh: Weak<Mesh>,
+    conn: quinn::Connection,
+    identity: Option<PeerIdentity>,
+) {
+    let remote = conn.remote_address();
+    loop {
+        tokio::select! {
+            uni = conn.accept_uni() => match uni {
+                Ok(recv) => {
+                    tokio::spawn(receive_gossip(mesh.clone(), identity.clone(), remote, recv));
+                }
+                Err(_) => break,
+            },
+            bi = conn.accept_bi() => match bi {
+                Ok((send, recv)) => {
+                    tokio::spawn(serve_request(mesh.clone(), identity.clone(), remote, send, recv));
+                }
+                Err(_) => break,
+            },
+        }
+    }
+    if let Some(m) = mesh.upgrade() {
+        m.forget(remote, &conn);
+    }
+}
+
+async fn receive_gossip(
+    mesh: Weak<Mesh>,
+    identity: Option<PeerIdentity>,
+    remote: SocketAddr,
+    mut recv: quinn::RecvStream,
+) {
+    let read = tokio::time::timeout(STREAM_TIMEOUT, read_message(&mut recv, Limit::Gossip)).await;
+    let Some(mesh) = mesh.upgrade() else { return };
+    let role = identity.as_ref().map(|i| i.role);
+    match read {
+        Ok(Ok(Some(message))) if !message.access().allows(role) => {
+            if mesh.may_warn(remote.ip()) {
+                warn!(peer = %remote, kind = message.kind(), role = ?role, "message refused: caller's role does not allow it");
+            }
+        }
+        Ok(Ok(Some(Message::Gossip(packet)))) => {
+            if mesh.gossip_in.try_send((remote, packet.0)).is_err() {
+                debug!(peer = %remote, "inbound gossip queue full; frame dropped");
+            }
+        }
+        Ok(Ok(None)) => {}
+        Ok(Ok(Some(other))) => {
+            if mesh.may_warn(remote.ip()) {
+                warn!(peer = %remote, kind = other.kind(), "unexpected message on a gossip stream; ignored");
+            }
+        }
+        Ok(Err(e)) => {
+            if mesh.may_warn(remote.ip()) {
+                warn!(peer = %remote, error = %e, "bad gossip frame; ignored");
+            }
+        }
+        Err(_) => debug!(peer = %remote, "gossip stream timed out"),
+    }
+}
+
+async fn serve_request(
+    mesh: Weak<Mesh>,
+    identity: Option<PeerIdentity>,
+    remote: SocketAddr,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) {
+    let read = tokio::time::timeout(STREAM_TIMEOUT, read_message(&mut recv, Limit::Rpc)).await;
+    let Some(mesh) = mesh.upgrade() else { return };
+    let reply = match read {
+        Ok(Ok(Some(request))) => {
+            let role = identity.as_ref().map(|i| i.role);
+            let access = request.access();
+            if let Message::ProxyOpen(open) = request {
+                if access.allows(role) {
+                    mesh.handler.proxy(open, send, recv).await;
+                    return;
+                }
+                Message::ErrorReply(ErrorReply {
+                    kind: ErrorKind::Unauthorised,
+                    message: "proxy-open is not allowed for this caller".into(),
+                })
+            } else if access.allows(role) {
+                mesh.handler.handle(identity, remote, request).await
+            } else {
+                if mesh.may_warn(remote.ip()) {
+                    warn!(peer = %remote, kind = request.kind(), role = ?role, "request refused: caller's role does not allow it");
+                }
+                Message::ErrorReply(ErrorReply {
+                    kind: ErrorKind::Unauthorised,
+                    message: format!("{} is not allowed for this caller", request.kind()),
+                })
+            }
+        }
+        Ok(Ok(None)) => return,
+        Ok(Err(e)) => {
+            if mesh.may_warn(remote.ip()) {
+                warn!(peer = %remote, error = %e, "bad request frame");
+            }
+            Message::ErrorReply(ErrorReply {
+                kind: ErrorKind::BadRequest,
+                message: format!("bad request: {e}"),
+            })
+        }
+        Err(_) => return,
+    };
+    if write_message(&mut send, &reply, Limit::Rpc).await.is_ok() {
+        let _ = send.finish();
+    }
+}
+
+async fn peer_sender(mesh: Weak<Mesh>, to: SocketAddr, mut rx: mpsc::Receiver<Vec<u8>>) {
+    while let Some(frame) = rx.recv().await {
+        let Some(mesh) = mesh.upgrade() else { return };
+        let conn = match mesh.connection(to).await {
+            Ok(conn) => conn,
+            Err(e) => {
+                // Drop what queued up while dialling: it is stale gossip by now.
+                while rx.try_recv().is_ok() {}
+                if mesh.may_warn(to.ip()) {
+                    info!(peer = %to, error = %e, "cannot reach peer; will retry on the next gossip round");
+                }
+                continue;
+            }
+        };
+        if let Err(e) = send_uni(&conn, &frame).await {
+            debug!(peer = %to, error = %e, "gossip send failed; dropping connection");
+            mesh.forget(to, &conn);
+        }
+    }
+}
+
+async fn send_uni(conn: &quinn::Connection, frame: &[u8]) -> Result<()> {
+    let send = async {
+        let mut stream = conn
+            .open_uni()
+            .await
+            .map_err(|e| Error::Net(e.to_string()))?;
+        stream
+            .write_all(frame)
+            .await
+            .map_err(|e| Error::Net(e.to_string()))?;
+        stream.finish().map_err(|e| Error::Net(e.to_string()))
+    };
+    tokio::time::timeout(STREAM_TIMEOUT, send)
+        .await
+        .map_err(|_| Error::Net("stream timed out".into()))?
+}

@@ -1,0 +1,87 @@
+//! chitchat's `Transport` over the QUIC mesh.
+//!
+//! chitchat 0.11 exposes its message codec, so each `ChitchatMessage` is serialised by chitchat,
+//! wrapped in a `Gossip` frame by `halley_proto::codec` (limit 64 KiB, as chitchat packs up to 65,507
+//! bytes) and sent on its own QUIC uni stream, never as a datagram (QUIC datagrams fit about 1,200
+//! bytes). `send` only queues (see [`Mesh::send_gossip`]), so a slow handshake with one peer never
+//! holds up the gossip loop.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use anyhow::anyhow;
+use chitchat::transport::{Socket, Transport};
+use chitchat::{ChitchatMessage, Deserializable, Serializable};
+use halley_proto::codec::encode_message;
+use halley_proto::message::GossipPacket;
+use halley_proto::{Limit, Message};
+use tokio::sync::mpsc;
+use tracing::warn;
+
+use crate::mesh::endpoint::{InboundGossip, Mesh};
+
+/// The transport handed to `chitchat::spawn_chitchat`. It can be opened once.
+pub struct QuicGossipTransport {
+    mesh: Arc<Mesh>,
+    inbound: Mutex<Option<mpsc::Receiver<InboundGossip>>>,
+}
+
+impl QuicGossipTransport {
+    /// Wraps a started mesh and its inbound gossip stream.
+    pub fn new(mesh: Arc<Mesh>, inbound: mpsc::Receiver<InboundGossip>) -> Self {
+        Self {
+            mesh,
+            inbound: Mutex::new(Some(inbound)),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Transport for QuicGossipTransport {
+    async fn open(&self, _listen_addr: SocketAddr) -> anyhow::Result<Box<dyn Socket>> {
+        // The mesh endpoint is already bound; chitchat's listen address is the same one.
+        let inbound = self
+            .inbound
+            .lock()
+            .map_err(|_| anyhow!("gossip transport lock poisoned"))?
+            .take()
+            .ok_or_else(|| anyhow!("the gossip transport can be opened only once"))?;
+        Ok(Box::new(QuicGossipSocket {
+            mesh: self.mesh.clone(),
+            inbound,
+        }))
+    }
+}
+
+struct QuicGossipSocket {
+    mesh: Arc<Mesh>,
+    inbound: mpsc::Receiver<InboundGossip>,
+}
+
+#[async_trait::async_trait]
+impl Socket for QuicGossipSocket {
+    async fn send(&mut self, to: SocketAddr, message: ChitchatMessage) -> anyhow::Result<()> {
+        let mut payload = Vec::with_capacity(message.serialized_len());
+        message.serialize(&mut payload);
+        match encode_message(&Message::Gossip(GossipPacket(payload)), Limit::Gossip) {
+            Ok(frame) => self.mesh.send_gossip(to, frame),
+            // chitchat sizes its messages to fit; if one does not, gossip repairs on a later round.
+            Err(e) => warn!(peer = %to, error = %e, "gossip message not sent"),
+        }
+        Ok(())
+    }
+
+    async fn recv(&mut self) -> anyhow::Result<(SocketAddr, ChitchatMessage)> {
+        loop {
+            let (from, payload) = self
+                .inbound
+                .recv()
+                .await
+                .ok_or_else(|| anyhow!("the mesh has stopped"))?;
+            match ChitchatMessage::deserialize(&mut payload.as_slice()) {
+                Ok(message) => return Ok((from, message)),
+                Err(e) => warn!(peer = %from, error = %e, "undecodable chitchat message; ignored"),
+            }
+        }
+    }
+}

@@ -1,0 +1,220 @@
+//! TLS for the mesh: rustls (ring provider, TLS 1.3 only) configurations wrapped for quinn.
+//!
+//! ## Guarantees
+//! - Servers present `[node cert, CA cert]` and verify any client certificate against the cluster
+//!   CA; a certificate from another CA fails the handshake. A client without a certificate completes
+//!   the handshake but the mesh lets it send nothing but a join request (see `mesh`).
+//! - Mesh clients verify the server against the cluster CA and the peer's IP (the IP SAN).
+//! - Joining clients have no CA yet: they accept a server chain only if it contains a certificate
+//!   whose SHA-256 is the token's pin, and then verify the chain against that certificate. On a
+//!   mismatch nothing (in particular not the token secret) is sent.
+//! - ALPN is fixed to `halley/1`; a peer of another protocol generation fails the handshake.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
+
+use crate::error::{Error, Result};
+use crate::mesh::pki::cert_hash;
+
+/// The one ALPN protocol id.
+pub const ALPN: &[u8] = b"halley/1";
+
+/// This node's credentials.
+pub struct Credentials {
+    /// The cluster CA certificate.
+    pub ca: CertificateDer<'static>,
+    /// This node's certificate.
+    pub cert: CertificateDer<'static>,
+    /// This node's private key, PKCS#8 DER.
+    pub key_pkcs8: Vec<u8>,
+}
+
+impl Credentials {
+    fn chain(&self) -> Vec<CertificateDer<'static>> {
+        vec![self.cert.clone(), self.ca.clone()]
+    }
+
+    fn key(&self) -> PrivateKeyDer<'static> {
+        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key_pkcs8.clone()))
+    }
+
+    fn roots(&self) -> Result<Arc<RootCertStore>> {
+        let mut roots = RootCertStore::empty();
+        roots.add(self.ca.clone()).map_err(tls)?;
+        Ok(Arc::new(roots))
+    }
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Transport settings shared by both directions: keep-alives so a dead peer's connection is noticed
+/// and replaced within a few seconds.
+fn transport() -> Arc<quinn::TransportConfig> {
+    let mut transport = quinn::TransportConfig::default();
+    transport.keep_alive_interval(Some(Duration::from_secs(1)));
+    // Milliseconds: a peer silent for 5 s (5 missed keep-alives) is gone.
+    transport.max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(
+        5_000,
+    ))));
+    transport.max_concurrent_uni_streams(quinn::VarInt::from_u32(256));
+    // Requests, and one stream per client connection a peer's entry point forwards here.
+    transport.max_concurrent_bidi_streams(quinn::VarInt::from_u32(4096));
+    Arc::new(transport)
+}
+
+/// The mesh server configuration.
+pub fn server_config(creds: &Credentials) -> Result<quinn::ServerConfig> {
+    let verifier = WebPkiClientVerifier::builder_with_provider(creds.roots()?, provider())
+        .allow_unauthenticated()
+        .build()
+        .map_err(tls)?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(tls)?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(creds.chain(), creds.key())
+        .map_err(tls)?;
+    config.alpn_protocols = vec![ALPN.to_vec()];
+    let quic = QuicServerConfig::try_from(config).map_err(tls)?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    server.transport_config(transport());
+    Ok(server)
+}
+
+/// The mesh client configuration: verifies servers against the CA, presents this node's certificate.
+pub fn mesh_client_config(creds: &Credentials) -> Result<quinn::ClientConfig> {
+    let verifier = WebPkiServerVerifier::builder_with_provider(creds.roots()?, provider())
+        .build()
+        .map_err(tls)?;
+    let mut config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(tls)?
+        .with_webpki_verifier(verifier)
+        .with_client_auth_cert(creds.chain(), creds.key())
+        .map_err(tls)?;
+    config.alpn_protocols = vec![ALPN.to_vec()];
+    finish_client(config)
+}
+
+/// The joining client configuration, pinned to the CA hash from a token. The returned flag is set
+/// when a server's chain did not contain the pinned CA.
+pub fn join_client_config(ca_pin: [u8; 32]) -> Result<(quinn::ClientConfig, PinOutcome)> {
+    let outcome = PinOutcome::default();
+    let verifier = Arc::new(PinnedCaVerifier {
+        pin: ca_pin,
+        outcome: outcome.clone(),
+        provider: provider(),
+    });
+    let mut config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(tls)?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![ALPN.to_vec()];
+    Ok((finish_client(config)?, outcome))
+}
+
+fn finish_client(config: rustls::ClientConfig) -> Result<quinn::ClientConfig> {
+    let quic = QuicClientConfig::try_from(config).map_err(tls)?;
+    let mut client = quinn::ClientConfig::new(Arc::new(quic));
+    client.transport_config(transport());
+    Ok(client)
+}
+
+/// Whether the pinned-CA check failed during a join handshake.
+#[derive(Debug, Clone, Default)]
+pub struct PinOutcome(Arc<Mutex<bool>>);
+
+impl PinOutcome {
+    /// True when a server presented a chain without the pinned CA.
+    pub fn mismatched(&self) -> bool {
+        self.0.lock().map(|g| *g).unwrap_or(true)
+    }
+
+    fn set_mismatch(&self) {
+        if let Ok(mut g) = self.0.lock() {
+            *g = true;
+        }
+    }
+}
+
+#[derive(Debug)]
+struct PinnedCaVerifier {
+    pin: [u8; 32],
+    outcome: PinOutcome,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for PinnedCaVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
+        let Some(ca) = intermediates.iter().find(|c| cert_hash(c) == self.pin) else {
+            self.outcome.set_mismatch();
+            return Err(rustls::Error::General(
+                "server chain does not contain the CA pinned by the join token".into(),
+            ));
+        };
+        let mut roots = RootCertStore::empty();
+        roots.add(ca.clone().into_owned())?;
+        let inner =
+            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
+                .build()
+                .map_err(|e| rustls::Error::General(e.to_string()))?;
+        inner.verify_server_cert(end_entity, &[], server_name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+fn tls(e: impl std::fmt::Display) -> Error {
+    Error::Pki(format!("TLS configuration: {e}"))
+}

@@ -1,0 +1,9 @@
+//! Entry points.
+
+pub mod headers;
+pub mod histogram;
+pub mod hop;
+pub mod http;
+pub mod routes;
+pub mod tcp;
+pub mod upstream;

@@ -1,0 +1,110 @@
+//! Convergence of a host that missed a rollout: a node that was skipped (unreachable on its turn,
+//! `--skip-unreachable`) and comes back after the rollout completed brings each such service to
+//! the cluster's committed release by itself.
+//!
+//! ## Rules
+//! - Only a completed rollout counts, and only while it is the newest of its service: a running,
+//!   paused or rolled-back one leaves the host as it is.
+//! - The host must be listed in that rollout, not committed there, and its own committed release
+//!   must differ. The release comes from this node if it has it, else from a host that committed
+//!   it (spec and artifact over the mesh, the artifact checked against its SHA-256).
+//! - The host walks the same steps as a rollout (prepare, start-next, check, flip, drain, commit)
+//!   with the rollout's epoch; a failure stops and reverts, and is tried again on the next pass.
+
+use halley_proto::NodeName;
+use halley_proto::deploy::{ArtifactSource, Step};
+use halley_proto::rollout::{HostStep, Phase, RolloutState};
+use tracing::{info, warn};
+
+use crate::daemon::node::NodeService;
+use crate::rollout::driver::{LONG, SHORT};
+use crate::rollout::host_steps::{fetch_release, walk};
+use crate::rollout::status as rollout_status;
+
+/// One pass: converges every service whose newest completed rollout skipped this node.
+pub async fn converge(node: &NodeService) {
+    for state in rollout_status::rollouts(node, None).await {
+        if state.phase != Phase::Completed {
+            continue;
+        }
+        let Some(me) = state.hosts.iter().find(|h| &h.node == node.name()) else {
+            continue;
+        };
+        if me.step == HostStep::Committed {
+            continue;
+        }
+        let committed = node
+            .services
+            .statuses()
+            .await
+            .into_iter()
+            .find(|s| s.name == state.service)
+            .and_then(|s| s.committed);
+        if committed.as_ref() == Some(&state.version) {
+            continue;
+        }
+        match catch_up(node, &state).await {
+            Ok(()) => {
+                info!(service = %state.service, version = %state.version, rollout = %state.id, "converged to the release a rollout completed while this node was away")
+            }
+            Err(e) => {
+                warn!(service = %state.service, version = %state.version, error = %e, "cannot converge yet; will try again")
+            }
+        }
+    }
+}
+
+async fn catch_up(node: &NodeService, state: &RolloutState) -> Result<(), String> {
+    let (spec, sha256, file_name) =
+        match node.services.release(&state.service, &state.version).await {
+            Some(entry) => (entry.spec, entry.sha256, entry.file_name),
+            None => {
+                let committed: Vec<NodeName> = state
+                    .hosts
+                    .iter()
+                    .filter(|h| h.step == HostStep::Committed)
+                    .map(|h| h.node.clone())
+                    .collect();
+                let (spec, sha256, file_name, _) =
+                    fetch_release(node, &state.service, &state.version, &committed)
+                        .await
+                        .ok_or_else(|| {
+                            format!(
+                                "no reachable host has release {} of {}",
+                                state.version, state.service
+                            )
+                        })?;
+                (spec, sha256, file_name)
+            }
+        };
+    let steps = vec![
+        (
+            Step::Prepare {
+                spec: Box::new(spec.clone()),
+                version: state.version.clone(),
+                artifact: ArtifactSource::Stored { sha256, file_name },
+            },
+            LONG,
+        ),
+        (
+            Step::StartNext {
+                version: state.version.clone(),
+            },
+            SHORT * 6,
+        ),
+        (
+            Step::Check,
+            spec.rollout.health_deadline.as_duration() + SHORT,
+        ),
+        (Step::Flip, SHORT),
+        (
+            Step::Drain,
+            spec.stop.drain_timeout.as_duration() + SHORT * 3,
+        ),
+        (Step::Commit, SHORT),
+    ];
+    walk(node, node.name(), &state.service, state.epoch, steps)
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}

@@ -1,0 +1,425 @@
+//! One host's side of a rollout, as the coordinator drives it: drain, ship the artifact,
+//! prepare, start, check, flip, drain the old slot, undrain; revert; commit; and sampling its
+//! signals for the regression watch. A host's actions run one after another on its own worker
+//! (see `rollout_driver`), so nothing here overlaps on one host.
+//!
+//! ## Guarantees
+//! - The artifact goes in 1 MiB pieces from what the host already holds, and a dropped
+//!   connection resumes from there (up to 5 times in a row).
+//! - A host that refuses a step for a stale epoch is reported as fenced, never retried.
+//! - A deploy that fails leaves the host undrained; the host itself already stopped what it
+//!   started.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use halley_proto::NodeName;
+use halley_proto::deploy::{
+    ArtifactSource, ReleaseVersion, ServiceStatus, SlotRole, Step, StepReply, StepRequest,
+};
+use halley_proto::disk::RolloutJournal;
+use halley_proto::message::{ErrorKind, PeerReply, PeerRequest};
+use halley_proto::spec::{ServiceName, ServiceSpec};
+use tracing::warn;
+
+use crate::daemon::node::NodeService;
+use crate::daemon::peers::CHUNK;
+use crate::engine::regression::Sample;
+use crate::engine::rollout::{Action, Event};
+use crate::error::Error;
+use crate::rollout::driver::{LONG, SHORT};
+
+/// What a host worker needs.
+pub(crate) struct HostCtx {
+    pub(crate) node: Arc<NodeService>,
+    pub(crate) host: NodeName,
+    pub(crate) journal: RolloutJournal,
+    pub(crate) baselines: Arc<Mutex<HashMap<NodeName, Sample>>>,
+}
+
+/// Why a host's deploy did not end serving the new release.
+enum Failure {
+    Fenced(String),
+    Failed(String),
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Remote(reply) if reply.kind == ErrorKind::StaleEpoch => {
+                Failure::Fenced(reply.message)
+            }
+            other => Failure::Failed(other.to_string()),
+        }
+    }
+}
+
+impl HostCtx {
+    fn request(&self, step: Step) -> StepRequest {
+        StepRequest {
+            service: self.journal.state.service.clone(),
+            epoch: self.journal.state.epoch,
+            step,
+        }
+    }
+
+    async fn step(&self, step: Step, timeout: Duration) -> Result<StepReply, Failure> {
+        Ok(self
+            .node
+            .step_on(&self.host, self.request(step), timeout)
+            .await?)
+    }
+
+    pub(crate) async fn run(&self, action: Action) -> Event {
+        let host = self.host.clone();
+        match action {
+            Action::Drain(_) => match self
+                .node
+                .peer(&host, PeerRequest::SetDraining(true), SHORT)
+                .await
+            {
+                Ok(_) => Event::Drained(host),
+                Err(e) => {
+                    warn!(%host, error = %e, "host unreachable on its turn");
+                    Event::Unreachable(host)
+                }
+            },
+            Action::Deploy(_) => match self.deploy().await {
+                Ok(note) => Event::Deployed(host, Ok(note)),
+                Err(Failure::Fenced(why)) => Event::Fenced(host, why),
+                Err(Failure::Failed(why)) => {
+                    // The host reverted what it started; it must not stay drained.
+                    let _ = self
+                        .node
+                        .peer(&host, PeerRequest::SetDraining(false), SHORT)
+                        .await;
+                    Event::Deployed(host, Err(why))
+                }
+            },
+            Action::Revert(_) => {
+                let result = self.revert().await;
+                match result {
+                    Err(Failure::Fenced(why)) => Event::Fenced(host, why),
+                    Err(Failure::Failed(why)) => Event::Reverted(host, Err(why)),
+                    Ok(note) => Event::Reverted(host, Ok(note)),
+                }
+            }
+            Action::Commit(_) => match self.step(Step::Commit, LONG).await {
+                Ok(StepReply::Committed { version, .. }) => {
+                    Event::Committed(host, Ok(format!("committed {version}")))
+                }
+                Ok(_) => Event::Committed(host, Ok(String::new())),
+                Err(Failure::Fenced(why)) => Event::Fenced(host, why),
+                Err(Failure::Failed(why)) => Event::Committed(host, Err(why)),
+            },
+            Action::Journal | Action::Say(_) => Event::Tick,
+        }
+    }
+
+    async fn revert(&self) -> Result<String, Failure> {
+        let started = Instant::now();
+        let reply = match self
+            .node
+            .step_on(&self.host, self.request(Step::Revert), LONG)
+            .await
+        {
+            // The service was never created there (its first prepare failed): nothing to undo.
+            Err(Error::Remote(r)) if r.kind == ErrorKind::NotFound => {
+                StepReply::Reverted { serving: None }
+            }
+            other => other?,
+        };
+        self.node
+            .peer(&self.host, PeerRequest::SetDraining(false), SHORT)
+            .await?;
+        let took = started.elapsed().as_millis();
+        Ok(match reply {
+            StepReply::Reverted { serving } => format!(
+                "serving {} (reverted in {took} ms)",
+                serving.map_or("nothing".into(), |v| v.to_string())
+            ),
+            _ => format!("reverted in {took} ms"),
+        })
+    }
+
+    /// Sends the release, starts it, checks it, flips, drains the old slot, undrains the host.
+    /// Ships the artifact and prepares the release on the host (nothing starts or moves).
+    async fn prepare(&self) -> Result<(), Failure> {
+        let j = &self.journal;
+        self.send_artifact().await?;
+        self.step(
+            Step::Prepare {
+                spec: Box::new(j.spec.clone()),
+                version: j.state.version.clone(),
+                artifact: ArtifactSource::Stored {
+                    sha256: j.sha256,
+                    file_name: j.file_name.clone(),
+                },
+            },
+            LONG,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// [`HostCtx::prepare`] for the state flow (a migration runs from the prepared release).
+    pub(crate) async fn prepare_release(&self) -> Result<(), String> {
+        self.prepare().await.map_err(|f| match f {
+            Failure::Fenced(why) | Failure::Failed(why) => why,
+        })
+    }
+
+    async fn deploy(&self) -> Result<String, Failure> {
+        let j = &self.journal;
+        let service = &j.state.service;
+        if let Some(before) = sample(&self.node, &self.host, service, None).await
+            && let Ok(mut b) = self.baselines.lock()
+        {
+            b.insert(self.host.clone(), before);
+        }
+        let started = Instant::now();
+        self.prepare().await?;
+        let mut notes = Vec::new();
+        // A slot still draining an earlier release (a revert a moment ago, say) must finish first.
+        let drain = j.spec.stop.drain_timeout.as_duration() + SHORT * 3;
+        self.step(Step::Drain, drain).await?;
+        let reply = self
+            .step(
+                Step::StartNext {
+                    version: j.state.version.clone(),
+                },
+                SHORT * 6,
+            )
+            .await?;
+        if let StepReply::Started { slot, port, reused } = reply {
+            notes.push(format!(
+                "started {slot} on 127.0.0.1:{port}{}",
+                if reused { " (warm, reused)" } else { "" }
+            ));
+        }
+        let deadline = j.spec.rollout.health_deadline.as_duration();
+        match tokio::time::timeout(deadline, self.step(Step::Check, deadline + SHORT)).await {
+            Err(_) => {
+                return Err(Failure::Failed(format!(
+                    "not healthy within health_deadline ({})",
+                    j.spec.rollout.health_deadline
+                )));
+            }
+            Ok(Err(e)) => return Err(e),
+            Ok(Ok(StepReply::Healthy { waited_ms, .. })) => {
+                notes.push(format!("healthy in {waited_ms} ms"));
+            }
+            Ok(Ok(_)) => {}
+        }
+        if let StepReply::Flipped { from, to, took_ns } = self.step(Step::Flip, SHORT).await? {
+            notes.push(format!(
+                "flipped {} -> {to} in {:.1} us",
+                from.map_or("nothing".into(), |f| f.to_string()),
+                took_ns as f64 / 1000.0
+            ));
+        }
+        if let StepReply::Drained {
+            slot: Some(slot),
+            completed,
+            cut,
+            ..
+        } = self.step(Step::Drain, drain).await?
+        {
+            notes.push(format!(
+                "drained {slot}: {completed} finished, {cut} cut at drain_timeout"
+            ));
+        }
+        self.node
+            .peer(&self.host, PeerRequest::SetDraining(false), SHORT)
+            .await?;
+        notes.push(format!("{} ms", started.elapsed().as_millis()));
+        Ok(notes.join("; "))
+    }
+
+    /// Streams the artifact to the host in 1 MiB pieces, resuming from what it holds.
+    async fn send_artifact(&self) -> Result<(), Failure> {
+        if &self.host == self.node.name() {
+            return Ok(());
+        }
+        let sha256 = self.journal.sha256;
+        let releases = self.node.services.releases().clone();
+        let mut failures = 0;
+        let mut held = match self
+            .node
+            .peer(&self.host, PeerRequest::ArtifactStatus { sha256 }, SHORT)
+            .await?
+        {
+            PeerReply::Artifact { complete: true, .. } => return Ok(()),
+            PeerReply::Artifact { received, .. } => received,
+            _ => 0,
+        };
+        loop {
+            let r = releases.clone();
+            let (total, data) =
+                tokio::task::spawn_blocking(move || r.read_chunk(&sha256, held, CHUNK))
+                    .await
+                    .map_err(|e| Failure::Failed(format!("storage task failed: {e}")))?
+                    .map_err(|e| Failure::Failed(e.to_string()))?;
+            let request = PeerRequest::PutArtifact {
+                sha256,
+                total,
+                offset: held,
+                data,
+            };
+            match self.node.peer(&self.host, request, SHORT * 3).await {
+                Ok(PeerReply::Artifact { complete: true, .. }) => return Ok(()),
+                Ok(PeerReply::Artifact { received, .. }) => {
+                    held = received;
+                    failures = 0;
+                }
+                Ok(_) => {
+                    return Err(Failure::Failed(
+                        "unexpected answer to an artifact piece".into(),
+                    ));
+                }
+                Err(e @ Error::Remote(_)) => return Err(e.into()),
+                Err(e) => {
+                    // A dropped connection: ask what arrived and go on from there.
+                    failures += 1;
+                    if failures > 5 {
+                        return Err(Failure::Failed(format!("sending the artifact failed: {e}")));
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    if let Ok(PeerReply::Artifact { received, complete }) = self
+                        .node
+                        .peer(&self.host, PeerRequest::ArtifactStatus { sha256 }, SHORT)
+                        .await
+                    {
+                        if complete {
+                            return Ok(());
+                        }
+                        held = received;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The active slot's signals of a service on a host (`None` when unreachable, or when
+/// `version` is given and the active slot does not run it).
+pub(crate) async fn sample(
+    node: &NodeService,
+    host: &NodeName,
+    service: &ServiceName,
+    version: Option<&ReleaseVersion>,
+) -> Option<Sample> {
+    let reply = node
+        .peer(host, PeerRequest::Services, Duration::from_secs(3))
+        .await
+        .ok()?;
+    let PeerReply::Services(list) = reply else {
+        return None;
+    };
+    let status: &ServiceStatus = list.iter().find(|s| &s.name == service)?;
+    let active = status.slots.iter().find(|s| s.role == SlotRole::Active)?;
+    if version.is_some_and(|v| active.version.as_ref() != Some(v)) {
+        return None;
+    }
+    Some(Sample {
+        signals: active.signals,
+        health: Some(active.health),
+        crash_loop: active.crash_loop,
+    })
+}
+
+/// Copies an artifact from `host` into this node's store (resuming a partial copy).
+pub(crate) async fn fetch_artifact(
+    node: &NodeService,
+    host: &NodeName,
+    sha256: &[u8; 32],
+) -> Result<(), Error> {
+    let releases = node.services.releases().clone();
+    loop {
+        let (held, complete) = releases.artifact_received(sha256);
+        if complete {
+            return Ok(());
+        }
+        let reply = node
+            .peer(
+                host,
+                PeerRequest::GetArtifact {
+                    sha256: *sha256,
+                    offset: held,
+                },
+                SHORT,
+            )
+            .await?;
+        let PeerReply::Chunk { total, data } = reply else {
+            return Err(Error::Protocol("unexpected answer to GetArtifact".into()));
+        };
+        if data.is_empty() {
+            return Err(Error::Artifact(format!(
+                "{host} sent an empty piece at {held} of {total}"
+            )));
+        }
+        let releases = releases.clone();
+        let sha = *sha256;
+        tokio::task::spawn_blocking(move || releases.put_chunk(&sha, total, held, &data))
+            .await
+            .map_err(|e| Error::Net(format!("storage task failed: {e}")))??;
+    }
+}
+
+/// The spec and artifact of a release from the first of `hosts` that has it (this node's own
+/// name is served from its store); the artifact is copied into this node's store.
+pub(crate) async fn fetch_release(
+    node: &NodeService,
+    service: &ServiceName,
+    version: &ReleaseVersion,
+    hosts: &[NodeName],
+) -> Option<(ServiceSpec, [u8; 32], String, NodeName)> {
+    for host in hosts {
+        let request = PeerRequest::GetRelease {
+            service: service.clone(),
+            version: version.clone(),
+        };
+        let Ok(PeerReply::Release {
+            spec,
+            sha256,
+            file_name,
+        }) = node.peer(host, request, SHORT).await
+        else {
+            continue;
+        };
+        if fetch_artifact(node, host, &sha256).await.is_ok() {
+            return Some((*spec, sha256, file_name, host.clone()));
+        }
+    }
+    None
+}
+
+/// Runs `steps` on `host` in order, each with its timeout. On the first failure the host is
+/// reverted (best effort: it already stopped what a failed step started) and the error returned.
+/// Each reply comes with the time since the walk began.
+pub(crate) async fn walk(
+    node: &NodeService,
+    host: &NodeName,
+    service: &ServiceName,
+    epoch: u64,
+    steps: Vec<(Step, Duration)>,
+) -> Result<Vec<(StepReply, Duration)>, Error> {
+    let request = |step: Step| StepRequest {
+        service: service.clone(),
+        epoch,
+        step,
+    };
+    let started = Instant::now();
+    let mut replies = Vec::with_capacity(steps.len());
+    for (step, timeout) in steps {
+        match node.step_on(host, request(step), timeout).await {
+            Ok(reply) => replies.push((reply, started.elapsed())),
+            Err(e) => {
+                let _ = node.step_on(host, request(Step::Revert), LONG).await;
+                return Err(e);
+            }
+        }
+    }
+    Ok(replies)
+}
