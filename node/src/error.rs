@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use halley_proto::message::ErrorReply;
+use halley_proto::message::{ErrorKind, ErrorReply};
 
 /// Everything a node operation can fail with. Each message names the problem and what to do.
 #[derive(Debug, thiserror::Error)]
@@ -76,3 +76,21 @@ impl Error {
 
 /// The crate's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// An error answer to a request: what went wrong, of a kind the caller can act on.
+pub fn error_reply(kind: ErrorKind, message: impl Into<String>) -> ErrorReply {
+    ErrorReply {
+        kind,
+        message: message.into(),
+    }
+}
+
+/// An error answer for a request that makes no sense (the caller must change it).
+pub fn bad_request(message: &str) -> ErrorReply {
+    error_reply(ErrorKind::BadRequest, message)
+}
+
+/// An error answer for a failure of this node, not of the request.
+pub fn internal(message: &str) -> ErrorReply {
+    error_reply(ErrorKind::Internal, message)
+}

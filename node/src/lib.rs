@@ -11,6 +11,7 @@
 //!   [`datadir`] (layout, crash-safe writes).
 
 pub mod cli;
+pub mod clock;
 pub mod cluster;
 pub mod daemon;
 pub mod engine;

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use halley_proto::disk::{NodeRecord, TokenBook};
 use halley_proto::{JoinToken, NodeName, Role};
 
-use crate::daemon::node::wall_ms;
+use crate::clock::wall_ms;
 use crate::error::{Error, Result};
 use crate::mesh::pki::{ClusterCa, cert_to_pem};
 use crate::store::datadir::{DataDir, Identity};

@@ -12,8 +12,8 @@ use halley_proto::disk::NodeRecord;
 use halley_proto::message::{JoinRequest, JoinResponse};
 use halley_proto::{JoinToken, Limit, Message, NodeName, Role};
 
+use crate::clock::wall_ms;
 use crate::cluster::init::resolve_advertise;
-use crate::daemon::node::wall_ms;
 use crate::error::{Error, Result};
 use crate::mesh::framing::{read_message, write_message};
 use crate::mesh::pki::{PeerIdentity, cert_hash, cert_to_pem, make_csr};

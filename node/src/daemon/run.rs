@@ -22,14 +22,19 @@ use halley_proto::gossip::{
 };
 use tracing::{info, warn};
 
-use crate::daemon::node::{NodeService, wall_ms};
+use crate::clock::wall_ms;
+use crate::cluster::admission::Admission;
+use crate::cluster::client::ClusterClient;
+use crate::daemon::node::Node;
 use crate::error::{Error, Result};
 use crate::host::handle::HostContext;
 use crate::host::services::Services;
 use crate::mesh::endpoint::Mesh;
+use crate::mesh::endpoint::RequestHandler;
 use crate::mesh::gossip_transport::QuicGossipTransport;
 use crate::mesh::pki::{ClusterCa, cert_from_pem, key_from_pem};
 use crate::mesh::tls::Credentials;
+use crate::rollout::context::Coordinator;
 use crate::store::datadir::{
     CA_CERT, CA_KEY, DataDir, GENERATION, NODE_CERT, NODE_KEY, PEERS, TOKENS,
 };
@@ -92,21 +97,39 @@ pub async fn run(
         data_dir: data_dir.clone(),
         releases: Releases::new(data_dir.root()),
         service_address: opts.service_address,
-        draining,
+        draining: draining.clone(),
         last_contact_ms: Arc::new(std::sync::atomic::AtomicU64::new(wall_ms())),
         cluster: Arc::default(),
     });
-    let service = Arc::new(NodeService::new(
+    let services = Arc::new(services);
+    let cluster = Arc::new(ClusterClient::new(
+        record.name.clone(),
+        record.advertise,
+        suspect_after.as_millis() as u64,
+        draining,
+    ));
+    let admission = Admission::new(
         record.clone(),
         data_dir.clone(),
         ca,
         creds.ca.clone(),
         tokens,
-        suspect_after.as_millis() as u64,
-        services,
+    );
+    let coordinator = Arc::new(Coordinator::new(
+        cluster.clone(),
+        services.clone(),
+        data_dir.clone(),
     ));
-    service.set_self();
-    let (mesh, gossip_rx) = Mesh::start(record.listen, &creds, service.clone())?;
+    let service = Arc::new(Node::new(
+        record.clone(),
+        cluster.clone(),
+        admission,
+        services,
+        coordinator.clone(),
+    ));
+    let handler: Arc<dyn RequestHandler> = service.clone();
+    cluster.set_local(Arc::downgrade(&handler));
+    let (mesh, gossip_rx) = Mesh::start(record.listen, &creds, handler)?;
     let transport = QuicGossipTransport::new(mesh.clone(), gossip_rx);
 
     let known_peers: PeersRecord = data_dir.read_record_or_default(PEERS).unwrap_or_default();
@@ -142,13 +165,14 @@ pub async fn run(
         (KEY_STARTED_MS.to_owned(), started_ms.to_string()),
         (
             KEY_CA_HOLDER.to_owned(),
-            gossip::flag(service.holds_ca()).to_owned(),
+            gossip::flag(service.admission.holds_ca()).to_owned(),
         ),
     ];
     let chitchat = spawn_chitchat(config, key_values, &transport)
         .await
         .map_err(|e| Error::Net(format!("cannot start gossip: {e}")))?;
-    service.attach(chitchat.chitchat(), mesh.clone());
+    cluster.attach(chitchat.chitchat(), mesh.clone());
+    service.services.cluster().attach(mesh.clone());
     let admin_task = admin::serve(&data_dir, service.clone())?;
     info!(
         name = %record.name,
@@ -173,27 +197,27 @@ pub async fn run(
             _ = ticker.tick() => service.refresh().await,
             _ = converge_tick.tick() => {
                 if !converging.swap(true, std::sync::atomic::Ordering::AcqRel) {
-                    let (service, converging) = (service.clone(), converging.clone());
+                    let (coordinator, converging) = (coordinator.clone(), converging.clone());
                     tokio::spawn(async move {
-                        crate::rollout::converge::converge(&service).await;
+                        crate::rollout::converge::converge(&coordinator).await;
                         converging.store(false, std::sync::atomic::Ordering::Release);
                     });
                 }
             }
-            _ = save_tick.tick() => save_peers(&data_dir, &service, &mut last_saved),
+            _ = save_tick.tick() => save_peers(&data_dir, &cluster, &mut last_saved),
             _ = &mut shutdown => { info!("stop signal received; leaving the cluster"); break; }
             _ = service.leave_requested() => { info!("leave requested; leaving the cluster"); break; }
         }
     }
 
-    service.announce_leave().await;
-    for peer in service.peer_addrs() {
+    cluster.announce_leave().await;
+    for peer in cluster.peer_addrs() {
         let _ = chitchat.gossip(peer);
     }
     // Long enough for a syn / syn-ack / ack exchange to finish with every peer.
     tokio::time::sleep((interval * 2).clamp(Duration::from_millis(300), Duration::from_secs(2)))
         .await;
-    save_peers(&data_dir, &service, &mut last_saved);
+    save_peers(&data_dir, &cluster, &mut last_saved);
     admin_task.abort();
     let _ = std::fs::remove_file(data_dir.admin_socket());
     if let Err(e) = chitchat.shutdown().await {
@@ -218,8 +242,8 @@ fn next_generation(data_dir: &DataDir) -> Result<u64> {
     Ok(next)
 }
 
-fn save_peers(data_dir: &DataDir, service: &NodeService, last_saved: &mut Vec<SocketAddr>) {
-    let mut addrs = service.peer_addrs();
+fn save_peers(data_dir: &DataDir, cluster: &ClusterClient, last_saved: &mut Vec<SocketAddr>) {
+    let mut addrs = cluster.peer_addrs();
     addrs.sort();
     if addrs.is_empty() || addrs == *last_saved {
         return;

@@ -12,8 +12,8 @@
 //! ## Non-goals
 //! It does not judge liveness itself: that is chitchat's phi-accrual detector.
 
+use core::net::SocketAddr;
 use std::collections::HashMap;
-use std::net::SocketAddr;
 
 use halley_proto::NodeName;
 use halley_proto::message::{MemberRow, MemberState};

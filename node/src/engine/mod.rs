@@ -2,6 +2,7 @@
 
 pub mod ejection;
 pub mod health;
+pub mod lock;
 pub mod membership;
 pub mod regression;
 pub mod rollout;

@@ -4,14 +4,20 @@
 //! The book stores only SHA-256 of each secret, compared in constant time, so a stolen `tokens.rec`
 //! does not let anyone join.
 
-use std::net::SocketAddr;
+use core::net::SocketAddr;
 
 use halley_proto::JoinToken;
 use halley_proto::disk::{TokenBook, TokenRecord};
 use halley_proto::message::{ErrorKind, ErrorReply};
 use halley_proto::token::{TokenIdBytes, TokenSecretBytes};
 
-use crate::mesh::pki::cert_hash;
+/// SHA-256 of `bytes`: how a token names its CA and how the book keeps its secret.
+fn sha256(bytes: &[u8]) -> [u8; 32] {
+    let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest.as_ref());
+    out
+}
 
 /// Adds a token to the book and returns its text form. Expired and spent tokens are pruned.
 #[allow(clippy::too_many_arguments)]
@@ -28,13 +34,13 @@ pub fn issue(
     prune(book, now_ms);
     book.tokens.push(TokenRecord {
         id,
-        secret_sha256: cert_hash(&secret),
+        secret_sha256: sha256(&secret),
         created_ms: now_ms,
         expires_ms: now_ms.saturating_add(ttl_secs.saturating_mul(1000)),
         uses_left: uses,
     });
     JoinToken {
-        ca_hash: cert_hash(ca_der),
+        ca_hash: sha256(ca_der),
         id,
         secret,
         addr,
@@ -58,7 +64,7 @@ pub fn check(
         .position(|t| &t.id == id)
         .ok_or_else(|| reply(ErrorKind::TokenUnknown, "this node never issued that token (or it was pruned after expiry); ask for a new one with 'halley-node token create' on a cluster node"))?;
     let record = &book.tokens[index];
-    if !constant_time_eq(&record.secret_sha256, &cert_hash(secret)) {
+    if !constant_time_eq(&record.secret_sha256, &sha256(secret)) {
         return Err(reply(
             ErrorKind::TokenSecretWrong,
             "the token's secret is wrong; copy the whole token again",
@@ -124,7 +130,7 @@ mod tests {
     #[test]
     fn token_pins_ca_and_book_keeps_only_a_hash() {
         let (book, token) = book_with(None);
-        assert_eq!(token.ca_hash, cert_hash(b"ca"));
+        assert_eq!(token.ca_hash, sha256(b"ca"));
         assert_ne!(book.tokens[0].secret_sha256[..16], token.secret[..]);
         assert_eq!(book.tokens[0].expires_ms, 61_000);
     }

@@ -30,12 +30,13 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::daemon::node::wall_ms;
+use crate::clock::wall_ms;
 use crate::engine::health::HealthTracker;
 use crate::engine::slots::{Action, Policy, Reverted, Slots};
 use crate::engine::supervise::{RestartPolicy, Supervisor};
+use crate::error::error_reply;
 use crate::host::handle::{
-    Command, HostContext, StepResult, bind, err, from_refused, protocol_name, record_name,
+    Command, HostContext, StepResult, bind, from_refused, protocol_name, record_name,
 };
 use crate::host::probe::{self, ExecContext};
 use crate::host::process::{self, Launch};
@@ -331,7 +332,7 @@ impl Host {
 
     fn fence(&mut self, epoch: u64) -> Result<(), ErrorReply> {
         if epoch < self.record.epoch {
-            return Err(err(
+            return Err(error_reply(
                 ErrorKind::StaleEpoch,
                 format!(
                     "step refused: it carries epoch {epoch}, but service {} has seen epoch {}; a newer rollout owns it",
@@ -359,7 +360,7 @@ impl Host {
     fn step(&mut self, step: Step, reply: oneshot::Sender<StepResult>) {
         let now = self.now();
         let result = match step {
-            Step::Prepare { .. } => Err(err(
+            Step::Prepare { .. } => Err(error_reply(
                 ErrorKind::Internal,
                 "prepare is handled before the actor",
             )),
@@ -385,7 +386,7 @@ impl Host {
                 match draining {
                     Some(slot) => {
                         if let Some(old) = self.drain.replace(DrainWaiter { reply, slot }) {
-                            let _ = old.reply.send(Err(err(
+                            let _ = old.reply.send(Err(error_reply(
                                 ErrorKind::Conflict,
                                 "another drain request replaced this one",
                             )));
@@ -424,7 +425,7 @@ impl Host {
                         warn!(service = %self.record.name, %version, "reverting: the committed release no longer runs; starting it again");
                         match self.start_next(&version) {
                             Ok(_) => return self.begin_check(reply, true),
-                            Err(e) => Err(err(
+                            Err(e) => Err(error_reply(
                                 e.kind,
                                 format!(
                                     "revert could not start the committed release {version}: {}",
@@ -453,7 +454,7 @@ impl Host {
             .find(|r| &r.version == version)
             .cloned()
         else {
-            return Err(err(
+            return Err(error_reply(
                 ErrorKind::NotFound,
                 format!(
                     "release {version} of service {} is not on this node; prepare it first (deploy does)",
@@ -473,7 +474,7 @@ impl Host {
                 if let Err(e) = self.fresh_slot(slot) {
                     let (_, undo) = self.engine.revert(self.now());
                     self.apply(undo);
-                    return Err(err(ErrorKind::CheckFailed, e.to_string()));
+                    return Err(error_reply(ErrorKind::CheckFailed, e.to_string()));
                 }
             } else {
                 self.apply(vec![action]);
@@ -838,7 +839,7 @@ impl Host {
                     let (_, actions) = self.engine.revert(now);
                     self.apply(actions);
                 }
-                Err(err(ErrorKind::CheckFailed, message))
+                Err(error_reply(ErrorKind::CheckFailed, message))
             }
         };
         let _ = waiter.reply.send(result);
@@ -846,7 +847,7 @@ impl Host {
 
     fn begin_check(&mut self, reply: oneshot::Sender<StepResult>, flip_back: bool) {
         let Some(slot) = self.engine.next() else {
-            let _ = reply.send(Err(err(
+            let _ = reply.send(Err(error_reply(
                 ErrorKind::Conflict,
                 "no started release to check; run start-next first",
             )));
@@ -858,7 +859,7 @@ impl Host {
             started_ms: self.now(),
             flip_back,
         }) {
-            let _ = old.reply.send(Err(err(
+            let _ = old.reply.send(Err(error_reply(
                 ErrorKind::Conflict,
                 "another check request replaced this one",
             )));
@@ -997,7 +998,7 @@ impl Host {
             .data_dir
             .write_record(&record_name(&self.record.name), &self.record)
             .map_err(|e| {
-                err(
+                error_reply(
                     ErrorKind::Internal,
                     format!("cannot save the service record: {e}"),
                 )

@@ -20,8 +20,9 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
-use crate::daemon::node::wall_ms;
+use crate::clock::wall_ms;
 use crate::engine::slots::Refused;
+use crate::error::error_reply;
 use crate::host::actor::Host;
 use crate::store::datadir::DataDir;
 use crate::store::releases::Releases;
@@ -82,15 +83,8 @@ impl Drop for ServiceHandle {
     }
 }
 
-pub(crate) fn err(kind: ErrorKind, message: impl Into<String>) -> ErrorReply {
-    ErrorReply {
-        kind,
-        message: message.into(),
-    }
-}
-
 pub(crate) fn from_refused(r: Refused) -> ErrorReply {
-    err(r.kind, r.message)
+    error_reply(r.kind, r.message)
 }
 
 /// The record file of a service, relative to the data dir.
@@ -108,7 +102,7 @@ impl ServiceHandle {
     ) -> Result<Self, ErrorReply> {
         let addr = spec.listen.resolve(ctx.service_address);
         let listener = bind(addr).await.map_err(|e| {
-            err(
+            error_reply(
                 ErrorKind::Conflict,
                 format!(
                     "cannot listen on {addr} for service {name}: {e}. Another program holds that address; choose another `listen` in halley.toml or stop that program"
@@ -127,7 +121,7 @@ impl ServiceHandle {
         };
         let dir = ctx.releases.service_dir(&name);
         std::fs::create_dir_all(&dir).map_err(|e| {
-            err(
+            error_reply(
                 ErrorKind::Internal,
                 format!("cannot create {}: {e}", dir.display()),
             )
@@ -191,7 +185,7 @@ impl ServiceHandle {
         let (reply, rx) = oneshot::channel();
         self.send(Command::Step { step, epoch, reply }).await?;
         rx.await
-            .map_err(|_| err(ErrorKind::Internal, "the service host stopped"))?
+            .map_err(|_| error_reply(ErrorKind::Internal, "the service host stopped"))?
     }
 
     /// Takes every route away and stops every slot, so nothing writes the service's data.
@@ -200,14 +194,14 @@ impl ServiceHandle {
         let (reply, rx) = oneshot::channel();
         self.send(Command::Quiesce { reply }).await?;
         rx.await
-            .map_err(|_| err(ErrorKind::Internal, "the service host stopped"))
+            .map_err(|_| error_reply(ErrorKind::Internal, "the service host stopped"))
     }
 
     async fn send(&self, command: Command) -> Result<(), ErrorReply> {
         self.tx
             .send(command)
             .await
-            .map_err(|_| err(ErrorKind::Internal, "the service host stopped"))
+            .map_err(|_| error_reply(ErrorKind::Internal, "the service host stopped"))
     }
 
     /// Stores and unpacks outside the actor (it can take a while), then registers the release.
@@ -222,7 +216,7 @@ impl ServiceHandle {
         let listen = spec.listen.resolve(self.ctx.service_address).to_string();
         let protocol = protocol_name(spec.protocol);
         if current.listen != listen || current.protocol != protocol {
-            return Err(err(
+            return Err(error_reply(
                 ErrorKind::Conflict,
                 format!(
                     "service {} listens on {} ({}) on this node; this spec says {listen} ({protocol}). Changing a service's entry point in a deploy is not supported: keep `listen` and `protocol`, or deploy under a new service name",
@@ -255,9 +249,9 @@ impl ServiceHandle {
             Ok((sha, unpacked, file_name))
         })
         .await
-        .map_err(|e| err(ErrorKind::Internal, format!("unpack task failed: {e}")))?;
+        .map_err(|e| error_reply(ErrorKind::Internal, format!("unpack task failed: {e}")))?;
         let (sha256, unpacked, file_name) =
-            stored.map_err(|e| err(ErrorKind::BadRequest, e.to_string()))?;
+            stored.map_err(|e| error_reply(ErrorKind::BadRequest, e.to_string()))?;
         let entry = Box::new(ReleaseEntry {
             version,
             sha256,
@@ -274,7 +268,7 @@ impl ServiceHandle {
         })
         .await?;
         rx.await
-            .map_err(|_| err(ErrorKind::Internal, "the service host stopped"))?
+            .map_err(|_| error_reply(ErrorKind::Internal, "the service host stopped"))?
     }
 }
 

@@ -123,9 +123,19 @@ impl Services {
     /// Notes that a coordinator reached this node (see `orphan_timeout`).
     pub fn touch(&self) {
         self.ctx.last_contact_ms.fetch_max(
-            crate::daemon::node::wall_ms(),
+            crate::clock::wall_ms(),
             std::sync::atomic::Ordering::Relaxed,
         );
+    }
+
+    /// This node's name.
+    pub fn node(&self) -> &halley_proto::NodeName {
+        &self.ctx.node
+    }
+
+    /// The data dir.
+    pub fn data_dir(&self) -> &crate::store::datadir::DataDir {
+        &self.ctx.data_dir
     }
 
     /// The artifact store and releases.

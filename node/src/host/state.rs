@@ -22,10 +22,11 @@ use halley_proto::disk::ServiceRecord;
 use halley_proto::message::{ErrorKind, ErrorReply, StateReply, StateRequest};
 use halley_proto::spec::{ServiceName, ServiceSpec, StateSpec};
 
-use crate::daemon::node::{NodeService, wall_ms};
+use crate::clock::wall_ms;
+use crate::error::error_reply;
 use crate::host::backups::{Backups, Hooks, Snapshot};
-use crate::host::handle::err;
 use crate::host::process::Launch;
+use crate::host::services::Services;
 
 type Reply<T> = Result<T, ErrorReply>;
 
@@ -40,7 +41,7 @@ struct Context {
 impl Context {
     fn state(&self, service: &ServiceName) -> Reply<&StateSpec> {
         self.spec.state.as_ref().ok_or_else(|| {
-            err(
+            error_reply(
                 ErrorKind::BadRequest,
                 format!(
                     "service {service} has no [service.{service}.state] table in its release's spec; add one (see docs/state.md)"
@@ -50,9 +51,18 @@ impl Context {
     }
 }
 
-impl NodeService {
-    /// Answers a state request for a service on this node.
-    pub(crate) async fn state(&self, request: StateRequest) -> Reply<StateReply> {
+/// State work on this node's services.
+struct State<'a> {
+    services: &'a Services,
+}
+
+/// Answers a state request for a service on this node.
+pub async fn answer(services: &Services, request: StateRequest) -> Reply<StateReply> {
+    State { services }.answer(request).await
+}
+
+impl State<'_> {
+    async fn answer(&self, request: StateRequest) -> Reply<StateReply> {
         match request {
             StateRequest::Snapshot {
                 service,
@@ -66,7 +76,7 @@ impl NodeService {
                 self.run_once(&service, &version, "contract").await
             }
             StateRequest::List(service) => {
-                let backups = Backups::new(self.data_dir.root());
+                let backups = Backups::new(self.services.data_dir().root());
                 Ok(StateReply::Backups(backups.list(&service)))
             }
             StateRequest::Restore { service, id } => self.restore(&service, &id).await,
@@ -83,9 +93,10 @@ impl NodeService {
             return Ok(None);
         };
         let record: ServiceRecord = self
-            .data_dir
+            .services
+            .data_dir()
             .read_record(&crate::host::handle::record_name(service))
-            .map_err(|e| err(ErrorKind::Internal, e.to_string()))?;
+            .map_err(|e| error_reply(ErrorKind::Internal, e.to_string()))?;
         drop(handle);
         let Some(version) = version.or(record.committed.as_ref()).cloned() else {
             return Ok(None);
@@ -96,7 +107,7 @@ impl NodeService {
             .find(|r| r.version == version)
             .cloned()
         else {
-            return Err(err(
+            return Err(error_reply(
                 ErrorKind::NotFound,
                 format!("release {version} of service {service} is not prepared on this node"),
             ));
@@ -113,15 +124,15 @@ impl NodeService {
             data_dir: data.clone(),
             log: releases.service_dir(service).join("logs").join("state.log"),
             spec: entry.spec.clone(),
-            node_root: self.data_dir.root().to_path_buf(),
-            node: self.name().clone(),
+            node_root: self.services.data_dir().root().to_path_buf(),
+            node: self.services.node().clone(),
         };
         let env = crate::host::process::environment(&launch)
             .into_iter()
             .filter(|(k, _)| k != "PORT" && k != "HALLEY_SLOT")
             .collect();
         std::fs::create_dir_all(&data).map_err(|e| {
-            err(
+            error_reply(
                 ErrorKind::Internal,
                 format!("cannot create {}: {e}", data.display()),
             )
@@ -162,8 +173,8 @@ impl NodeService {
                 note: "no snapshot: [state] names no sqlite, dirs or backup command".into(),
             });
         }
-        let backups = Backups::new(self.data_dir.root());
-        let (service, node) = (service.clone(), self.name().clone());
+        let backups = Backups::new(self.services.data_dir().root());
+        let (service, node) = (service.clone(), self.services.node().clone());
         let release = ctx.record.committed.clone();
         tokio::task::spawn_blocking(move || {
             let manifest = backups
@@ -177,11 +188,13 @@ impl NodeService {
                     hooks: &ctx.hooks,
                     now_ms: wall_ms(),
                 })
-                .map_err(|e| err(ErrorKind::CheckFailed, format!("snapshot failed: {e}")))?;
+                .map_err(|e| {
+                    error_reply(ErrorKind::CheckFailed, format!("snapshot failed: {e}"))
+                })?;
             let note = backups
                 .verify(&service, &manifest.id, &state, &ctx.hooks)
                 .map_err(|e| {
-                    err(
+                    error_reply(
                         ErrorKind::CheckFailed,
                         format!(
                             "backup {} was taken but does not restore cleanly: {e}",
@@ -201,7 +214,7 @@ impl NodeService {
             })
         })
         .await
-        .map_err(|e| err(ErrorKind::Internal, format!("snapshot task failed: {e}")))?
+        .map_err(|e| error_reply(ErrorKind::Internal, format!("snapshot task failed: {e}")))?
     }
 
     /// Runs `migrate` or `contract` of `version` once on this node.
@@ -212,7 +225,7 @@ impl NodeService {
         what: &'static str,
     ) -> Reply<StateReply> {
         let Some(ctx) = self.context(service, Some(version)).await? else {
-            return Err(err(
+            return Err(error_reply(
                 ErrorKind::NotFound,
                 format!("service {service} is not deployed on this node"),
             ));
@@ -223,7 +236,7 @@ impl NodeService {
             _ => state.contract.clone(),
         }
         .ok_or_else(|| {
-            err(
+            error_reply(
                 ErrorKind::BadRequest,
                 format!("release {version} of service {service} has no {what} command"),
             )
@@ -248,12 +261,12 @@ impl NodeService {
         tokio::task::spawn_blocking(move || {
             let output = hooks
                 .run(what, &argv, &[])
-                .map_err(|e| err(ErrorKind::CheckFailed, e.to_string()))?;
+                .map_err(|e| error_reply(ErrorKind::CheckFailed, e.to_string()))?;
             let mut done = std::fs::read_to_string(&ledger).unwrap_or_default();
             done.push_str(version.as_str());
             done.push('\n');
             std::fs::write(&ledger, done).map_err(|e| {
-                err(
+                error_reply(
                     ErrorKind::Internal,
                     format!(
                         "the {what} command ran, but recording that in {} failed: {e}",
@@ -267,27 +280,25 @@ impl NodeService {
             })
         })
         .await
-        .map_err(|e| err(ErrorKind::Internal, format!("{what} task failed: {e}")))?
+        .map_err(|e| error_reply(ErrorKind::Internal, format!("{what} task failed: {e}")))?
     }
 
     async fn restore(&self, service: &ServiceName, id: &str) -> Reply<StateReply> {
         let Some(ctx) = self.context(service, None).await? else {
-            return Err(err(
+            return Err(error_reply(
                 ErrorKind::NotFound,
                 format!("service {service} has no committed release on this node to restore into"),
             ));
         };
         let state = ctx.state(service)?.clone();
-        let backups = Backups::new(self.data_dir.root());
+        let backups = Backups::new(self.services.data_dir().root());
         // Refuse a corrupt backup before stopping anything.
         backups
             .check(service, id)
-            .map_err(|e| err(ErrorKind::BadRequest, e.to_string()))?;
-        let handle = self
-            .services
-            .handle(service)
-            .await
-            .ok_or_else(|| err(ErrorKind::NotFound, format!("service {service} is gone")))?;
+            .map_err(|e| error_reply(ErrorKind::BadRequest, e.to_string()))?;
+        let handle = self.services.handle(service).await.ok_or_else(|| {
+            error_reply(ErrorKind::NotFound, format!("service {service} is gone"))
+        })?;
         let stopped = handle.quiesce().await?;
         for (pid, ticks) in stopped {
             let deadline = std::time::Instant::now() + Duration::from_secs(60);
@@ -301,18 +312,18 @@ impl NodeService {
         let restored =
             tokio::task::spawn_blocking(move || b.restore(&s, &i, &state, &ctx.data, &ctx.hooks))
                 .await
-                .map_err(|e| err(ErrorKind::Internal, format!("restore task failed: {e}")));
+                .map_err(|e| error_reply(ErrorKind::Internal, format!("restore task failed: {e}")));
         // Whatever happened, the committed release serves again.
         let epoch = handle.status().epoch;
         let woke = handle.step(epoch, Step::Revert).await;
         let manifest = restored?.map_err(|e| {
-            err(
+            error_reply(
                 ErrorKind::CheckFailed,
                 format!("restoring backup {id} failed: {e}"),
             )
         })?;
         woke.map_err(|e| {
-            err(
+            error_reply(
                 e.kind,
                 format!(
                     "backup {id} was restored, but the service did not start again: {}",

@@ -9,7 +9,8 @@
 //! - A peer accepts a hop only when it has a routed local slot and either does not drain or the
 //!   sender says it has no other instance; otherwise it answers with an error and the sender
 //!   knows that nothing of the client's traffic reached any upstream (so it may try another).
-//! - On the receiving side a hop never travels further: the peer serves it locally or refuses.
+//! - On the receiving side ([`crate::proxy::hop_server`]) a hop never travels further: the peer
+//!   serves it locally or refuses.
 //!
 //! ## Non-goals
 //! Choosing the peer ([`crate::proxy::routes`]) and HTTP semantics ([`crate::proxy::http`]).
@@ -17,19 +18,14 @@
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use halley_proto::Message;
-use halley_proto::message::{ErrorKind, ErrorReply, ProxyOpen};
-use halley_proto::spec::{Protocol, ServiceName};
+use halley_proto::message::ProxyOpen;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tracing::debug;
 
-use crate::host::handle::err;
-use crate::mesh::framing::write_message;
 use crate::proxy::routes::{PeerPick, ServiceRoutes};
 
 /// How long a peer may take to accept a hop before the sender tries another instance.
@@ -122,63 +118,4 @@ pub async fn connect_peer(
         .forwarded
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     Ok(Io::Hop(Box::new(tokio::io::join(recv, send))))
-}
-
-/// Serves a hop that a peer opened: accepts it when this node can serve, then runs the
-/// service's proxy on the stream, local slot only.
-pub async fn accept(
-    routes: Option<Arc<ServiceRoutes>>,
-    open: ProxyOpen,
-    mut send: quinn::SendStream,
-    recv: quinn::RecvStream,
-) {
-    if let Err(reply) = admit(routes.as_deref(), &open.service, open.even_if_draining) {
-        debug!(service = %open.service, reason = %reply.message, "mesh hop refused");
-        if write_message(
-            &mut send,
-            &Message::ErrorReply(reply),
-            halley_proto::Limit::Rpc,
-        )
-        .await
-        .is_ok()
-        {
-            let _ = send.finish();
-        }
-        return;
-    }
-    let Some(routes) = routes else { return };
-    if write_message(&mut send, &Message::ProxyAccept, halley_proto::Limit::Rpc)
-        .await
-        .is_err()
-    {
-        return;
-    }
-    let io = tokio::io::join(recv, send);
-    match routes.protocol {
-        Protocol::Http => crate::proxy::http::serve_hop(routes, io, open.client).await,
-        Protocol::Tcp => crate::proxy::tcp::serve_hop(routes, io).await,
-    }
-}
-
-fn admit(
-    routes: Option<&ServiceRoutes>,
-    service: &ServiceName,
-    even_if_draining: bool,
-) -> Result<(), ErrorReply> {
-    let unavailable = |message: String| err(ErrorKind::Unavailable, message);
-    let Some(routes) = routes else {
-        return Err(err(
-            ErrorKind::NotFound,
-            format!("service {service} does not run on this node"),
-        ));
-    };
-    if routes.router.current().is_none() {
-        return Err(unavailable(format!(
-            "no release of service {service} is serving on this node"
-        )));
-    }
-    if routes.draining() && !even_if_draining {
-        return Err(unavailable("this node is draining".into()));
-    }
-    Ok(())
 }

@@ -13,25 +13,29 @@ use std::time::Duration;
 
 use halley_proto::NodeName;
 use halley_proto::deploy::{ReleaseVersion, Step, StepReply};
-use halley_proto::gossip::ROLLOUT_KEY_PREFIX;
 use halley_proto::message::{ErrorKind, ErrorReply, MemberState, PeerReply, PeerRequest};
 use halley_proto::rollout::{HistoryEntry, HostStep, Phase, RolloutState};
 use halley_proto::spec::{RolloutPolicy, ServiceName};
 
-use crate::daemon::node::{NodeService, internal, wall_ms};
-use crate::rollout::driver::{LONG, Reply, SHORT, new_state, next_epoch, record_history};
+use crate::clock::wall_ms;
+use crate::error::internal;
+use crate::rollout::context::Coordinator;
+use crate::rollout::context::{LONG, Reply, SHORT};
+use crate::rollout::history;
 use crate::rollout::host_steps::walk;
+use crate::rollout::lock::{new_state, next_epoch};
 
 /// Puts every host that runs the service back on a release it has, all at once: its previous
 /// committed release, or `to`. A host that fails is retried; the outcome is published like a
 /// rollout's.
 pub(crate) async fn rollback(
-    node: &NodeService,
-    me: Arc<NodeService>,
+    node: &Coordinator,
+    me: Arc<Coordinator>,
     service: &ServiceName,
     to: Option<ReleaseVersion>,
 ) -> Reply<String> {
     let hosts: Vec<NodeName> = node
+        .cluster
         .members()
         .into_iter()
         .filter(|m| !matches!(m.state, MemberState::Dead | MemberState::Left))
@@ -131,7 +135,7 @@ pub(crate) async fn rollback(
         };
         publish(&me, &shared).await;
         if entry.outcome.finished() {
-            record_history(&me, &service, entry).await;
+            history::record(&me, &service, entry).await;
         }
     });
     Ok(id)
@@ -139,32 +143,25 @@ pub(crate) async fn rollback(
 
 /// Publishes a cluster rollback's state (it has no engine and no journal: each host step is
 /// itself durable on the host).
-async fn publish(node: &NodeService, state: &tokio::sync::Mutex<RolloutState>) {
+async fn publish(node: &Coordinator, state: &tokio::sync::Mutex<RolloutState>) {
     let state = {
         let mut s = state.lock().await;
         s.seq += 1;
         s.clone()
     };
-    if let Ok(mut map) = node.rollouts.lock() {
-        map.insert(state.service.clone(), state.clone());
-    }
-    node.publish(
-        format!("{ROLLOUT_KEY_PREFIX}{}", state.service),
-        state.to_gossip(),
-    )
-    .await;
+    node.publish(&state).await;
 }
 
 /// One host of a cluster rollback: start-next (reusing a warm slot) → check → flip → drain →
 /// commit, to `to` or the host's previous committed release.
 async fn rollback_host(
-    node: &NodeService,
+    node: &Coordinator,
     host: &NodeName,
     service: &ServiceName,
     to: Option<&ReleaseVersion>,
     epoch: u64,
 ) -> Result<String, String> {
-    let status = match node.peer(host, PeerRequest::Services, SHORT).await {
+    let status = match node.cluster.peer(host, PeerRequest::Services, SHORT).await {
         Ok(PeerReply::Services(list)) => list.into_iter().find(|s| &s.name == service),
         Ok(_) => None,
         Err(e) => return Err(e.to_string()),

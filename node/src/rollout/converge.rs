@@ -16,18 +16,18 @@ use halley_proto::deploy::{ArtifactSource, Step};
 use halley_proto::rollout::{HostStep, Phase, RolloutState};
 use tracing::{info, warn};
 
-use crate::daemon::node::NodeService;
-use crate::rollout::driver::{LONG, SHORT};
+use crate::rollout::context::Coordinator;
+use crate::rollout::context::{LONG, SHORT};
 use crate::rollout::host_steps::{fetch_release, walk};
 use crate::rollout::status as rollout_status;
 
 /// One pass: converges every service whose newest completed rollout skipped this node.
-pub async fn converge(node: &NodeService) {
+pub async fn converge(node: &Coordinator) {
     for state in rollout_status::rollouts(node, None).await {
         if state.phase != Phase::Completed {
             continue;
         }
-        let Some(me) = state.hosts.iter().find(|h| &h.node == node.name()) else {
+        let Some(me) = state.hosts.iter().find(|h| &h.node == node.cluster.name()) else {
             continue;
         };
         if me.step == HostStep::Committed {
@@ -54,7 +54,7 @@ pub async fn converge(node: &NodeService) {
     }
 }
 
-async fn catch_up(node: &NodeService, state: &RolloutState) -> Result<(), String> {
+async fn catch_up(node: &Coordinator, state: &RolloutState) -> Result<(), String> {
     let (spec, sha256, file_name) =
         match node.services.release(&state.service, &state.version).await {
             Some(entry) => (entry.spec, entry.sha256, entry.file_name),
@@ -103,8 +103,14 @@ async fn catch_up(node: &NodeService, state: &RolloutState) -> Result<(), String
         ),
         (Step::Commit, SHORT),
     ];
-    walk(node, node.name(), &state.service, state.epoch, steps)
-        .await
-        .map(|_| ())
-        .map_err(|e| e.to_string())
+    walk(
+        node,
+        node.cluster.name(),
+        &state.service,
+        state.epoch,
+        steps,
+    )
+    .await
+    .map(|_| ())
+    .map_err(|e| e.to_string())
 }

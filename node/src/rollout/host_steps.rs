@@ -23,16 +23,16 @@ use halley_proto::message::{ErrorKind, PeerReply, PeerRequest};
 use halley_proto::spec::{ServiceName, ServiceSpec};
 use tracing::warn;
 
-use crate::daemon::node::NodeService;
-use crate::daemon::peers::CHUNK;
 use crate::engine::regression::Sample;
 use crate::engine::rollout::{Action, Event};
 use crate::error::Error;
-use crate::rollout::driver::{LONG, SHORT};
+use crate::rollout::context::Coordinator;
+use crate::rollout::context::{LONG, SHORT};
+use crate::store::releases::CHUNK;
 
 /// What a host worker needs.
 pub(crate) struct HostCtx {
-    pub(crate) node: Arc<NodeService>,
+    pub(crate) node: Arc<Coordinator>,
     pub(crate) host: NodeName,
     pub(crate) journal: RolloutJournal,
     pub(crate) baselines: Arc<Mutex<HashMap<NodeName, Sample>>>,
@@ -67,6 +67,7 @@ impl HostCtx {
     async fn step(&self, step: Step, timeout: Duration) -> Result<StepReply, Failure> {
         Ok(self
             .node
+            .cluster
             .step_on(&self.host, self.request(step), timeout)
             .await?)
     }
@@ -76,6 +77,7 @@ impl HostCtx {
         match action {
             Action::Drain(_) => match self
                 .node
+                .cluster
                 .peer(&host, PeerRequest::SetDraining(true), SHORT)
                 .await
             {
@@ -92,6 +94,7 @@ impl HostCtx {
                     // The host reverted what it started; it must not stay drained.
                     let _ = self
                         .node
+                        .cluster
                         .peer(&host, PeerRequest::SetDraining(false), SHORT)
                         .await;
                     Event::Deployed(host, Err(why))
@@ -121,6 +124,7 @@ impl HostCtx {
         let started = Instant::now();
         let reply = match self
             .node
+            .cluster
             .step_on(&self.host, self.request(Step::Revert), LONG)
             .await
         {
@@ -131,6 +135,7 @@ impl HostCtx {
             other => other?,
         };
         self.node
+            .cluster
             .peer(&self.host, PeerRequest::SetDraining(false), SHORT)
             .await?;
         let took = started.elapsed().as_millis();
@@ -231,6 +236,7 @@ impl HostCtx {
             ));
         }
         self.node
+            .cluster
             .peer(&self.host, PeerRequest::SetDraining(false), SHORT)
             .await?;
         notes.push(format!("{} ms", started.elapsed().as_millis()));
@@ -239,7 +245,7 @@ impl HostCtx {
 
     /// Streams the artifact to the host in 1 MiB pieces, resuming from what it holds.
     async fn send_artifact(&self) -> Result<(), Failure> {
-        if &self.host == self.node.name() {
+        if &self.host == self.node.cluster.name() {
             return Ok(());
         }
         let sha256 = self.journal.sha256;
@@ -247,6 +253,7 @@ impl HostCtx {
         let mut failures = 0;
         let mut held = match self
             .node
+            .cluster
             .peer(&self.host, PeerRequest::ArtifactStatus { sha256 }, SHORT)
             .await?
         {
@@ -267,7 +274,7 @@ impl HostCtx {
                 offset: held,
                 data,
             };
-            match self.node.peer(&self.host, request, SHORT * 3).await {
+            match self.node.cluster.peer(&self.host, request, SHORT * 3).await {
                 Ok(PeerReply::Artifact { complete: true, .. }) => return Ok(()),
                 Ok(PeerReply::Artifact { received, .. }) => {
                     held = received;
@@ -288,6 +295,7 @@ impl HostCtx {
                     tokio::time::sleep(Duration::from_millis(500)).await;
                     if let Ok(PeerReply::Artifact { received, complete }) = self
                         .node
+                        .cluster
                         .peer(&self.host, PeerRequest::ArtifactStatus { sha256 }, SHORT)
                         .await
                     {
@@ -305,12 +313,13 @@ impl HostCtx {
 /// The active slot's signals of a service on a host (`None` when unreachable, or when
 /// `version` is given and the active slot does not run it).
 pub(crate) async fn sample(
-    node: &NodeService,
+    node: &Coordinator,
     host: &NodeName,
     service: &ServiceName,
     version: Option<&ReleaseVersion>,
 ) -> Option<Sample> {
     let reply = node
+        .cluster
         .peer(host, PeerRequest::Services, Duration::from_secs(3))
         .await
         .ok()?;
@@ -331,7 +340,7 @@ pub(crate) async fn sample(
 
 /// Copies an artifact from `host` into this node's store (resuming a partial copy).
 pub(crate) async fn fetch_artifact(
-    node: &NodeService,
+    node: &Coordinator,
     host: &NodeName,
     sha256: &[u8; 32],
 ) -> Result<(), Error> {
@@ -342,6 +351,7 @@ pub(crate) async fn fetch_artifact(
             return Ok(());
         }
         let reply = node
+            .cluster
             .peer(
                 host,
                 PeerRequest::GetArtifact {
@@ -370,7 +380,7 @@ pub(crate) async fn fetch_artifact(
 /// The spec and artifact of a release from the first of `hosts` that has it (this node's own
 /// name is served from its store); the artifact is copied into this node's store.
 pub(crate) async fn fetch_release(
-    node: &NodeService,
+    node: &Coordinator,
     service: &ServiceName,
     version: &ReleaseVersion,
     hosts: &[NodeName],
@@ -384,7 +394,7 @@ pub(crate) async fn fetch_release(
             spec,
             sha256,
             file_name,
-        }) = node.peer(host, request, SHORT).await
+        }) = node.cluster.peer(host, request, SHORT).await
         else {
             continue;
         };
@@ -399,7 +409,7 @@ pub(crate) async fn fetch_release(
 /// reverted (best effort: it already stopped what a failed step started) and the error returned.
 /// Each reply comes with the time since the walk began.
 pub(crate) async fn walk(
-    node: &NodeService,
+    node: &Coordinator,
     host: &NodeName,
     service: &ServiceName,
     epoch: u64,
@@ -413,10 +423,13 @@ pub(crate) async fn walk(
     let started = Instant::now();
     let mut replies = Vec::with_capacity(steps.len());
     for (step, timeout) in steps {
-        match node.step_on(host, request(step), timeout).await {
+        match node.cluster.step_on(host, request(step), timeout).await {
             Ok(reply) => replies.push((reply, started.elapsed())),
             Err(e) => {
-                let _ = node.step_on(host, request(Step::Revert), LONG).await;
+                let _ = node
+                    .cluster
+                    .step_on(host, request(Step::Revert), LONG)
+                    .await;
                 return Err(e);
             }
         }

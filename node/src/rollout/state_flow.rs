@@ -26,15 +26,15 @@ use halley_proto::message::{
 };
 use tracing::{info, warn};
 
-use crate::daemon::node::NodeService;
-use crate::host::handle::err;
+use crate::error::error_reply;
+use crate::rollout::context::Coordinator;
 use crate::rollout::host_steps::HostCtx;
 
 /// How long a snapshot (with its verification) or a migration may take.
 const STATE_TIMEOUT: Duration = Duration::from_secs(3600);
 
 fn failed(message: String) -> ErrorReply {
-    err(ErrorKind::CheckFailed, message)
+    error_reply(ErrorKind::CheckFailed, message)
 }
 
 /// The state hosts of a rollout, in rollout order.
@@ -51,7 +51,7 @@ pub(crate) fn state_hosts(journal: &RolloutJournal, hosts: &[NodeName]) -> Vec<N
 
 /// Snapshots, verification and the migration before a rollout; returns what was done.
 pub(crate) async fn before_deploy(
-    node: &Arc<NodeService>,
+    node: &Arc<Coordinator>,
     journal: &RolloutJournal,
     hosts: &[NodeName],
 ) -> Result<Vec<String>, ErrorReply> {
@@ -77,7 +77,7 @@ pub(crate) async fn before_deploy(
                 spec: Some(Box::new(journal.spec.clone())),
                 for_release: Some(version.clone()),
             });
-            match node.peer(host, request, STATE_TIMEOUT).await {
+            match node.cluster.peer(host, request, STATE_TIMEOUT).await {
                 Ok(PeerReply::State(StateReply::Snapshot {
                     backup: Some(m),
                     note,
@@ -118,7 +118,7 @@ pub(crate) async fn before_deploy(
             service: service.clone(),
             version: version.clone(),
         });
-        match node.peer(first, request, STATE_TIMEOUT).await {
+        match node.cluster.peer(first, request, STATE_TIMEOUT).await {
             Ok(PeerReply::State(StateReply::Ran { already: true, .. })) => notes.push(format!(
                 "{first}: the migration of {version} already ran there; not run again"
             )),
@@ -146,7 +146,7 @@ pub(crate) async fn before_deploy(
 
 /// The contract command after a rollout committed everywhere; returns a line for the history.
 pub(crate) async fn after_commit(
-    node: &Arc<NodeService>,
+    node: &Arc<Coordinator>,
     journal: &RolloutJournal,
     hosts: &[NodeName],
 ) -> Option<String> {
@@ -158,19 +158,21 @@ pub(crate) async fn after_commit(
         service: service.clone(),
         version: version.clone(),
     });
-    Some(match node.peer(&first, request, STATE_TIMEOUT).await {
-        Ok(PeerReply::State(StateReply::Ran { already: true, .. })) => {
-            format!("contract of {version} had already run on {first}")
-        }
-        Ok(_) => {
-            info!(%service, host = %first, %version, "contract ran");
-            format!("contract of {version} ran on {first}")
-        }
-        Err(e) => {
-            warn!(%service, host = %first, %version, error = %e, "contract failed");
-            format!("contract of {version} failed on {first}: {e}")
-        }
-    })
+    Some(
+        match node.cluster.peer(&first, request, STATE_TIMEOUT).await {
+            Ok(PeerReply::State(StateReply::Ran { already: true, .. })) => {
+                format!("contract of {version} had already run on {first}")
+            }
+            Ok(_) => {
+                info!(%service, host = %first, %version, "contract ran");
+                format!("contract of {version} ran on {first}")
+            }
+            Err(e) => {
+                warn!(%service, host = %first, %version, error = %e, "contract failed");
+                format!("contract of {version} failed on {first}: {e}")
+            }
+        },
+    )
 }
 
 fn last_line(output: &str) -> String {

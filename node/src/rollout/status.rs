@@ -14,10 +14,10 @@ use halley_proto::gossip::{HISTORY_KEY_PREFIX, ROLLOUT_KEY_PREFIX};
 use halley_proto::rollout::{HistoryEntry, RolloutState};
 use halley_proto::spec::ServiceName;
 
-use crate::daemon::node::NodeService;
+use crate::rollout::context::Coordinator;
 
 /// The newest state of each rollout known here (one per service), optionally for one service.
-pub async fn rollouts(node: &NodeService, service: Option<&ServiceName>) -> Vec<RolloutState> {
+pub async fn rollouts(node: &Coordinator, service: Option<&ServiceName>) -> Vec<RolloutState> {
     let mut newest: BTreeMap<ServiceName, RolloutState> = BTreeMap::new();
     let mut offer = |state: RolloutState| {
         if service.is_some_and(|s| s != &state.service) {
@@ -39,7 +39,7 @@ pub async fn rollouts(node: &NodeService, service: Option<&ServiceName>) -> Vec<
     for state in local {
         offer(state);
     }
-    for (_, _, key, value) in node.gossip_values(ROLLOUT_KEY_PREFIX).await {
+    for (_, _, key, value) in node.cluster.gossip.values(ROLLOUT_KEY_PREFIX).await {
         let Ok(name) = ServiceName::parse(key.trim_start_matches(ROLLOUT_KEY_PREFIX)) else {
             continue;
         };
@@ -51,15 +51,15 @@ pub async fn rollouts(node: &NodeService, service: Option<&ServiceName>) -> Vec<
 }
 
 /// The newest rollout of one service.
-pub async fn newest(node: &NodeService, service: &ServiceName) -> Option<RolloutState> {
+pub async fn newest(node: &Coordinator, service: &ServiceName) -> Option<RolloutState> {
     rollouts(node, Some(service)).await.into_iter().next()
 }
 
 /// A service's rollout history from every coordinator, oldest first.
-pub async fn history(node: &NodeService, service: &ServiceName) -> Vec<HistoryEntry> {
+pub async fn history(node: &Coordinator, service: &ServiceName) -> Vec<HistoryEntry> {
     let key = format!("{HISTORY_KEY_PREFIX}{service}");
     let mut by_id: BTreeMap<String, HistoryEntry> = BTreeMap::new();
-    for (_, _, k, value) in node.gossip_values(HISTORY_KEY_PREFIX).await {
+    for (_, _, k, value) in node.cluster.gossip.values(HISTORY_KEY_PREFIX).await {
         if k != key {
             continue;
         }
@@ -75,16 +75,18 @@ pub async fn history(node: &NodeService, service: &ServiceName) -> Vec<HistoryEn
 /// Whether a coordinator is driving `state` now: this node's own driver, or a live generation
 /// of the coordinator still publishing that rollout (a coordinator that died, even if its node
 /// has restarted since, is not).
-pub async fn is_driven(node: &NodeService, state: &RolloutState) -> bool {
-    if &state.coordinator == node.name() {
+pub async fn is_driven(node: &Coordinator, state: &RolloutState) -> bool {
+    if &state.coordinator == node.cluster.name() {
         return node
-            .active_drivers
+            .active
             .lock()
             .map(|s| s.contains(&state.service))
             .unwrap_or(false);
     }
     let key = format!("{ROLLOUT_KEY_PREFIX}{}", state.service);
-    node.gossip_values(ROLLOUT_KEY_PREFIX)
+    node.cluster
+        .gossip
+        .values(ROLLOUT_KEY_PREFIX)
         .await
         .into_iter()
         .any(|(who, live, k, value)| {

@@ -1,4 +1,5 @@
-//! The data dir and what is on disk.
+//! The data dir and everything on disk.
 
 pub mod datadir;
+pub mod journal;
 pub mod releases;

@@ -32,6 +32,9 @@ use ring::digest;
 
 use crate::error::{Error, Result};
 
+/// The largest artifact piece sent in one request: each is an RPC well under the frame limit.
+pub const CHUNK: usize = 1 << 20;
+
 /// The artifact store and the unpacked releases of a node.
 #[derive(Debug, Clone)]
 pub struct Releases {

@@ -1,0 +1,167 @@
+//! Admitting nodes: the token book and, on the node that holds it, the cluster CA key. Answers
+//! `token create` and a joining node's [`JoinRequest`].
+//!
+//! ## Guarantees
+//! - A token's use is recorded on disk before the certificate is handed out, so a crash cannot
+//!   make a single-use token work twice.
+//! - A name held by a live member is refused, naming where that member runs.
+//!
+//! ## Non-goals
+//! Deciding whether a token is valid (that is [`crate::engine::tokens`]).
+
+use std::net::SocketAddr;
+
+use halley_proto::disk::{NodeRecord, TokenBook};
+use halley_proto::message::{AdminResponse, ErrorKind, ErrorReply, JoinRequest, JoinResponse};
+use halley_proto::{NodeName, Role};
+use rustls::pki_types::CertificateDer;
+use tracing::info;
+
+use crate::clock::wall_ms;
+use crate::cluster::client::ClusterClient;
+use crate::engine::tokens;
+use crate::error::{bad_request, internal};
+use crate::mesh::pki::ClusterCa;
+use crate::store::datadir::{DataDir, TOKENS};
+
+/// The token book and the CA key of this node.
+pub struct Admission {
+    record: NodeRecord,
+    data_dir: DataDir,
+    ca: Option<ClusterCa>,
+    ca_der: CertificateDer<'static>,
+    tokens: tokio::sync::Mutex<TokenBook>,
+}
+
+impl Admission {
+    /// Admission for this node; `ca` is `Some` on the node that holds the CA key.
+    pub fn new(
+        record: NodeRecord,
+        data_dir: DataDir,
+        ca: Option<ClusterCa>,
+        ca_der: CertificateDer<'static>,
+        tokens: TokenBook,
+    ) -> Self {
+        Self {
+            record,
+            data_dir,
+            ca,
+            ca_der,
+            tokens: tokio::sync::Mutex::new(tokens),
+        }
+    }
+
+    /// Whether this node holds the CA key.
+    pub fn holds_ca(&self) -> bool {
+        self.ca.is_some()
+    }
+
+    /// Issues a join token (`token create`).
+    pub async fn create_token(
+        &self,
+        cluster: &ClusterClient,
+        ttl_secs: u64,
+        uses: Option<u32>,
+    ) -> Result<AdminResponse, ErrorReply> {
+        if self.ca.is_none() {
+            let holder = cluster
+                .gossip
+                .ca_holder()
+                .await
+                .map(|n| format!("node {n:?}"))
+                .unwrap_or_else(|| "the node that ran 'init'".into());
+            return Err(ErrorReply {
+                kind: ErrorKind::Unavailable,
+                message: format!(
+                    "this node does not hold the cluster CA key, so it cannot admit new nodes; run 'halley-node token create' on {holder}"
+                ),
+            });
+        }
+        if ttl_secs == 0 {
+            return Err(bad_request("a token's --ttl must be longer than 0s"));
+        }
+        let (id, secret) = match (crate::random::bytes::<8>(), crate::random::bytes::<16>()) {
+            (Ok(id), Ok(secret)) => (id, secret),
+            _ => return Err(internal("the OS random source failed")),
+        };
+        let mut book = self.tokens.lock().await;
+        let mut updated = book.clone();
+        let now = wall_ms();
+        let token = tokens::issue(
+            &mut updated,
+            &self.ca_der,
+            self.record.advertise,
+            ttl_secs,
+            uses,
+            now,
+            id,
+            secret,
+        );
+        self.data_dir
+            .write_record(TOKENS, &updated)
+            .map_err(|e| internal(&format!("cannot save the token: {e}")))?;
+        *book = updated;
+        info!(ttl_secs, uses = ?uses, "join token created");
+        Ok(AdminResponse::Token {
+            token: token.to_string(),
+            expires_at_ms: now + ttl_secs * 1000,
+        })
+    }
+
+    /// Answers a joining node: checks and spends its token, signs its certificate.
+    pub async fn join(
+        &self,
+        cluster: &ClusterClient,
+        request: JoinRequest,
+        remote: SocketAddr,
+    ) -> Result<JoinResponse, ErrorReply> {
+        let Some(ca) = &self.ca else {
+            return Err(ErrorReply {
+                kind: ErrorKind::Unavailable,
+                message: "this node does not hold the cluster CA key; use a token from the node that ran 'init'".into(),
+            });
+        };
+        let mut book = self.tokens.lock().await;
+        let index = tokens::check(&book, &request.token_id, &request.secret, wall_ms())?;
+        if request.name == self.record.name {
+            return Err(name_taken(&request.name, self.record.advertise));
+        }
+        cluster.refresh().await;
+        if let Some(addr) = cluster.live_holder_of(&request.name) {
+            return Err(name_taken(&request.name, addr));
+        }
+        let cert = ca
+            .sign_csr(
+                &request.csr_der,
+                &request.name,
+                request.advertise.ip(),
+                Role::Node,
+            )
+            .map_err(|e| bad_request(&e.to_string()))?;
+        let mut updated = book.clone();
+        tokens::spend(&mut updated, index);
+        self.data_dir
+            .write_record(TOKENS, &updated)
+            .map_err(|e| internal(&format!("cannot record the token use: {e}")))?;
+        *book = updated;
+        let mut seeds = vec![self.record.advertise];
+        seeds.extend(cluster.peer_addrs());
+        info!(name = %request.name, advertise = %request.advertise, from = %remote, "admitted a new node");
+        Ok(JoinResponse {
+            cluster_id: self.record.cluster_id.clone(),
+            cert_der: cert.to_vec(),
+            ca_der: self.ca_der.to_vec(),
+            seeds,
+        })
+    }
+}
+
+fn name_taken(name: &NodeName, addr: SocketAddr) -> ErrorReply {
+    ErrorReply {
+        kind: ErrorKind::NameTaken,
+        message: format!(
+            "a live node named {:?} already exists at {addr}; choose another --name, or stop and remove that node first",
+            name.as_str()
+        ),
+    }
+}

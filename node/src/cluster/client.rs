@@ -1,0 +1,252 @@
+//! The cluster client: what code that coordinates or hosts needs of the cluster, instead of the
+//! whole node. It holds this node's name, the mesh, the membership view, gossip, this node's
+//! draining flag, and a way to call this node itself through the same request handler peers
+//! reach over the mesh.
+//!
+//! ## Guarantees
+//! - A call to this node's own name never leaves the process and is answered by the same
+//!   handler a peer's request reaches, so a coordinator deploys to itself exactly as to any other
+//!   host.
+//! - A call to a member that is dead, gone or unknown fails at once with that reason, without a
+//!   connection attempt.
+//!
+//! ## Non-goals
+//! Authorising requests (the mesh checks [`halley_proto::Message::access`] before a handler
+//! sees a peer's request) and answering them (the daemon's dispatcher does).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+use chitchat::Chitchat;
+use halley_proto::deploy::{StepReply, StepRequest};
+use halley_proto::gossip::{self, KEY_DRAINING, KEY_LEFT};
+use halley_proto::message::{
+    ErrorKind, ErrorReply, MemberRow, MemberState, PeerReply, PeerRequest,
+};
+use halley_proto::{Message, NodeName};
+use tracing::info;
+
+use crate::clock::wall_ms;
+use crate::cluster::gossip::Gossip;
+use crate::engine::membership::MembershipView;
+use crate::error::{Error, Result, internal};
+use crate::mesh::endpoint::{Mesh, RequestHandler};
+
+/// This node's view of the cluster and its way to reach any member.
+pub struct ClusterClient {
+    name: NodeName,
+    advertise: SocketAddr,
+    view: Mutex<MembershipView>,
+    started: Instant,
+    /// The gossip state.
+    pub gossip: Gossip,
+    mesh: OnceLock<Arc<Mesh>>,
+    draining: Arc<AtomicBool>,
+    local: OnceLock<Weak<dyn RequestHandler>>,
+}
+
+impl ClusterClient {
+    /// A client for node `name`; `draining` is the flag every entry point's readiness reads.
+    pub fn new(
+        name: NodeName,
+        advertise: SocketAddr,
+        suspect_after_ms: u64,
+        draining: Arc<AtomicBool>,
+    ) -> Self {
+        Self {
+            view: Mutex::new(MembershipView::new(name.clone(), suspect_after_ms)),
+            name,
+            advertise,
+            started: Instant::now(),
+            gossip: Gossip::default(),
+            mesh: OnceLock::new(),
+            draining,
+            local: OnceLock::new(),
+        }
+    }
+
+    /// Connects to gossip and the mesh once both run.
+    pub fn attach(&self, chitchat: Arc<tokio::sync::Mutex<Chitchat>>, mesh: Arc<Mesh>) {
+        self.gossip.attach(chitchat);
+        let _ = self.mesh.set(mesh);
+    }
+
+    /// Sets the handler that answers this node's calls to itself (the daemon's dispatcher).
+    pub fn set_local(&self, handler: Weak<dyn RequestHandler>) {
+        let _ = self.local.set(handler);
+    }
+
+    /// This node's name.
+    pub fn name(&self) -> &NodeName {
+        &self.name
+    }
+
+    /// This node's mesh address, as peers reach it.
+    pub fn advertise(&self) -> SocketAddr {
+        self.advertise
+    }
+
+    /// The mesh, once it runs.
+    pub fn mesh(&self) -> Option<&Arc<Mesh>> {
+        self.mesh.get()
+    }
+
+    /// This node's draining flag (shared with every entry point's readiness answer).
+    pub fn draining(&self) -> &Arc<AtomicBool> {
+        &self.draining
+    }
+
+    fn mono_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// Pulls gossip into the membership view; returns every member as it now stands.
+    pub async fn refresh(&self) -> Vec<MemberRow> {
+        let Some(snapshot) = self.gossip.observations().await else {
+            return self.members();
+        };
+        let now = self.mono_ms();
+        match self.view.lock() {
+            Ok(mut view) => {
+                view.observe(snapshot, now);
+                view.rows(now, wall_ms())
+            }
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// Every member the view knows, with its state.
+    pub fn members(&self) -> Vec<MemberRow> {
+        let now = self.mono_ms();
+        self.view
+            .lock()
+            .map(|v| v.rows(now, wall_ms()))
+            .unwrap_or_default()
+    }
+
+    /// The mesh address of a member that is not dead or gone.
+    pub fn member_addr(&self, name: &NodeName) -> Option<SocketAddr> {
+        self.members()
+            .into_iter()
+            .find(|r| &r.name == name)
+            .filter(|r| !matches!(r.state, MemberState::Dead | MemberState::Left))
+            .map(|r| r.addr)
+    }
+
+    /// Gossip addresses of the other members not known to be dead or gone.
+    pub fn peer_addrs(&self) -> Vec<SocketAddr> {
+        let now = self.mono_ms();
+        self.view
+            .lock()
+            .map(|v| v.peer_addrs(now))
+            .unwrap_or_default()
+    }
+
+    /// The address of a live node named `name`, if one is known.
+    pub fn live_holder_of(&self, name: &NodeName) -> Option<SocketAddr> {
+        let now = self.mono_ms();
+        self.view.lock().ok()?.live_holder_of(name, now)
+    }
+
+    /// Sends a peer request to `node` (answered in-process when it is this node).
+    pub async fn peer(
+        &self,
+        node: &NodeName,
+        request: PeerRequest,
+        timeout: Duration,
+    ) -> Result<PeerReply> {
+        match self.call(node, Message::Peer(request), timeout).await? {
+            Message::PeerReply(reply) => Ok(reply),
+            Message::ErrorReply(reply) => Err(Error::Remote(reply)),
+            other => Err(Error::Protocol(format!(
+                "{node} answered a peer request with {}",
+                other.kind()
+            ))),
+        }
+    }
+
+    /// Runs a deploy step on `node` (in-process when it is this node).
+    pub async fn step_on(
+        &self,
+        node: &NodeName,
+        request: StepRequest,
+        timeout: Duration,
+    ) -> Result<StepReply> {
+        match self.call(node, Message::Step(request), timeout).await? {
+            Message::StepReply(reply) => Ok(reply),
+            Message::ErrorReply(reply) => Err(Error::Remote(reply)),
+            other => Err(Error::Protocol(format!(
+                "{node} answered a deploy step with {}",
+                other.kind()
+            ))),
+        }
+    }
+
+    async fn call(&self, node: &NodeName, message: Message, timeout: Duration) -> Result<Message> {
+        if node == &self.name {
+            let handler = self
+                .local
+                .get()
+                .and_then(Weak::upgrade)
+                .ok_or_else(|| Error::Net("this node is still starting".into()))?;
+            return Ok(handler.handle(None, self.advertise, message).await);
+        }
+        let addr = self.member_addr(node).ok_or_else(|| {
+            Error::Net(format!(
+                "node {node} is not reachable (dead, gone or unknown to this node)"
+            ))
+        })?;
+        let mesh = self
+            .mesh
+            .get()
+            .ok_or_else(|| Error::Net("the mesh is not running yet".into()))?;
+        match mesh.request(addr, &message, timeout).await? {
+            Message::ErrorReply(reply) => Err(Error::Remote(reply)),
+            other => Ok(other),
+        }
+    }
+
+    /// Sets this node's draining flag, for its entry points and in gossip.
+    pub async fn set_draining(&self, draining: bool) -> std::result::Result<(), ErrorReply> {
+        self.draining.store(draining, Ordering::Relaxed);
+        if !self.gossip.is_running() {
+            return Err(internal("gossip is not running yet"));
+        }
+        self.gossip
+            .publish(KEY_DRAINING.to_owned(), gossip::flag(draining).to_owned())
+            .await;
+        info!(draining, "draining flag changed");
+        Ok(())
+    }
+
+    /// Sets the draining flag of `node`, here or remotely.
+    pub async fn set_draining_of(
+        &self,
+        node: &NodeName,
+        draining: bool,
+    ) -> std::result::Result<(), ErrorReply> {
+        self.peer(
+            node,
+            PeerRequest::SetDraining(draining),
+            Duration::from_secs(10),
+        )
+        .await
+        .map(|_| ())
+        .map_err(|e| match e {
+            Error::Remote(reply) => reply,
+            other => ErrorReply {
+                kind: ErrorKind::Unavailable,
+                message: other.to_string(),
+            },
+        })
+    }
+
+    /// Marks this node as left in gossip (the daemon then pushes it to every peer).
+    pub async fn announce_leave(&self) {
+        self.gossip
+            .publish(KEY_LEFT.to_owned(), gossip::flag(true).to_owned())
+            .await;
+    }
+}

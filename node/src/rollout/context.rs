@@ -1,0 +1,79 @@
+//! What every rollout task of this node shares: the [`Coordinator`] handle (the cluster client,
+//! this node's services and data dir, and the rollouts it drives), and the timeouts of the
+//! requests a rollout sends.
+//!
+//! ## Guarantees
+//! - Coordinator code reaches hosts, itself included, only through the cluster client, the same
+//!   way for every host.
+//! - `rollouts` holds this node's fullest copy of each rollout it drove since it started (with
+//!   host notes); `active` names the services whose driver runs in this process now.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use halley_proto::message::ErrorReply;
+use halley_proto::rollout::RolloutState;
+use halley_proto::spec::ServiceName;
+
+use crate::cluster::client::ClusterClient;
+use crate::host::services::Services;
+use crate::store::datadir::DataDir;
+
+/// A request that is answered at once (status, drain flag, a flip).
+pub(crate) const SHORT: Duration = Duration::from_secs(10);
+/// A request that may take long (prepare, revert, commit).
+pub(crate) const LONG: Duration = Duration::from_secs(600);
+
+/// A result whose error goes back to the CLI as is.
+pub(crate) type Reply<T> = Result<T, ErrorReply>;
+
+/// The rollout side of this node.
+pub struct Coordinator {
+    /// The cluster: members, gossip, calls to hosts.
+    pub cluster: Arc<ClusterClient>,
+    /// This node's own services (for its artifact store and its own status).
+    pub services: Arc<Services>,
+    /// The data dir (journals, history).
+    pub data_dir: DataDir,
+    /// Rollouts this node coordinates (or coordinated since it started), by service.
+    pub(crate) rollouts: Mutex<HashMap<ServiceName, RolloutState>>,
+    /// Services whose rollout driver runs in this node now.
+    pub(crate) active: Mutex<HashSet<ServiceName>>,
+}
+
+impl Coordinator {
+    /// The coordinator of this node.
+    pub fn new(cluster: Arc<ClusterClient>, services: Arc<Services>, data_dir: DataDir) -> Self {
+        Self {
+            cluster,
+            services,
+            data_dir,
+            rollouts: Mutex::default(),
+            active: Mutex::default(),
+        }
+    }
+
+    /// This node's copy of the rollout of `service` it drove last, if any.
+    pub fn local_state(&self, service: &ServiceName) -> Option<RolloutState> {
+        self.rollouts.lock().ok()?.get(service).cloned()
+    }
+
+    /// Keeps `state` as this node's copy and publishes it in gossip (`rollout:NAME`).
+    pub(crate) async fn publish(&self, state: &RolloutState) {
+        if let Ok(mut map) = self.rollouts.lock() {
+            map.insert(state.service.clone(), state.clone());
+        }
+        self.cluster
+            .gossip
+            .publish(
+                format!(
+                    "{}{}",
+                    halley_proto::gossip::ROLLOUT_KEY_PREFIX,
+                    state.service
+                ),
+                state.to_gossip(),
+            )
+            .await;
+    }
+}

@@ -1,0 +1,202 @@
+//! Starting a rollout on this node: `deploy` (store the artifact, take the lock and an epoch,
+//! the state steps, then the driver), `deploy --resume` (take the newest unfinished rollout over
+//! from the journal or from a host that has the release) and `rollback` (hand over to the
+//! cluster rollback).
+//!
+//! ## Guarantees
+//! - Nothing on any host changes before the lock is taken, the artifact is stored and the state
+//!   steps (snapshots, migration) succeeded; any failure until then is the deploy's error.
+//! - The id is returned once the rollout's first state is journaled and published; the rollout
+//!   goes on in the background, so a closed terminal does not stop it.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use halley_proto::NodeName;
+use halley_proto::disk::RolloutJournal;
+use halley_proto::message::{ErrorKind, ErrorReply, MemberState};
+use halley_proto::rollout::{Phase, RolloutKind, RolloutRequest, RolloutState};
+use halley_proto::spec::{RolloutPolicy, ServiceName, ServiceSpec};
+use tracing::info;
+
+use crate::clock::wall_ms;
+use crate::engine::lock;
+use crate::engine::rollout::{Policy, Rollout};
+use crate::error::internal;
+use crate::rollout::context::{Coordinator, Reply};
+use crate::rollout::driver::Driver;
+use crate::rollout::host_steps::fetch_release;
+use crate::rollout::lock::{conflict, new_state, next_epoch, refuse_if_busy, seen_epochs};
+use crate::rollout::status as rollout_status;
+use crate::store::journal;
+
+/// Starts a rollout (or a resume, or a cluster rollback) with this node as coordinator.
+/// Returns the rollout id once it is journaled; the rollout goes on in the background.
+pub async fn start(
+    node: &Arc<Coordinator>,
+    request: RolloutRequest,
+) -> Reply<(String, Vec<String>)> {
+    let me = node.clone();
+    let service = request.service.clone();
+    match request.kind {
+        RolloutKind::Deploy {
+            spec,
+            version,
+            artifact,
+            sha256,
+        } => {
+            refuse_if_busy(node, &service, false).await?;
+            let artifact = PathBuf::from(artifact);
+            let releases = node.services.releases().clone();
+            let path = artifact.clone();
+            let sha = tokio::task::spawn_blocking(move || releases.store_local(&path, sha256))
+                .await
+                .map_err(|e| internal(&format!("storage task failed: {e}")))?
+                .map_err(|e| ErrorReply {
+                    kind: ErrorKind::BadRequest,
+                    message: e.to_string(),
+                })?;
+            let file_name = artifact
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let hosts = plan(node, &spec);
+            if hosts.is_empty() {
+                return Err(ErrorReply {
+                    kind: ErrorKind::BadRequest,
+                    message: format!(
+                        "no node of this cluster is in `hosts` of service {service}; check `hosts` in halley.toml and 'halley-node status'"
+                    ),
+                });
+            }
+            let epoch = next_epoch(node, &service, &hosts).await;
+            let state = new_state(node, &service, &version, epoch, &hosts, &spec.rollout);
+            let id = state.id.clone();
+            let journal = RolloutJournal {
+                state,
+                spec: *spec,
+                sha256: sha,
+                file_name,
+            };
+            // Snapshots and the migration come first: a failure there changes no host.
+            let notes = crate::rollout::state_flow::before_deploy(&me, &journal, &hosts).await?;
+            let policy = engine_policy(&journal.spec.rollout, request.skip_unreachable);
+            let mut engine = Rollout::new(journal.state.clone(), policy);
+            let now = wall_ms();
+            let actions = engine.start(now);
+            Driver::spawn(me, journal, engine, actions).await;
+            Ok((id, notes))
+        }
+        RolloutKind::Resume { force } => {
+            resume(node, me, &service, force, request.skip_unreachable)
+                .await
+                .map(|id| (id, Vec::new()))
+        }
+        RolloutKind::Rollback { to } => {
+            refuse_if_busy(node, &service, false).await?;
+            crate::rollout::cluster_rollback::rollback(node, me, &service, to)
+                .await
+                .map(|id| (id, Vec::new()))
+        }
+    }
+}
+
+/// The hosts of a service in rollout order (see [`crate::engine::rollout::plan`]). Members that left
+/// are not included; dead ones are (their turn pauses or skips).
+fn plan(node: &Coordinator, spec: &ServiceSpec) -> Vec<NodeName> {
+    let members: Vec<NodeName> = node
+        .cluster
+        .members()
+        .into_iter()
+        .filter(|m| m.state != MemberState::Left)
+        .map(|m| m.name)
+        .collect();
+    crate::engine::rollout::plan(&spec.hosts, &spec.rollout.order, &members)
+}
+
+fn engine_policy(policy: &RolloutPolicy, skip_unreachable: bool) -> Policy {
+    Policy {
+        batch: policy.batch.max(1) as usize,
+        drain_wait_ms: policy.drain_wait.0,
+        bake_ms: policy.bake.0,
+        pause_ms: policy.pause.0,
+        max_failed_hosts: policy.max_failed_hosts.max(1) as usize,
+        auto_rollback: policy.auto_rollback,
+        skip_unreachable,
+        retry_ms: 1000,
+    }
+}
+
+/// Takes the newest unfinished rollout of a service over.
+async fn resume(
+    node: &Coordinator,
+    me: Arc<Coordinator>,
+    service: &ServiceName,
+    force: bool,
+    skip_unreachable: bool,
+) -> Reply<String> {
+    let newest = rollout_status::newest(node, service).await;
+    let Some(mut state) = newest.filter(|s| !s.phase.finished()) else {
+        return Err(ErrorReply {
+            kind: ErrorKind::NotFound,
+            message: format!("service {service} has no unfinished rollout to resume"),
+        });
+    };
+    let driven = state.phase != Phase::Paused && rollout_status::is_driven(node, &state).await;
+    lock::may_resume(service, &state, node.cluster.name(), driven, force).map_err(conflict)?;
+    let (spec, sha256, file_name) = release_source(node, &state).await?;
+    let hosts: Vec<NodeName> = state.hosts.iter().map(|h| h.node.clone()).collect();
+    state.epoch = lock::resume_epoch(state.epoch, seen_epochs(node, service, &hosts).await);
+    state.coordinator = node.cluster.name().clone();
+    let id = state.id.clone();
+    let policy = engine_policy(&spec.rollout, skip_unreachable);
+    let journal = RolloutJournal {
+        state: state.clone(),
+        spec,
+        sha256,
+        file_name,
+    };
+    let mut engine = Rollout::new(state, policy);
+    let actions = engine.resume(wall_ms());
+    Driver::spawn(me, journal, engine, actions).await;
+    Ok(id)
+}
+
+/// The spec and artifact of the release a rollout rolls out: from this node's journal, else
+/// from a host that prepared it (the artifact is copied into this node's store).
+async fn release_source(
+    node: &Coordinator,
+    state: &RolloutState,
+) -> Reply<(ServiceSpec, [u8; 32], String)> {
+    if let Ok(journal) = journal::read_journal(&node.data_dir, &state.service)
+        && journal.state.id == state.id
+        && node
+            .services
+            .releases()
+            .artifact_received(&journal.sha256)
+            .1
+    {
+        return Ok((journal.spec, journal.sha256, journal.file_name));
+    }
+    let mut sources: Vec<NodeName> = vec![node.cluster.name().clone()];
+    sources.extend(
+        state
+            .hosts
+            .iter()
+            .filter(|h| h.step.touched())
+            .map(|h| h.node.clone()),
+    );
+    if let Some((spec, sha256, file_name, from)) =
+        fetch_release(node, &state.service, &state.version, &sources).await
+    {
+        info!(service = %state.service, %from, "took the release to resume from a host");
+        return Ok((spec, sha256, file_name));
+    }
+    Err(ErrorReply {
+        kind: ErrorKind::NotFound,
+        message: format!(
+            "no reachable node has release {} of {} to continue with; start a host that has it, or deploy again",
+            state.version, state.service
+        ),
+    })
+}

@@ -1,0 +1,57 @@
+//! Rollout journals and history books in the data dir: `rollouts/NAME.rec` (the coordinator's
+//! last state of a service's rollout, with the spec and artifact it rolls out) and
+//! `history/NAME.rec` (the last 50 rollouts it coordinated).
+//!
+//! ## Guarantees
+//! - Both are written crash-safe (temp, fsync, rename; see [`DataDir::write_record`]).
+//! - A history book holds at most 50 entries, one per rollout id, oldest first.
+//!
+//! ## Non-goals
+//! Publishing either in gossip (the rollout layer does).
+
+use halley_proto::disk::{HistoryBook, RolloutJournal};
+use halley_proto::rollout::HistoryEntry;
+use halley_proto::spec::ServiceName;
+
+use crate::error::Result;
+use crate::store::datadir::DataDir;
+
+/// How many rollouts a node's history book keeps per service.
+pub const HISTORY_KEPT: usize = 50;
+
+fn journal_name(service: &ServiceName) -> String {
+    format!("rollouts/{service}.rec")
+}
+
+fn history_name(service: &ServiceName) -> String {
+    format!("history/{service}.rec")
+}
+
+/// This node's journal of the last rollout of `service` it coordinated.
+pub fn read_journal(data_dir: &DataDir, service: &ServiceName) -> Result<RolloutJournal> {
+    data_dir.read_record(&journal_name(service))
+}
+
+/// Saves the journal of a rollout this node coordinates.
+pub fn write_journal(data_dir: &DataDir, journal: &RolloutJournal) -> Result<()> {
+    let _ = std::fs::create_dir_all(data_dir.file("rollouts"));
+    data_dir.write_record(&journal_name(&journal.state.service), journal)
+}
+
+/// Adds `entry` to the history book of `service` (replacing an entry of the same rollout) and
+/// returns the book. The book is returned even when saving it failed, with the error.
+pub fn append_history(
+    data_dir: &DataDir,
+    service: &ServiceName,
+    entry: HistoryEntry,
+) -> (HistoryBook, Result<()>) {
+    let name = history_name(service);
+    let _ = std::fs::create_dir_all(data_dir.file("history"));
+    let mut book: HistoryBook = data_dir.read_record_or_default(&name).unwrap_or_default();
+    book.entries.retain(|e| e.id != entry.id);
+    book.entries.push(entry);
+    let excess = book.entries.len().saturating_sub(HISTORY_KEPT);
+    book.entries.drain(..excess);
+    let saved = data_dir.write_record(&name, &book);
+    (book, saved)
+}
