@@ -305,48 +305,8 @@ fn init_logging(is_daemon: bool) {
 async fn dispatch(cli: Cli) -> Result<()> {
     let data_dir = DataDir::new(cli.data_dir.clone().unwrap_or_else(DataDir::default_root));
     match cli.command {
-        Command::Init(args) => {
-            let opts = InitOptions {
-                name: args.name,
-                listen: args.addrs.listen,
-                advertise: args.addrs.advertise,
-                token_ttl_secs: args.token_ttl.as_secs().max(1),
-                token_uses: args.token_uses,
-            };
-            let token = init::init(&data_dir, &opts).context("init failed")?;
-            println!(
-                "initialised cluster in {} as node {:?}",
-                data_dir.root().display(),
-                opts.name.as_str()
-            );
-            println!(
-                "start it:        halley-node run --data-dir {}",
-                data_dir.root().display()
-            );
-            println!("add a machine:   halley-node join TOKEN --name NAME");
-            println!("join token (valid {}):", human_secs(opts.token_ttl_secs));
-            println!("{token}");
-        }
-        Command::Join(args) => {
-            let token: JoinToken = args.token.parse()?;
-            let opts = JoinOptions {
-                token,
-                name: args.name,
-                listen: args.addrs.listen,
-                advertise: args.addrs.advertise,
-            };
-            let record = join::join(&data_dir, &opts).await.context("join failed")?;
-            println!(
-                "joined cluster {} as node {:?} (advertising {})",
-                record.cluster_id,
-                record.name.as_str(),
-                record.advertise
-            );
-            println!(
-                "start it: halley-node run --data-dir {}",
-                data_dir.root().display()
-            );
-        }
+        Command::Init(args) => init_command(&data_dir, args)?,
+        Command::Join(args) => join_command(&data_dir, args).await?,
         Command::Run(args) => {
             let opts = RunOptions {
                 gossip_interval: args.gossip_interval,
@@ -387,36 +347,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
         }
         Command::Drain { node } => set_draining(&data_dir, node, true).await?,
         Command::Undrain { node } => set_draining(&data_dir, node, false).await?,
-        Command::Deploy(args) => {
-            if args.resume {
-                deploy::resume(
-                    &data_dir,
-                    &args.service,
-                    args.force,
-                    args.skip_unreachable,
-                    &mut std::io::stdout(),
-                )
-                .await?;
-                return Ok(());
-            }
-            let spec = config::load_service(&args.config, &args.service)?;
-            let (Some(version), Some(artifact)) = (args.version, args.artifact) else {
-                bail!("deploy needs --version and --artifact (or --resume)");
-            };
-            let opts = DeployOptions {
-                service: args.service,
-                spec,
-                version,
-                artifact,
-                sha256: args.sha256,
-                skip_unreachable: args.skip_unreachable,
-            };
-            if args.dry_run {
-                print!("{}", deploy::dry_run(&data_dir, &opts).await?);
-                return Ok(());
-            }
-            deploy::deploy(&data_dir, &opts, &mut std::io::stdout()).await?;
-        }
+        Command::Deploy(args) => deploy_command(&data_dir, args).await?,
         Command::Rollback {
             service,
             to,
@@ -436,24 +367,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
                 deploy::rollback(&data_dir, &service, to, &mut std::io::stdout()).await?;
             }
         }
-        Command::Backup { command } => match command {
-            BackupCommand::List { service, node } => {
-                let list = backup_cli::list(&data_dir, node, &service).await?;
-                print!("{}", backup_cli::table(&list));
-            }
-            BackupCommand::Create { service, node } => {
-                backup_cli::create(&data_dir, node, &service, &mut std::io::stdout()).await?;
-            }
-            BackupCommand::Restore {
-                service,
-                id,
-                node,
-                yes,
-            } => {
-                backup_cli::restore(&data_dir, node, &service, &id, yes, &mut std::io::stdout())
-                    .await?;
-            }
-        },
+        Command::Backup { command } => backup_command(&data_dir, command).await?,
         Command::Rollout {
             command: RolloutCommand::Status { service },
         } => {
@@ -474,6 +388,105 @@ async fn dispatch(cli: Cli) -> Result<()> {
         }
         Command::Demo => demo::run().await?,
         Command::DemoService => crate::cli::demo::service::run().await?,
+    }
+    Ok(())
+}
+
+fn init_command(data_dir: &DataDir, args: InitArgs) -> Result<()> {
+    let opts = InitOptions {
+        name: args.name,
+        listen: args.addrs.listen,
+        advertise: args.addrs.advertise,
+        token_ttl_secs: args.token_ttl.as_secs().max(1),
+        token_uses: args.token_uses,
+    };
+    let token = init::init(data_dir, &opts).context("init failed")?;
+    println!(
+        "initialised cluster in {} as node {:?}",
+        data_dir.root().display(),
+        opts.name.as_str()
+    );
+    println!(
+        "start it:        halley-node run --data-dir {}",
+        data_dir.root().display()
+    );
+    println!("add a machine:   halley-node join TOKEN --name NAME");
+    println!("join token (valid {}):", human_secs(opts.token_ttl_secs));
+    println!("{token}");
+    Ok(())
+}
+
+async fn join_command(data_dir: &DataDir, args: JoinArgs) -> Result<()> {
+    let token: JoinToken = args.token.parse()?;
+    let opts = JoinOptions {
+        token,
+        name: args.name,
+        listen: args.addrs.listen,
+        advertise: args.addrs.advertise,
+    };
+    let record = join::join(data_dir, &opts).await.context("join failed")?;
+    println!(
+        "joined cluster {} as node {:?} (advertising {})",
+        record.cluster_id,
+        record.name.as_str(),
+        record.advertise
+    );
+    println!(
+        "start it: halley-node run --data-dir {}",
+        data_dir.root().display()
+    );
+    Ok(())
+}
+
+async fn deploy_command(data_dir: &DataDir, args: DeployArgs) -> Result<()> {
+    if args.resume {
+        deploy::resume(
+            data_dir,
+            &args.service,
+            args.force,
+            args.skip_unreachable,
+            &mut std::io::stdout(),
+        )
+        .await?;
+        return Ok(());
+    }
+    let spec = config::load_service(&args.config, &args.service)?;
+    let (Some(version), Some(artifact)) = (args.version, args.artifact) else {
+        bail!("deploy needs --version and --artifact (or --resume)");
+    };
+    let opts = DeployOptions {
+        service: args.service,
+        spec,
+        version,
+        artifact,
+        sha256: args.sha256,
+        skip_unreachable: args.skip_unreachable,
+    };
+    if args.dry_run {
+        print!("{}", deploy::dry_run(data_dir, &opts).await?);
+        return Ok(());
+    }
+    deploy::deploy(data_dir, &opts, &mut std::io::stdout()).await?;
+    Ok(())
+}
+
+async fn backup_command(data_dir: &DataDir, command: BackupCommand) -> Result<()> {
+    match command {
+        BackupCommand::List { service, node } => {
+            let list = backup_cli::list(data_dir, node, &service).await?;
+            print!("{}", backup_cli::table(&list));
+        }
+        BackupCommand::Create { service, node } => {
+            backup_cli::create(data_dir, node, &service, &mut std::io::stdout()).await?;
+        }
+        BackupCommand::Restore {
+            service,
+            id,
+            node,
+            yes,
+        } => {
+            backup_cli::restore(data_dir, node, &service, &id, yes, &mut std::io::stdout()).await?;
+        }
     }
     Ok(())
 }
