@@ -1,5 +1,6 @@
 //! Pure decision logic.
 
+pub mod cluster_rollback;
 pub mod ejection;
 pub mod health;
 pub mod lock;

@@ -1,47 +1,47 @@
 //! `halley-node rollback`: every live host of a service back on its previous committed release
-//! (or a named one), all at once. No engine: each host walks start-next (a warm slot is reused)
-//! → check → flip → drain → commit, is retried up to 3 times, and the outcome is published like
-//! a rollout's so `follow`, `rollout status` and `history` show it.
+//! (or a named one), all at once. The decisions (who takes part, what each goes back to,
+//! retries, the outcome) are [`crate::engine::cluster_rollback`]'s; this driver runs each host's
+//! steps (start-next, a warm slot reused → check → flip → drain → commit) and publishes the state
+//! like a rollout's, so `follow`, `rollout status` and `history` show it.
 //!
 //! ## Guarantees
 //! - It takes an epoch above every one seen, so an older rollout's steps are refused from then on.
 //! - A host that cannot be rolled back is reported by name and why, with a non-zero exit; it does
 //!   not hold the service's lock, so running `rollback` again retries it.
+//!
+//! ## Non-goals
+//! Surviving the coordinator's death: the rollback has no journal (see the engine's known bugs).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use halley_proto::NodeName;
 use halley_proto::deploy::{ReleaseVersion, Step, StepReply};
-use halley_proto::message::{ErrorKind, ErrorReply, MemberState, PeerReply, PeerRequest};
-use halley_proto::rollout::{HistoryEntry, HostStep, Phase, RolloutState};
+use halley_proto::message::{ErrorKind, ErrorReply, PeerReply, PeerRequest};
 use halley_proto::spec::{RolloutPolicy, ServiceName};
+use tokio::sync::mpsc;
 
 use crate::clock::wall_ms;
+use crate::engine::cluster_rollback::{self as engine, Action, ClusterRollback};
 use crate::error::internal;
-use crate::rollout::context::Coordinator;
-use crate::rollout::context::{LONG, Reply, SHORT};
+use crate::rollout::context::{Coordinator, LONG, Reply, SHORT};
 use crate::rollout::history;
 use crate::rollout::host_steps::walk;
 use crate::rollout::lock::{new_state, next_epoch};
+
+/// Attempts per host, and the wait between them.
+const ATTEMPTS: u32 = 3;
+const RETRY_MS: u64 = 1000;
 
 /// Puts every host that runs the service back on a release it has, all at once: its previous
 /// committed release, or `to`. A host that fails is retried; the outcome is published like a
 /// rollout's.
 pub(crate) async fn rollback(
-    node: &Coordinator,
-    me: Arc<Coordinator>,
+    node: &Arc<Coordinator>,
     service: &ServiceName,
     to: Option<ReleaseVersion>,
 ) -> Reply<String> {
-    let hosts: Vec<NodeName> = node
-        .cluster
-        .members()
-        .into_iter()
-        .filter(|m| !matches!(m.state, MemberState::Dead | MemberState::Left))
-        .filter(|m| m.services.iter().any(|(name, _)| name == service.as_str()))
-        .map(|m| m.name)
-        .collect();
+    let hosts = engine::hosts(&node.cluster.members(), service);
     if hosts.is_empty() {
         return Err(ErrorReply {
             kind: ErrorKind::NotFound,
@@ -49,11 +49,8 @@ pub(crate) async fn rollback(
         });
     }
     let epoch = next_epoch(node, service, &hosts).await;
-    let shown = match &to {
-        Some(v) => v.clone(),
-        None => ReleaseVersion::parse("previous").map_err(|e| internal(&e.to_string()))?,
-    };
-    let mut state = new_state(
+    let shown = engine::shown_version(to.as_ref()).map_err(|e| internal(&e))?;
+    let state = new_state(
         node,
         service,
         &shown,
@@ -61,95 +58,47 @@ pub(crate) async fn rollback(
         &hosts,
         &RolloutPolicy::default(),
     );
-    state.reason = match &to {
-        Some(v) => format!("rollback to {v}"),
-        None => "rollback to each host's previous release".into(),
-    };
-    for h in &mut state.hosts {
-        h.step = HostStep::Reverting;
-    }
-    state.phase = Phase::RollingBack;
-    let id = state.id.clone();
-    let service = service.clone();
-    tokio::spawn(async move {
-        let shared = Arc::new(tokio::sync::Mutex::new(state));
-        publish(&me, &shared).await;
-        let mut tasks = tokio::task::JoinSet::new();
-        for host in hosts {
-            let (me, shared, service, to) =
-                (me.clone(), shared.clone(), service.clone(), to.clone());
-            tasks.spawn(async move {
-                let mut attempts = 0;
-                loop {
-                    attempts += 1;
-                    let result = rollback_host(&me, &host, &service, to.as_ref(), epoch).await;
-                    let done = result.is_ok() || attempts >= 3;
-                    {
-                        let mut state = shared.lock().await;
-                        if let Some(h) = state.hosts.iter_mut().find(|h| h.node == host) {
-                            h.attempts = attempts - 1;
-                            match &result {
-                                Ok(note) => {
-                                    h.step = HostStep::Reverted;
-                                    h.note = note.clone();
-                                }
-                                Err(why) if done => {
-                                    h.step = HostStep::Failed;
-                                    h.note = why.clone();
-                                }
-                                Err(why) => {
-                                    h.note = format!("attempt {attempts} failed: {why}; retrying")
-                                }
-                            }
-                        }
-                    }
-                    publish(&me, &shared).await;
-                    if done {
-                        return;
-                    }
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-            });
-        }
-        while tasks.join_next().await.is_some() {}
-        let entry = {
-            let mut state = shared.lock().await;
-            let failed: Vec<String> = state
-                .hosts
-                .iter()
-                .filter(|h| h.step != HostStep::Reverted)
-                .map(|h| format!("{}: {}", h.node, h.note))
-                .collect();
-            state.ended_ms = Some(wall_ms());
-            // Finished either way: a host that could not be rolled back is reported (non-zero
-            // exit) but does not hold the service's lock; rolling back again retries it.
-            state.phase = Phase::RolledBack;
-            if !failed.is_empty() {
-                state.reason = format!(
-                    "rollback failed on {}; run 'halley-node rollback {}' again once they are reachable",
-                    failed.join("; "),
-                    state.service
-                );
-            }
-            HistoryEntry::of(&state, wall_ms())
-        };
-        publish(&me, &shared).await;
-        if entry.outcome.finished() {
-            history::record(&me, &service, entry).await;
-        }
-    });
+    let rollback = ClusterRollback::new(state, to.as_ref(), ATTEMPTS, RETRY_MS);
+    let id = rollback.state().id.clone();
+    tokio::spawn(drive(node.clone(), rollback, to, epoch));
     Ok(id)
 }
 
-/// Publishes a cluster rollback's state (it has no engine and no journal: each host step is
-/// itself durable on the host).
-async fn publish(node: &Coordinator, state: &tokio::sync::Mutex<RolloutState>) {
-    let state = {
-        let mut s = state.lock().await;
-        s.seq += 1;
-        s.clone()
-    };
-    node.publish(&state).await;
+/// Runs the engine's actions until it records the outcome.
+async fn drive(
+    node: Arc<Coordinator>,
+    mut rollback: ClusterRollback,
+    to: Option<ReleaseVersion>,
+    epoch: u64,
+) {
+    let service = rollback.state().service.clone();
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(NodeName, Result<String, String>)>();
+    let mut actions = rollback.start();
+    loop {
+        for action in std::mem::take(&mut actions) {
+            match action {
+                Action::Publish => node.publish(rollback.state()).await,
+                Action::Run { host, after_ms } => {
+                    let (node, service, to, done) =
+                        (node.clone(), service.clone(), to.clone(), done_tx.clone());
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_millis(after_ms)).await;
+                        let result =
+                            rollback_host(&node, &host, &service, to.as_ref(), epoch).await;
+                        let _ = done.send((host, result));
+                    });
+                }
+                Action::Record(entry) => {
+                    history::record(&node, &service, entry).await;
+                    return;
+                }
+            }
+        }
+        let Some((host, result)) = done_rx.recv().await else {
+            return;
+        };
+        actions = rollback.attempted(&host, result, wall_ms());
+    }
 }
 
 /// One host of a cluster rollback: start-next (reusing a warm slot) → check → flip → drain →
@@ -167,18 +116,7 @@ async fn rollback_host(
         Err(e) => return Err(e.to_string()),
     }
     .ok_or_else(|| format!("{host} does not run {service}"))?;
-    let target = match to {
-        Some(v) => v.clone(),
-        None => status.previous.clone().ok_or_else(|| {
-            format!(
-                "{host} has no previous release of {service} (committed: {})",
-                status
-                    .committed
-                    .as_ref()
-                    .map_or("none".into(), |v| v.to_string())
-            )
-        })?,
-    };
+    let target = engine::target(host, &status, to)?;
     let from = status
         .committed
         .as_ref()

@@ -94,7 +94,7 @@ pub async fn start(
         }
         RolloutKind::Rollback { to } => {
             refuse_if_busy(node, &service, false).await?;
-            crate::rollout::cluster_rollback::rollback(node, me, &service, to)
+            crate::rollout::cluster_rollback::rollback(node, &service, to)
                 .await
                 .map(|id| (id, Vec::new()))
         }
