@@ -16,10 +16,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chitchat::{ChitchatConfig, ChitchatId, FailureDetectorConfig, spawn_chitchat};
-use halley_proto::disk::{GenerationRecord, PeersRecord, TokenBook};
+use halley_proto::disk::{GenerationRecord, NodeRecord, PeersRecord, TokenBook};
 use halley_proto::gossip::{
     self, KEY_CA_HOLDER, KEY_DRAINING, KEY_ROLE, KEY_STARTED_MS, KEY_VERSION,
 };
+use rustls::pki_types::CertificateDer;
 use tracing::{info, warn};
 
 use crate::clock::wall_ms;
@@ -90,43 +91,16 @@ pub async fn run(
 
     let interval = opts.gossip_interval;
     let suspect_after = (interval * 4).max(Duration::from_secs(1));
-    // Services come back first, so their entry points are serving again as soon as possible.
-    let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let services = Services::load(HostContext {
-        node: record.name.clone(),
-        data_dir: data_dir.clone(),
-        releases: Releases::new(data_dir.root()),
-        service_address: opts.service_address,
-        draining: draining.clone(),
-        last_contact_ms: Arc::new(std::sync::atomic::AtomicU64::new(wall_ms())),
-        cluster: Arc::default(),
-    });
-    let services = Arc::new(services);
-    let cluster = Arc::new(ClusterClient::new(
-        record.name.clone(),
-        record.advertise,
-        suspect_after.as_millis() as u64,
-        draining,
-    ));
-    let admission = Admission::new(
-        record.clone(),
-        data_dir.clone(),
+    let service = assemble(
+        &record,
+        &data_dir,
+        &opts,
         ca,
         creds.ca.clone(),
         tokens,
+        suspect_after,
     );
-    let coordinator = Arc::new(Coordinator::new(
-        cluster.clone(),
-        services.clone(),
-        data_dir.clone(),
-    ));
-    let service = Arc::new(Node::new(
-        record.clone(),
-        cluster.clone(),
-        admission,
-        services,
-        coordinator.clone(),
-    ));
+    let (cluster, coordinator) = (service.cluster.clone(), service.coordinator.clone());
     let handler: Arc<dyn RequestHandler> = service.clone();
     cluster.set_local(Arc::downgrade(&handler));
     let (mesh, gossip_rx) = Mesh::start(record.listen, &creds, handler)?;
@@ -140,23 +114,7 @@ pub async fn run(
         .filter(|a| **a != record.advertise)
         .copied()
         .collect();
-    let config = ChitchatConfig {
-        chitchat_id: ChitchatId::new(record.name.to_string(), generation, record.advertise),
-        cluster_id: record.cluster_id.clone(),
-        gossip_interval: interval,
-        listen_addr: record.listen,
-        seed_nodes: seeds.iter().map(ToString::to_string).collect(),
-        failure_detector_config: FailureDetectorConfig {
-            phi_threshold: 8.0,
-            sampling_window_size: 100,
-            max_interval: interval * 20,
-            initial_interval: interval,
-            dead_node_grace_period: Duration::from_secs(3600),
-        },
-        marked_for_deletion_grace_period: Duration::from_secs(3600),
-        catchup_callback: None,
-        extra_liveness_predicate: None,
-    };
+    let config = gossip_config(&record, &seeds, generation, interval);
     let started_ms = wall_ms();
     let key_values = vec![
         (KEY_VERSION.to_owned(), VERSION.to_owned()),
@@ -226,6 +184,76 @@ pub async fn run(
     mesh.close().await;
     info!("halley-node stopped");
     Ok(())
+}
+
+/// The node's parts, wired: services first (their entry points serve again as soon as possible),
+/// then the cluster client, admission and the coordinator around them.
+fn assemble(
+    record: &NodeRecord,
+    data_dir: &DataDir,
+    opts: &RunOptions,
+    ca: Option<ClusterCa>,
+    ca_der: CertificateDer<'static>,
+    tokens: TokenBook,
+    suspect_after: Duration,
+) -> Arc<Node> {
+    let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let services = Services::load(HostContext {
+        node: record.name.clone(),
+        data_dir: data_dir.clone(),
+        releases: Releases::new(data_dir.root()),
+        service_address: opts.service_address,
+        draining: draining.clone(),
+        last_contact_ms: Arc::new(std::sync::atomic::AtomicU64::new(wall_ms())),
+        cluster: Arc::default(),
+    });
+    let services = Arc::new(services);
+    let cluster = Arc::new(ClusterClient::new(
+        record.name.clone(),
+        record.advertise,
+        suspect_after.as_millis() as u64,
+        draining,
+    ));
+    let admission = Admission::new(record.clone(), data_dir.clone(), ca, ca_der, tokens);
+    let coordinator = Arc::new(Coordinator::new(
+        cluster.clone(),
+        services.clone(),
+        data_dir.clone(),
+    ));
+    Arc::new(Node::new(
+        record.clone(),
+        cluster,
+        admission,
+        services,
+        coordinator,
+    ))
+}
+
+/// Chitchat's settings: the node's id for this generation, its seeds, and a failure detector
+/// tuned to the gossip interval.
+fn gossip_config(
+    record: &NodeRecord,
+    seeds: &BTreeSet<SocketAddr>,
+    generation: u64,
+    interval: Duration,
+) -> ChitchatConfig {
+    ChitchatConfig {
+        chitchat_id: ChitchatId::new(record.name.to_string(), generation, record.advertise),
+        cluster_id: record.cluster_id.clone(),
+        gossip_interval: interval,
+        listen_addr: record.listen,
+        seed_nodes: seeds.iter().map(ToString::to_string).collect(),
+        failure_detector_config: FailureDetectorConfig {
+            phi_threshold: 8.0,
+            sampling_window_size: 100,
+            max_interval: interval * 20,
+            initial_interval: interval,
+            dead_node_grace_period: Duration::from_secs(3600),
+        },
+        marked_for_deletion_grace_period: Duration::from_secs(3600),
+        catchup_callback: None,
+        extra_liveness_predicate: None,
+    }
 }
 
 fn read_text(data_dir: &DataDir, name: &str) -> Result<String> {

@@ -1,10 +1,12 @@
 //! Pure decision logic.
 
+pub mod check;
 pub mod cluster_rollback;
 pub mod ejection;
 pub mod health;
 pub mod lock;
 pub mod membership;
+pub mod orphan;
 pub mod regression;
 pub mod rollout;
 pub mod routing;

@@ -14,7 +14,6 @@
 //! - The entry point is bound when the service is first prepared (so a taken port fails the
 //!   deploy before anything starts), and re-bound by a restarted node, retrying until it is free.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -34,56 +33,18 @@ use crate::clock::wall_ms;
 use crate::engine::health::HealthTracker;
 use crate::engine::slots::{Action, Policy, Reverted, Slots};
 use crate::engine::supervise::{RestartPolicy, Supervisor};
+use crate::engine::{check, orphan};
 use crate::error::error_reply;
 use crate::host::handle::{
     Command, HostContext, StepResult, bind, from_refused, protocol_name, record_name,
 };
-use crate::host::probe::{self, ExecContext};
 use crate::host::process::{self, Launch};
+use crate::host::slot::{self, DrainInfo, Event, SlotRuntime, log_tail};
 use crate::proxy;
 use crate::proxy::routes::ServiceRoutes;
-use crate::proxy::upstream::{StatsSnapshot, Upstream};
+use crate::proxy::upstream::Upstream;
 
 const TICK: Duration = Duration::from_millis(50);
-const SIGNAL_WINDOW_MS: u64 = 10_000;
-
-enum Event {
-    Probe {
-        slot: Color,
-        run_id: u64,
-        outcome: probe::Outcome,
-    },
-    Exited {
-        slot: Color,
-        run_id: u64,
-        how: String,
-    },
-}
-
-#[derive(Default)]
-struct SlotRuntime {
-    run_id: u64,
-    pid: Option<(u32, u64)>,
-    since_ms: u64,
-    upstream: Option<Arc<Upstream>>,
-    spec: Option<ServiceSpec>,
-    tracker: Option<HealthTracker>,
-    supervisor: Supervisor,
-    tasks: Option<CancellationToken>,
-    restart_at: Option<u64>,
-    drain: Option<DrainInfo>,
-    history: VecDeque<StatsSnapshot>,
-    signals: Signals,
-    last_exit: Option<String>,
-}
-
-struct DrainInfo {
-    started_ms: u64,
-    finished_at_start: u64,
-    /// Finished before the cut, once there was one.
-    completed: Option<u64>,
-    cut: u64,
-}
 
 struct CheckWaiter {
     reply: oneshot::Sender<StepResult>,
@@ -553,7 +514,7 @@ impl Host {
     }
 
     /// Spawns the probe loop and the exit watcher of a slot's current process.
-    fn watch(&mut self, slot: Color, mut p: process::Process) {
+    fn watch(&mut self, slot: Color, p: process::Process) {
         let rt = &mut self.slots[slot.index()];
         if let Some(old) = rt.tasks.take() {
             old.cancel();
@@ -565,46 +526,7 @@ impl Host {
         let Some(launch) = self.launch_of(slot) else {
             return;
         };
-        let events = self.events_tx.clone();
-        let exit_token = token.clone();
-        tokio::spawn(async move {
-            tokio::select! {
-                how = p.exited() => { let _ = events.send(Event::Exited { slot, run_id, how }); }
-                _ = exit_token.cancelled() => {}
-            }
-        });
-        let events = self.events_tx.clone();
-        tokio::spawn(async move {
-            // An `exec` check runs with the slot's own environment.
-            let env = process::environment(&launch);
-            let ctx = ExecContext {
-                dir: &launch.release_dir,
-                env: &env,
-            };
-            let (spec, port) = (&launch.spec, launch.port);
-            let interval = spec.health.interval.as_duration();
-            let timeout = spec.health.timeout.as_duration();
-            // The first check soon after start, so a fast release is routable quickly.
-            let mut wait = interval.min(Duration::from_millis(50));
-            loop {
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = token.cancelled() => return,
-                }
-                let outcome = probe::probe(&spec.health.check, port, timeout, &ctx).await;
-                if events
-                    .send(Event::Probe {
-                        slot,
-                        run_id,
-                        outcome,
-                    })
-                    .is_err()
-                {
-                    return;
-                }
-                wait = interval;
-            }
-        });
+        slot::watch(slot, run_id, p, launch, token, self.events_tx.clone());
     }
 
     fn event(&mut self, event: Event) {
@@ -703,22 +625,29 @@ impl Host {
         self.revert_orphan(now);
         if now >= self.last_signals_ms + 1000 {
             self.last_signals_ms = now;
-            self.update_signals();
+            for rt in &mut self.slots {
+                rt.update_signals();
+            }
         }
     }
 
     /// A deploy left unfinished with no coordinator in touch for `orphan_timeout` is reverted:
     /// the host goes back to its committed release and stops draining.
     fn revert_orphan(&mut self, now: u64) {
-        let timeout = self.record.spec.rollout.orphan_timeout.0;
-        let silent = wall_ms().saturating_sub(
-            self.ctx
-                .last_contact_ms
-                .load(std::sync::atomic::Ordering::Relaxed),
-        );
-        if !self.engine.uncommitted() || self.check.is_some() || silent < timeout {
+        let Some(silent) = orphan::revert_due(
+            &orphan::Orphan {
+                uncommitted: self.engine.uncommitted(),
+                checking: self.check.is_some(),
+                last_contact_ms: self
+                    .ctx
+                    .last_contact_ms
+                    .load(std::sync::atomic::Ordering::Relaxed),
+                timeout_ms: self.record.spec.rollout.orphan_timeout.0,
+            },
+            wall_ms(),
+        ) else {
             return;
-        }
+        };
         warn!(service = %self.record.name, silent_ms = silent, "no coordinator for orphan_timeout; reverting to the committed release");
         let (outcome, actions) = self.engine.revert(now);
         self.apply(actions);
@@ -731,22 +660,6 @@ impl Host {
         self.ctx
             .draining
             .store(false, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    /// Signals over the last window: one snapshot a second, compared with the one a window ago.
-    fn update_signals(&mut self) {
-        let per_window = (SIGNAL_WINDOW_MS / 1000) as usize;
-        for rt in &mut self.slots {
-            let Some(up) = &rt.upstream else { continue };
-            let snap = up.snapshot();
-            let window_ms = rt.history.len() as u64 * 1000;
-            let oldest = rt.history.front().cloned().unwrap_or_default();
-            rt.signals = snap.signals_since(&oldest, window_ms.max(1000));
-            rt.history.push_back(snap);
-            while rt.history.len() > per_window {
-                rt.history.pop_front();
-            }
-        }
     }
 
     fn answer_drain(&mut self, now: u64) {
@@ -783,39 +696,20 @@ impl Host {
         let state = self.engine.slot(slot);
         let rt = &self.slots[slot.index()];
         let tracker = rt.tracker.as_ref();
-        let failure = if state.role != SlotRole::Next {
-            Some(format!(
-                "slot {slot} is no longer the next slot (it is {})",
-                state.role.as_str()
-            ))
-        } else if state.health == Health::Healthy {
-            None
-        } else if self.engine.pending() == Some(slot) {
-            return; // stop-start: spawned once the old slot has drained
-        } else if tracker.is_some_and(|t| t.crash_loop()) {
-            Some(format!(
-                "release {} is crash-looping: {}",
-                state.version.as_ref().map_or("-", |v| v.as_str()),
-                rt.last_exit.clone().unwrap_or_default()
-            ))
-        } else if tracker.is_none_or(|t| t.missed_deadline(now))
-            || state.health == Health::Unhealthy
-        {
-            let last = tracker
-                .map(|t| t.last_failure().to_owned())
-                .unwrap_or_default();
-            let exit = rt
-                .last_exit
-                .as_ref()
-                .map(|e| format!("; {e}"))
-                .unwrap_or_default();
-            Some(format!(
-                "release {} did not become healthy within start_period; last check: {}{exit}",
-                state.version.as_ref().map_or("-", |v| v.as_str()),
-                if last.is_empty() { "none ran" } else { &last }
-            ))
-        } else {
-            return; // still starting
+        let failure = match check::verdict(&check::Slot {
+            color: slot,
+            role: state.role,
+            health: state.health,
+            version: state.version.as_ref(),
+            pending: self.engine.pending() == Some(slot),
+            crash_loop: tracker.is_some_and(|t| t.crash_loop()),
+            missed_deadline: tracker.is_none_or(|t| t.missed_deadline(now)),
+            last_failure: tracker.map_or("", |t| t.last_failure()),
+            last_exit: rt.last_exit.as_deref(),
+        }) {
+            check::Verdict::Wait => return,
+            check::Verdict::Healthy => None,
+            check::Verdict::Failed(why) => Some(why),
         };
         let Some(waiter) = self.check.take() else {
             return;
@@ -1049,21 +943,5 @@ impl Host {
             epoch: self.record.epoch,
             routing: self.routes.status(),
         }
-    }
-}
-
-/// The last lines of a slot's log, for error messages.
-fn log_tail(path: &std::path::Path) -> String {
-    let Ok(bytes) = std::fs::read(path) else {
-        return "(no log)".into();
-    };
-    let start = bytes.len().saturating_sub(400);
-    let text = String::from_utf8_lossy(&bytes[start..]);
-    let lines: Vec<&str> = text.lines().rev().take(5).collect();
-    let tail: Vec<&str> = lines.into_iter().rev().collect();
-    if tail.is_empty() {
-        "(empty)".into()
-    } else {
-        tail.join(" | ")
     }
 }

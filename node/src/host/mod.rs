@@ -6,4 +6,5 @@ pub mod handle;
 pub mod probe;
 pub mod process;
 pub mod services;
+pub mod slot;
 pub mod state;

@@ -1,0 +1,148 @@
+//! One slot's process at run time, as the service actor keeps it: its upstream, health tracker,
+//! supervisor, drain counts and signal history, and the tasks that watch its process (the probe
+//! loop and the exit watcher).
+//!
+//! ## Guarantees
+//! - Every event carries the slot's `run_id`; the actor drops events of an older run, so a probe
+//!   of a stopped process never changes the health of its successor.
+//! - The first probe runs soon after start (within 50 ms), then every `interval`.
+//! - Signals cover the last 10 s, from one snapshot a second.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use halley_proto::deploy::{Color, Signals};
+use halley_proto::spec::ServiceSpec;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::engine::health::HealthTracker;
+use crate::engine::supervise::Supervisor;
+use crate::host::probe::{self, ExecContext};
+use crate::host::process::{self, Launch};
+use crate::proxy::upstream::{StatsSnapshot, Upstream};
+
+/// How far back a slot's signals look.
+const SIGNAL_WINDOW_MS: u64 = 10_000;
+
+pub(crate) enum Event {
+    Probe {
+        slot: Color,
+        run_id: u64,
+        outcome: probe::Outcome,
+    },
+    Exited {
+        slot: Color,
+        run_id: u64,
+        how: String,
+    },
+}
+
+#[derive(Default)]
+pub(crate) struct SlotRuntime {
+    pub(crate) run_id: u64,
+    pub(crate) pid: Option<(u32, u64)>,
+    pub(crate) since_ms: u64,
+    pub(crate) upstream: Option<Arc<Upstream>>,
+    pub(crate) spec: Option<ServiceSpec>,
+    pub(crate) tracker: Option<HealthTracker>,
+    pub(crate) supervisor: Supervisor,
+    pub(crate) tasks: Option<CancellationToken>,
+    pub(crate) restart_at: Option<u64>,
+    pub(crate) drain: Option<DrainInfo>,
+    pub(crate) history: VecDeque<StatsSnapshot>,
+    pub(crate) signals: Signals,
+    pub(crate) last_exit: Option<String>,
+}
+
+pub(crate) struct DrainInfo {
+    pub(crate) started_ms: u64,
+    pub(crate) finished_at_start: u64,
+    /// Finished before the cut, once there was one.
+    pub(crate) completed: Option<u64>,
+    pub(crate) cut: u64,
+}
+
+impl SlotRuntime {
+    /// Signals over the last window: one snapshot a second, compared with the one a window ago.
+    pub(crate) fn update_signals(&mut self) {
+        let per_window = (SIGNAL_WINDOW_MS / 1000) as usize;
+        let Some(up) = &self.upstream else { return };
+        let snap = up.snapshot();
+        let window_ms = self.history.len() as u64 * 1000;
+        let oldest = self.history.front().cloned().unwrap_or_default();
+        self.signals = snap.signals_since(&oldest, window_ms.max(1000));
+        self.history.push_back(snap);
+        while self.history.len() > per_window {
+            self.history.pop_front();
+        }
+    }
+}
+
+/// Spawns the exit watcher and the probe loop of a slot's process; both stop when `token` is
+/// cancelled.
+pub(crate) fn watch(
+    slot: Color,
+    run_id: u64,
+    mut p: process::Process,
+    launch: Launch,
+    token: CancellationToken,
+    events: mpsc::UnboundedSender<Event>,
+) {
+    let exit_events = events.clone();
+    let exit_token = token.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            how = p.exited() => { let _ = exit_events.send(Event::Exited { slot, run_id, how }); }
+            _ = exit_token.cancelled() => {}
+        }
+    });
+    tokio::spawn(async move {
+        // An `exec` check runs with the slot's own environment.
+        let env = process::environment(&launch);
+        let ctx = ExecContext {
+            dir: &launch.release_dir,
+            env: &env,
+        };
+        let (spec, port) = (&launch.spec, launch.port);
+        let interval = spec.health.interval.as_duration();
+        let timeout = spec.health.timeout.as_duration();
+        // The first check soon after start, so a fast release is routable quickly.
+        let mut wait = interval.min(Duration::from_millis(50));
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = token.cancelled() => return,
+            }
+            let outcome = probe::probe(&spec.health.check, port, timeout, &ctx).await;
+            if events
+                .send(Event::Probe {
+                    slot,
+                    run_id,
+                    outcome,
+                })
+                .is_err()
+            {
+                return;
+            }
+            wait = interval;
+        }
+    });
+}
+
+/// The last lines of a slot's log, for error messages.
+pub(crate) fn log_tail(path: &std::path::Path) -> String {
+    let Ok(bytes) = std::fs::read(path) else {
+        return "(no log)".into();
+    };
+    let start = bytes.len().saturating_sub(400);
+    let text = String::from_utf8_lossy(&bytes[start..]);
+    let lines: Vec<&str> = text.lines().rev().take(5).collect();
+    let tail: Vec<&str> = lines.into_iter().rev().collect();
+    if tail.is_empty() {
+        "(empty)".into()
+    } else {
+        tail.join(" | ")
+    }
+}
