@@ -2,6 +2,7 @@
 
 pub mod check;
 pub mod cluster_rollback;
+pub mod converge;
 pub mod ejection;
 pub mod health;
 pub mod lock;

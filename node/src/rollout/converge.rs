@@ -2,7 +2,7 @@
 //! `--skip-unreachable`) and comes back after the rollout completed brings each such service to
 //! the cluster's committed release by itself.
 //!
-//! ## Rules
+//! The rules are [`crate::engine::converge`]'s:
 //! - Only a completed rollout counts, and only while it is the newest of its service: a running,
 //!   paused or rolled-back one leaves the host as it is.
 //! - The host must be listed in that rollout, not committed there, and its own committed release
@@ -11,11 +11,12 @@
 //! - The host walks the same steps as a rollout (prepare, start-next, check, flip, drain, commit)
 //!   with the rollout's epoch; a failure stops and reverts, and is tried again on the next pass.
 
-use halley_proto::NodeName;
 use halley_proto::deploy::{ArtifactSource, Step};
-use halley_proto::rollout::{HostStep, Phase, RolloutState};
+use halley_proto::rollout::RolloutState;
+use halley_proto::spec::ServiceName;
 use tracing::{info, warn};
 
+use crate::engine::converge as engine;
 use crate::rollout::context::Coordinator;
 use crate::rollout::context::{LONG, SHORT};
 use crate::rollout::host_steps::{fetch_release, walk};
@@ -23,27 +24,16 @@ use crate::rollout::status as rollout_status;
 
 /// One pass: converges every service whose newest completed rollout skipped this node.
 pub async fn converge(node: &Coordinator) {
-    for state in rollout_status::rollouts(node, None).await {
-        if state.phase != Phase::Completed {
-            continue;
-        }
-        let Some(me) = state.hosts.iter().find(|h| &h.node == node.cluster.name()) else {
-            continue;
-        };
-        if me.step == HostStep::Committed {
-            continue;
-        }
-        let committed = node
-            .services
-            .statuses()
-            .await
-            .into_iter()
-            .find(|s| s.name == state.service)
-            .and_then(|s| s.committed);
-        if committed.as_ref() == Some(&state.version) {
-            continue;
-        }
-        match catch_up(node, &state).await {
+    let rollouts = rollout_status::rollouts(node, None).await;
+    let statuses = node.services.statuses().await;
+    let committed = |service: &ServiceName| {
+        statuses
+            .iter()
+            .find(|s| &s.name == service)
+            .and_then(|s| s.committed.clone())
+    };
+    for state in engine::missed(&rollouts, node.cluster.name(), committed) {
+        match catch_up(node, state).await {
             Ok(()) => {
                 info!(service = %state.service, version = %state.version, rollout = %state.id, "converged to the release a rollout completed while this node was away")
             }
@@ -59,12 +49,7 @@ async fn catch_up(node: &Coordinator, state: &RolloutState) -> Result<(), String
         match node.services.release(&state.service, &state.version).await {
             Some(entry) => (entry.spec, entry.sha256, entry.file_name),
             None => {
-                let committed: Vec<NodeName> = state
-                    .hosts
-                    .iter()
-                    .filter(|h| h.step == HostStep::Committed)
-                    .map(|h| h.node.clone())
-                    .collect();
+                let committed = engine::sources(state);
                 let (spec, sha256, file_name, _) =
                     fetch_release(node, &state.service, &state.version, &committed)
                         .await
