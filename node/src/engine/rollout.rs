@@ -364,6 +364,25 @@ impl Rollout {
         out
     }
 
+    /// When the engine next needs an [`Event::Tick`] (unix ms): the earliest drain wait, bake,
+    /// pause or retry that is running. `None` while nothing waits on time (only events move the
+    /// rollout then) and once it stopped. A deadline in the past means "tick now".
+    pub fn poll_timeout(&self) -> Option<u64> {
+        if self.state.phase.finished() || self.state.phase == Phase::Paused {
+            return None;
+        }
+        let hosts = self.state.hosts.iter().filter(|h| {
+            matches!(
+                h.step,
+                HostStep::Draining | HostStep::Baking | HostStep::Reverting | HostStep::Committing
+            )
+        });
+        hosts
+            .filter_map(|h| h.until_ms)
+            .chain(self.pause_until)
+            .min()
+    }
+
     /// Moves waits forward and starts what is due.
     fn advance(&mut self, now: u64) -> Vec<Action> {
         let mut out = Vec::new();
@@ -535,7 +554,8 @@ mod tests {
     //! `policy batch=N drain=MS bake=MS pause=MS max-failed=N auto-rollback=BOOL skip=BOOL`,
     //! `at MS`, `start`, `resume` (the engine is rebuilt from its own state, as from a journal),
     //! `tick`, `drained H`, `deployed H ok|WHY...`, `verdict H ok|WHY...`, `reverted H ok|WHY...`,
-    //! `committed H ok|WHY...`, `unreachable H`, `fenced H WHY...`, `show`.
+    //! `committed H ok|WHY...`, `unreachable H`, `fenced H WHY...`, `show`, `wake` (when the
+    //! engine next needs a tick).
     use halley_proto::deploy::ReleaseVersion;
     use halley_proto::spec::ServiceName;
 
@@ -659,6 +679,12 @@ mod tests {
                     return;
                 }
                 ["tick"] => Event::Tick,
+                ["wake"] => {
+                    let r = rollout.as_ref().expect("started");
+                    let wake = r.poll_timeout().map_or("never".into(), |t| t.to_string());
+                    out.push_str(&format!("> wake at {wake}\n"));
+                    return;
+                }
                 ["drained", h] => Event::Drained(name(h)),
                 ["deployed", h, rest @ ..] => Event::Deployed(name(h), result(rest)),
                 ["verdict", h, rest @ ..] => Event::Verdict(

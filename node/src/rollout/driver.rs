@@ -37,7 +37,9 @@ use crate::rollout::context::Coordinator;
 use crate::rollout::host_steps::{HostCtx, sample};
 use crate::store::journal;
 
-const TICK: Duration = Duration::from_millis(100);
+/// The shortest wait between ticks, for a deadline that is already due.
+const MIN_TICK: Duration = Duration::from_millis(100);
+/// How often updated hosts' signals are sampled while they bake.
 const WATCH: Duration = Duration::from_millis(500);
 
 /// The coordinator's driver of one rollout.
@@ -86,7 +88,6 @@ impl Driver {
     }
 
     async fn run(&mut self) {
-        let mut tick = tokio::time::interval(TICK);
         let mut watch = tokio::time::interval(WATCH);
         loop {
             let phase = self.engine.state().phase;
@@ -94,9 +95,21 @@ impl Driver {
                 self.finish().await;
                 return;
             }
+            // The engine says when it needs a tick. A deadline already past waits MIN_TICK, so
+            // a deadline the engine does not act on yet cannot make this loop spin.
+            let wait = self
+                .engine
+                .poll_timeout()
+                .map(|at| Duration::from_millis(at.saturating_sub(wall_ms()) + 1).max(MIN_TICK));
+            let timer = async {
+                match wait {
+                    Some(d) => tokio::time::sleep(d).await,
+                    None => std::future::pending().await,
+                }
+            };
             let actions = tokio::select! {
                 Some(event) = self.events_rx.recv() => self.engine.step(event, wall_ms()),
-                _ = tick.tick() => self.engine.step(Event::Tick, wall_ms()),
+                _ = timer => self.engine.step(Event::Tick, wall_ms()),
                 _ = watch.tick() => { self.watch(); Vec::new() }
             };
             self.apply(actions).await;
