@@ -1,14 +1,20 @@
 //! # halley-node
 //!
-//! The Halley daemon, its CLI and the library they are built from.
+//! The Halley daemon, its CLI and the library they are built from. The module tree is the
+//! architecture (see `docs/architecture.md`): layer folders, each importing only the layers
+//! below it, checked by `node/tests/layers.rs`. Bottom to top:
 //!
-//! ## Layers (see `docs/architecture.md`)
-//! - [`cli`]: argument parsing and output; the only place that uses anyhow.
-//! - [`daemon`]: the driver of a running node: wires [`mesh`], gossip ([`gossip_transport`] into
-//!   chitchat), the admin socket ([`admin`]) and the [`service`], ticks the [`membership`] view.
-//! - Pure logic, no IO and no clock: [`membership`] (status view), [`tokens`] (join tokens).
-//! - Identity: [`pki`] (CA, certificates, CSRs), [`tls`] (rustls/quinn configs), [`init`], [`join`],
-//!   [`datadir`] (layout, crash-safe writes).
+//! - [`error`] (the crate's one error type), [`clock`] (the wall clock, read in one place),
+//!   [`random`] (the OS random source);
+//! - [`engine`]: pure decision logic, no IO and no clock;
+//! - [`store`]: the data dir and everything on disk;
+//! - [`mesh`]: QUIC with mutual TLS, framing, gossip transport;
+//! - [`cluster`]: this node in the cluster (membership, gossip, calls to members, admission);
+//! - [`proxy`]: entry points, routing, the mesh hop;
+//! - [`host`]: this node's services (slots, processes, probes, state);
+//! - [`rollout`]: coordinating rollouts, rollbacks and convergence;
+//! - [`daemon`]: `run`, the one request dispatcher, the admin socket;
+//! - [`cli`]: the command line and the demo; the only user of anyhow.
 
 pub mod cli;
 pub mod clock;

@@ -1,5 +1,5 @@
 //! The CLI side of deploys: `deploy`, `deploy --resume`, `rollback`, `rollout status`,
-//! `history` and `services`. The local node coordinates (see `rollout_driver`); the CLI asks it
+//! `history` and `services`. The local node coordinates (see `rollout::driver`); the CLI asks it
 //! over the admin socket, then follows the rollout's published state and prints one line per
 //! host change, so the output reads the same on a terminal and in a log.
 //!

@@ -1,4 +1,12 @@
-//! The command line.
+//! # cli: the command line
+//!
+//! clap commands and their dispatch ([`commands`]), talking to the local daemon over its admin
+//! socket: deploys, rollbacks and status ([`deploy`], [`progress`], [`render`]), backups
+//! ([`backup`]), `halley.toml` ([`config`]), durations ([`duration`]), and the demo
+//! ([`demo`]). The only place that uses anyhow.
+//!
+//! ## May import
+//! every layer.
 
 pub mod backup;
 pub mod commands;

@@ -1,4 +1,16 @@
-//! The running node.
+//! # daemon: the running node
+//!
+//! `halley-node run` ([`run`]) wires every layer together; [`node::Node`] is the one dispatcher
+//! of requests from peers, from this node itself and from the CLI's admin socket ([`admin`]),
+//! with peers' requests answered in [`peers`].
+//!
+//! ## Guarantees
+//! - One daemon per data dir; each start uses a new, larger generation; a graceful stop
+//!   announces `left` to every peer.
+//!
+//! ## May import
+//! every layer below: `error`, `clock`, `random`, `engine`, `store`, `mesh`, `cluster`,
+//! `proxy`, `host`, `rollout`.
 
 pub mod admin;
 pub mod node;

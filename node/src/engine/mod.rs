@@ -1,4 +1,22 @@
-//! Pure decision logic.
+//! # engine: pure decision logic
+//!
+//! Every decision a node makes that can be made without IO: blue/green slots, health,
+//! supervision, check verdicts, the orphan rule, rollouts (batches, bake, rollback), the cluster
+//! rollback, the rollout lock and epochs, regressions, convergence, routing, ejection,
+//! membership and join tokens. Engines take events and `now` (milliseconds the driver supplies)
+//! and return actions; where one needs a timer it says when (`poll_timeout`).
+//!
+//! ## Guarantees
+//! - No IO, no clock reads, no threads, no async: `node/tests/layers.rs` fails the build's tests
+//!   if a file here names tokio, `std::fs`/`net`/`process`/`thread`/`env`, `Instant::now` or
+//!   `SystemTime::now`. The same inputs always give the same outputs.
+//! - The engines that decide over time or over several inputs (slots, rollout, lock, cluster
+//!   rollback, check, orphan, converge, routing, membership) have data-driven scenario scripts
+//!   in `node/tests/scenarios/<engine>/` (`UPDATE_GOLDENFILES=1 cargo test -p halley-node`
+//!   rewrites their expectations); the others have unit tests.
+//!
+//! ## May import
+//! `crate::error` and `halley_proto` only (and `crate::scenario` in tests).
 
 pub mod check;
 pub mod cluster_rollback;

@@ -1,7 +1,7 @@
 //! The rollout engine: walks a release across the hosts of a service one batch at a time, and
 //! decides when to roll every touched host back. Pure: events and `now` (the coordinator's wall
 //! clock, unix ms) in, [`Action`]s out; no IO, no clock, no spawning. The driver
-//! (`rollout_driver`) carries the actions out and reports back.
+//! (`rollout::driver`) carries the actions out and reports back.
 //!
 //! ## Rules
 //! - A batch's hosts are each drained (`Drain`), left draining for `drain_wait`, then deployed

@@ -2,7 +2,7 @@
 //! one the proxy routes to, and what a deploy step, a finished drain or the passing of time must do.
 //!
 //! Pure: every input takes `now` (monotonic milliseconds) and returns [`Action`]s; the driver
-//! (`service_host`) spawns and stops processes, switches the proxy and persists the state, then
+//! (`host::actor`) spawns and stops processes, switches the proxy and persists the state, then
 //! feeds back what happened (health, finished drains).
 //!
 //! ## Rules

@@ -1,7 +1,7 @@
 //! The mesh hop: an entry point hands a client connection (HTTP/1.1 requests, or a TCP
 //! connection's bytes) to a peer's instance over the existing mutually authenticated QUIC
 //! connection to that peer, on a bidirectional stream opened with
-//! [`ProxyOpen`](halley_proto::message::ProxyOpen). The peer's proxy serves the stream from its
+//! [`ProxyOpen`]. The peer's proxy serves the stream from its
 //! local active slot, under its own drain rules and signals.
 //!
 //! ## Guarantees

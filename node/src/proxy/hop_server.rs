@@ -1,5 +1,5 @@
 //! The receiving end of a mesh hop: a peer opened a stream with
-//! [`ProxyOpen`](halley_proto::message::ProxyOpen) to reach this node's instance of a service.
+//! [`ProxyOpen`] to reach this node's instance of a service.
 //!
 //! ## Guarantees
 //! - A hop is accepted only when this node has a routed local slot and either does not drain or

@@ -1,4 +1,17 @@
-//! Entry points.
+//! # proxy: entry points
+//!
+//! The HTTP/1.1 ([`http`]) and TCP ([`tcp`]) entry points of each service, the routing table
+//! that knows this node's slot and peers' instances ([`routes`]), per-slot upstreams with
+//! in-flight counts and signals ([`upstream`], [`histogram`]), forwarding headers
+//! ([`headers`]), and the mesh hop to a peer's instance: the sending side ([`hop`]) and the
+//! receiving side ([`hop_server`]).
+//!
+//! ## Guarantees
+//! - A request is retried on another instance only when nothing of it reached an upstream.
+//! - Slots listen on 127.0.0.1 only; peers reach them through the mesh hop.
+//!
+//! ## May import
+//! `error`, `clock`, `random`, `engine`, `store`, `mesh`, `cluster`.
 
 pub mod headers;
 pub mod histogram;

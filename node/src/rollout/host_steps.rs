@@ -1,7 +1,7 @@
 //! One host's side of a rollout, as the coordinator drives it: drain, ship the artifact,
 //! prepare, start, check, flip, drain the old slot, undrain; revert; commit; and sampling its
 //! signals for the regression watch. A host's actions run one after another on its own worker
-//! (see `rollout_driver`), so nothing here overlaps on one host.
+//! (see `rollout::driver`), so nothing here overlaps on one host.
 //!
 //! ## Guarantees
 //! - The artifact goes in 1 MiB pieces from what the host already holds, and a dropped

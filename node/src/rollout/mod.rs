@@ -1,4 +1,21 @@
-//! Rollouts.
+//! # rollout: coordinating rollouts
+//!
+//! The coordinator side of deploys, run by whichever node the CLI asked: starting one
+//! ([`start`]: `deploy`, `--resume`, `rollback`), the lock and epoch ([`lock`]), the driver
+//! around the rollout engine ([`driver`]), one host's steps ([`host_steps`]), the cluster
+//! rollback ([`cluster_rollback`]), snapshots and migrations around a deploy ([`state_flow`]),
+//! what every node knows of rollouts ([`status`]), history ([`history`]), and a node catching
+//! up with a rollout it missed ([`converge`]). All of it works through the
+//! [`context::Coordinator`] handle: hosts, itself included, are reached through the cluster
+//! client only.
+//!
+//! ## Guarantees
+//! - The decisions are the engines' ([`crate::engine::rollout`], [`crate::engine::lock`],
+//!   [`crate::engine::cluster_rollback`], [`crate::engine::converge`]); this layer gathers their
+//!   inputs and carries out their actions.
+//!
+//! ## May import
+//! `error`, `clock`, `random`, `engine`, `store`, `mesh`, `cluster`, `proxy`, `host`.
 
 pub mod cluster_rollback;
 pub mod context;
