@@ -450,6 +450,23 @@ impl Slots {
         actions
     }
 
+    /// When [`Slots::tick`] next has something to do (in the driver's `now`): a drain deadline, a
+    /// warm slot's end, or `0` for a warm slot restored from disk whose warm period has not
+    /// started. `None` while no deadline runs.
+    pub fn poll_timeout(&self) -> Option<u64> {
+        Color::BOTH
+            .into_iter()
+            .filter_map(|c| {
+                let s = self.slot(c);
+                match s.role {
+                    SlotRole::Draining => s.until_ms,
+                    SlotRole::Warm => s.until_ms.or((!s.held).then_some(0)),
+                    _ => None,
+                }
+            })
+            .min()
+    }
+
     /// Whether a deploy is under way: a started next slot, or routing to a release that is not
     /// the committed one.
     pub fn uncommitted(&self) -> bool {
@@ -602,7 +619,7 @@ mod tests {
     //! Scenario scripts in `node/tests/scenarios/slots/*.txt`. Commands:
     //! `policy drain=MS warm=MS strategy=blue-green|stop-start`,
     //! `at MS`, `start VERSION`, `health SLOT starting|healthy|unhealthy`, `flip`, `drained SLOT`,
-    //! `tick`, `commit`, `revert`, `stop-all`, `show`. Under each command the engine's answer is recorded as
+    //! `tick`, `commit`, `revert`, `stop-all`, `show`, `wake` (when `tick` next has work). Under each command the engine's answer is recorded as
     //! `> ...` lines; `UPDATE_GOLDENFILES=1` rewrites them.
     use super::*;
 
@@ -676,6 +693,12 @@ mod tests {
             },
             ["drained", c] => actions(out, &slots.drained(color(c), now)),
             ["tick"] => actions(out, &slots.tick(now)),
+            ["wake"] => out.push_str(&format!(
+                "> wake at {}\n",
+                slots
+                    .poll_timeout()
+                    .map_or("never".into(), |t| t.to_string())
+            )),
             ["commit"] => match slots.commit(now) {
                 Ok((v, prev, list)) => {
                     out.push_str(&format!(
