@@ -47,3 +47,28 @@ pub fn replay(script: &str, mut step: impl FnMut(&[&str], &mut String)) -> Strin
     }
     out
 }
+
+/// A rollout state for scripts: rollout `r1` of web 2 at epoch 1, coordinated by n1, running,
+/// started at 0, over `hosts`. Scripts change what they test.
+pub fn rollout_state(
+    hosts: Vec<halley_proto::rollout::HostProgress>,
+) -> halley_proto::rollout::RolloutState {
+    use halley_proto::NodeName;
+    use halley_proto::deploy::ReleaseVersion;
+    use halley_proto::rollout::{Phase, RolloutState};
+    use halley_proto::spec::ServiceName;
+    RolloutState {
+        id: "r1".into(),
+        service: ServiceName::parse("web").expect("a service name"),
+        version: ReleaseVersion::parse("2").expect("a version"),
+        epoch: 1,
+        seq: 0,
+        coordinator: NodeName::parse("n1").expect("a node name"),
+        hosts,
+        batch: 1,
+        phase: Phase::Running,
+        reason: String::new(),
+        started_ms: 0,
+        ended_ms: None,
+    }
+}

@@ -167,6 +167,20 @@ pub struct HostProgress {
     pub note: String,
 }
 
+impl HostProgress {
+    /// `node` at `step` since `now_ms`, with no wait, no attempts and no note yet.
+    pub fn at(node: NodeName, step: HostStep, now_ms: u64) -> Self {
+        HostProgress {
+            node,
+            step,
+            since_ms: now_ms,
+            until_ms: None,
+            attempts: 0,
+            note: String::new(),
+        }
+    }
+}
+
 /// A rollout's state: the coordinator journals it before every action.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RolloutState {

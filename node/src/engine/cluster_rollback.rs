@@ -325,27 +325,15 @@ mod tests {
                 let rows: Vec<MemberRow> = members.values().cloned().collect();
                 let state = RolloutState {
                     id: "rb1".into(),
-                    service: service.clone(),
                     version: shown_version(words_to(rest).as_ref()).unwrap(),
                     epoch: 4,
-                    seq: 0,
-                    coordinator: name("n1"),
-                    hosts: hosts(&rows, &service)
-                        .into_iter()
-                        .map(|node| HostProgress {
-                            node,
-                            step: HostStep::Pending,
-                            since_ms: now,
-                            until_ms: None,
-                            attempts: 0,
-                            note: String::new(),
-                        })
-                        .collect(),
-                    batch: 1,
-                    phase: Phase::Running,
-                    reason: String::new(),
                     started_ms: now,
-                    ended_ms: None,
+                    ..crate::scenario::rollout_state(
+                        hosts(&rows, &service)
+                            .into_iter()
+                            .map(|node| HostProgress::at(node, HostStep::Pending, now))
+                            .collect(),
+                    )
                 };
                 let mut r = ClusterRollback::new(state, words_to(rest).as_ref(), 3, 1000);
                 render(out, &r.start());

@@ -76,32 +76,20 @@ mod tests {
                     id: format!("{service}-{version}"),
                     service: ServiceName::parse(service).unwrap(),
                     version: ReleaseVersion::parse(version).unwrap(),
-                    epoch: 1,
-                    seq: 1,
-                    coordinator: name("n1"),
-                    hosts: hosts
-                        .iter()
-                        .map(|w| {
-                            let (h, s) = w.split_once('=').expect("HOST=STEP");
-                            HostProgress {
-                                node: name(h),
-                                step: step(s),
-                                since_ms: 0,
-                                until_ms: None,
-                                attempts: 0,
-                                note: String::new(),
-                            }
-                        })
-                        .collect(),
-                    batch: 1,
                     phase: Phase::ALL
                         .iter()
                         .copied()
                         .find(|p| p.as_str() == *phase)
                         .expect("a phase"),
-                    reason: String::new(),
-                    started_ms: 0,
-                    ended_ms: None,
+                    ..crate::scenario::rollout_state(
+                        hosts
+                            .iter()
+                            .map(|w| {
+                                let (h, s) = w.split_once('=').expect("HOST=STEP");
+                                HostProgress::at(name(h), step(s), 0)
+                            })
+                            .collect(),
+                    )
                 };
                 rollouts.insert(service.to_string(), state);
             }

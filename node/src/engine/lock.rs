@@ -108,7 +108,6 @@ mod tests {
     //! clears it), `fresh id=ID phase=P epoch=E seq=S` (its coordinator's answer; `fresh none`),
     //! `deploy me=N force=BOOL driven=BOOL`, `resume me=N force=BOOL driven=BOOL`,
     //! `epoch E...` (epochs seen).
-    use halley_proto::deploy::ReleaseVersion;
     use halley_proto::rollout::{HostProgress, HostStep};
 
     use super::*;
@@ -131,28 +130,14 @@ mod tests {
 
     fn state(words: &[&str], base: Option<&RolloutState>) -> RolloutState {
         let mut s = base.cloned().unwrap_or_else(|| RolloutState {
-            id: "r1".into(),
-            service: ServiceName::parse("web").unwrap(),
-            version: ReleaseVersion::parse("2").unwrap(),
-            epoch: 1,
             seq: 1,
-            coordinator: name("n1"),
-            hosts: ["n1", "n2"]
-                .iter()
-                .map(|h| HostProgress {
-                    node: name(h),
-                    step: HostStep::Pending,
-                    since_ms: 0,
-                    until_ms: None,
-                    attempts: 0,
-                    note: String::new(),
-                })
-                .collect(),
-            batch: 1,
-            phase: Phase::Running,
             reason: "a reason".into(),
-            started_ms: 0,
-            ended_ms: None,
+            ..crate::scenario::rollout_state(
+                ["n1", "n2"]
+                    .iter()
+                    .map(|h| HostProgress::at(name(h), HostStep::Pending, 0))
+                    .collect(),
+            )
         });
         for word in words {
             let (k, v) = word.split_once('=').expect("key=value");

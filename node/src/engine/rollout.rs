@@ -556,8 +556,6 @@ mod tests {
     //! `tick`, `drained H`, `deployed H ok|WHY...`, `verdict H ok|WHY...`, `reverted H ok|WHY...`,
     //! `committed H ok|WHY...`, `unreachable H`, `fenced H WHY...`, `show`, `wake` (when the
     //! engine next needs a tick).
-    use halley_proto::deploy::ReleaseVersion;
-    use halley_proto::spec::ServiceName;
 
     use super::*;
 
@@ -629,28 +627,13 @@ mod tests {
                 }
                 ["start"] => {
                     let state = RolloutState {
-                        id: "r1".into(),
-                        service: ServiceName::parse("web").unwrap(),
-                        version: ReleaseVersion::parse("2").unwrap(),
-                        epoch: 1,
-                        seq: 0,
-                        coordinator: name("n1"),
-                        hosts: hosts
-                            .iter()
-                            .map(|h| HostProgress {
-                                node: h.clone(),
-                                step: HostStep::Pending,
-                                since_ms: 0,
-                                until_ms: None,
-                                attempts: 0,
-                                note: String::new(),
-                            })
-                            .collect(),
-                        batch: 1,
-                        phase: Phase::Running,
-                        reason: String::new(),
                         started_ms: now,
-                        ended_ms: None,
+                        ..crate::scenario::rollout_state(
+                            hosts
+                                .iter()
+                                .map(|h| HostProgress::at(h.clone(), HostStep::Pending, 0))
+                                .collect(),
+                        )
                     };
                     let mut r = Rollout::new(state, policy);
                     render(out, &r.start(now));

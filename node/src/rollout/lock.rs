@@ -118,14 +118,7 @@ pub(crate) fn new_state(
         coordinator: node.cluster.name().clone(),
         hosts: hosts
             .iter()
-            .map(|h| HostProgress {
-                node: h.clone(),
-                step: HostStep::Pending,
-                since_ms: now,
-                until_ms: None,
-                attempts: 0,
-                note: String::new(),
-            })
+            .map(|h| HostProgress::at(h.clone(), HostStep::Pending, now))
             .collect(),
         batch: policy.batch.max(1),
         phase: Phase::Running,
