@@ -1,7 +1,9 @@
 //! The wall clock, read in one place. Engines never read it: drivers pass `now` in.
 //!
-//! Wall-clock time is only for records that need a date (history, backups, tokens) and for
-//! what is compared across nodes; deadlines on one node use a monotonic clock.
+//! Wall-clock time is for records that need a date (history, backups, tokens) and for what is
+//! compared across nodes. Known limit: the rollout engine's deadlines and the orphan rule also
+//! run on it today (an NTP step moves them); the rollback-safety issue moves them to a monotonic
+//! clock.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

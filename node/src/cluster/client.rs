@@ -83,11 +83,6 @@ impl ClusterClient {
         &self.name
     }
 
-    /// This node's mesh address, as peers reach it.
-    pub fn advertise(&self) -> SocketAddr {
-        self.advertise
-    }
-
     /// The mesh, once it runs.
     pub fn mesh(&self) -> Option<&Arc<Mesh>> {
         self.mesh.get()
@@ -186,11 +181,12 @@ impl ClusterClient {
 
     async fn call(&self, node: &NodeName, message: Message, timeout: Duration) -> Result<Message> {
         if node == &self.name {
-            let handler = self
-                .local
-                .get()
-                .and_then(Weak::upgrade)
-                .ok_or_else(|| Error::Net("this node is still starting".into()))?;
+            let handler = self.local.get().and_then(Weak::upgrade).ok_or_else(|| {
+                Error::Net(
+                    "this node's request handler is not running (it is starting or stopping)"
+                        .into(),
+                )
+            })?;
             return Ok(handler.handle(None, self.advertise, message).await);
         }
         let addr = self.member_addr(node).ok_or_else(|| {

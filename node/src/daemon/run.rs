@@ -1,6 +1,7 @@
-//! `halley-node run`: the daemon's driver. It wires the mesh, gossip, the admin socket and the node
-//! service together, ticks the membership view, and leaves the cluster gracefully on SIGTERM,
-//! SIGINT or `halley-node leave`.
+//! `halley-node run`: the daemon's driver. It wires the layers together (services, the cluster
+//! client, admission, the coordinator, the dispatcher, the mesh, gossip, the admin socket),
+//! refreshes the membership view every gossip round, and leaves the cluster gracefully on
+//! SIGTERM, SIGINT or `halley-node leave`.
 //!
 //! ## Guarantees
 //! - One daemon per data dir (flock on `daemon.lock`).

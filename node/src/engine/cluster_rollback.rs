@@ -8,7 +8,8 @@
 //!
 //! ## Guarantees
 //! - Every host is attempted at once, and a failed host again after `retry_ms`, up to
-//!   `max_attempts` in all; the state is published after every change, with `seq` one higher.
+//!   `max_attempts` in all; every change is published as a snapshot of the state, each with a
+//!   `seq` one higher.
 //! - The rollback ends when every host has succeeded or used its attempts; the hosts that failed
 //!   are named with why in the reason, and the outcome is recorded in history.
 //!
@@ -28,8 +29,8 @@ use halley_proto::spec::ServiceName;
 /// What the driver does next.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
-    /// Publish the state (gossip and this node's copy).
-    Publish,
+    /// Publish this state (gossip and this node's copy).
+    Publish(Box<RolloutState>),
     /// Run the host's rollback steps after waiting `after_ms`.
     Run {
         /// The host.
@@ -123,7 +124,7 @@ impl ClusterRollback {
 
     fn publish(&mut self, actions: &mut Vec<Action>) {
         self.state.seq += 1;
-        actions.push(Action::Publish);
+        actions.push(Action::Publish(Box::new(self.state.clone())));
     }
 
     /// Publishes the first state and starts every host.
@@ -269,7 +270,7 @@ mod tests {
         let list: Vec<String> = actions
             .iter()
             .map(|a| match a {
-                Action::Publish => "publish".to_owned(),
+                Action::Publish(s) => format!("publish seq={} {}", s.seq, s.phase),
                 Action::Run { host, after_ms } => format!("run {host} after {after_ms}ms"),
                 Action::Record(e) => format!(
                     "record {} {} ended={} reason={:?}",

@@ -105,11 +105,6 @@ impl Services {
         handle.step(request.epoch, request.step).await
     }
 
-    /// The node's draining flag, shared with every entry point's readiness answer.
-    pub fn draining(&self) -> Arc<std::sync::atomic::AtomicBool> {
-        self.ctx.draining.clone()
-    }
-
     /// A service's host, if the service runs here.
     pub async fn handle(&self, service: &ServiceName) -> Option<Arc<ServiceHandle>> {
         self.hosts.lock().await.get(service).cloned()

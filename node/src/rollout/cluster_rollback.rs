@@ -64,6 +64,27 @@ pub(crate) async fn rollback(
     Ok(id)
 }
 
+/// One host attempt's way back to the driver: answered once, with a failure if its task ends
+/// (panics, is cancelled) before it answered.
+struct Answer {
+    host: Option<NodeName>,
+    done: mpsc::UnboundedSender<(NodeName, Result<String, String>)>,
+}
+
+impl Answer {
+    fn send(&mut self, result: Result<String, String>) {
+        if let Some(host) = self.host.take() {
+            let _ = self.done.send((host, result));
+        }
+    }
+}
+
+impl Drop for Answer {
+    fn drop(&mut self) {
+        self.send(Err("its rollback task ended without an answer".into()));
+    }
+}
+
 /// Runs the engine's actions until it records the outcome.
 async fn drive(
     node: Arc<Coordinator>,
@@ -77,15 +98,20 @@ async fn drive(
     loop {
         for action in std::mem::take(&mut actions) {
             match action {
-                Action::Publish => node.publish(rollback.state()).await,
+                Action::Publish(state) => node.publish(&state).await,
                 Action::Run { host, after_ms } => {
                     let (node, service, to, done) =
                         (node.clone(), service.clone(), to.clone(), done_tx.clone());
                     tokio::spawn(async move {
+                        // A task that dies without an answer still reports, so the rollback ends.
+                        let mut answer = Answer {
+                            host: Some(host.clone()),
+                            done,
+                        };
                         tokio::time::sleep(Duration::from_millis(after_ms)).await;
                         let result =
                             rollback_host(&node, &host, &service, to.as_ref(), epoch).await;
-                        let _ = done.send((host, result));
+                        answer.send(result);
                     });
                 }
                 Action::Record(entry) => {

@@ -8,9 +8,9 @@
 //!   (`rollout:NAME`) before each action the engine asks for.
 //! - Actions on one host run one after another, in order (a worker task per host), so a revert
 //!   never overtakes the drain or deploy it undoes.
-//! - One rollout per service: a new one is refused while another is unfinished, naming its
-//!   coordinator, version and progress. Each rollout takes an epoch above every epoch gossip and
-//!   the hosts have seen, and hosts refuse steps of older epochs.
+//! - The driver wakes on the engine's events, on its `poll_timeout` (never more often than every
+//!   100 ms) and every 500 ms to sample baking hosts; it does not poll the engine otherwise.
+//! - The lock and the epoch were taken before the driver starts ([`crate::rollout::lock`]).
 //! - A regression is judged by [`regression::judge`] from each updated host's own signals, polled
 //!   every 500 ms over the mesh, against what its old release showed just before the flip.
 //!
