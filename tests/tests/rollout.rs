@@ -64,8 +64,16 @@ fn a_good_rollout_under_load_drops_nothing_on_any_entry_point() {
         let out = cluster.nodes[2].cli(&["rollout", "status", "web"]);
         String::from_utf8_lossy(&out.stdout).contains("completed")
     }));
-    let history = cluster.nodes[0].cli(&["history", "web"]);
-    let history = String::from_utf8_lossy(&history.stdout).into_owned();
+    // The coordinator publishes the history line just after the final state, so another node
+    // may see the state a gossip round before the line.
+    let history = || {
+        let out = cluster.nodes[0].cli(&["history", "web"]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    wait_until(Duration::from_secs(5), || {
+        history().matches("completed").count() == 2
+    });
+    let history = history();
     assert_eq!(history.matches("completed").count(), 2, "{history}");
 
     // Every host back to a named release, at once, from another node.
