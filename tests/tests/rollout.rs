@@ -338,3 +338,55 @@ fn a_host_skipped_while_down_converges_when_it_returns() {
     );
     assert_eq!(cluster.versions(&rt), vec![Some("v2".to_owned()); 3]);
 }
+
+#[test]
+fn a_deploy_naming_an_unknown_host_is_refused_before_anything_changes() {
+    let cluster = Cluster::start();
+    let rt = runtime();
+    // A typo in `hosts` used to start the rollout and pause it after the first host flipped.
+    let config = cluster.config_with("typo", &[], r#"hosts = ["n1", "n2", "m3"]"#, "");
+    let config_arg = config.display().to_string();
+    let dry_run = cluster.nodes[1].cli(&[
+        "deploy",
+        "web",
+        "-c",
+        &config_arg,
+        "--version",
+        "v1",
+        "--artifact",
+        SERVICE_BIN,
+        "--dry-run",
+    ]);
+    assert!(!dry_run.status.success(), "the dry run accepted m3");
+    assert!(stderr(&dry_run).contains("m3"), "{}", stderr(&dry_run));
+
+    let out = deploy(&cluster.nodes[1], &config, "v1");
+    assert!(!out.status.success(), "the deploy accepted m3");
+    let why = stderr(&out);
+    assert!(
+        why.contains("m3")
+            && why.contains("nothing was changed")
+            && why.contains("halley-node status"),
+        "{why}"
+    );
+    // No host was touched: nothing serves, nothing is deployed, no rollout exists.
+    assert_eq!(cluster.versions(&rt), vec![None; 3]);
+    for node in &cluster.nodes {
+        let services = node.cli(&["services", "--json"]);
+        assert_eq!(String::from_utf8_lossy(&services.stdout).trim(), "[]");
+    }
+    let status = cluster.nodes[0].cli(&["rollout", "status", "web"]);
+    assert!(
+        !String::from_utf8_lossy(&status.stdout).contains("m3"),
+        "{}",
+        String::from_utf8_lossy(&status.stdout)
+    );
+
+    // With the name fixed, the same deploy goes through.
+    let fixed = cluster.config_with("fixed", &[], r#"hosts = ["n1", "n2", "n3"]"#, "");
+    assert_ok(
+        &deploy(&cluster.nodes[1], &fixed, "v1"),
+        "deploy with known hosts",
+    );
+    assert_eq!(cluster.versions(&rt), vec![Some("v1".to_owned()); 3]);
+}

@@ -253,6 +253,13 @@ pub async fn dry_run(data_dir: &DataDir, opts: &DeployOptions) -> Result<String>
         .filter(|m| m.state != MemberState::Left)
         .map(|m| m.name.clone())
         .collect();
+    let known: Vec<NodeName> = report.members.iter().map(|m| m.name.clone()).collect();
+    let unknown = crate::engine::rollout::unknown_hosts(&opts.spec.hosts, &known);
+    if !unknown.is_empty() {
+        return Err(Error::Invalid(
+            crate::engine::rollout::unknown_hosts_refusal(&opts.service, &unknown),
+        ));
+    }
     let hosts = crate::engine::rollout::plan(&opts.spec.hosts, &opts.spec.rollout.order, &members);
     let batch = opts.spec.rollout.batch.max(1) as usize;
     let mut text = format!(

@@ -25,6 +25,7 @@ use std::collections::BTreeSet;
 
 use halley_proto::NodeName;
 use halley_proto::rollout::{HostProgress, HostStep, Phase, RolloutState};
+use halley_proto::spec::ServiceName;
 
 /// Timing and thresholds the engine applies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -535,6 +536,30 @@ pub fn plan(
         }
     }
     out
+}
+
+/// The names in `hosts` that no member of the cluster has (`known` lists every member the node
+/// knows, dead or gone ones too): a typo there would start a rollout that pauses on a host that
+/// does not exist.
+pub fn unknown_hosts(hosts: &halley_proto::spec::Hosts, known: &[NodeName]) -> Vec<NodeName> {
+    match hosts {
+        halley_proto::spec::Hosts::All => Vec::new(),
+        halley_proto::spec::Hosts::Names(names) => names
+            .iter()
+            .filter(|n| !known.contains(n))
+            .cloned()
+            .collect(),
+    }
+}
+
+/// Why a deploy of `service` naming `unknown` hosts is refused, and what to do.
+pub fn unknown_hosts_refusal(service: &ServiceName, unknown: &[NodeName]) -> String {
+    let names: Vec<&str> = unknown.iter().map(NodeName::as_str).collect();
+    format!(
+        "`hosts` of service {service} names {} that no node of this cluster has: {}; nothing was changed. Fix `hosts` in halley.toml (the members are listed by 'halley-node status'), or join that node first",
+        if names.len() == 1 { "a node" } else { "nodes" },
+        names.join(", ")
+    )
 }
 
 /// Puts `Journal` first when anything is to be done.

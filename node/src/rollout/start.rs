@@ -21,7 +21,7 @@ use tracing::info;
 
 use crate::clock::wall_ms;
 use crate::engine::lock;
-use crate::engine::rollout::{Policy, Rollout};
+use crate::engine::rollout::{self as rollout_engine, Policy, Rollout};
 use crate::error::internal;
 use crate::rollout::context::{Coordinator, Reply};
 use crate::rollout::driver::Driver;
@@ -45,6 +45,7 @@ pub async fn start(
             artifact,
             sha256,
         } => {
+            refuse_unknown_hosts(node, &service, &spec)?;
             refuse_if_busy(node, &service, false).await?;
             let artifact = PathBuf::from(artifact);
             let releases = node.services.releases().clone();
@@ -103,6 +104,23 @@ pub async fn start(
 
 /// The hosts of a service in rollout order (see [`crate::engine::rollout::plan`]). Members that left
 /// are not included; dead ones are (their turn pauses or skips).
+/// Refuses a spec whose `hosts` names a node no member has, before anything changes.
+fn refuse_unknown_hosts(
+    node: &Coordinator,
+    service: &ServiceName,
+    spec: &ServiceSpec,
+) -> Reply<()> {
+    let known: Vec<NodeName> = node.cluster.members().into_iter().map(|m| m.name).collect();
+    let unknown = rollout_engine::unknown_hosts(&spec.hosts, &known);
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    Err(ErrorReply {
+        kind: ErrorKind::BadRequest,
+        message: rollout_engine::unknown_hosts_refusal(service, &unknown),
+    })
+}
+
 fn plan(node: &Coordinator, spec: &ServiceSpec) -> Vec<NodeName> {
     let members: Vec<NodeName> = node
         .cluster
