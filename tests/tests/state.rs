@@ -247,3 +247,46 @@ fn a_disk_filling_during_the_snapshot_stops_the_deploy_and_leaves_no_backup() {
     assert_eq!(cluster.versions(&rt), vec![Some("v1".to_owned()); 3]);
     assert_eq!(rows(n1), 400);
 }
+
+#[test]
+fn two_migrations_of_one_release_at_once_run_it_once() {
+    use halley_node::store::datadir::DataDir;
+    use halley_proto::message::{AdminRequest, AdminResponse, StateReply, StateRequest};
+
+    let cluster = Cluster::start();
+    let n1 = &cluster.nodes[0];
+    // A migration slow enough that a second request arrives while the first runs.
+    let state = r#"[service.web.state]
+migrate = ["sh", "-c", "sleep 1; echo \"migrated $HALLEY_RELEASE\" >> \"$HALLEY_SERVICE_DATA/migrations\""]
+on = ["n1"]"#;
+    let config = cluster.config_with("slow", &[], state, "bake = \"0s\"");
+    assert_ok(&deploy(n1, &config, "v1"), "first deploy");
+    assert_eq!(read(data(n1).join("migrations")), "migrated v1\n");
+
+    // As if v1 had never migrated: the ledger and the log start empty.
+    std::fs::remove_file(n1.dir.join("services/web/migrated")).unwrap();
+    std::fs::remove_file(data(n1).join("migrations")).unwrap();
+    let data_dir = DataDir::new(&n1.dir);
+    let request = AdminRequest::State {
+        node: None,
+        request: StateRequest::Migrate {
+            service: "web".parse().unwrap(),
+            version: "v1".parse().unwrap(),
+        },
+    };
+    let (a, b) = runtime().block_on(async {
+        tokio::join!(
+            halley_node::daemon::admin::call(&data_dir, request.clone()),
+            halley_node::daemon::admin::call(&data_dir, request)
+        )
+    });
+    let already = |r: halley_node::Result<AdminResponse>| match r {
+        Ok(AdminResponse::State(StateReply::Ran { already, .. })) => already,
+        other => panic!("unexpected answer to a migration: {other:?}"),
+    };
+    let mut answers = [already(a), already(b)];
+    answers.sort();
+    assert_eq!(read(data(n1).join("migrations")), "migrated v1\n");
+    assert_eq!(answers, [false, true], "one ran, the other found it done");
+    assert_eq!(read(n1.dir.join("services/web/migrated")), "v1\n");
+}

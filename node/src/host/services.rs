@@ -21,6 +21,8 @@ use crate::host::handle::{HostContext, ServiceHandle, record_name};
 pub struct Services {
     ctx: Arc<HostContext>,
     hosts: tokio::sync::Mutex<BTreeMap<ServiceName, Arc<ServiceHandle>>>,
+    /// Held while a run-once command (migrate, contract) checks, runs and records itself.
+    ledgers: tokio::sync::Mutex<()>,
 }
 
 impl Services {
@@ -57,6 +59,7 @@ impl Services {
         Self {
             ctx,
             hosts: tokio::sync::Mutex::new(hosts),
+            ledgers: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -121,6 +124,12 @@ impl Services {
             crate::clock::wall_ms(),
             std::sync::atomic::Ordering::Relaxed,
         );
+    }
+
+    /// Waits for, then holds, this node's run-once ledgers: a command that checks a ledger, runs
+    /// and records itself under this guard runs at most once however many ask at the same time.
+    pub async fn ledgers(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.ledgers.lock().await
     }
 
     /// This node's name.

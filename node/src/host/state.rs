@@ -7,6 +7,8 @@
 //!   node's user.
 //! - `migrate` and `contract` run at most once per release on a node: a record in the service's
 //!   directory says which releases already ran them, so a retried deploy does not migrate twice.
+//!   The check, the run and the record happen under one node-wide guard, and the record is
+//!   written crash-safely, so two requests at once still run the command once.
 //! - A restore stops the service's slots first (nothing writes during it), checks the backup's
 //!   hashes before touching anything, and starts the committed release again afterwards, also
 //!   when the restore failed.
@@ -241,15 +243,18 @@ impl State<'_> {
                 format!("release {version} of service {service} has no {what} command"),
             )
         })?;
-        let ledger = self
-            .services
-            .releases()
-            .service_dir(service)
-            .join(if what == "migrate" {
+        let ledger_name = format!(
+            "services/{service}/{}",
+            if what == "migrate" {
                 "migrated"
             } else {
                 "contracted"
-            });
+            }
+        );
+        // Check, run and record under one guard: a second request waits and then finds it done.
+        let _held = self.services.ledgers().await;
+        let data_dir = self.services.data_dir().clone();
+        let ledger = data_dir.file(&ledger_name);
         let done = std::fs::read_to_string(&ledger).unwrap_or_default();
         if done.lines().any(|l| l == version.as_str()) {
             return Ok(StateReply::Ran {
@@ -262,18 +267,21 @@ impl State<'_> {
             let output = hooks
                 .run(what, &argv, &[])
                 .map_err(|e| error_reply(ErrorKind::CheckFailed, e.to_string()))?;
-            let mut done = std::fs::read_to_string(&ledger).unwrap_or_default();
-            done.push_str(version.as_str());
-            done.push('\n');
-            std::fs::write(&ledger, done).map_err(|e| {
-                error_reply(
-                    ErrorKind::Internal,
-                    format!(
-                        "the {what} command ran, but recording that in {} failed: {e}",
-                        ledger.display()
-                    ),
-                )
-            })?;
+            let mut recorded = done;
+            recorded.push_str(version.as_str());
+            recorded.push('\n');
+            // Crash-safe: a torn ledger would lose the record and run the command again.
+            data_dir
+                .write_file(&ledger_name, recorded.as_bytes(), 0o600)
+                .map_err(|e| {
+                    error_reply(
+                        ErrorKind::Internal,
+                        format!(
+                            "the {what} command ran, but recording that in {} failed: {e}",
+                            ledger.display()
+                        ),
+                    )
+                })?;
             Ok(StateReply::Ran {
                 already: false,
                 output,
