@@ -862,3 +862,31 @@ fn env_reaches_the_service_but_no_log_or_gossip_and_its_data_outlives_releases()
     let services = host.node.services().to_string();
     assert!(!status.contains("hunter2") && !services.contains("hunter2"));
 }
+
+#[test]
+fn a_refused_first_deploy_leaves_no_service_behind() {
+    let host = Host::start();
+    let good = host.config("good", &[], "");
+    // An artifact that cannot be unpacked: the host refuses it at prepare, its first step.
+    let bad = host.dir.join("broken.tar.gz");
+    std::fs::write(&bad, b"this is not a gzip stream").unwrap();
+    let out = host.node.deploy(&good, "web", "v1", &bad);
+    assert!(!out.status.success(), "a broken artifact was deployed");
+    // Nothing is left: no service, no entry point holding the port, no record.
+    let services = host.node.cli(&["services", "--json"]);
+    assert_eq!(String::from_utf8_lossy(&services.stdout).trim(), "[]");
+    assert!(
+        wait_until(Duration::from_secs(2), || std::net::TcpListener::bind(
+            host.entry
+        )
+        .is_ok()),
+        "the refused service still holds {}",
+        host.entry
+    );
+    assert!(!host.node.dir.join("services/web/service.rec").exists());
+    // And the next deploy, with a good artifact, works as a first deploy.
+    assert_ok(&host.deploy(&good, "v1"), "deploy after the refused one");
+    let rt = runtime();
+    let answer = rt.block_on(http::get(host.entry, "/")).unwrap();
+    assert_eq!(answer.version(), Some("v1"));
+}

@@ -78,6 +78,7 @@ pub struct ServiceHandle {
 }
 
 impl Drop for ServiceHandle {
+    // Ending the actor drops its entry point's listener too.
     fn drop(&mut self) {
         self.task.abort();
     }

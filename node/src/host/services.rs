@@ -4,6 +4,8 @@
 //! ## Guarantees
 //! - At most one host per service name; concurrent first deploys of a service create it once.
 //! - A record that cannot be read is logged with its path and skipped; the other services start.
+//! - A service whose first prepare fails is not kept: its entry point closes, its record and
+//!   routing table go, and the next deploy is a first deploy again.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -76,10 +78,10 @@ impl Services {
                 ),
             });
         }
-        let handle = {
+        let (handle, created) = {
             let mut hosts = self.hosts.lock().await;
             match (hosts.get(&request.service), &request.step) {
-                (Some(h), _) => h.clone(),
+                (Some(h), _) => (h.clone(), false),
                 (None, Step::Prepare { spec, .. }) => {
                     let h = Arc::new(
                         ServiceHandle::create(
@@ -90,7 +92,7 @@ impl Services {
                         .await?,
                     );
                     hosts.insert(request.service.clone(), h.clone());
-                    h
+                    (h, true)
                 }
                 (None, step) => {
                     return Err(ErrorReply {
@@ -105,7 +107,32 @@ impl Services {
                 }
             }
         };
-        handle.step(request.epoch, request.step).await
+        let result = handle.step(request.epoch, request.step).await;
+        if created && result.is_err() {
+            self.forget_unprepared(&request.service, handle).await;
+        }
+        result
+    }
+
+    /// Undoes the creation of a service whose first prepare failed, so no ghost stays behind (an
+    /// entry point holding the port, a record adopted at the next start). A service that got a
+    /// release meanwhile (a concurrent prepare) is kept.
+    async fn forget_unprepared(&self, service: &ServiceName, handle: Arc<ServiceHandle>) {
+        let mut hosts = self.hosts.lock().await;
+        let same = hosts.get(service).is_some_and(|h| Arc::ptr_eq(h, &handle));
+        if !same || !handle.status().releases.is_empty() {
+            return;
+        }
+        hosts.remove(service);
+        drop(handle);
+        self.ctx.cluster.remove(service);
+        // The fence may have saved the record already; its directory goes too if that empties it.
+        let record = self.ctx.data_dir.file(&record_name(service));
+        let _ = std::fs::remove_file(&record);
+        if let Some(dir) = record.parent() {
+            let _ = std::fs::remove_dir(dir);
+        }
+        info!(service = %service, "the first prepare failed; the service is not kept");
     }
 
     /// A service's host, if the service runs here.

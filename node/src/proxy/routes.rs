@@ -389,6 +389,14 @@ impl Cluster {
             .clone()
     }
 
+    /// Drops a service's table (a service that is not kept: its next table starts afresh, with
+    /// the protocol its next spec says).
+    pub fn remove(&self, service: &ServiceName) {
+        if let Ok(mut tables) = self.tables.lock() {
+            tables.remove(service);
+        }
+    }
+
     /// A service's table, if it has one.
     pub fn get(&self, service: &ServiceName) -> Option<Arc<ServiceRoutes>> {
         self.tables.lock().ok()?.get(service).cloned()
