@@ -30,6 +30,9 @@ use halley_proto::disk::NodeRecord;
 
 use crate::error::{Error, Result};
 
+/// Numbers the temp files of crash-safe writes in this process.
+static TEMP_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// A node's data dir.
 #[derive(Debug, Clone)]
 pub struct DataDir {
@@ -140,7 +143,10 @@ impl DataDir {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let tmp = path.with_file_name(format!(".{file_name}.tmp"));
+        // A temp name of its own per write: writers of the same file at once (two drivers of one
+        // service) must not truncate or rename each other's temp file.
+        let unique = TEMP_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = path.with_file_name(format!(".{file_name}.{}-{unique}.tmp", std::process::id()));
         let dir = path.parent().unwrap_or(&self.root).to_path_buf();
         let mut file = OpenOptions::new()
             .write(true)
@@ -285,6 +291,31 @@ mod tests {
             .mode()
             & 0o777;
         assert_eq!(mode, 0o600);
+    }
+
+    #[test]
+    fn writers_of_one_file_at_once_never_fail_or_tear_it() {
+        // Two coordinators' drivers may journal the same service at the same moment.
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = DataDir::new(tmp.path());
+        let threads: Vec<_> = (0..8u8)
+            .map(|t| {
+                let dir = dir.clone();
+                std::thread::spawn(move || {
+                    let body = vec![t; 64 * 1024];
+                    (0..100)
+                        .filter(|_| dir.write_file("journal.rec", &body, 0o600).is_err())
+                        .count()
+                })
+            })
+            .collect();
+        let failed: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
+        assert_eq!(failed, 0, "writes failed while others wrote the same file");
+        let body = fs::read(dir.file("journal.rec")).unwrap();
+        assert_eq!(body.len(), 64 * 1024);
+        assert!(body.iter().all(|b| *b == body[0]), "a torn file");
+        let left: Vec<_> = fs::read_dir(tmp.path()).unwrap().collect();
+        assert_eq!(left.len(), 1, "temp files left behind: {left:?}");
     }
 
     #[test]
