@@ -290,3 +290,40 @@ on = ["n1"]"#;
     assert_eq!(answers, [false, true], "one ran, the other found it done");
     assert_eq!(read(n1.dir.join("services/web/migrated")), "v1\n");
 }
+
+#[test]
+fn a_dry_run_checks_the_artifact_and_the_lock_and_lists_the_state_steps() {
+    let cluster = Cluster::start();
+    let n2 = &cluster.nodes[1];
+    let config = state_config(&cluster, "dry", "never");
+    let dry_run = |artifact: &str| {
+        n2.cli(&[
+            "deploy",
+            "web",
+            "-c",
+            &config.display().to_string(),
+            "--version",
+            "v1",
+            "--artifact",
+            artifact,
+            "--dry-run",
+        ])
+    };
+    // A missing artifact fails the dry run as it would fail the deploy.
+    let missing = cluster.dir.join("no-such-artifact");
+    let out = dry_run(&missing.display().to_string());
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("no-such-artifact"), "{}", text(&out));
+
+    // The state steps are part of the plan.
+    let out = dry_run(SERVICE_BIN);
+    assert_ok(&out, "dry run");
+    let plan = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(plan.contains("state: snapshot and verify on n1"), "{plan}");
+    assert!(
+        plan.contains("state: migrate on n1 before any host changes"),
+        "{plan}"
+    );
+    assert!(plan.contains("state: contract on n1 after"), "{plan}");
+    assert!(!plan.contains("on n2"), "{plan}");
+}

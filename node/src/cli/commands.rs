@@ -178,7 +178,8 @@ struct DeployArgs {
     /// Skip hosts that are unreachable on their turn instead of pausing the rollout.
     #[arg(long)]
     skip_unreachable: bool,
-    /// Print the plan (batches, hosts, current and new version) and change nothing.
+    /// Check what the deploy would check (artifact, hosts, lock), print the plan (batches, hosts,
+    /// current and new version, state steps) and change nothing.
     #[arg(long)]
     dry_run: bool,
     /// The config file.
@@ -463,7 +464,7 @@ async fn deploy_command(data_dir: &DataDir, args: DeployArgs) -> Result<()> {
         skip_unreachable: args.skip_unreachable,
     };
     if args.dry_run {
-        print!("{}", deploy::dry_run(data_dir, &opts).await?);
+        print!("{}", crate::cli::dry_run::dry_run(data_dir, &opts).await?);
         return Ok(());
     }
     deploy::deploy(data_dir, &opts, &mut std::io::stdout()).await?;

@@ -13,10 +13,8 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use halley_proto::NodeName;
 use halley_proto::deploy::{ReleaseVersion, ServiceStatus, SlotRole, Step, StepReply, StepRequest};
-use halley_proto::gossip::ServiceSummary;
-use halley_proto::message::{AdminRequest, AdminResponse, MemberState};
+use halley_proto::message::{AdminRequest, AdminResponse};
 use halley_proto::rollout::{HistoryEntry, Phase, RolloutKind, RolloutRequest, RolloutState};
 use halley_proto::spec::{ServiceName, ServiceSpec};
 
@@ -238,58 +236,6 @@ pub async fn history(data_dir: &DataDir, service: &ServiceName) -> Result<Vec<Hi
         AdminResponse::History(list) => Ok(list),
         other => Err(unexpected("a history request", &other)),
     }
-}
-
-/// The plan a deploy would follow, from the membership and each host's gossiped release.
-pub async fn dry_run(data_dir: &DataDir, opts: &DeployOptions) -> Result<String> {
-    let AdminResponse::Status(report) = admin::call(data_dir, AdminRequest::Status).await? else {
-        return Err(Error::Protocol(
-            "the node answered status with something else".into(),
-        ));
-    };
-    let members: Vec<NodeName> = report
-        .members
-        .iter()
-        .filter(|m| m.state != MemberState::Left)
-        .map(|m| m.name.clone())
-        .collect();
-    let known: Vec<NodeName> = report.members.iter().map(|m| m.name.clone()).collect();
-    let unknown = crate::engine::rollout::unknown_hosts(&opts.spec.hosts, &known);
-    if !unknown.is_empty() {
-        return Err(Error::Invalid(
-            crate::engine::rollout::unknown_hosts_refusal(&opts.service, &unknown),
-        ));
-    }
-    let hosts = crate::engine::rollout::plan(&opts.spec.hosts, &opts.spec.rollout.order, &members);
-    let batch = opts.spec.rollout.batch.max(1) as usize;
-    let mut text = format!(
-        "plan: {} {} on {} host(s), batches of {batch}, drain_wait {}, bake {}, pause {} (nothing was changed)\n",
-        opts.service,
-        opts.version,
-        hosts.len(),
-        opts.spec.rollout.drain_wait,
-        opts.spec.rollout.bake,
-        opts.spec.rollout.pause
-    );
-    for (i, chunk) in hosts.chunks(batch).enumerate() {
-        for host in chunk {
-            let member = report.members.iter().find(|m| &m.name == host);
-            let current = member
-                .and_then(|m| m.services.iter().find(|(n, _)| n == opts.service.as_str()))
-                .and_then(|(n, v)| ServiceSummary::parse(n, v).ok())
-                .map_or("not deployed".to_owned(), |s| s.version);
-            let state = member.map_or("unknown", |m| m.state.as_str());
-            text.push_str(&format!(
-                "  batch {:<3} {:<12} {:<10} {} -> {}\n",
-                i + 1,
-                host.as_str(),
-                state,
-                current,
-                opts.version
-            ));
-        }
-    }
-    Ok(text)
 }
 
 /// The `rollout status` table.

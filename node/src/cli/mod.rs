@@ -13,6 +13,7 @@ pub mod commands;
 pub mod config;
 pub mod demo;
 pub mod deploy;
+pub mod dry_run;
 pub mod duration;
 pub mod progress;
 pub mod render;
