@@ -390,3 +390,37 @@ fn a_deploy_naming_an_unknown_host_is_refused_before_anything_changes() {
     );
     assert_eq!(cluster.versions(&rt), vec![Some("v1".to_owned()); 3]);
 }
+
+#[test]
+fn a_journal_that_cannot_be_written_pauses_the_rollout_before_any_host_changes() {
+    let cluster = Cluster::start();
+    let rt = runtime();
+    let config = cluster.config("journal", &[], "bake = \"0s\"");
+    assert_ok(&deploy(&cluster.nodes[0], &config, "v1"), "first rollout");
+    // n2 coordinates; a file where its journal folder should be makes every journal write fail.
+    let n2 = &cluster.nodes[1];
+    std::fs::write(n2.dir.join("rollouts"), b"not a directory").unwrap();
+    let out = deploy(n2, &config, "v2");
+    assert!(
+        !out.status.success(),
+        "the rollout went on without a journal"
+    );
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
+    assert!(
+        said.contains("cannot write the rollout journal") && said.contains("deploy --resume web"),
+        "{said}"
+    );
+    assert_eq!(cluster.versions(&rt), vec![Some("v1".to_owned()); 3]);
+    let status = cluster.nodes[0].cli(&["status"]);
+    assert!(
+        !String::from_utf8_lossy(&status.stdout).contains("draining"),
+        "a host was drained: {}",
+        String::from_utf8_lossy(&status.stdout)
+    );
+
+    // Once the data dir is fixed, the paused rollout resumes and completes.
+    std::fs::remove_file(n2.dir.join("rollouts")).unwrap();
+    let out = n2.cli(&["deploy", "web", "--resume"]);
+    assert_ok(&out, "resume after the journal is writable again");
+    assert_eq!(cluster.versions(&rt), vec![Some("v2".to_owned()); 3]);
+}

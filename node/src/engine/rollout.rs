@@ -67,6 +67,8 @@ pub enum Event {
     Unreachable(NodeName),
     /// The host refused a step: it has seen a newer epoch.
     Fenced(NodeName, String),
+    /// The journal could not be written (the driver carried out nothing after it).
+    JournalFailed(String),
 }
 
 /// What the driver must do.
@@ -303,6 +305,24 @@ impl Rollout {
                         return journaled(out);
                     }
                 }
+            }
+            Event::JournalFailed(why) => {
+                // Without a journal nothing may move forward; a revert or commit under way goes
+                // on, since stopping it would leave hosts worse off than finishing it.
+                if self.state.phase != Phase::Running {
+                    out.push(Action::Say(format!(
+                        "cannot write the rollout journal ({why}); going on with the {}",
+                        self.state.phase
+                    )));
+                    return out;
+                }
+                self.state.phase = Phase::Paused;
+                self.state.reason = format!(
+                    "cannot write the rollout journal ({why}); free the disk or fix the data dir, then run 'halley-node deploy --resume {}'",
+                    self.state.service
+                );
+                out.push(Action::Say(format!("paused: {}", self.state.reason)));
+                return out;
             }
             Event::Fenced(node, why) => {
                 self.state.phase = Phase::Fenced;
@@ -579,7 +599,8 @@ mod tests {
     //! `policy batch=N drain=MS bake=MS pause=MS max-failed=N auto-rollback=BOOL skip=BOOL`,
     //! `at MS`, `start`, `resume` (the engine is rebuilt from its own state, as from a journal),
     //! `tick`, `drained H`, `deployed H ok|WHY...`, `verdict H ok|WHY...`, `reverted H ok|WHY...`,
-    //! `committed H ok|WHY...`, `unreachable H`, `fenced H WHY...`, `show`, `wake` (when the
+    //! `committed H ok|WHY...`, `unreachable H`, `fenced H WHY...`, `journal-failed WHY...`, `show`,
+    //! `wake` (when the
     //! engine next needs a tick).
 
     use super::*;
@@ -706,6 +727,7 @@ mod tests {
                 ["committed", h, rest @ ..] => Event::Committed(name(h), result(rest)),
                 ["unreachable", h] => Event::Unreachable(name(h)),
                 ["fenced", h, rest @ ..] => Event::Fenced(name(h), rest.join(" ")),
+                ["journal-failed", rest @ ..] => Event::JournalFailed(rest.join(" ")),
                 _ => panic!("unknown scenario command: {words:?}"),
             };
             let actions = rollout.as_mut().expect("started").step(event, now);

@@ -12,6 +12,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use halley_proto::disk::RolloutJournal;
 use halley_proto::message::ErrorReply;
 use halley_proto::rollout::RolloutState;
 use halley_proto::spec::ServiceName;
@@ -40,6 +41,9 @@ pub struct Coordinator {
     pub(crate) rollouts: Mutex<HashMap<ServiceName, RolloutState>>,
     /// Services whose rollout driver runs in this node now.
     pub(crate) active: Mutex<HashSet<ServiceName>>,
+    /// Journals that could not be written to disk, kept so that `deploy --resume` on this node
+    /// still finds the spec and artifact once the disk is fixed.
+    unsaved: Mutex<HashMap<ServiceName, RolloutJournal>>,
 }
 
 impl Coordinator {
@@ -51,7 +55,20 @@ impl Coordinator {
             data_dir,
             rollouts: Mutex::default(),
             active: Mutex::default(),
+            unsaved: Mutex::default(),
         }
+    }
+
+    /// Keeps a journal that could not be written.
+    pub(crate) fn keep_unsaved(&self, journal: &RolloutJournal) {
+        if let Ok(mut map) = self.unsaved.lock() {
+            map.insert(journal.state.service.clone(), journal.clone());
+        }
+    }
+
+    /// The journal of `service` that could not be written, if this process kept one.
+    pub(crate) fn unsaved(&self, service: &ServiceName) -> Option<RolloutJournal> {
+        self.unsaved.lock().ok()?.get(service).cloned()
     }
 
     /// This node's copy of the rollout of `service` it drove last, if any.

@@ -5,7 +5,9 @@
 //!
 //! ## Guarantees
 //! - The state is journaled (`rollouts/NAME.rec`: temp, fsync, rename) and published in gossip
-//!   (`rollout:NAME`) before each action the engine asks for.
+//!   (`rollout:NAME`) before each action the engine asks for. When the journal cannot be
+//!   written, nothing after it moves forward: a running rollout pauses (resumable), a revert or
+//!   commit under way goes on.
 //! - Actions on one host run one after another, in order (a worker task per host), so a revert
 //!   never overtakes the drain or deploy it undoes.
 //! - The driver wakes on the engine's events, on its `poll_timeout` (never more often than every
@@ -119,7 +121,23 @@ impl Driver {
     async fn apply(&mut self, actions: Vec<Action>) {
         for action in actions {
             match action {
-                Action::Journal => self.write_journal().await,
+                Action::Journal => {
+                    let Err(why) = self.write_journal().await else {
+                        continue;
+                    };
+                    // Nothing that follows a journal write that failed may move forward.
+                    self.node.keep_unsaved(&self.journal);
+                    let moving = self.engine.state().phase == Phase::Running;
+                    for said in self.engine.step(Event::JournalFailed(why), wall_ms()) {
+                        if let Action::Say(text) = said {
+                            warn!(service = %self.journal.state.service, rollout = %self.journal.state.id, "{text}");
+                        }
+                    }
+                    self.publish_only().await;
+                    if moving {
+                        return;
+                    }
+                }
                 Action::Say(text) => {
                     info!(service = %self.journal.state.service, rollout = %self.journal.state.id, "{text}");
                 }
@@ -138,16 +156,30 @@ impl Driver {
         }
     }
 
-    async fn write_journal(&mut self) {
+    /// Journals the engine's state and publishes it; the state is published even when the
+    /// journal cannot be written (another node can resume from gossip).
+    async fn write_journal(&mut self) -> Result<(), String> {
+        let state = self.next_seq();
+        let written = journal::write_journal(&self.node.data_dir, &self.journal);
+        self.node.publish(&state).await;
+        written.map_err(|e| {
+            warn!(service = %state.service, error = %e, "cannot write the rollout journal");
+            e.to_string()
+        })
+    }
+
+    /// Publishes the engine's state without journaling it (after a journal write failed).
+    async fn publish_only(&mut self) {
+        let state = self.next_seq();
+        self.node.publish(&state).await;
+    }
+
+    fn next_seq(&mut self) -> halley_proto::rollout::RolloutState {
         let mut state = self.engine.state().clone();
         state.seq = self.journal.state.seq + 1;
         self.engine.set_seq(state.seq);
         self.journal.state = state.clone();
-        if let Err(e) = journal::write_journal(&self.node.data_dir, &self.journal) {
-            // Without a journal a dead coordinator's rollout can still be resumed from gossip.
-            warn!(service = %state.service, error = %e, "cannot write the rollout journal");
-        }
-        self.node.publish(&state).await;
+        state
     }
 
     /// The worker that runs `host`'s actions one after another.

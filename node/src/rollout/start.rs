@@ -186,15 +186,17 @@ async fn release_source(
     node: &Coordinator,
     state: &RolloutState,
 ) -> Reply<(ServiceSpec, [u8; 32], String)> {
-    if let Ok(journal) = journal::read_journal(&node.data_dir, &state.service)
-        && journal.state.id == state.id
-        && node
-            .services
-            .releases()
-            .artifact_received(&journal.sha256)
-            .1
-    {
-        return Ok((journal.spec, journal.sha256, journal.file_name));
+    let on_disk = journal::read_journal(&node.data_dir, &state.service).ok();
+    for journal in on_disk.into_iter().chain(node.unsaved(&state.service)) {
+        if journal.state.id == state.id
+            && node
+                .services
+                .releases()
+                .artifact_received(&journal.sha256)
+                .1
+        {
+            return Ok((journal.spec, journal.sha256, journal.file_name));
+        }
     }
     let mut sources: Vec<NodeName> = vec![node.cluster.name().clone()];
     sources.extend(
