@@ -286,44 +286,11 @@ impl Rollout {
                 }
             }
             Event::Unreachable(node) => {
-                let skip = self.policy.skip_unreachable;
-                let waiting = self.state.hosts.iter_mut().find(|h| {
-                    h.node == node && matches!(h.step, HostStep::Pending | HostStep::Draining)
-                });
-                if let Some(h) = waiting {
-                    if skip {
-                        set(h, HostStep::Skipped, now, None, "unreachable on its turn");
-                        out.push(Action::Say(format!("{node}: unreachable; skipped")));
-                    } else {
-                        set(h, HostStep::Pending, now, None, "unreachable on its turn");
-                        self.state.phase = Phase::Paused;
-                        self.state.reason = format!(
-                            "{node} is unreachable on its turn; start it and run 'deploy --resume {}', or resume with --skip-unreachable",
-                            self.state.service
-                        );
-                        out.push(Action::Say(format!("paused: {}", self.state.reason)));
-                        return journaled(out);
-                    }
+                if self.unreachable(&node, now, &mut out) {
+                    return journaled(out);
                 }
             }
-            Event::JournalFailed(why) => {
-                // Without a journal nothing may move forward; a revert or commit under way goes
-                // on, since stopping it would leave hosts worse off than finishing it.
-                if self.state.phase != Phase::Running {
-                    out.push(Action::Say(format!(
-                        "cannot write the rollout journal ({why}); going on with the {}",
-                        self.state.phase
-                    )));
-                    return out;
-                }
-                self.state.phase = Phase::Paused;
-                self.state.reason = format!(
-                    "cannot write the rollout journal ({why}); free the disk or fix the data dir, then run 'halley-node deploy --resume {}'",
-                    self.state.service
-                );
-                out.push(Action::Say(format!("paused: {}", self.state.reason)));
-                return out;
-            }
+            Event::JournalFailed(why) => return self.journal_failed(&why),
             Event::Fenced(node, why) => {
                 self.state.phase = Phase::Fenced;
                 self.state.reason = format!("{node} refused a step: {why}");
@@ -352,6 +319,49 @@ impl Rollout {
             .hosts
             .iter_mut()
             .find(|h| &h.node == node && h.step == step)
+    }
+
+    /// A host unreachable on its turn is skipped (`--skip-unreachable`) or pauses the rollout;
+    /// returns whether it paused.
+    fn unreachable(&mut self, node: &NodeName, now: u64, out: &mut Vec<Action>) -> bool {
+        let skip = self.policy.skip_unreachable;
+        let waiting =
+            self.state.hosts.iter_mut().find(|h| {
+                &h.node == node && matches!(h.step, HostStep::Pending | HostStep::Draining)
+            });
+        let Some(h) = waiting else {
+            return false;
+        };
+        if skip {
+            set(h, HostStep::Skipped, now, None, "unreachable on its turn");
+            out.push(Action::Say(format!("{node}: unreachable; skipped")));
+            return false;
+        }
+        set(h, HostStep::Pending, now, None, "unreachable on its turn");
+        self.state.phase = Phase::Paused;
+        self.state.reason = format!(
+            "{node} is unreachable on its turn; start it and run 'deploy --resume {}', or resume with --skip-unreachable",
+            self.state.service
+        );
+        out.push(Action::Say(format!("paused: {}", self.state.reason)));
+        true
+    }
+
+    /// Without a journal nothing may move forward: a running rollout pauses. A revert or commit
+    /// under way goes on, since stopping it would leave hosts worse off than finishing it.
+    fn journal_failed(&mut self, why: &str) -> Vec<Action> {
+        if self.state.phase != Phase::Running {
+            return vec![Action::Say(format!(
+                "cannot write the rollout journal ({why}); going on with the {}",
+                self.state.phase
+            ))];
+        }
+        self.state.phase = Phase::Paused;
+        self.state.reason = format!(
+            "cannot write the rollout journal ({why}); free the disk or fix the data dir, then run 'halley-node deploy --resume {}'",
+            self.state.service
+        );
+        vec![Action::Say(format!("paused: {}", self.state.reason))]
     }
 
     /// Starts the rollback (or pauses), once.
