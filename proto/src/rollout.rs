@@ -341,6 +341,9 @@ pub enum RolloutKind {
         /// The release to go back to; default: each host's previous committed release.
         to: Option<ReleaseVersion>,
     },
+    /// Stop the unfinished (or paused) rollout and revert every host it touched
+    /// (`rollout abort`), taking it over from its coordinator if another node drives it.
+    Abort,
 }
 
 /// One line of a service's rollout history.

@@ -424,3 +424,81 @@ fn a_journal_that_cannot_be_written_pauses_the_rollout_before_any_host_changes()
     assert_ok(&out, "resume after the journal is writable again");
     assert_eq!(cluster.versions(&rt), vec![Some("v2".to_owned()); 3]);
 }
+
+#[test]
+fn rollout_abort_rolls_back_the_hosts_a_paused_rollout_touched() {
+    let mut cluster = Cluster::start();
+    let rt = runtime();
+    let config = cluster.config("abort", &[], "bake = \"0s\"");
+    assert_ok(&deploy(&cluster.nodes[0], &config, "v1"), "first rollout");
+    // n3 is down on its turn: the rollout of v2 pauses with n1 and n2 on v2.
+    cluster.nodes[2].kill9();
+    let out = deploy(&cluster.nodes[0], &config, "v2");
+    assert!(!out.status.success(), "the rollout did not pause");
+    assert!(stderr(&out).contains("unreachable"), "{}", stderr(&out));
+    assert_eq!(
+        cluster.versions(&rt)[..2],
+        [Some("v2".to_owned()), Some("v2".to_owned())]
+    );
+
+    // Aborted from another node than its coordinator: n1 and n2 go back to v1.
+    let out = cluster.nodes[1].cli(&["rollout", "abort", "web"]);
+    assert_ok(&out, "rollout abort");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("rolled-back"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(
+        cluster.versions(&rt)[..2],
+        [Some("v1".to_owned()), Some("v1".to_owned())]
+    );
+    let history = || {
+        let out = cluster.nodes[0].cli(&["history", "web"]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(
+        wait_until(Duration::from_secs(5), || history().contains("aborted")),
+        "{}",
+        history()
+    );
+
+    // Nothing is left to abort.
+    let again = cluster.nodes[1].cli(&["rollout", "abort", "web"]);
+    assert!(!again.status.success());
+    assert!(
+        stderr(&again).contains("no unfinished rollout to abort"),
+        "{}",
+        stderr(&again)
+    );
+}
+
+#[test]
+fn rollout_abort_on_the_coordinator_stops_the_rollout_it_drives() {
+    let cluster = Cluster::start();
+    let rt = runtime();
+    let config = cluster.config("quick", &[], "bake = \"0s\"");
+    assert_ok(&deploy(&cluster.nodes[0], &config, "v1"), "first rollout");
+    let slow = cluster.config("slow", &[], "bake = \"60s\"");
+    let running = deploy_in_background(
+        &cluster.nodes[0],
+        &slow,
+        "web",
+        "v2",
+        Path::new(SERVICE_BIN),
+    );
+    // n1 serves v2 and bakes it for a minute; the abort comes during the bake.
+    assert!(wait_until(Duration::from_secs(30), || {
+        cluster.versions(&rt)[0].as_deref() == Some("v2")
+    }));
+    let out = cluster.nodes[0].cli(&["rollout", "abort", "web"]);
+    assert_ok(&out, "abort on the coordinator");
+    let deployed = running.join().unwrap();
+    assert!(!deployed.status.success(), "the aborted deploy exited 0");
+    assert!(
+        stderr(&deployed).contains("aborted"),
+        "{}",
+        stderr(&deployed)
+    );
+    assert_eq!(cluster.versions(&rt), vec![Some("v1".to_owned()); 3]);
+}

@@ -162,6 +162,12 @@ enum RolloutCommand {
         /// The service [default: all].
         service: Option<ServiceName>,
     },
+    /// Stop the service's unfinished (or paused) rollout and roll back every host it touched;
+    /// hosts it did not reach stay as they are. Works from any node, whoever coordinates it.
+    Abort {
+        /// The service.
+        service: ServiceName,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -375,6 +381,9 @@ async fn dispatch(cli: Cli) -> Result<()> {
             let list = deploy::status(&data_dir, service.as_ref()).await?;
             print!("{}", deploy::rollout_table(&list));
         }
+        Command::Rollout {
+            command: RolloutCommand::Abort { service },
+        } => deploy::abort(&data_dir, &service, &mut std::io::stdout()).await?,
         Command::History { service } => {
             let list = deploy::history(&data_dir, &service).await?;
             print!("{}", deploy::history_table(&list));

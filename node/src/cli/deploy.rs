@@ -123,8 +123,21 @@ pub async fn rollback(
     run(data_dir, request, out).await
 }
 
+/// Stops a service's unfinished rollout and rolls back the hosts it touched (`rollout abort`).
+pub async fn abort(data_dir: &DataDir, service: &ServiceName, out: &mut impl Write) -> Result<()> {
+    let request = RolloutRequest {
+        service: service.clone(),
+        kind: RolloutKind::Abort,
+        skip_unreachable: false,
+    };
+    run(data_dir, request, out).await
+}
+
 async fn run(data_dir: &DataDir, request: RolloutRequest, out: &mut impl Write) -> Result<()> {
     let service = request.service.clone();
+    // `rollout abort` succeeds when the rollout it stopped is rolled back; anything else only
+    // when its rollout completed (or, for `rollback`, when every host went back).
+    let aborting = matches!(request.kind, RolloutKind::Abort);
     // Snapshots and a migration run before the rollout starts, and may take a while.
     let asked = admin::call_within(
         data_dir,
@@ -141,20 +154,22 @@ async fn run(data_dir: &DataDir, request: RolloutRequest, out: &mut impl Write) 
         }
         other => return Err(unexpected("a rollout request", &other)),
     };
-    follow(data_dir, &service, &id, out).await
+    follow(data_dir, &service, &id, aborting, out).await
 }
 
-/// Shows a rollout's progress until it ends; errors unless it completed.
+/// Shows a rollout's progress until it ends; errors unless it completed (or, with `aborting`,
+/// was rolled back by the abort).
 pub async fn follow(
     data_dir: &DataDir,
     service: &ServiceName,
     id: &str,
+    aborting: bool,
     out: &mut impl Write,
 ) -> Result<()> {
     use std::io::IsTerminal;
     let live = std::io::stdout().is_terminal() && std::env::var_os("HALLEY_PLAIN").is_none();
     let mut progress = Progress::new(out, live);
-    let result = watch(data_dir, service, id, &mut progress).await;
+    let result = watch(data_dir, service, id, aborting, &mut progress).await;
     progress.finish();
     result
 }
@@ -163,6 +178,7 @@ async fn watch<W: Write>(
     data_dir: &DataDir,
     service: &ServiceName,
     id: &str,
+    aborting: bool,
     progress: &mut Progress<'_, W>,
 ) -> Result<()> {
     let started = Instant::now();
@@ -202,7 +218,10 @@ async fn watch<W: Write>(
                     progress.say(&format!("completed in {secs:.1} s: {}", state.progress()));
                     return Ok(());
                 }
-                Phase::RolledBack if state.reason.starts_with("rollback to") => {
+                Phase::RolledBack
+                    if state.reason.starts_with("rollback to")
+                        || (aborting && state.reason.starts_with("aborted")) =>
+                {
                     progress.say(&format!("rolled back in {secs:.1} s"));
                     return Ok(());
                 }

@@ -69,6 +69,8 @@ pub enum Event {
     Fenced(NodeName, String),
     /// The journal could not be written (the driver carried out nothing after it).
     JournalFailed(String),
+    /// `rollout abort`: stop and revert every touched host.
+    Abort,
 }
 
 /// What the driver must do.
@@ -291,6 +293,7 @@ impl Rollout {
                 }
             }
             Event::JournalFailed(why) => return self.journal_failed(&why),
+            Event::Abort => return self.abort(now),
             Event::Fenced(node, why) => {
                 self.state.phase = Phase::Fenced;
                 self.state.reason = format!("{node} refused a step: {why}");
@@ -319,6 +322,37 @@ impl Rollout {
             .hosts
             .iter_mut()
             .find(|h| &h.node == node && h.step == step)
+    }
+
+    /// `rollout abort`: every touched host is reverted, whatever `auto_rollback` says; hosts not
+    /// touched yet stay as they are. A rollout that is committing goes on (see [`abortable`]).
+    fn abort(&mut self, now: u64) -> Vec<Action> {
+        if let Err(why) = abortable(&self.state) {
+            return vec![Action::Say(why)];
+        }
+        let was = self.state.phase;
+        self.state.reason = if self.state.reason.is_empty() {
+            "aborted with 'halley-node rollout abort'".to_owned()
+        } else {
+            format!(
+                "aborted with 'halley-node rollout abort' (it was {was}: {})",
+                self.state.reason
+            )
+        };
+        self.state.phase = Phase::RollingBack;
+        let mut out = vec![Action::Say(format!(
+            "aborting rollout {}: rolling back every touched host",
+            self.state.id
+        ))];
+        for h in &mut self.state.hosts {
+            if h.step.touched() && h.step != HostStep::Reverted {
+                let note = h.note.clone();
+                set(h, HostStep::Reverting, now, None, &note);
+                out.push(Action::Revert(h.node.clone()));
+            }
+        }
+        out.extend(self.advance(now));
+        journaled(out)
     }
 
     /// A host unreachable on its turn is skipped (`--skip-unreachable`) or pauses the rollout;
@@ -568,6 +602,24 @@ pub fn plan(
     out
 }
 
+/// Whether `rollout abort` can stop `state`: any unfinished rollout that is not committing (a
+/// commit cannot be taken back; roll back once it completed).
+pub fn abortable(state: &RolloutState) -> Result<(), String> {
+    if state.phase.finished() {
+        return Err(format!(
+            "rollout {} of {} already ended ({}); nothing to abort",
+            state.id, state.service, state.phase
+        ));
+    }
+    if state.phase == Phase::Committing {
+        return Err(format!(
+            "rollout {} of {} is committing on every host and cannot be aborted; once it completed, run 'halley-node rollback {}'",
+            state.id, state.service, state.service
+        ));
+    }
+    Ok(())
+}
+
 /// The names in `hosts` that no member of the cluster has (`known` lists every member the node
 /// knows, dead or gone ones too): a typo there would start a rollout that pauses on a host that
 /// does not exist.
@@ -609,7 +661,7 @@ mod tests {
     //! `policy batch=N drain=MS bake=MS pause=MS max-failed=N auto-rollback=BOOL skip=BOOL`,
     //! `at MS`, `start`, `resume` (the engine is rebuilt from its own state, as from a journal),
     //! `tick`, `drained H`, `deployed H ok|WHY...`, `verdict H ok|WHY...`, `reverted H ok|WHY...`,
-    //! `committed H ok|WHY...`, `unreachable H`, `fenced H WHY...`, `journal-failed WHY...`, `show`,
+    //! `committed H ok|WHY...`, `unreachable H`, `fenced H WHY...`, `journal-failed WHY...`, `abort`, `show`,
     //! `wake` (when the
     //! engine next needs a tick).
 
@@ -738,6 +790,7 @@ mod tests {
                 ["unreachable", h] => Event::Unreachable(name(h)),
                 ["fenced", h, rest @ ..] => Event::Fenced(name(h), rest.join(" ")),
                 ["journal-failed", rest @ ..] => Event::JournalFailed(rest.join(" ")),
+                ["abort"] => Event::Abort,
                 _ => panic!("unknown scenario command: {words:?}"),
             };
             let actions = rollout.as_mut().expect("started").step(event, now);

@@ -8,7 +8,7 @@
 //! - `rollouts` holds this node's fullest copy of each rollout it drove since it started (with
 //!   host notes); `active` names the services whose driver runs in this process now.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,7 +17,10 @@ use halley_proto::message::ErrorReply;
 use halley_proto::rollout::RolloutState;
 use halley_proto::spec::ServiceName;
 
+use tokio::sync::mpsc;
+
 use crate::cluster::client::ClusterClient;
+use crate::engine::rollout::Event;
 use crate::host::services::Services;
 use crate::store::datadir::DataDir;
 
@@ -39,8 +42,8 @@ pub struct Coordinator {
     pub data_dir: DataDir,
     /// Rollouts this node coordinates (or coordinated since it started), by service.
     pub(crate) rollouts: Mutex<HashMap<ServiceName, RolloutState>>,
-    /// Services whose rollout driver runs in this node now.
-    pub(crate) active: Mutex<HashSet<ServiceName>>,
+    /// Services whose rollout driver runs in this node now, with the way to its event queue.
+    pub(crate) active: Mutex<HashMap<ServiceName, mpsc::UnboundedSender<Event>>>,
     /// Journals that could not be written to disk, kept so that `deploy --resume` on this node
     /// still finds the spec and artifact once the disk is fixed.
     unsaved: Mutex<HashMap<ServiceName, RolloutJournal>>,
@@ -57,6 +60,15 @@ impl Coordinator {
             active: Mutex::default(),
             unsaved: Mutex::default(),
         }
+    }
+
+    /// Hands `event` to this node's driver of `service`; `false` when none runs here.
+    pub(crate) fn tell_driver(&self, service: &ServiceName, event: Event) -> bool {
+        self.active
+            .lock()
+            .ok()
+            .and_then(|m| m.get(service).map(|tx| tx.send(event).is_ok()))
+            .unwrap_or(false)
     }
 
     /// Keeps a journal that could not be written.

@@ -66,10 +66,10 @@ impl Driver {
         first: Vec<Action>,
     ) {
         let service = journal.state.service.clone();
-        if let Ok(mut set) = node.active.lock() {
-            set.insert(service.clone());
-        }
         let (events_tx, events_rx) = mpsc::unbounded_channel();
+        if let Ok(mut map) = node.active.lock() {
+            map.insert(service.clone(), events_tx.clone());
+        }
         let mut driver = Driver {
             node,
             journal,
@@ -83,8 +83,8 @@ impl Driver {
         driver.apply(first).await;
         tokio::spawn(async move {
             driver.run().await;
-            if let Ok(mut set) = driver.node.active.lock() {
-                set.remove(&service);
+            if let Ok(mut map) = driver.node.active.lock() {
+                map.remove(&service);
             }
         });
     }

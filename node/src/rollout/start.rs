@@ -21,7 +21,7 @@ use tracing::info;
 
 use crate::clock::wall_ms;
 use crate::engine::lock;
-use crate::engine::rollout::{self as rollout_engine, Policy, Rollout};
+use crate::engine::rollout::{self as rollout_engine, Event, Policy, Rollout};
 use crate::error::internal;
 use crate::rollout::context::{Coordinator, Reply};
 use crate::rollout::driver::Driver;
@@ -93,6 +93,7 @@ pub async fn start(
                 .await
                 .map(|id| (id, Vec::new()))
         }
+        RolloutKind::Abort => abort(node, &service).await.map(|id| (id, Vec::new())),
         RolloutKind::Rollback { to } => {
             refuse_if_busy(node, &service, false).await?;
             crate::rollout::cluster_rollback::rollback(node, &service, to)
@@ -178,6 +179,59 @@ async fn resume(
     let actions = engine.resume(wall_ms());
     Driver::spawn(me, journal, engine, actions).await;
     Ok(id)
+}
+
+/// `rollout abort`: stops the newest unfinished rollout of a service and reverts the hosts it
+/// touched. This node's own driver is told; a rollout another node drives (or nobody does) is
+/// taken over with a higher epoch, which fences its old coordinator.
+async fn abort(node: &Arc<Coordinator>, service: &ServiceName) -> Reply<String> {
+    let newest = rollout_status::newest(node, service).await;
+    let Some(mut state) = newest.filter(|s| !s.phase.finished()) else {
+        return Err(ErrorReply {
+            kind: ErrorKind::NotFound,
+            message: format!("service {service} has no unfinished rollout to abort"),
+        });
+    };
+    rollout_engine::abortable(&state).map_err(conflict)?;
+    if &state.coordinator == node.cluster.name() && node.tell_driver(service, Event::Abort) {
+        return Ok(state.id);
+    }
+    // Reverts need no release, but the journal records one: the rollout's, else this node's own.
+    let (spec, sha256, file_name) = match release_source(node, &state).await {
+        Ok(found) => found,
+        Err(e) => own_release(node, service).await.ok_or(e)?,
+    };
+    let hosts: Vec<NodeName> = state.hosts.iter().map(|h| h.node.clone()).collect();
+    state.epoch = lock::resume_epoch(state.epoch, seen_epochs(node, service, &hosts).await);
+    state.coordinator = node.cluster.name().clone();
+    let id = state.id.clone();
+    let policy = engine_policy(&spec.rollout, false);
+    let journal = RolloutJournal {
+        state: state.clone(),
+        spec,
+        sha256,
+        file_name,
+    };
+    let mut engine = Rollout::new(state, policy);
+    let actions = engine.step(Event::Abort, wall_ms());
+    Driver::spawn(node.clone(), journal, engine, actions).await;
+    Ok(id)
+}
+
+/// The committed release of `service` on this node.
+async fn own_release(
+    node: &Coordinator,
+    service: &ServiceName,
+) -> Option<(ServiceSpec, [u8; 32], String)> {
+    let committed = node
+        .services
+        .statuses()
+        .await
+        .into_iter()
+        .find(|s| &s.name == service)?
+        .committed?;
+    let entry = node.services.release(service, &committed).await?;
+    Some((entry.spec, entry.sha256, entry.file_name))
 }
 
 /// The spec and artifact of the release a rollout rolls out: from this node's journal, else

@@ -80,7 +80,7 @@ pub async fn is_driven(node: &Coordinator, state: &RolloutState) -> bool {
         return node
             .active
             .lock()
-            .map(|s| s.contains(&state.service))
+            .map(|s| s.contains_key(&state.service))
             .unwrap_or(false);
     }
     let key = format!("{ROLLOUT_KEY_PREFIX}{}", state.service);
