@@ -502,3 +502,61 @@ fn rollout_abort_on_the_coordinator_stops_the_rollout_it_drives() {
     );
     assert_eq!(cluster.versions(&rt), vec![Some("v1".to_owned()); 3]);
 }
+
+#[test]
+fn a_resumed_rollout_does_not_complete_over_a_host_that_reverted_itself() {
+    let mut cluster = Cluster::start();
+    let rt = runtime();
+    // n1 and n2 run web; n3 only coordinates.
+    let hosts = r#"hosts = ["n1", "n2"]"#;
+    let quick = cluster.config_with("quick", &[], hosts, "bake = \"0s\"");
+    assert_ok(&deploy(&cluster.nodes[2], &quick, "v2"), "rollout of v2");
+    let slow = cluster.config_with(
+        "slow",
+        &[],
+        hosts,
+        "bake = \"30s\"\norphan_timeout = \"3s\"",
+    );
+    let running = deploy_in_background(
+        &cluster.nodes[2],
+        &slow,
+        "web",
+        "v3",
+        Path::new(SERVICE_BIN),
+    );
+    assert!(wait_until(Duration::from_secs(30), || {
+        let out = cluster.nodes[1].cli(&["rollout", "status", "web"]);
+        String::from_utf8_lossy(&out.stdout).contains("baking")
+    }));
+    assert_eq!(cluster.versions(&rt)[0].as_deref(), Some("v3"));
+    // The coordinator dies while n1 bakes v3; with nobody in touch, n1 goes back to v2 by itself.
+    cluster.nodes[2].kill9();
+    let _ = running.join();
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            cluster.versions(&rt)[0].as_deref() == Some("v2")
+        }),
+        "n1 did not revert by itself"
+    );
+
+    // Taken over from n2, the rollout must not call v3 completed while n1 serves v2.
+    let out = cluster.nodes[1].cli(&["deploy", "web", "--resume", "--force", "--skip-unreachable"]);
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
+    assert!(
+        !out.status.success(),
+        "the resumed rollout completed: {said}"
+    );
+    assert!(said.contains("reverted by itself"), "{said}");
+    assert_eq!(
+        cluster.versions(&rt)[..2],
+        [Some("v2".to_owned()), Some("v2".to_owned())]
+    );
+    let history = cluster.nodes[1].cli(&["history", "web"]);
+    let history = String::from_utf8_lossy(&history.stdout).into_owned();
+    assert!(
+        !history
+            .lines()
+            .any(|l| l.contains(" v3 ") && l.contains("completed")),
+        "{history}"
+    );
+}

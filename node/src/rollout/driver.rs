@@ -15,6 +15,9 @@
 //! - The lock and the epoch were taken before the driver starts ([`crate::rollout::lock`]).
 //! - A regression is judged by [`regression::judge`] from each updated host's own signals, polled
 //!   every 500 ms over the mesh, against what its old release showed just before the flip.
+//! - An updated host that no longer serves the new release (it reverted by itself after
+//!   `orphan_timeout`, or was changed by hand) fails the rollout, so it never ends `completed`
+//!   over a host that runs another release.
 //!
 //! ## Non-goals
 //! There is no consensus: two `deploy`s started within a gossip round of each other on different
@@ -36,7 +39,7 @@ use crate::clock::wall_ms;
 use crate::engine::regression::{self, Sample};
 use crate::engine::rollout::{Action, Event, Rollout};
 use crate::rollout::context::Coordinator;
-use crate::rollout::host_steps::{HostCtx, sample};
+use crate::rollout::host_steps::{HostCtx, Miss, sample};
 use crate::store::journal;
 
 /// The shortest wait between ticks, for a deadline that is already due.
@@ -232,8 +235,19 @@ impl Driver {
         let policy = self.journal.spec.rollout.clone();
         tokio::spawn(async move {
             for host in watched {
-                let Some(now) = sample(&node, &host, &service, Some(&version)).await else {
-                    continue;
+                let now = match sample(&node, &host, &service, Some(&version)).await {
+                    Ok(now) => now,
+                    Err(Miss::Unreachable) => continue,
+                    // It reverted by itself (orphan_timeout) or was changed by hand: the rollout
+                    // must not go on as if it served the new release.
+                    Err(Miss::Serves(other)) => {
+                        let why = format!(
+                            "it serves {}, not {version} (it reverted by itself after orphan_timeout, or was changed by hand)",
+                            other.map_or("nothing".into(), |v| v.to_string())
+                        );
+                        let _ = events.send(Event::Verdict(host, Some(why)));
+                        continue;
+                    }
                 };
                 let base = baselines
                     .lock()

@@ -178,7 +178,7 @@ impl HostCtx {
     async fn deploy(&self) -> Result<String, Failure> {
         let j = &self.journal;
         let service = &j.state.service;
-        if let Some(before) = sample(&self.node, &self.host, service, None).await
+        if let Ok(before) = sample(&self.node, &self.host, service, None).await
             && let Ok(mut b) = self.baselines.lock()
         {
             b.insert(self.host.clone(), before);
@@ -310,28 +310,38 @@ impl HostCtx {
     }
 }
 
-/// The active slot's signals of a service on a host (`None` when unreachable, or when
-/// `version` is given and the active slot does not run it).
+/// Why a host gave no sample.
+pub(crate) enum Miss {
+    /// It did not answer.
+    Unreachable,
+    /// It answered, but serves another release than the one asked for (or none).
+    Serves(Option<ReleaseVersion>),
+}
+
+/// The active slot's signals of a service on a host; when `version` is given, only if the
+/// active slot runs it.
 pub(crate) async fn sample(
     node: &Coordinator,
     host: &NodeName,
     service: &ServiceName,
     version: Option<&ReleaseVersion>,
-) -> Option<Sample> {
+) -> Result<Sample, Miss> {
     let reply = node
         .cluster
         .peer(host, PeerRequest::Services, Duration::from_secs(3))
         .await
-        .ok()?;
+        .map_err(|_| Miss::Unreachable)?;
     let PeerReply::Services(list) = reply else {
-        return None;
+        return Err(Miss::Unreachable);
     };
-    let status: &ServiceStatus = list.iter().find(|s| &s.name == service)?;
-    let active = status.slots.iter().find(|s| s.role == SlotRole::Active)?;
-    if version.is_some_and(|v| active.version.as_ref() != Some(v)) {
-        return None;
-    }
-    Some(Sample {
+    let status: Option<&ServiceStatus> = list.iter().find(|s| &s.name == service);
+    let active = status.and_then(|s| s.slots.iter().find(|s| s.role == SlotRole::Active));
+    let serving = active.and_then(|a| a.version.clone());
+    let Some(active) = active.filter(|_| version.is_none_or(|v| serving.as_ref() == Some(v)))
+    else {
+        return Err(Miss::Serves(serving));
+    };
+    Ok(Sample {
         signals: active.signals,
         health: Some(active.health),
         crash_loop: active.crash_loop,
