@@ -890,3 +890,54 @@ fn a_refused_first_deploy_leaves_no_service_behind() {
     let answer = rt.block_on(http::get(host.entry, "/")).unwrap();
     assert_eq!(answer.version(), Some("v1"));
 }
+
+#[test]
+fn start_next_check_and_flip_issued_again_after_the_flip_change_nothing() {
+    use halley_node::store::datadir::DataDir;
+    use halley_proto::deploy::{ReleaseVersion, Step, StepReply};
+
+    let host = Host::start();
+    let good = host.config("good", &[], "");
+    assert_ok(&host.deploy(&good, "v1"), "deploy v1");
+    assert_ok(&host.deploy(&good, "v2"), "deploy v2");
+    let rt = runtime();
+    let data_dir = DataDir::new(&host.node.dir);
+    let service = "web".parse().unwrap();
+    let epoch = rt
+        .block_on(halley_node::cli::deploy::services(&data_dir))
+        .unwrap()[0]
+        .epoch;
+    let step = |s: Step| {
+        rt.block_on(halley_node::cli::deploy::step(
+            &data_dir, &service, epoch, s,
+        ))
+        .unwrap()
+    };
+    let v1: ReleaseVersion = "v1".parse().unwrap();
+    let StepReply::Started { slot, .. } = step(Step::StartNext {
+        version: v1.clone(),
+    }) else {
+        panic!("start-next did not start")
+    };
+    step(Step::Check);
+    step(Step::Flip);
+    step(Step::Drain);
+    // A coordinator that resumes this deploy issues the same steps again.
+    match step(Step::StartNext { version: v1 }) {
+        StepReply::Started {
+            slot: again,
+            reused,
+            ..
+        } => assert!(reused && again == slot, "start-next started {again} again"),
+        other => panic!("unexpected answer {other:?}"),
+    }
+    assert!(matches!(step(Step::Check), StepReply::Healthy { .. }));
+    step(Step::Flip);
+    step(Step::Drain);
+    step(Step::Commit);
+    // v2 stays warm for an instant rollback, and v1 serves.
+    let warm = host.node.slot("web", "warm").expect("a warm slot");
+    assert_eq!(warm["version"], "v2", "{warm}");
+    let answer = rt.block_on(http::get(host.entry, "/")).unwrap();
+    assert_eq!(answer.version(), Some("v1"));
+}

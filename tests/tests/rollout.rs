@@ -344,7 +344,12 @@ fn a_deploy_naming_an_unknown_host_is_refused_before_anything_changes() {
     let cluster = Cluster::start();
     let rt = runtime();
     // A typo in `hosts` used to start the rollout and pause it after the first host flipped.
-    let config = cluster.config_with("typo", &[], r#"hosts = ["n1", "n2", "m3"]"#, "");
+    let config = cluster.config_with(
+        "typo",
+        &[],
+        r#"hosts = ["n1", "n2", "m3"]"#,
+        "bake = \"0s\"",
+    );
     let config_arg = config.display().to_string();
     let dry_run = cluster.nodes[1].cli(&[
         "deploy",
@@ -383,7 +388,12 @@ fn a_deploy_naming_an_unknown_host_is_refused_before_anything_changes() {
     );
 
     // With the name fixed, the same deploy goes through.
-    let fixed = cluster.config_with("fixed", &[], r#"hosts = ["n1", "n2", "n3"]"#, "");
+    let fixed = cluster.config_with(
+        "fixed",
+        &[],
+        r#"hosts = ["n1", "n2", "n3"]"#,
+        "bake = \"0s\"",
+    );
     assert_ok(
         &deploy(&cluster.nodes[1], &fixed, "v1"),
         "deploy with known hosts",

@@ -184,8 +184,8 @@ struct DeployArgs {
     /// Skip hosts that are unreachable on their turn instead of pausing the rollout.
     #[arg(long)]
     skip_unreachable: bool,
-    /// Check what the deploy would check (artifact, hosts, lock), print the plan (batches, hosts,
-    /// current and new version, state steps) and change nothing.
+    /// Check what the deploy would check (artifact, hosts), print the plan (batches, hosts,
+    /// current and new version, state steps, an unfinished rollout) and change nothing.
     #[arg(long)]
     dry_run: bool,
     /// The config file.

@@ -1,6 +1,6 @@
 //! `deploy --dry-run`: the checks a deploy makes before it changes anything (the artifact, the
-//! `hosts` names, the one-rollout lock), then its plan: batches, each host's current release,
-//! and the state steps.
+//! `hosts` names), then its plan: batches, each host's current release, the state steps, and a
+//! note when another rollout of the service looks unfinished (the one-rollout lock).
 //!
 //! ## Guarantees
 //! - Nothing is changed on any node; a check that fails exits non-zero with what to fix.
@@ -43,7 +43,7 @@ pub async fn dry_run(data_dir: &DataDir, opts: &DeployOptions) -> Result<String>
             crate::engine::rollout::unknown_hosts_refusal(&opts.service, &unknown),
         ));
     }
-    check_lock(data_dir, &opts.service).await?;
+    let lock = lock_note(data_dir, &opts.service).await?;
     let hosts = crate::engine::rollout::plan(&opts.spec.hosts, &opts.spec.rollout.order, &members);
     let batch = opts.spec.rollout.batch.max(1) as usize;
     let mut text = format!(
@@ -74,6 +74,7 @@ pub async fn dry_run(data_dir: &DataDir, opts: &DeployOptions) -> Result<String>
         }
     }
     text.push_str(&state_steps(&opts.spec, &hosts));
+    text.push_str(&lock);
     Ok(text)
 }
 
@@ -112,20 +113,21 @@ fn check_artifact(opts: &DeployOptions) -> Result<()> {
     Ok(())
 }
 
-/// A deploy is refused while another rollout of the service is unfinished (as gossip shows it).
-async fn check_lock(data_dir: &DataDir, service: &ServiceName) -> Result<()> {
+/// A line when another rollout of the service looks unfinished. It is a note, not a refusal:
+/// gossip may lag a rollout that just ended, and the deploy itself asks the coordinator.
+async fn lock_note(data_dir: &DataDir, service: &ServiceName) -> Result<String> {
     let list = crate::cli::deploy::status(data_dir, Some(service)).await?;
-    match list.into_iter().find(|s| !s.phase.finished()) {
-        Some(s) => Err(Error::Invalid(format!(
-            "a deploy now would be refused: service {service} has an unfinished rollout {} by node {}: version {}, {}, {}",
+    Ok(match list.into_iter().find(|s| !s.phase.finished()) {
+        Some(s) => format!(
+            "  lock: rollout {} by node {} (version {}, {}, {}) looks unfinished here; a deploy now is refused if it still is\n",
             s.id,
             s.coordinator,
             s.version,
             s.phase,
             s.progress()
-        ))),
-        None => Ok(()),
-    }
+        ),
+        None => String::new(),
+    })
 }
 
 /// The state steps a deploy would run before (and after) its rollout.

@@ -258,6 +258,9 @@ impl Slots {
         version: &ReleaseVersion,
         now: u64,
     ) -> Result<(Color, bool, Vec<Action>), Refused> {
+        if let Some(active) = self.flipped_uncommitted(Some(version)) {
+            return Ok((active, true, Vec::new()));
+        }
         let target = match self.active {
             Some(active) => active.other(),
             // Nothing routed: the next slot if one was started, else an idle one, so that a
@@ -336,6 +339,9 @@ impl Slots {
     }
 
     fn flip_inner(&mut self, now: u64, stop_old: bool) -> Result<Vec<Action>, Refused> {
+        if !stop_old && self.flipped_uncommitted(None).is_some() {
+            return Ok(Vec::new());
+        }
         let Some(next) = self.next() else {
             return Err(refuse(
                 ErrorKind::Conflict,
@@ -465,6 +471,22 @@ impl Slots {
                 }
             })
             .min()
+    }
+
+    /// The active slot when a deploy of its release (`version`, if given) was already flipped
+    /// and is not committed yet, with no next slot. A resumed deploy issues `start-next`, `check`
+    /// and `flip` again; for that release they are then done already and change nothing (before,
+    /// `start-next` stopped the warm previous slot and started the release a second time).
+    pub fn flipped_uncommitted(&self, version: Option<&ReleaseVersion>) -> Option<Color> {
+        let active = self.active?;
+        if self.next().is_some() {
+            return None;
+        }
+        let serving = self.slot(active).version.as_ref()?;
+        if Some(serving) == self.committed.as_ref() || version.is_some_and(|v| v != serving) {
+            return None;
+        }
+        Some(active)
     }
 
     /// Whether a deploy is under way: a started next slot, or routing to a release that is not

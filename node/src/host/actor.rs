@@ -740,6 +740,17 @@ impl Host {
     }
 
     fn begin_check(&mut self, reply: oneshot::Sender<StepResult>, flip_back: bool) {
+        // A resumed deploy checks a release it already flipped to: healthy is enough.
+        if !flip_back
+            && let Some(active) = self.engine.flipped_uncommitted(None)
+            && self.engine.slot(active).health == Health::Healthy
+        {
+            let _ = reply.send(Ok(StepReply::Healthy {
+                slot: active,
+                waited_ms: 0,
+            }));
+            return;
+        }
         let Some(slot) = self.engine.next() else {
             let _ = reply.send(Err(error_reply(
                 ErrorKind::Conflict,
