@@ -21,7 +21,7 @@ use tracing::info;
 
 use crate::clock::wall_ms;
 use crate::engine::lock;
-use crate::engine::rollout::{self as rollout_engine, Event, Policy, Rollout};
+use crate::engine::rollout::{self as rollout_engine, Action, Event, Policy, Rollout};
 use crate::error::internal;
 use crate::rollout::context::{Coordinator, Reply};
 use crate::rollout::driver::Driver;
@@ -155,7 +155,7 @@ async fn resume(
     skip_unreachable: bool,
 ) -> Reply<String> {
     let newest = rollout_status::newest(node, service).await;
-    let Some(mut state) = newest.filter(|s| !s.phase.finished()) else {
+    let Some(state) = newest.filter(|s| !s.phase.finished()) else {
         return Err(ErrorReply {
             kind: ErrorKind::NotFound,
             message: format!("service {service} has no unfinished rollout to resume"),
@@ -163,9 +163,22 @@ async fn resume(
     };
     let driven = state.phase != Phase::Paused && rollout_status::is_driven(node, &state).await;
     lock::may_resume(service, &state, node.cluster.name(), driven, force).map_err(conflict)?;
-    let (spec, sha256, file_name) = release_source(node, &state).await?;
+    let release = release_source(node, &state).await?;
+    Ok(take_over(&me, state, release, skip_unreachable, Rollout::resume).await)
+}
+
+/// Makes this node the coordinator of `state` with an epoch above every one seen, and drives
+/// it from the actions `first` asks of the rebuilt engine.
+async fn take_over(
+    node: &Arc<Coordinator>,
+    mut state: RolloutState,
+    (spec, sha256, file_name): (ServiceSpec, [u8; 32], String),
+    skip_unreachable: bool,
+    first: impl FnOnce(&mut Rollout, u64) -> Vec<Action>,
+) -> String {
     let hosts: Vec<NodeName> = state.hosts.iter().map(|h| h.node.clone()).collect();
-    state.epoch = lock::resume_epoch(state.epoch, seen_epochs(node, service, &hosts).await);
+    let seen = seen_epochs(node, &state.service, &hosts).await;
+    state.epoch = lock::resume_epoch(state.epoch, seen);
     state.coordinator = node.cluster.name().clone();
     let id = state.id.clone();
     let policy = engine_policy(&spec.rollout, skip_unreachable);
@@ -176,9 +189,9 @@ async fn resume(
         file_name,
     };
     let mut engine = Rollout::new(state, policy);
-    let actions = engine.resume(wall_ms());
-    Driver::spawn(me, journal, engine, actions).await;
-    Ok(id)
+    let actions = first(&mut engine, wall_ms());
+    Driver::spawn(node.clone(), journal, engine, actions).await;
+    id
 }
 
 /// `rollout abort`: stops the newest unfinished rollout of a service and reverts the hosts it
@@ -186,7 +199,7 @@ async fn resume(
 /// taken over with a higher epoch, which fences its old coordinator.
 async fn abort(node: &Arc<Coordinator>, service: &ServiceName) -> Reply<String> {
     let newest = rollout_status::newest(node, service).await;
-    let Some(mut state) = newest.filter(|s| !s.phase.finished()) else {
+    let Some(state) = newest.filter(|s| !s.phase.finished()) else {
         return Err(ErrorReply {
             kind: ErrorKind::NotFound,
             message: format!("service {service} has no unfinished rollout to abort"),
@@ -197,25 +210,12 @@ async fn abort(node: &Arc<Coordinator>, service: &ServiceName) -> Reply<String> 
         return Ok(state.id);
     }
     // Reverts need no release, but the journal records one: the rollout's, else this node's own.
-    let (spec, sha256, file_name) = match release_source(node, &state).await {
+    let release = match release_source(node, &state).await {
         Ok(found) => found,
         Err(e) => own_release(node, service).await.ok_or(e)?,
     };
-    let hosts: Vec<NodeName> = state.hosts.iter().map(|h| h.node.clone()).collect();
-    state.epoch = lock::resume_epoch(state.epoch, seen_epochs(node, service, &hosts).await);
-    state.coordinator = node.cluster.name().clone();
-    let id = state.id.clone();
-    let policy = engine_policy(&spec.rollout, false);
-    let journal = RolloutJournal {
-        state: state.clone(),
-        spec,
-        sha256,
-        file_name,
-    };
-    let mut engine = Rollout::new(state, policy);
-    let actions = engine.step(Event::Abort, wall_ms());
-    Driver::spawn(node.clone(), journal, engine, actions).await;
-    Ok(id)
+    let abort = |engine: &mut Rollout, now| engine.step(Event::Abort, now);
+    Ok(take_over(node, state, release, false, abort).await)
 }
 
 /// The committed release of `service` on this node.
