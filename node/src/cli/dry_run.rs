@@ -9,8 +9,6 @@
 //! The hosts' own checks (a taken port, an artifact that does not unpack): only a deploy runs
 //! those.
 
-use std::io::Read;
-
 use halley_proto::NodeName;
 use halley_proto::gossip::ServiceSummary;
 use halley_proto::message::{AdminRequest, AdminResponse, MemberState};
@@ -20,6 +18,7 @@ use crate::cli::deploy::DeployOptions;
 use crate::daemon::admin;
 use crate::error::{Error, Result};
 use crate::store::datadir::DataDir;
+use crate::store::releases::copy_hashing;
 
 /// The plan a deploy would follow, from the membership and each host's gossiped release, after
 /// the checks the deploy would make first.
@@ -90,23 +89,13 @@ fn check_artifact(opts: &DeployOptions) -> Result<()> {
     let Some(expected) = opts.sha256 else {
         return Ok(());
     };
-    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = file
-            .read(&mut buf)
-            .map_err(Error::io("cannot read", path.as_path()))?;
-        if n == 0 {
-            break;
-        }
-        ctx.update(&buf[..n]);
-    }
-    let got = ctx.finish();
-    if got.as_ref() != expected {
+    let got = copy_hashing(&mut file, &mut std::io::sink())
+        .map_err(Error::io("cannot read", path.as_path()))?;
+    if got != expected {
         return Err(Error::Invalid(format!(
             "the artifact {} has SHA-256 {}, not the {} given with --sha256; nothing was changed",
             path.display(),
-            halley_proto::hex::encode(got.as_ref()),
+            halley_proto::hex::encode(&got),
             halley_proto::hex::encode(&expected)
         )));
     }

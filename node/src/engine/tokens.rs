@@ -12,7 +12,7 @@ use halley_proto::message::{ErrorKind, ErrorReply};
 use halley_proto::token::{TokenIdBytes, TokenSecretBytes};
 
 /// SHA-256 of `bytes`: how a token names its CA and how the book keeps its secret.
-fn sha256(bytes: &[u8]) -> [u8; 32] {
+pub fn sha256(bytes: &[u8]) -> [u8; 32] {
     let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
     let mut out = [0u8; 32];
     out.copy_from_slice(digest.as_ref());

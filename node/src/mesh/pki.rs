@@ -147,10 +147,7 @@ pub fn make_csr(name: &NodeName) -> Result<(KeyPair, Vec<u8>)> {
 
 /// SHA-256 of a certificate's DER: what a join token pins.
 pub fn cert_hash(cert_der: &[u8]) -> [u8; 32] {
-    let digest = ring::digest::digest(&ring::digest::SHA256, cert_der);
-    let mut out = [0u8; 32];
-    out.copy_from_slice(digest.as_ref());
-    out
+    crate::engine::tokens::sha256(cert_der)
 }
 
 /// Who a peer certificate says its holder is.

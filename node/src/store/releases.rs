@@ -279,7 +279,9 @@ impl Releases {
     }
 }
 
-fn copy_hashing(source: &mut impl Read, out: &mut impl Write) -> io::Result<[u8; 32]> {
+/// Copies `source` to `out` and returns the SHA-256 of what went through (`io::sink()` to only
+/// hash it).
+pub fn copy_hashing(source: &mut impl Read, out: &mut impl Write) -> io::Result<[u8; 32]> {
     let mut ctx = digest::Context::new(&digest::SHA256);
     let mut buf = vec![0u8; 64 * 1024];
     loop {
