@@ -60,6 +60,7 @@ pub fn rollout_state(
     RolloutState {
         id: "r1".into(),
         service: ServiceName::parse("web").expect("a service name"),
+        mode: halley_proto::rollout::Mode::Deploy,
         version: ReleaseVersion::parse("2").expect("a version"),
         epoch: 1,
         seq: 0,

@@ -134,7 +134,9 @@ impl fmt::Display for Color {
 pub struct StepRequest {
     /// The service.
     pub service: ServiceName,
-    /// Fencing epoch of the caller's rollout (0 for a local operator command).
+    /// Fencing epoch of the caller's rollout (0 for a local operator command). A host orders
+    /// rollouts by (epoch, the caller's node name from its certificate), so two coordinators
+    /// never share a fencing token.
     pub epoch: u64,
     /// What to do.
     pub step: Step,
@@ -157,6 +159,9 @@ pub enum Step {
     StartNext {
         /// The release to start.
         version: ReleaseVersion,
+        /// Part of a rollback: should the coordinator go silent once this release serves, the
+        /// host commits it rather than reverting to the release being rolled back.
+        rollback: bool,
     },
     /// Wait until the next slot is healthy, or fail with the last check's output.
     Check,
@@ -164,8 +169,13 @@ pub enum Step {
     Flip,
     /// Wait until the old slot has drained (or `drain_timeout` cut what was left).
     Drain,
-    /// Record the active slot's release as the committed one; prune old releases.
-    Commit,
+    /// Record the active slot's release as the committed one; prune old releases. Refused
+    /// when the active slot serves another release than `version` (the host reverted by itself,
+    /// or was changed by hand), so a rollout never commits what it did not deploy.
+    Commit {
+        /// The release the caller means to commit.
+        version: ReleaseVersion,
+    },
     /// Undo an uncommitted deploy: route back to the committed release and stop the other slot.
     Revert,
 }
@@ -179,7 +189,7 @@ impl Step {
             Step::Check => "check",
             Step::Flip => "flip",
             Step::Drain => "drain",
-            Step::Commit => "commit",
+            Step::Commit { .. } => "commit",
             Step::Revert => "revert",
         }
     }

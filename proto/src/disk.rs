@@ -157,7 +157,24 @@ pub struct RolloutJournal {
 }
 
 impl Record for RolloutJournal {
-    const CODE: u16 = 120;
+    // 120 was the journal before rollbacks were rollouts (no mode, no host targets).
+    const CODE: u16 = 122;
+}
+
+/// `services/NAME/fence.rec`: the highest fencing token a host has obeyed for a service:
+/// (epoch, coordinator), ordered by epoch, then coordinator name. Written before the step it
+/// admits is carried out. A host without it (a data dir from before fencing had owners) falls
+/// back to the service record's epoch with no owner, which orders below any owner.
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct FenceRecord {
+    /// The epoch.
+    pub epoch: u64,
+    /// The coordinator that sent it.
+    pub coordinator: Option<NodeName>,
+}
+
+impl Record for FenceRecord {
+    const CODE: u16 = 111;
 }
 
 /// `history/NAME.rec`: rollouts of a service this node coordinated, newest last.

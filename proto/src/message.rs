@@ -422,6 +422,10 @@ pub enum PeerRequest {
     SetDraining(bool),
     /// The receiver's services.
     Services,
+    /// The receiver's status of one service (answered as [`PeerReply::Services`], empty when it
+    /// does not run it), from a coordinator watching it: contact for that service's
+    /// `orphan_timeout`, which a plain status request is not.
+    Watch(crate::spec::ServiceName),
     /// How much of an artifact the receiver holds (to resume a transfer).
     ArtifactStatus {
         /// The artifact.

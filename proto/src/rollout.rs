@@ -150,6 +150,26 @@ impl fmt::Display for Phase {
     }
 }
 
+/// What a rollout does to its hosts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// Walks a new release across the hosts, batch by batch.
+    Deploy,
+    /// `halley-node rollback`: puts every host on its recorded target release, all at once.
+    Rollback,
+}
+
+impl Mode {
+    /// Lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Deploy => "deploy",
+            Mode::Rollback => "rollback",
+        }
+    }
+}
+
 /// One host in a rollout.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostProgress {
@@ -165,6 +185,9 @@ pub struct HostProgress {
     pub attempts: u32,
     /// What happened last on this host, for the output.
     pub note: String,
+    /// In a rollback: the release this host goes back to, recorded before any step is sent to
+    /// it, so a resumed rollback sends it to the same release whatever it runs by then.
+    pub target: Option<ReleaseVersion>,
 }
 
 impl HostProgress {
@@ -177,6 +200,7 @@ impl HostProgress {
             until_ms: None,
             attempts: 0,
             note: String::new(),
+            target: None,
         }
     }
 }
@@ -188,7 +212,9 @@ pub struct RolloutState {
     pub id: String,
     /// The service.
     pub service: ServiceName,
-    /// The release rolled out.
+    /// Deploy or rollback.
+    pub mode: Mode,
+    /// The release rolled out (a rollback: the release most hosts go back to).
     pub version: ReleaseVersion,
     /// Fencing epoch (larger than any earlier rollout of the service).
     pub epoch: u64,
@@ -211,17 +237,22 @@ pub struct RolloutState {
 }
 
 impl RolloutState {
-    /// The gossip value: `id=..;epoch=..;seq=..;coord=..;v=..;phase=..;batch=..;start=..;end=..;
-    /// hosts=n1:committed,n2:baking;why=...` (`why` last, as it is free text).
+    /// The gossip value: `id=..;mode=..;epoch=..;seq=..;coord=..;v=..;phase=..;batch=..;start=..;
+    /// end=..;hosts=n1:committed,n2:reverting@1.0;why=...` (a host's rollback target after `@`;
+    /// `why` last, as it is free text).
     pub fn to_gossip(&self) -> String {
         let hosts: Vec<String> = self
             .hosts
             .iter()
-            .map(|h| format!("{}:{}", h.node, h.step.as_str()))
+            .map(|h| match &h.target {
+                Some(t) => format!("{}:{}@{t}", h.node, h.step.as_str()),
+                None => format!("{}:{}", h.node, h.step.as_str()),
+            })
             .collect();
         format!(
-            "id={};epoch={};seq={};coord={};v={};phase={};batch={};start={};end={};hosts={};why={}",
+            "id={};mode={};epoch={};seq={};coord={};v={};phase={};batch={};start={};end={};hosts={};why={}",
             self.id,
+            self.mode.as_str(),
             self.epoch,
             self.seq,
             self.coordinator,
@@ -245,6 +276,7 @@ impl RolloutState {
         let mut state = RolloutState {
             id: String::new(),
             service: service.clone(),
+            mode: Mode::Deploy,
             version: ReleaseVersion::parse("0").map_err(|_| bad())?,
             epoch: 0,
             seq: 0,
@@ -261,6 +293,13 @@ impl RolloutState {
             let num = |v: &str| v.parse::<u64>().map_err(|_| bad());
             match k {
                 "id" => state.id = v.to_owned(),
+                "mode" => {
+                    state.mode = match v {
+                        "deploy" => Mode::Deploy,
+                        "rollback" => Mode::Rollback,
+                        _ => return Err(bad()),
+                    }
+                }
                 "epoch" => state.epoch = num(v)?,
                 "seq" => state.seq = num(v)?,
                 "coord" => state.coordinator = NodeName::parse(v).map_err(|_| bad())?,
@@ -272,13 +311,19 @@ impl RolloutState {
                 "hosts" => {
                     for entry in v.split(',').filter(|e| !e.is_empty()) {
                         let (name, step) = entry.split_once(':').ok_or_else(bad)?;
+                        let (step, target) = match step.split_once('@') {
+                            Some((step, t)) => {
+                                (step, Some(ReleaseVersion::parse(t).map_err(|_| bad())?))
+                            }
+                            None => (step, None),
+                        };
                         state.hosts.push(HostProgress {
-                            node: NodeName::parse(name).map_err(|_| bad())?,
-                            step: HostStep::parse(step).ok_or_else(bad)?,
-                            since_ms: 0,
-                            until_ms: None,
-                            attempts: 0,
-                            note: String::new(),
+                            target,
+                            ..HostProgress::at(
+                                NodeName::parse(name).map_err(|_| bad())?,
+                                HostStep::parse(step).ok_or_else(bad)?,
+                                0,
+                            )
                         });
                     }
                 }
@@ -288,8 +333,17 @@ impl RolloutState {
         Ok(state)
     }
 
-    /// `done/total` hosts updated or committed, for messages.
+    /// `done/total` hosts updated or committed (a rollback: `done/total hosts back`), for
+    /// messages.
     pub fn progress(&self) -> String {
+        if self.mode == Mode::Rollback {
+            let back = self
+                .hosts
+                .iter()
+                .filter(|h| h.step == HostStep::Reverted)
+                .count();
+            return format!("{back}/{} hosts back", self.hosts.len());
+        }
         let done = self
             .hosts
             .iter()
@@ -417,6 +471,7 @@ mod tests {
         let state = RolloutState {
             id: "r1".into(),
             service: ServiceName::parse("web").unwrap(),
+            mode: Mode::Rollback,
             version: ReleaseVersion::parse("2.0").unwrap(),
             epoch: 3,
             seq: 9,
@@ -428,6 +483,7 @@ mod tests {
                 until_ms: None,
                 attempts: 0,
                 note: String::new(),
+                target: Some(ReleaseVersion::parse("1.9").unwrap()),
             }],
             batch: 1,
             phase: Phase::RollingBack,

@@ -90,6 +90,21 @@ impl Node {
             .expect("run halley-node")
     }
 
+    /// Runs a CLI command against this node's data dir on another thread.
+    pub fn cli_in_background(&self, args: &[&str]) -> std::thread::JoinHandle<Output> {
+        let dir = self.dir.clone();
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        std::thread::spawn(move || {
+            Command::new(binary())
+                .args(&args)
+                .arg("--data-dir")
+                .arg(&dir)
+                .stdin(Stdio::null())
+                .output()
+                .expect("run halley-node")
+        })
+    }
+
     /// `init` this node; returns the token (last stdout line).
     pub fn init(&self) -> String {
         let out = self.cli(&[

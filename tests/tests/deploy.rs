@@ -916,6 +916,7 @@ fn start_next_check_and_flip_issued_again_after_the_flip_change_nothing() {
     let v1: ReleaseVersion = "v1".parse().unwrap();
     let StepReply::Started { slot, .. } = step(Step::StartNext {
         version: v1.clone(),
+        rollback: true,
     }) else {
         panic!("start-next did not start")
     };
@@ -923,7 +924,10 @@ fn start_next_check_and_flip_issued_again_after_the_flip_change_nothing() {
     step(Step::Flip);
     step(Step::Drain);
     // A coordinator that resumes this deploy issues the same steps again.
-    match step(Step::StartNext { version: v1 }) {
+    match step(Step::StartNext {
+        version: v1.clone(),
+        rollback: true,
+    }) {
         StepReply::Started {
             slot: again,
             reused,
@@ -934,7 +938,7 @@ fn start_next_check_and_flip_issued_again_after_the_flip_change_nothing() {
     assert!(matches!(step(Step::Check), StepReply::Healthy { .. }));
     step(Step::Flip);
     step(Step::Drain);
-    step(Step::Commit);
+    step(Step::Commit { version: v1 });
     // v2 stays warm for an instant rollback, and v1 serves.
     let warm = host.node.slot("web", "warm").expect("a warm slot");
     assert_eq!(warm["version"], "v2", "{warm}");

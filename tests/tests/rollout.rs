@@ -570,3 +570,208 @@ fn a_resumed_rollout_does_not_complete_over_a_host_that_reverted_itself() {
         "{history}"
     );
 }
+
+#[test]
+fn a_rollback_whose_coordinator_died_is_finished_from_another_node() {
+    let mut cluster = Cluster::start();
+    let rt = runtime();
+    // Cold slots, and v1 takes 2.5 s to listen: the rollback to v1 lasts a few seconds.
+    let cold = |name: &str, env: &[(&str, &str)]| {
+        let path = cluster.config(name, env, "bake = \"0s\"");
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(
+            &path,
+            text.replace("keep_warm = \"1m\"", "keep_warm = \"0s\""),
+        )
+        .unwrap();
+        path
+    };
+    let slow_start = cold("v1", &[("TS_START_DELAY_MS", "2500")]);
+    let plain = cold("v2", &[]);
+    assert_ok(
+        &deploy(&cluster.nodes[0], &slow_start, "v1"),
+        "rollout of v1",
+    );
+    assert_ok(&deploy(&cluster.nodes[0], &plain, "v2"), "rollout of v2");
+    assert_eq!(cluster.versions(&rt), vec![Some("v2".to_owned()); 3]);
+
+    // n3 coordinates the rollback and is SIGKILLed a second into it.
+    let rolling = cluster.nodes[2].cli_in_background(&["rollback", "web"]);
+    assert!(wait_until(Duration::from_secs(10), || {
+        let out = cluster.nodes[0].cli(&["rollout", "status", "web"]);
+        String::from_utf8_lossy(&out.stdout).contains("rolling-back")
+    }));
+    std::thread::sleep(Duration::from_secs(1));
+    let generation = |node: &Node| {
+        node.status().and_then(|s| {
+            s["members"]
+                .as_array()?
+                .iter()
+                .find(|m| m["name"] == "n3")?["generation"]
+                .as_u64()
+        })
+    };
+    let before = generation(&cluster.nodes[0]);
+    cluster.nodes[2].kill9();
+    let _ = rolling.join();
+    // No host lacks a healthy slot meanwhile.
+    let versions = cluster.versions(&rt);
+    assert!(
+        versions[0].is_some() && versions[1].is_some(),
+        "{versions:?}"
+    );
+    cluster.nodes[2].start_with(&["--service-address", "127.0.0.3"]);
+    assert!(wait_until(Duration::from_secs(10), || generation(
+        &cluster.nodes[0]
+    ) > before));
+
+    // The refusal names the rollback and a command that works; that command finishes it.
+    let out = deploy(&cluster.nodes[0], &plain, "v3");
+    let err = stderr(&out);
+    assert!(
+        !out.status.success() && err.contains("rollback web"),
+        "{err}"
+    );
+    let out = cluster.nodes[0].cli(&["rollback", "web"]);
+    assert_ok(&out, "rollback taken over by n1");
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        said.contains("coordinated by n1") && said.contains("3/3 hosts back"),
+        "{said}"
+    );
+    assert_eq!(cluster.versions(&rt), vec![Some("v1".to_owned()); 3]);
+    for node in &cluster.nodes {
+        assert_eq!(node.services()[0]["committed"], "v1", "{}", node.name);
+    }
+    // History names the release it went back to, not a placeholder.
+    let history = || {
+        let out = cluster.nodes[1].cli(&["history", "web"]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || history()
+            .lines()
+            .any(|l| l.contains(" v1 ") && l.contains("rolled-back"))),
+        "{}",
+        history()
+    );
+}
+
+#[test]
+fn a_rollback_host_left_without_its_coordinator_after_the_flip_keeps_the_target() {
+    let mut cluster = Cluster::start();
+    let rt = runtime();
+    // n1 and n2 run web; n3 only coordinates. v2 answers slowly, so draining it after the
+    // rollback's flip takes the whole drain_timeout (2 s): the coordinator dies in that window.
+    let hosts = r#"hosts = ["n1", "n2"]"#;
+    let v1 = cluster.config_with("v1", &[], hosts, "bake = \"0s\"\norphan_timeout = \"3s\"");
+    let v2 = cluster.config_with(
+        "v2",
+        &[("TS_LATENCY_MS", "4000")],
+        hosts,
+        "bake = \"0s\"\norphan_timeout = \"3s\"",
+    );
+    assert_ok(&deploy(&cluster.nodes[2], &v1, "v1"), "rollout of v1");
+    assert_ok(&deploy(&cluster.nodes[2], &v2, "v2"), "rollout of v2");
+    // Requests in flight to v2 on both hosts hold its drain open.
+    let entries = [cluster.entry(0), cluster.entry(1)];
+    let inflight: Vec<_> = entries
+        .iter()
+        .map(|&addr| std::thread::spawn(move || runtime().block_on(http::get(addr, "/"))))
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let rolling = cluster.nodes[2].cli_in_background(&["rollback", "web"]);
+    let flipped = |node: &Node| {
+        node.slot("web", "active")
+            .is_some_and(|s| s["version"] == "v1")
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || flipped(&cluster.nodes[0])
+            && flipped(&cluster.nodes[1])),
+        "the rollback never flipped"
+    );
+    cluster.nodes[2].kill9();
+    let _ = rolling.join();
+    for t in inflight {
+        let _ = t.join();
+    }
+    // With nobody in touch, each host finishes the rollback by itself: v1 stays and is
+    // committed (before, it reverted to v2, the release being rolled back).
+    let committed = |node: &Node| node.services()[0]["committed"] == "v1";
+    assert!(
+        wait_until(Duration::from_secs(20), || committed(&cluster.nodes[0])
+            && committed(&cluster.nodes[1])),
+        "{} / {}",
+        cluster.nodes[0].services(),
+        cluster.nodes[1].services()
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        cluster.versions(&rt)[..2],
+        [Some("v1".to_owned()), Some("v1".to_owned())]
+    );
+}
+
+#[test]
+fn two_deploys_started_at_once_from_two_nodes_leave_exactly_one_winner() {
+    let cluster = Cluster::start();
+    let rt = runtime();
+    let config = cluster.config("quick", &[], "bake = \"1s\"");
+    assert_ok(&deploy(&cluster.nodes[0], &config, "v1"), "rollout of v1");
+    // Both coordinators see the same newest epoch and pick the same next one; the hosts order
+    // them by (epoch, coordinator name), so n2's wins and n1's is fenced (or refused up front,
+    // when n2's rollout reached gossip first).
+    let first = deploy_in_background(
+        &cluster.nodes[0],
+        &config,
+        "web",
+        "v4",
+        Path::new(SERVICE_BIN),
+    );
+    let second = deploy_in_background(
+        &cluster.nodes[1],
+        &config,
+        "web",
+        "v5",
+        Path::new(SERVICE_BIN),
+    );
+    let (first, second) = (first.join().unwrap(), second.join().unwrap());
+    let said =
+        |o: &std::process::Output| format!("{}{}", String::from_utf8_lossy(&o.stdout), stderr(o));
+    assert!(
+        first.status.success() != second.status.success(),
+        "exactly one must win:\nv4: {}\nv5: {}",
+        said(&first),
+        said(&second)
+    );
+    let (winner, loser, lost) = if first.status.success() {
+        ("v4", "v5", said(&second))
+    } else {
+        ("v5", "v4", said(&first))
+    };
+    assert!(
+        lost.contains("fenced") || lost.contains("unfinished rollout"),
+        "{loser}: {lost}"
+    );
+    assert_eq!(cluster.versions(&rt), vec![Some(winner.to_owned()); 3]);
+    for node in &cluster.nodes {
+        assert_eq!(node.services()[0]["committed"], winner, "{}", node.name);
+    }
+    // A third node's history has the winner's rollout, and the loser's once it started.
+    let history = || {
+        let out = cluster.nodes[2].cli(&["history", "web"]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            let h = history();
+            h.lines()
+                .any(|l| l.contains(&format!(" {winner} ")) && l.contains("completed"))
+                && (!lost.contains("fenced")
+                    || h.lines()
+                        .any(|l| l.contains(&format!(" {loser} ")) && l.contains("fenced")))
+        }),
+        "{}",
+        history()
+    );
+}

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use halley_proto::deploy::{ReleaseVersion, ServiceStatus, SlotRole, Step, StepReply, StepRequest};
 use halley_proto::message::{AdminRequest, AdminResponse};
-use halley_proto::rollout::{HistoryEntry, Phase, RolloutKind, RolloutRequest, RolloutState};
+use halley_proto::rollout::{HistoryEntry, Mode, Phase, RolloutKind, RolloutRequest, RolloutState};
 use halley_proto::spec::{ServiceName, ServiceSpec};
 
 use crate::cli::progress::Progress;
@@ -192,7 +192,7 @@ async fn watch<W: Write>(
             if last_phase.is_none() {
                 progress.say(&format!(
                     "{} {} {} on {} host(s), coordinated by {} (epoch {})",
-                    if state.phase == Phase::RollingBack {
+                    if state.mode == Mode::Rollback {
                         "rollback of"
                     } else {
                         "rollout of"
@@ -218,10 +218,15 @@ async fn watch<W: Write>(
                     progress.say(&format!("completed in {secs:.1} s: {}", state.progress()));
                     return Ok(());
                 }
-                Phase::RolledBack
-                    if state.reason.starts_with("rollback to")
-                        || (aborting && state.reason.starts_with("aborted")) =>
-                {
+                Phase::RolledBack if state.mode == Mode::Rollback => {
+                    progress.say(&format!(
+                        "rolled back in {secs:.1} s: {}; {}",
+                        state.progress(),
+                        state.reason
+                    ));
+                    return Ok(());
+                }
+                Phase::RolledBack if aborting && state.reason.starts_with("aborted") => {
                     progress.say(&format!("rolled back in {secs:.1} s"));
                     return Ok(());
                 }

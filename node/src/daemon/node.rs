@@ -143,10 +143,15 @@ impl RequestHandler for Node {
                 Ok(reply) => Message::PeerReply(reply),
                 Err(reply) => Message::ErrorReply(reply),
             },
-            Message::Step(step) => match self.services.step(step).await {
-                Ok(reply) => Message::StepReply(reply),
-                Err(reply) => Message::ErrorReply(reply),
-            },
+            Message::Step(step) => {
+                // The token's owner is who the certificate says called; an in-process call
+                // (no certificate) is this node's own.
+                let by = caller.map_or_else(|| self.name().clone(), |c| c.name);
+                match self.services.step(step, by).await {
+                    Ok(reply) => Message::StepReply(reply),
+                    Err(reply) => Message::ErrorReply(reply),
+                }
+            }
             other => {
                 Message::ErrorReply(bad_request(&format!("{} is not a request", other.kind())))
             }
@@ -208,7 +213,11 @@ impl AdminHandler for Node {
                 self.leave.notify_one();
                 Ok(AdminResponse::Done)
             }
-            AdminRequest::Step(step) => self.services.step(step).await.map(AdminResponse::Step),
+            AdminRequest::Step(step) => self
+                .services
+                .step(step, self.name().clone())
+                .await
+                .map(AdminResponse::Step),
             AdminRequest::Services => Ok(AdminResponse::Services(self.services.statuses().await)),
         };
         result.unwrap_or_else(AdminResponse::Error)

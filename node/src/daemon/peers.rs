@@ -5,7 +5,8 @@
 //! - Artifacts move in pieces of at most [`CHUNK`], each an RPC well under the frame limit; the
 //!   receiver appends only at the length it holds, so a transfer cut by a dropped connection
 //!   resumes where it stopped.
-//! - Every peer request counts as contact from a coordinator (see `orphan_timeout`).
+//! - A step or a `Watch` of a service counts as a coordinator's contact for that service (see
+//!   `orphan_timeout`); status requests and other services' traffic do not.
 //! - Peer requests are only accepted from callers whose certificate has the `node` role (the
 //!   mesh checks `Message::access`).
 
@@ -17,7 +18,6 @@ use crate::store::releases::CHUNK;
 
 /// Answers a peer's request.
 pub(crate) async fn answer(node: &Node, request: PeerRequest) -> Result<PeerReply, ErrorReply> {
-    node.services.touch();
     let releases = node.services.releases().clone();
     let blocking = |e: tokio::task::JoinError| internal(&format!("storage task failed: {e}"));
     match request {
@@ -26,6 +26,9 @@ pub(crate) async fn answer(node: &Node, request: PeerRequest) -> Result<PeerRepl
             Ok(PeerReply::Done)
         }
         PeerRequest::Services => Ok(PeerReply::Services(node.services.statuses().await)),
+        PeerRequest::Watch(service) => Ok(PeerReply::Services(
+            node.services.watch(&service).await.into_iter().collect(),
+        )),
         PeerRequest::State(request) => crate::host::state::answer(&node.services, request)
             .await
             .map(PeerReply::State),

@@ -205,7 +205,6 @@ fn assemble(
         releases: Releases::new(data_dir.root()),
         service_address: opts.service_address,
         draining: draining.clone(),
-        last_contact_ms: Arc::new(std::sync::atomic::AtomicU64::new(wall_ms())),
         cluster: Arc::default(),
     });
     let services = Arc::new(services);

@@ -7,38 +7,53 @@
 //! - The node must be listed in that rollout, not committed there, and its own committed release
 //!   of the service must differ from the rollout's.
 //! - The release comes from the hosts that committed it, in rollout order.
+//! - A finished rollback counts too: a node it skipped (dead when it started) goes back to the
+//!   release the rollback named, if the node has that release (it ran it before); a node that
+//!   never had it was left as it is by the rollback, and stays so.
 
 use halley_proto::NodeName;
 use halley_proto::deploy::ReleaseVersion;
-use halley_proto::rollout::{HostStep, Phase, RolloutState};
+use halley_proto::rollout::{HostStep, Mode, Phase, RolloutState};
 use halley_proto::spec::ServiceName;
 
-/// The rollouts `me` must catch up with; `committed` says what `me` has committed of a service.
+/// The rollouts `me` must catch up with; `local` says what `me` has of a service: its
+/// committed release and every release on its disk.
 pub fn missed<'a>(
     rollouts: &'a [RolloutState],
     me: &NodeName,
-    committed: impl Fn(&ServiceName) -> Option<ReleaseVersion>,
+    local: impl Fn(&ServiceName) -> (Option<ReleaseVersion>, Vec<ReleaseVersion>),
 ) -> Vec<&'a RolloutState> {
     rollouts
         .iter()
-        .filter(|state| state.phase == Phase::Completed)
         .filter(|state| {
-            state
-                .hosts
-                .iter()
-                .find(|h| &h.node == me)
-                .is_some_and(|h| h.step != HostStep::Committed)
+            let step = state.hosts.iter().find(|h| &h.node == me).map(|h| h.step);
+            let (committed, on_disk) = local(&state.service);
+            if committed.as_ref() == Some(&state.version) {
+                return false;
+            }
+            match (state.mode, state.phase, step) {
+                (Mode::Deploy, Phase::Completed, Some(step)) => step != HostStep::Committed,
+                (Mode::Rollback, Phase::RolledBack, Some(HostStep::Skipped)) => {
+                    on_disk.contains(&state.version)
+                }
+                _ => false,
+            }
         })
-        .filter(|state| committed(&state.service).as_ref() != Some(&state.version))
         .collect()
 }
 
-/// The hosts that can give the release of `state`: those that committed it.
+/// The hosts that can give the release of `state`: those that committed it (a rollback: went
+/// back to it).
 pub fn sources(state: &RolloutState) -> Vec<NodeName> {
     state
         .hosts
         .iter()
-        .filter(|h| h.step == HostStep::Committed)
+        .filter(|h| match state.mode {
+            Mode::Deploy => h.step == HostStep::Committed,
+            Mode::Rollback => {
+                h.step == HostStep::Reverted && h.target.as_ref() == Some(&state.version)
+            }
+        })
         .map(|h| h.node.clone())
         .collect()
 }
@@ -70,9 +85,16 @@ mod tests {
     fn run(script: &str) -> String {
         let mut rollouts: BTreeMap<String, RolloutState> = BTreeMap::new();
         let mut committed: BTreeMap<String, ReleaseVersion> = BTreeMap::new();
+        let mut on_disk: BTreeMap<String, Vec<ReleaseVersion>> = BTreeMap::new();
         crate::scenario::replay(script, |words, out| match words {
-            ["rollout", service, version, phase, hosts @ ..] => {
+            ["rollout" | "rollback", service, version, phase, hosts @ ..] => {
+                let mode = if words[0] == "rollback" {
+                    Mode::Rollback
+                } else {
+                    Mode::Deploy
+                };
                 let state = RolloutState {
+                    mode,
                     id: format!("{service}-{version}"),
                     service: ServiceName::parse(service).unwrap(),
                     version: ReleaseVersion::parse(version).unwrap(),
@@ -86,7 +108,11 @@ mod tests {
                             .iter()
                             .map(|w| {
                                 let (h, s) = w.split_once('=').expect("HOST=STEP");
-                                HostProgress::at(name(h), step(s), 0)
+                                let mut p = HostProgress::at(name(h), step(s), 0);
+                                if mode == Mode::Rollback && p.step == HostStep::Reverted {
+                                    p.target = Some(ReleaseVersion::parse(version).unwrap());
+                                }
+                                p
                             })
                             .collect(),
                     )
@@ -99,9 +125,18 @@ mod tests {
             ["committed", service, version] => {
                 committed.insert(service.to_string(), ReleaseVersion::parse(version).unwrap());
             }
+            ["releases", service, versions @ ..] => {
+                let list = versions.iter().map(|v| ReleaseVersion::parse(v).unwrap());
+                on_disk.insert(service.to_string(), list.collect());
+            }
             ["pass"] => {
                 let list: Vec<RolloutState> = rollouts.values().cloned().collect();
-                let todo = missed(&list, &name("n3"), |s| committed.get(s.as_str()).cloned());
+                let todo = missed(&list, &name("n3"), |s| {
+                    (
+                        committed.get(s.as_str()).cloned(),
+                        on_disk.get(s.as_str()).cloned().unwrap_or_default(),
+                    )
+                });
                 if todo.is_empty() {
                     out.push_str("> nothing to catch up\n");
                 }

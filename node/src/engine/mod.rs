@@ -19,14 +19,15 @@
 //! `crate::error` and `halley_proto` only (and `crate::scenario` in tests).
 
 pub mod check;
-pub mod cluster_rollback;
 pub mod converge;
 pub mod ejection;
+pub mod fence;
 pub mod health;
 pub mod lock;
 pub mod membership;
 pub mod orphan;
 pub mod regression;
+pub mod rollback;
 pub mod rollout;
 pub mod routing;
 pub mod slots;

@@ -20,11 +20,17 @@
 //!   coordinator owns the service, so this one touches nothing more.
 //! - `resume` continues from a journal: waits restart from `now`, and steps in flight are issued
 //!   again (the driver's steps are idempotent).
+//! - A rollback ([`Mode::Rollback`], planned by [`crate::engine::rollback`]) is a rollout too,
+//!   journaled and resumable the same way: it starts rolling back, every host at once, each to
+//!   its recorded target (`RollBack`); a host whose target is not known yet is asked first
+//!   (`Resolve`), and its answer is journaled before any step reaches it. A rollback cannot be
+//!   aborted; it ends `rolled-back` once every host is back or skipped.
 
 use std::collections::BTreeSet;
 
 use halley_proto::NodeName;
-use halley_proto::rollout::{HostProgress, HostStep, Phase, RolloutState};
+use halley_proto::deploy::ReleaseVersion;
+use halley_proto::rollout::{HostProgress, HostStep, Mode, Phase, RolloutState};
 use halley_proto::spec::ServiceName;
 
 /// Timing and thresholds the engine applies.
@@ -71,6 +77,8 @@ pub enum Event {
     JournalFailed(String),
     /// `rollout abort`: stop and revert every touched host.
     Abort,
+    /// A rollback host's target, as it answered: `Ok(None)` when it has nothing to go back to.
+    Resolved(NodeName, Result<Option<ReleaseVersion>, String>),
 }
 
 /// What the driver must do.
@@ -86,6 +94,10 @@ pub enum Action {
     Revert(NodeName),
     /// Commit the release on the host; report [`Event::Committed`].
     Commit(NodeName),
+    /// A rollback: ask the host which release it goes back to; report [`Event::Resolved`].
+    Resolve(NodeName),
+    /// A rollback: put the host on this release and commit it; report [`Event::Reverted`].
+    RollBack(NodeName, ReleaseVersion),
     /// A line for the operator.
     Say(String),
 }
@@ -121,8 +133,11 @@ impl Rollout {
         self.state.seq = seq;
     }
 
-    /// Starts the first batch.
+    /// Starts the first batch (a rollback: every host at once).
     pub fn start(&mut self, now: u64) -> Vec<Action> {
+        if self.state.mode == Mode::Rollback {
+            return self.start_rollback(now);
+        }
         self.state.phase = Phase::Running;
         let mut out = vec![Action::Say(format!(
             "rollout {} of {} {}: {} hosts in batches of {}",
@@ -132,6 +147,24 @@ impl Rollout {
             self.state.hosts.len(),
             self.policy.batch.max(1)
         ))];
+        out.extend(self.advance(now));
+        journaled(out)
+    }
+
+    fn start_rollback(&mut self, now: u64) -> Vec<Action> {
+        self.state.phase = Phase::RollingBack;
+        let mut out = vec![Action::Say(format!(
+            "rollback {} of {}: {} hosts at once ({})",
+            self.state.id,
+            self.state.service,
+            self.state.hosts.len(),
+            self.state.reason
+        ))];
+        for h in &self.state.hosts {
+            if h.step == HostStep::Reverting {
+                out.push(back(self.state.mode, h));
+            }
+        }
         out.extend(self.advance(now));
         journaled(out)
     }
@@ -149,7 +182,7 @@ impl Rollout {
             self.state.phase = Phase::Running;
             self.state.reason.clear();
         }
-        let phase = self.state.phase;
+        let (phase, mode) = (self.state.phase, self.state.mode);
         for i in 0..self.state.hosts.len() {
             let host = &mut self.state.hosts[i];
             let node = host.node.clone();
@@ -162,7 +195,10 @@ impl Rollout {
                 (Phase::Running, HostStep::Baking) => {
                     host.until_ms = Some(now + self.policy.bake_ms)
                 }
-                (Phase::RollingBack, HostStep::Reverting) => out.push(Action::Revert(node)),
+                (Phase::RollingBack, HostStep::Reverting) => {
+                    host.until_ms = None;
+                    out.push(back(mode, host));
+                }
                 (Phase::Committing, HostStep::Committing) => out.push(Action::Commit(node)),
                 _ => {}
             }
@@ -292,6 +328,7 @@ impl Rollout {
                     return journaled(out);
                 }
             }
+            Event::Resolved(node, answer) => self.resolved(&node, answer, now, &mut out),
             Event::JournalFailed(why) => return self.journal_failed(&why),
             Event::Abort => return self.abort(now),
             Event::Fenced(node, why) => {
@@ -353,6 +390,60 @@ impl Rollout {
         }
         out.extend(self.advance(now));
         journaled(out)
+    }
+
+    /// A rollback host's target arrived: it is recorded (journaled before the step that uses
+    /// it), or the host is skipped when it has nothing to go back to, or asked again later.
+    fn resolved(
+        &mut self,
+        node: &NodeName,
+        answer: Result<Option<ReleaseVersion>, String>,
+        now: u64,
+        out: &mut Vec<Action>,
+    ) {
+        let (retry, skip) = (self.policy.retry_ms, self.policy.skip_unreachable);
+        let Some(h) = self.host_in(node, HostStep::Reverting) else {
+            return;
+        };
+        if h.target.is_some() {
+            return;
+        }
+        match answer {
+            Ok(Some(target)) => {
+                h.target = Some(target.clone());
+                h.note = format!("going back to {target}");
+                out.push(Action::RollBack(node.clone(), target));
+            }
+            Ok(None) => {
+                set(h, HostStep::Skipped, now, None, "nothing to go back to");
+                out.push(Action::Say(format!(
+                    "{node}: nothing to go back to; left as it is"
+                )));
+            }
+            Err(why) if skip => {
+                set(h, HostStep::Skipped, now, None, &why);
+                out.push(Action::Say(format!("{node}: {why}; skipped")));
+            }
+            Err(why) => out.push(retry_later(h, now + retry, "rollback", why)),
+        }
+    }
+
+    /// A finished rollback's reason names the hosts it left as they were, and why.
+    fn name_skipped(&mut self) {
+        let skipped: Vec<String> = self
+            .state
+            .hosts
+            .iter()
+            .filter(|h| h.step == HostStep::Skipped)
+            .map(|h| format!("{} ({})", h.node, h.note))
+            .collect();
+        if !skipped.is_empty() {
+            self.state.reason = format!(
+                "{}; left as they were: {}",
+                self.state.reason,
+                skipped.join(", ")
+            );
+        }
     }
 
     /// A host unreachable on its turn is skipped (`--skip-unreachable`) or pauses the rollout;
@@ -454,10 +545,11 @@ impl Rollout {
         match self.state.phase {
             Phase::Running => out.extend(self.advance_running(now)),
             Phase::RollingBack => {
+                let mode = self.state.mode;
                 for h in &mut self.state.hosts {
                     if h.step == HostStep::Reverting && h.until_ms.is_some_and(|t| t <= now) {
                         h.until_ms = None;
-                        out.push(Action::Revert(h.node.clone()));
+                        out.push(back(mode, h));
                     }
                 }
                 let busy = self
@@ -468,6 +560,9 @@ impl Rollout {
                 if !busy {
                     self.state.phase = Phase::RolledBack;
                     self.state.ended_ms = Some(now);
+                    if self.state.mode == Mode::Rollback {
+                        self.name_skipped();
+                    }
                     out.push(Action::Say(format!("rolled back: {}", self.state.reason)));
                 }
             }
@@ -559,6 +654,16 @@ impl Rollout {
     }
 }
 
+/// How a host in `Reverting` is put back: a deploy's host reverts its uncommitted release; a
+/// rollback's host goes to its target, which is asked for first when not known.
+fn back(mode: Mode, h: &HostProgress) -> Action {
+    match (mode, &h.target) {
+        (Mode::Deploy, _) => Action::Revert(h.node.clone()),
+        (Mode::Rollback, Some(t)) => Action::RollBack(h.node.clone(), t.clone()),
+        (Mode::Rollback, None) => Action::Resolve(h.node.clone()),
+    }
+}
+
 /// A revert or commit that failed on a host: it is tried again at `at`, never given up.
 fn retry_later(h: &mut HostProgress, at: u64, what: &str, why: String) -> Action {
     h.attempts += 1;
@@ -605,6 +710,12 @@ pub fn plan(
 /// Whether `rollout abort` can stop `state`: any unfinished rollout that is not committing (a
 /// commit cannot be taken back; roll back once it completed).
 pub fn abortable(state: &RolloutState) -> Result<(), String> {
+    if state.mode == Mode::Rollback && !state.phase.finished() {
+        return Err(format!(
+            "rollout {} of {} is a rollback and cannot be aborted: it puts every host back on a release it ran before, retrying until each is back; follow it with 'halley-node rollout status {}'",
+            state.id, state.service, state.service
+        ));
+    }
     if state.phase.finished() {
         return Err(format!(
             "rollout {} of {} already ended ({}); nothing to abort",
@@ -661,9 +772,10 @@ mod tests {
     //! `policy batch=N drain=MS bake=MS pause=MS max-failed=N auto-rollback=BOOL skip=BOOL`,
     //! `at MS`, `start`, `resume` (the engine is rebuilt from its own state, as from a journal),
     //! `tick`, `drained H`, `deployed H ok|WHY...`, `verdict H ok|WHY...`, `reverted H ok|WHY...`,
-    //! `committed H ok|WHY...`, `unreachable H`, `fenced H WHY...`, `journal-failed WHY...`, `abort`, `show`,
-    //! `wake` (when the
-    //! engine next needs a tick).
+    //! `committed H ok|WHY...`, `unreachable H`, `fenced H WHY...`, `journal-failed WHY...`,
+    //! `abort`, `show`, `wake` (when the engine next needs a tick); a rollback:
+    //! `rollback H=V|?|dead...` (each host's target, not known yet, or dead), `resolved H
+    //! V|none|error WHY...`.
 
     use super::*;
 
@@ -688,6 +800,8 @@ mod tests {
                 Action::Deploy(h) => list.push(format!("deploy {h}")),
                 Action::Revert(h) => list.push(format!("revert {h}")),
                 Action::Commit(h) => list.push(format!("commit {h}")),
+                Action::Resolve(h) => list.push(format!("resolve {h}")),
+                Action::RollBack(h, v) => list.push(format!("rollback {h} to {v}")),
             }
         }
         out.push_str(&format!("> actions: {}\n", list.join(", ")));
@@ -748,6 +862,29 @@ mod tests {
                     rollout = Some(r);
                     return;
                 }
+                ["rollback", rest @ ..] => {
+                    let targets: Vec<(NodeName, bool, Option<ReleaseVersion>)> = rest
+                        .iter()
+                        .map(|w| {
+                            let (h, v) = w.split_once('=').expect("HOST=VERSION|?|dead");
+                            match v {
+                                "?" => (name(h), true, None),
+                                "dead" => (name(h), false, None),
+                                v => (name(h), true, Some(ReleaseVersion::parse(v).unwrap())),
+                            }
+                        })
+                        .collect();
+                    let fresh = RolloutState {
+                        started_ms: now,
+                        ..crate::scenario::rollout_state(Vec::new())
+                    };
+                    let state = crate::engine::rollback::plan(fresh, &targets, None, now)
+                        .expect("a target");
+                    let mut r = Rollout::new(state, policy);
+                    render(out, &r.start(now));
+                    rollout = Some(r);
+                    return;
+                }
                 ["resume"] => {
                     let journal = rollout.as_ref().expect("started").state().clone();
                     let mut r = Rollout::new(journal, policy);
@@ -761,9 +898,12 @@ mod tests {
                     out.push_str(&format!("> phase={} reason={:?}\n", s.phase, s.reason));
                     for h in &s.hosts {
                         out.push_str(&format!(
-                            "> {} {}{}\n",
+                            "> {} {}{}{}\n",
                             h.node,
                             h.step.as_str(),
+                            h.target
+                                .as_ref()
+                                .map_or(String::new(), |t| format!(" target={t}")),
                             h.until_ms.map_or(String::new(), |t| format!(" until={t}"))
                         ));
                     }
@@ -791,6 +931,15 @@ mod tests {
                 ["fenced", h, rest @ ..] => Event::Fenced(name(h), rest.join(" ")),
                 ["journal-failed", rest @ ..] => Event::JournalFailed(rest.join(" ")),
                 ["abort"] => Event::Abort,
+                ["resolved", h, rest @ ..] => Event::Resolved(
+                    name(h),
+                    match rest {
+                        ["none"] => Ok(None),
+                        ["error", why @ ..] => Err(why.join(" ")),
+                        [v] => Ok(Some(ReleaseVersion::parse(v).unwrap())),
+                        other => panic!("resolved H V|none|error WHY..., not {other:?}"),
+                    },
+                ),
                 _ => panic!("unknown scenario command: {words:?}"),
             };
             let actions = rollout.as_mut().expect("started").step(event, now);

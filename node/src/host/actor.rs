@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use halley_proto::deploy::{
     Color, Health, ReleaseVersion, ServiceStatus, Signals, SlotRole, SlotStatus, Step, StepReply,
 };
-use halley_proto::disk::{ReleaseEntry, ServiceRecord, SlotRecord};
+use halley_proto::disk::{FenceRecord, ReleaseEntry, ServiceRecord, SlotRecord};
 use halley_proto::message::{ErrorKind, ErrorReply};
 use halley_proto::spec::{Protocol, ServiceName, ServiceSpec};
 use tokio::net::TcpListener;
@@ -29,14 +29,14 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::clock::wall_ms;
+use crate::clock::mono_ms;
 use crate::engine::health::HealthTracker;
 use crate::engine::slots::{Action, Policy, Reverted, Slots};
 use crate::engine::supervise::{RestartPolicy, Supervisor};
-use crate::engine::{check, orphan};
+use crate::engine::{check, fence, orphan};
 use crate::error::error_reply;
 use crate::host::handle::{
-    Command, HostContext, StepResult, bind, from_refused, protocol_name, record_name,
+    Command, HostContext, StepResult, bind, fence_name, from_refused, protocol_name, record_name,
 };
 use crate::host::process::{self, Launch};
 use crate::host::slot::{self, DrainInfo, Event, SlotRuntime, log_tail};
@@ -62,6 +62,8 @@ struct DrainWaiter {
 pub(crate) struct Host {
     ctx: Arc<HostContext>,
     record: ServiceRecord,
+    /// The highest fencing token obeyed (kept in `fence.rec`, and its epoch in the record).
+    fence: FenceRecord,
     engine: Slots,
     routes: Arc<ServiceRoutes>,
     listener: Option<JoinHandle<()>>,
@@ -75,6 +77,10 @@ pub(crate) struct Host {
     last_signals_ms: u64,
     /// How long the last route switch took (a flip's own cost, without saving the record).
     route_switch_ns: u64,
+    /// When a coordinator last reached this service (monotonic ms; see `orphan_timeout`).
+    pub(crate) contact: Arc<std::sync::atomic::AtomicU64>,
+    /// The release a rollback started here, until it is committed or reverted.
+    rolling_back_to: Option<ReleaseVersion>,
 }
 
 impl Drop for Host {
@@ -103,9 +109,21 @@ impl Host {
             record.spec.routing,
             record.spec.protocol,
         );
+        let saved: FenceRecord = ctx
+            .data_dir
+            .read_record_or_default(&fence_name(&record.name))
+            .unwrap_or_else(|e| {
+                warn!(service = %record.name, error = %e, "cannot read the fencing token; going by the record's epoch");
+                FenceRecord::default()
+            });
+        let fence = saved.max(FenceRecord {
+            epoch: record.epoch,
+            coordinator: None,
+        });
         Self {
             ctx,
             record,
+            fence,
             engine,
             routes,
             listener: None,
@@ -118,6 +136,9 @@ impl Host {
             status_tx: None,
             last_signals_ms: 0,
             route_switch_ns: 0,
+            // A (re)started host gives its coordinator a whole orphan_timeout to get in touch.
+            contact: Arc::new(std::sync::atomic::AtomicU64::new(mono_ms())),
+            rolling_back_to: None,
         }
     }
 
@@ -259,18 +280,19 @@ impl Host {
     }
 
     fn command(&mut self, command: Command) {
-        self.ctx
-            .last_contact_ms
-            .fetch_max(wall_ms(), std::sync::atomic::Ordering::Relaxed);
+        if !matches!(command, Command::Quiesce { .. }) {
+            self.contact
+                .fetch_max(mono_ms(), std::sync::atomic::Ordering::Relaxed);
+        }
         match command {
             Command::Register {
                 entry,
-                epoch,
+                fence,
                 unpacked,
                 reply,
             } => {
                 let result = self
-                    .fence(epoch)
+                    .fence(fence)
                     .and_then(|()| self.register(*entry, unpacked));
                 let _ = reply.send(result);
             }
@@ -281,8 +303,8 @@ impl Host {
                 self.apply(actions);
                 let _ = reply.send(stopping);
             }
-            Command::Step { step, epoch, reply } => {
-                if let Err(e) = self.fence(epoch) {
+            Command::Step { step, fence, reply } => {
+                if let Err(e) = self.fence(fence) {
                     let _ = reply.send(Err(e));
                     return;
                 }
@@ -291,18 +313,30 @@ impl Host {
         }
     }
 
-    fn fence(&mut self, epoch: u64) -> Result<(), ErrorReply> {
-        if epoch < self.record.epoch {
-            return Err(error_reply(
-                ErrorKind::StaleEpoch,
-                format!(
-                    "step refused: it carries epoch {epoch}, but service {} has seen epoch {}; a newer rollout owns it",
-                    self.record.name, self.record.epoch
-                ),
-            ));
-        }
-        if epoch > self.record.epoch {
-            self.record.epoch = epoch;
+    /// Admits a step by its fencing token ([`fence::admit`]); a higher token is saved before
+    /// the step is carried out.
+    fn fence(&mut self, token: Option<FenceRecord>) -> Result<(), ErrorReply> {
+        let Some(token) = token else {
+            return Ok(());
+        };
+        let raised = match fence::admit(&self.fence, &token, self.record.name.as_str()) {
+            fence::Admit::Same => return Ok(()),
+            fence::Admit::Stale(why) => return Err(error_reply(ErrorKind::StaleEpoch, why)),
+            fence::Admit::Raise(raised) => raised,
+        };
+        self.ctx
+            .data_dir
+            .write_record(&fence_name(&self.record.name), &raised)
+            .map_err(|e| {
+                error_reply(
+                    ErrorKind::Internal,
+                    format!("cannot save the fencing token: {e}"),
+                )
+            })?;
+        let grew = raised.epoch > self.record.epoch;
+        self.record.epoch = self.record.epoch.max(raised.epoch);
+        self.fence = raised;
+        if grew {
             self.save()?;
         }
         Ok(())
@@ -325,7 +359,10 @@ impl Host {
                 ErrorKind::Internal,
                 "prepare is handled before the actor",
             )),
-            Step::StartNext { version } => self.start_next(&version),
+            Step::StartNext { version, rollback } => {
+                self.rolling_back_to = rollback.then(|| version.clone());
+                self.start_next(&version)
+            }
             Step::Check => return self.begin_check(reply, false),
             Step::Flip => {
                 let from = self.engine.active();
@@ -362,8 +399,19 @@ impl Host {
                     }),
                 }
             }
-            Step::Commit => match self.engine.commit(now) {
+            Step::Commit { version } if self.serving().as_ref() != Some(&version) => {
+                Err(error_reply(
+                    ErrorKind::Conflict,
+                    format!(
+                        "commit of {version} refused: service {} serves {} here (it reverted by itself after orphan_timeout, or was changed by hand); deploy {version} again",
+                        self.record.name,
+                        self.serving().map_or("nothing".into(), |v| v.to_string())
+                    ),
+                ))
+            }
+            Step::Commit { .. } => match self.engine.commit(now) {
                 Ok((version, previous, actions)) => {
+                    self.rolling_back_to = None;
                     self.apply(actions);
                     let pruned = self.prune();
                     info!(service = %self.record.name, %version, previous = ?previous.as_ref().map(|p| p.to_string()), "committed");
@@ -376,6 +424,7 @@ impl Host {
                 Err(r) => Err(from_refused(r)),
             },
             Step::Revert => {
+                self.rolling_back_to = None;
                 let (outcome, actions) = self.engine.revert(now);
                 self.apply(actions);
                 match outcome {
@@ -631,23 +680,37 @@ impl Host {
         }
     }
 
-    /// A deploy left unfinished with no coordinator in touch for `orphan_timeout` is reverted:
-    /// the host goes back to its committed release and stops draining.
+    /// A deploy left unfinished with no coordinator in touch for `orphan_timeout` is finished
+    /// by the host ([`orphan::decide`]): a deploy goes back to its committed release, a rollback
+    /// whose target serves commits it; either way the host stops draining.
     fn revert_orphan(&mut self, now: u64) {
-        let Some(silent) = orphan::revert_due(
+        let serving = self.serving();
+        let decision = orphan::decide(
             &orphan::Orphan {
                 uncommitted: self.engine.uncommitted(),
                 checking: self.check.is_some(),
-                last_contact_ms: self
-                    .ctx
-                    .last_contact_ms
-                    .load(std::sync::atomic::Ordering::Relaxed),
+                rollback_serving: self.rolling_back_to.is_some() && self.rolling_back_to == serving,
+                last_contact_ms: self.contact.load(std::sync::atomic::Ordering::Relaxed),
                 timeout_ms: self.record.spec.rollout.orphan_timeout.0,
             },
-            wall_ms(),
-        ) else {
-            return;
+            mono_ms(),
+        );
+        let silent = match decision {
+            orphan::Decision::Keep => return,
+            orphan::Decision::Commit(silent) => {
+                if let Ok((version, _, actions)) = self.engine.commit(now) {
+                    warn!(service = %self.record.name, silent_ms = silent, %version, "no coordinator for orphan_timeout in a rollback; committing its target, which serves");
+                    self.apply(actions);
+                    self.prune();
+                    self.rolling_back_to = None;
+                    self.undrain();
+                    return;
+                }
+                silent
+            }
+            orphan::Decision::Revert(silent) => silent,
         };
+        self.rolling_back_to = None;
         warn!(service = %self.record.name, silent_ms = silent, "no coordinator for orphan_timeout; reverting to the committed release");
         let (outcome, actions) = self.engine.revert(now);
         self.apply(actions);
@@ -657,6 +720,10 @@ impl Host {
             let (reply, _) = oneshot::channel();
             self.begin_check(reply, true);
         }
+        self.undrain();
+    }
+
+    fn undrain(&self) {
         self.ctx
             .draining
             .store(false, std::sync::atomic::Ordering::Relaxed);

@@ -13,14 +13,14 @@ use std::sync::Arc;
 
 use halley_proto::NodeName;
 use halley_proto::deploy::{ArtifactSource, ReleaseVersion, ServiceStatus, Step, StepReply};
-use halley_proto::disk::{ReleaseEntry, ServiceRecord, SlotRecord};
+use halley_proto::disk::{FenceRecord, ReleaseEntry, ServiceRecord, SlotRecord};
 use halley_proto::message::{ErrorKind, ErrorReply};
 use halley_proto::spec::{Protocol, ServiceName, ServiceSpec};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
-use crate::clock::wall_ms;
+use crate::clock::{mono_ms, wall_ms};
 use crate::engine::slots::Refused;
 use crate::error::error_reply;
 use crate::host::actor::Host;
@@ -41,9 +41,6 @@ pub struct HostContext {
     /// This node's draining flag: `GET /.halley/ready` on every HTTP entry point answers 503
     /// while it is set, so an external balancer stops sending.
     pub draining: Arc<std::sync::atomic::AtomicBool>,
-    /// When a coordinator last reached this node (a deploy step or a peer request, unix ms):
-    /// an unfinished deploy with no contact for `orphan_timeout` is reverted by the host.
-    pub last_contact_ms: Arc<std::sync::atomic::AtomicU64>,
     /// Every service's routing table, and the mesh that reaches peers' instances.
     pub cluster: Arc<crate::proxy::routes::Cluster>,
 }
@@ -51,14 +48,16 @@ pub struct HostContext {
 pub(crate) type StepResult = Result<StepReply, ErrorReply>;
 
 pub(crate) enum Command {
+    /// `fence: None` is the host's own work (a restore waking the committed release), which no
+    /// coordinator's token orders.
     Step {
         step: Step,
-        epoch: u64,
+        fence: Option<FenceRecord>,
         reply: oneshot::Sender<StepResult>,
     },
     Register {
         entry: Box<ReleaseEntry>,
-        epoch: u64,
+        fence: Option<FenceRecord>,
         unpacked: bool,
         reply: oneshot::Sender<StepResult>,
     },
@@ -75,6 +74,8 @@ pub struct ServiceHandle {
     ctx: Arc<HostContext>,
     name: ServiceName,
     task: JoinHandle<()>,
+    /// When a coordinator last reached the service (monotonic ms, shared with its host).
+    contact: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Drop for ServiceHandle {
@@ -91,6 +92,11 @@ pub(crate) fn from_refused(r: Refused) -> ErrorReply {
 /// The record file of a service, relative to the data dir.
 pub fn record_name(name: &ServiceName) -> String {
     format!("services/{name}/service.rec")
+}
+
+/// The fencing token file of a service, relative to the data dir.
+pub fn fence_name(name: &ServiceName) -> String {
+    format!("services/{name}/fence.rec")
 }
 
 impl ServiceHandle {
@@ -143,6 +149,7 @@ impl ServiceHandle {
         host.start_listener(listener);
         let (status_tx, status) = watch::channel(host.status());
         host.status_tx = Some(status_tx);
+        let contact = host.contact.clone();
         let task = tokio::spawn(host.run(rx));
         Self {
             tx,
@@ -150,7 +157,14 @@ impl ServiceHandle {
             ctx,
             name,
             task,
+            contact,
         }
+    }
+
+    /// Notes a coordinator's contact for this service (see `orphan_timeout`).
+    pub fn touch(&self) {
+        self.contact
+            .fetch_max(mono_ms(), std::sync::atomic::Ordering::Relaxed);
     }
 
     /// A prepared release (from the saved record).
@@ -173,18 +187,18 @@ impl ServiceHandle {
         status
     }
 
-    /// Runs one deploy step.
-    pub async fn step(&self, epoch: u64, step: Step) -> StepResult {
+    /// Runs one deploy step, fenced by `fence` (see [`FenceRecord`]).
+    pub async fn step(&self, fence: Option<FenceRecord>, step: Step) -> StepResult {
         if let Step::Prepare {
             spec,
             version,
             artifact,
         } = step
         {
-            return self.prepare(epoch, *spec, version, artifact).await;
+            return self.prepare(fence, *spec, version, artifact).await;
         }
         let (reply, rx) = oneshot::channel();
-        self.send(Command::Step { step, epoch, reply }).await?;
+        self.send(Command::Step { step, fence, reply }).await?;
         rx.await
             .map_err(|_| error_reply(ErrorKind::Internal, "the service host stopped"))?
     }
@@ -208,7 +222,7 @@ impl ServiceHandle {
     /// Stores and unpacks outside the actor (it can take a while), then registers the release.
     async fn prepare(
         &self,
-        epoch: u64,
+        fence: Option<FenceRecord>,
         spec: ServiceSpec,
         version: ReleaseVersion,
         artifact: ArtifactSource,
@@ -263,7 +277,7 @@ impl ServiceHandle {
         let (reply, rx) = oneshot::channel();
         self.send(Command::Register {
             entry,
-            epoch,
+            fence,
             unpacked,
             reply,
         })

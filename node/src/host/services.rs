@@ -10,14 +10,15 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use halley_proto::NodeName;
 use halley_proto::deploy::{ServiceStatus, Step, StepReply, StepRequest};
-use halley_proto::disk::ServiceRecord;
+use halley_proto::disk::{FenceRecord, ServiceRecord};
 use halley_proto::gossip::{SERVICE_KEY_PREFIX, ServiceSummary};
 use halley_proto::message::{ErrorKind, ErrorReply};
 use halley_proto::spec::ServiceName;
 use tracing::{error, info};
 
-use crate::host::handle::{HostContext, ServiceHandle, record_name};
+use crate::host::handle::{HostContext, ServiceHandle, fence_name, record_name};
 
 /// This node's services.
 pub struct Services {
@@ -65,8 +66,9 @@ impl Services {
         }
     }
 
-    /// Runs a deploy step.
-    pub async fn step(&self, request: StepRequest) -> Result<StepReply, ErrorReply> {
+    /// Runs a deploy step sent by node `by` (the caller's certificate name, or this node's own
+    /// for a local command): its fencing token is (the request's epoch, `by`).
+    pub async fn step(&self, request: StepRequest, by: NodeName) -> Result<StepReply, ErrorReply> {
         if let Step::Prepare { spec, .. } = &request.step
             && !spec.hosts.includes(&self.ctx.node)
         {
@@ -107,7 +109,11 @@ impl Services {
                 }
             }
         };
-        let result = handle.step(request.epoch, request.step).await;
+        let fence = FenceRecord {
+            epoch: request.epoch,
+            coordinator: Some(by),
+        };
+        let result = handle.step(Some(fence), request.step).await;
         if created && result.is_err() {
             self.forget_unprepared(&request.service, handle).await;
         }
@@ -128,6 +134,7 @@ impl Services {
         self.ctx.cluster.remove(service);
         // The fence may have saved the record already; its directory goes too if that empties it.
         let record = self.ctx.data_dir.file(&record_name(service));
+        let _ = std::fs::remove_file(self.ctx.data_dir.file(&fence_name(service)));
         let _ = std::fs::remove_file(&record);
         if let Some(dir) = record.parent() {
             let _ = std::fs::remove_dir(dir);
@@ -145,12 +152,11 @@ impl Services {
         &self.ctx.cluster
     }
 
-    /// Notes that a coordinator reached this node (see `orphan_timeout`).
-    pub fn touch(&self) {
-        self.ctx.last_contact_ms.fetch_max(
-            crate::clock::wall_ms(),
-            std::sync::atomic::Ordering::Relaxed,
-        );
+    /// A coordinator watching `service`: its status, and contact for its `orphan_timeout`.
+    pub async fn watch(&self, service: &ServiceName) -> Option<ServiceStatus> {
+        let handle = self.handle(service).await?;
+        handle.touch();
+        Some(handle.status())
     }
 
     /// Waits for, then holds, this node's run-once ledgers: a command that checks a ledger, runs

@@ -322,8 +322,7 @@ impl State<'_> {
                 .await
                 .map_err(|e| error_reply(ErrorKind::Internal, format!("restore task failed: {e}")));
         // Whatever happened, the committed release serves again.
-        let epoch = handle.status().epoch;
-        let woke = handle.step(epoch, Step::Revert).await;
+        let woke = handle.step(None, Step::Revert).await;
         let manifest = restored?.map_err(|e| {
             error_reply(
                 ErrorKind::CheckFailed,

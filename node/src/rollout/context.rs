@@ -6,9 +6,10 @@
 //! - Coordinator code reaches hosts, itself included, only through the cluster client, the same
 //!   way for every host.
 //! - `rollouts` holds this node's fullest copy of each rollout it drove since it started (with
-//!   host notes); `active` names the services whose driver runs in this process now.
+//!   host notes); `active` names the services whose driver runs in this process now, and
+//!   `starting` those a rollout is being started for, so two starts on one node never overlap.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -47,6 +48,24 @@ pub struct Coordinator {
     /// Journals that could not be written to disk, kept so that `deploy --resume` on this node
     /// still finds the spec and artifact once the disk is fixed.
     unsaved: Mutex<HashMap<ServiceName, RolloutJournal>>,
+    /// Services a rollout is being started for here (from the lock check to the driver's
+    /// start, across snapshots and migrations), so two starts on one node never overlap.
+    starting: Mutex<HashSet<ServiceName>>,
+}
+
+/// A service held for a rollout this node is starting; let go when dropped (the driver, once
+/// spawned, holds the service through `active`).
+pub(crate) struct Starting<'a> {
+    node: &'a Coordinator,
+    service: ServiceName,
+}
+
+impl Drop for Starting<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut set) = self.node.starting.lock() {
+            set.remove(&self.service);
+        }
+    }
 }
 
 impl Coordinator {
@@ -59,7 +78,34 @@ impl Coordinator {
             rollouts: Mutex::default(),
             active: Mutex::default(),
             unsaved: Mutex::default(),
+            starting: Mutex::default(),
         }
+    }
+
+    /// Holds `service` for a rollout starting here; refused while another one starts or runs
+    /// on this node (the lock in gossip cannot see those yet).
+    pub(crate) fn begin(&self, service: &ServiceName) -> Reply<Starting<'_>> {
+        let driving = self
+            .active
+            .lock()
+            .map(|m| m.contains_key(service))
+            .unwrap_or(false);
+        let mut set = self
+            .starting
+            .lock()
+            .map_err(|_| crate::error::internal("the rollout start lock is poisoned"))?;
+        if driving || !set.insert(service.clone()) {
+            return Err(ErrorReply {
+                kind: halley_proto::message::ErrorKind::Conflict,
+                message: format!(
+                    "a rollout of {service} is already starting or running on this node; wait for it ('halley-node rollout status {service}')"
+                ),
+            });
+        }
+        Ok(Starting {
+            node: self,
+            service: service.clone(),
+        })
     }
 
     /// Hands `event` to this node's driver of `service`; `false` when none runs here.

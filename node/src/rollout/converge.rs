@@ -1,6 +1,7 @@
 //! Convergence of a host that missed a rollout: a node that was skipped (unreachable on its turn,
-//! `--skip-unreachable`) and comes back after the rollout completed brings each such service to
-//! the cluster's committed release by itself.
+//! `--skip-unreachable`, or dead when a rollback started) and comes back after the rollout
+//! completed (or the rollback finished) brings each such service to the cluster's release by
+//! itself.
 //!
 //! The rules are [`crate::engine::converge`]'s:
 //! - Only a completed rollout counts, and only while it is the newest of its service: a running,
@@ -26,13 +27,14 @@ use crate::rollout::status as rollout_status;
 pub async fn converge(node: &Coordinator) {
     let rollouts = rollout_status::rollouts(node, None).await;
     let statuses = node.services.statuses().await;
-    let committed = |service: &ServiceName| {
+    let local = |service: &ServiceName| {
         statuses
             .iter()
             .find(|s| &s.name == service)
-            .and_then(|s| s.committed.clone())
+            .map(|s| (s.committed.clone(), s.releases.clone()))
+            .unwrap_or_default()
     };
-    for state in engine::missed(&rollouts, node.cluster.name(), committed) {
+    for state in engine::missed(&rollouts, node.cluster.name(), local) {
         match catch_up(node, state).await {
             Ok(()) => {
                 info!(service = %state.service, version = %state.version, rollout = %state.id, "converged to the release a rollout completed while this node was away")
@@ -74,6 +76,7 @@ async fn catch_up(node: &Coordinator, state: &RolloutState) -> Result<(), String
         (
             Step::StartNext {
                 version: state.version.clone(),
+                rollback: state.mode == halley_proto::rollout::Mode::Rollback,
             },
             SHORT * 6,
         ),
@@ -86,7 +89,12 @@ async fn catch_up(node: &Coordinator, state: &RolloutState) -> Result<(), String
             Step::Drain,
             spec.stop.drain_timeout.as_duration() + SHORT * 3,
         ),
-        (Step::Commit, SHORT),
+        (
+            Step::Commit {
+                version: state.version.clone(),
+            },
+            SHORT,
+        ),
     ];
     walk(
         node,

@@ -21,8 +21,8 @@
 //!
 //! ## Non-goals
 //! There is no consensus: two `deploy`s started within a gossip round of each other on different
-//! nodes can both start; the epochs then make the hosts follow only the newer one, and the older
-//! one stops as `fenced`. Baselines live in the coordinator's memory: a resumed rollout judges
+//! nodes can both start; the hosts then follow only the higher fencing token (epoch, then
+//! coordinator name), and the other one stops as `fenced`. Baselines live in the coordinator's memory: a resumed rollout judges
 //! updated hosts by the absolute thresholds only.
 
 use std::collections::HashMap;
@@ -149,7 +149,9 @@ impl Driver {
                         Action::Drain(h)
                         | Action::Deploy(h)
                         | Action::Revert(h)
-                        | Action::Commit(h) => h.clone(),
+                        | Action::Commit(h)
+                        | Action::Resolve(h)
+                        | Action::RollBack(h, _) => h.clone(),
                         _ => continue,
                     };
                     let worker = self.worker(&host);

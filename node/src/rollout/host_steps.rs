@@ -28,6 +28,7 @@ use crate::engine::rollout::{Action, Event};
 use crate::error::Error;
 use crate::rollout::context::Coordinator;
 use crate::rollout::context::{LONG, SHORT};
+use crate::rollout::rollback::{resolve, roll_back_host};
 use crate::store::releases::CHUNK;
 
 /// What a host worker needs.
@@ -108,7 +109,15 @@ impl HostCtx {
                     Ok(note) => Event::Reverted(host, Ok(note)),
                 }
             }
-            Action::Commit(_) => match self.step(Step::Commit, LONG).await {
+            Action::Commit(_) => match self
+                .step(
+                    Step::Commit {
+                        version: self.journal.state.version.clone(),
+                    },
+                    LONG,
+                )
+                .await
+            {
                 Ok(StepReply::Committed { version, .. }) => {
                     Event::Committed(host, Ok(format!("committed {version}")))
                 }
@@ -116,6 +125,27 @@ impl HostCtx {
                 Err(Failure::Fenced(why)) => Event::Fenced(host, why),
                 Err(Failure::Failed(why)) => Event::Committed(host, Err(why)),
             },
+            Action::Resolve(_) => {
+                let service = &self.journal.state.service;
+                Event::Resolved(host.clone(), resolve(&self.node, &host, service).await)
+            }
+            Action::RollBack(_, target) => {
+                let j = &self.journal;
+                let done = roll_back_host(
+                    &self.node,
+                    &host,
+                    &j.state.service,
+                    &target,
+                    j.state.epoch,
+                    &j.spec,
+                )
+                .await;
+                match done {
+                    Ok(note) => Event::Reverted(host, Ok(note)),
+                    Err(r) if r.kind == ErrorKind::StaleEpoch => Event::Fenced(host, r.message),
+                    Err(r) => Event::Reverted(host, Err(r.message)),
+                }
+            }
             Action::Journal | Action::Say(_) => Event::Tick,
         }
     }
@@ -193,6 +223,7 @@ impl HostCtx {
             .step(
                 Step::StartNext {
                     version: j.state.version.clone(),
+                    rollback: false,
                 },
                 SHORT * 6,
             )
@@ -328,7 +359,11 @@ pub(crate) async fn sample(
 ) -> Result<Sample, Miss> {
     let reply = node
         .cluster
-        .peer(host, PeerRequest::Services, Duration::from_secs(3))
+        .peer(
+            host,
+            PeerRequest::Watch(service.clone()),
+            Duration::from_secs(3),
+        )
         .await
         .map_err(|_| Miss::Unreachable)?;
     let PeerReply::Services(list) = reply else {

@@ -16,7 +16,7 @@ use std::time::Duration;
 use halley_proto::NodeName;
 use halley_proto::deploy::ReleaseVersion;
 use halley_proto::message::{ErrorKind, ErrorReply, PeerReply, PeerRequest};
-use halley_proto::rollout::{HostProgress, HostStep, Phase, RolloutState};
+use halley_proto::rollout::{HostProgress, HostStep, Mode, Phase, RolloutState};
 use halley_proto::spec::{RolloutPolicy, ServiceName};
 
 use crate::clock::wall_ms;
@@ -112,6 +112,7 @@ pub(crate) fn new_state(
     RolloutState {
         id: format!("{service}-{now}-{suffix}"),
         service: service.clone(),
+        mode: Mode::Deploy,
         version: version.clone(),
         epoch,
         seq: 0,

@@ -13,9 +13,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use halley_proto::NodeName;
+use halley_proto::deploy::ReleaseVersion;
 use halley_proto::disk::RolloutJournal;
 use halley_proto::message::{ErrorKind, ErrorReply, MemberState};
-use halley_proto::rollout::{Phase, RolloutKind, RolloutRequest, RolloutState};
+use halley_proto::rollout::{Mode, Phase, RolloutKind, RolloutRequest, RolloutState};
 use halley_proto::spec::{RolloutPolicy, ServiceName, ServiceSpec};
 use tracing::info;
 
@@ -27,6 +28,7 @@ use crate::rollout::context::{Coordinator, Reply};
 use crate::rollout::driver::Driver;
 use crate::rollout::host_steps::fetch_release;
 use crate::rollout::lock::{conflict, new_state, next_epoch, refuse_if_busy, seen_epochs};
+use crate::rollout::rollback;
 use crate::rollout::status as rollout_status;
 use crate::store::journal;
 
@@ -38,6 +40,11 @@ pub async fn start(
 ) -> Reply<(String, Vec<String>)> {
     let me = node.clone();
     let service = request.service.clone();
+    // An abort tells this node's own driver; everything else starts a driver here.
+    let _starting = match request.kind {
+        RolloutKind::Abort => None,
+        _ => Some(node.begin(&service)?),
+    };
     match request.kind {
         RolloutKind::Deploy {
             spec,
@@ -94,12 +101,9 @@ pub async fn start(
                 .map(|id| (id, Vec::new()))
         }
         RolloutKind::Abort => abort(node, &service).await.map(|id| (id, Vec::new())),
-        RolloutKind::Rollback { to } => {
-            refuse_if_busy(node, &service, false).await?;
-            crate::rollout::cluster_rollback::rollback(node, &service, to)
-                .await
-                .map(|id| (id, Vec::new()))
-        }
+        RolloutKind::Rollback { to } => rollback(node, &service, to, request.skip_unreachable)
+            .await
+            .map(|id| (id, Vec::new())),
     }
 }
 
@@ -133,7 +137,7 @@ fn plan(node: &Coordinator, spec: &ServiceSpec) -> Vec<NodeName> {
     crate::engine::rollout::plan(&spec.hosts, &spec.rollout.order, &members)
 }
 
-fn engine_policy(policy: &RolloutPolicy, skip_unreachable: bool) -> Policy {
+pub(crate) fn engine_policy(policy: &RolloutPolicy, skip_unreachable: bool) -> Policy {
     Policy {
         batch: policy.batch.max(1) as usize,
         drain_wait_ms: policy.drain_wait.0,
@@ -163,8 +167,42 @@ async fn resume(
     };
     let driven = state.phase != Phase::Paused && rollout_status::is_driven(node, &state).await;
     lock::may_resume(service, &state, node.cluster.name(), driven, force).map_err(conflict)?;
-    let release = release_source(node, &state).await?;
+    let release = match state.mode {
+        Mode::Deploy => release_source(node, &state).await?,
+        Mode::Rollback => rollback::release_for(node, &state).await?,
+    };
     Ok(take_over(&me, state, release, skip_unreachable, Rollout::resume).await)
+}
+
+/// `rollback`: the unfinished rollback of the service taken over when no coordinator drives it
+/// (its coordinator died), else a new rollback once nothing else is unfinished.
+async fn rollback(
+    node: &Arc<Coordinator>,
+    service: &ServiceName,
+    to: Option<ReleaseVersion>,
+    skip_unreachable: bool,
+) -> Reply<String> {
+    let newest = rollout_status::newest(node, service).await;
+    let Some(state) = newest.filter(|s| s.mode == Mode::Rollback && !s.phase.finished()) else {
+        refuse_if_busy(node, service, false).await?;
+        return rollback::start(node, service, to, skip_unreachable).await;
+    };
+    if let Some(v) = &to
+        && state
+            .hosts
+            .iter()
+            .filter_map(|h| h.target.as_ref())
+            .any(|t| t != v)
+    {
+        return Err(conflict(format!(
+            "service {service} has an unfinished rollback {} to {}; it must finish first: run 'halley-node rollback {service}' without --to to continue it, then roll back to {v}",
+            state.id, state.version
+        )));
+    }
+    let driven = rollout_status::is_driven(node, &state).await;
+    lock::may_resume(service, &state, node.cluster.name(), driven, false).map_err(conflict)?;
+    let release = rollback::release_for(node, &state).await?;
+    Ok(take_over(node, state, release, skip_unreachable, Rollout::resume).await)
 }
 
 /// Makes this node the coordinator of `state` with an epoch above every one seen, and drives

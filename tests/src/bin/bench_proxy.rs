@@ -158,11 +158,14 @@ fn main() {
         let previous: ReleaseVersion = statuses[0].previous.clone().expect("a previous release");
         let epoch = statuses[0].epoch;
         let steps = [
-            Step::StartNext { version: previous },
+            Step::StartNext {
+                version: previous.clone(),
+                rollback: true,
+            },
             Step::Check,
             Step::Flip,
             Step::Drain,
-            Step::Commit,
+            Step::Commit { version: previous },
         ];
         for step in steps {
             let is_flip = matches!(step, Step::Flip);
