@@ -165,7 +165,7 @@ impl Record for RolloutJournal {
 /// (epoch, coordinator), ordered by epoch, then coordinator name. Written before the step it
 /// admits is carried out. A host without it (a data dir from before fencing had owners) falls
 /// back to the service record's epoch with no owner, which orders below any owner.
-#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct FenceRecord {
     /// The epoch.
     pub epoch: u64,

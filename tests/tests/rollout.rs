@@ -775,3 +775,40 @@ fn two_deploys_started_at_once_from_two_nodes_leave_exactly_one_winner() {
         history()
     );
 }
+
+#[test]
+fn history_survives_every_node_restarting() {
+    let mut cluster = Cluster::start();
+    let config = cluster.config("quick", &[], "bake = \"0s\"");
+    assert_ok(
+        &deploy(&cluster.nodes[2], &config, "v1"),
+        "rollout of v1 from n3",
+    );
+    let history =
+        |node: &Node| String::from_utf8_lossy(&node.cli(&["history", "web"]).stdout).into_owned();
+    let listed = |node: &Node| {
+        history(node)
+            .lines()
+            .any(|l| l.contains(" v1 ") && l.contains("completed"))
+    };
+    assert!(wait_until(Duration::from_secs(10), || listed(
+        &cluster.nodes[0]
+    )));
+    // Every node dies at once (a power cut): gossip keeps nothing of what they published.
+    for node in &mut cluster.nodes {
+        node.kill9();
+    }
+    for (i, node) in cluster.nodes.iter_mut().enumerate() {
+        node.start_with(&["--service-address", &format!("127.0.0.{}", i + 1)]);
+    }
+    halley_tests::wait_converged(&cluster.nodes);
+    // The coordinator publishes its history book again (before, history was empty everywhere).
+    for node in &cluster.nodes {
+        assert!(
+            wait_until(Duration::from_secs(10), || listed(node)),
+            "{}: {}",
+            node.name,
+            history(node)
+        );
+    }
+}

@@ -131,6 +131,7 @@ pub async fn run(
         .await
         .map_err(|e| Error::Net(format!("cannot start gossip: {e}")))?;
     cluster.attach(chitchat.chitchat(), mesh.clone());
+    crate::rollout::history::republish(&coordinator).await;
     service.services.cluster().attach(mesh.clone());
     let admin_task = admin::serve(&data_dir, service.clone())?;
     info!(

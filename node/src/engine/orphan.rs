@@ -5,8 +5,8 @@
 //! release being rolled back would undo the rollback).
 //!
 //! ## Guarantees
-//! - Nothing is decided while a check runs (the check answers first) or while the deploy is
-//!   finished.
+//! - Nothing is decided while a step waits for its answer (a check or a drain: the
+//!   coordinator is in touch) or while the deploy is finished.
 //! - Contact is per service (a step, or a coordinator watching that service's signals), and
 //!   every time is monotonic: a wall-clock step neither reverts early nor delays a revert.
 
@@ -15,7 +15,7 @@
 pub struct Orphan {
     /// The slot engine has an uncommitted deploy.
     pub uncommitted: bool,
-    /// A check step is waiting for its answer.
+    /// A step (check or drain) is waiting for its answer.
     pub checking: bool,
     /// The uncommitted deploy is a rollback, and its target is the release that serves.
     pub rollback_serving: bool,

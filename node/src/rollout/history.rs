@@ -2,9 +2,12 @@
 //! (`hist:NAME`) so that `history` on any node shows every coordinator's rollouts.
 //!
 //! ## Guarantees
-//! - The newest 10 entries of this node's book are published after every change.
+//! - The newest 10 entries of this node's book are published after every change, and again
+//!   when the node starts (gossip forgets what a node published before it restarted), with the
+//!   last state of each rollout it journaled, so history and `deploy --resume` still see them.
 //! - A book that cannot be saved is logged; the entry is still published.
 
+use halley_proto::disk::HistoryBook;
 use halley_proto::gossip::HISTORY_KEY_PREFIX;
 use halley_proto::rollout::HistoryEntry;
 use halley_proto::spec::ServiceName;
@@ -22,6 +25,23 @@ pub(crate) async fn record(node: &Coordinator, service: &ServiceName, entry: His
     if let Err(e) = saved {
         warn!(service = %service, error = %e, "cannot write rollout history");
     }
+    publish(node, service, &book).await;
+}
+
+/// Publishes this node's history books and its journals' last rollout states again (at start).
+pub async fn republish(node: &Coordinator) {
+    for service in journal::recorded_services(&node.data_dir) {
+        let book = journal::read_history(&node.data_dir, &service);
+        if !book.entries.is_empty() {
+            publish(node, &service, &book).await;
+        }
+        if let Ok(j) = journal::read_journal(&node.data_dir, &service) {
+            node.publish(&j.state).await;
+        }
+    }
+}
+
+async fn publish(node: &Coordinator, service: &ServiceName, book: &HistoryBook) {
     let skip = book.entries.len().saturating_sub(PUBLISHED);
     let lines: Vec<String> = book
         .entries

@@ -38,6 +38,33 @@ pub fn write_journal(data_dir: &DataDir, journal: &RolloutJournal) -> Result<()>
     data_dir.write_record(&journal_name(&journal.state.service), journal)
 }
 
+/// The history book of `service` (empty when there is none or it cannot be read).
+pub fn read_history(data_dir: &DataDir, service: &ServiceName) -> HistoryBook {
+    data_dir
+        .read_record_or_default(&history_name(service))
+        .unwrap_or_default()
+}
+
+/// The services this node holds a rollout journal or a history book of.
+pub fn recorded_services(data_dir: &DataDir) -> Vec<ServiceName> {
+    let mut names = std::collections::BTreeSet::new();
+    for dir in ["rollouts", "history"] {
+        let Ok(entries) = std::fs::read_dir(data_dir.file(dir)) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let file = entry.file_name().to_string_lossy().into_owned();
+            if let Some(service) = file
+                .strip_suffix(".rec")
+                .and_then(|stem| ServiceName::parse(stem).ok())
+            {
+                names.insert(service);
+            }
+        }
+    }
+    names.into_iter().collect()
+}
+
 /// Adds `entry` to the history book of `service` (replacing an entry of the same rollout) and
 /// returns the book. The book is returned even when saving it failed, with the error.
 pub fn append_history(
@@ -47,7 +74,7 @@ pub fn append_history(
 ) -> (HistoryBook, Result<()>) {
     let name = history_name(service);
     let _ = std::fs::create_dir_all(data_dir.file("history"));
-    let mut book: HistoryBook = data_dir.read_record_or_default(&name).unwrap_or_default();
+    let mut book = read_history(data_dir, service);
     book.entries.retain(|e| e.id != entry.id);
     book.entries.push(entry);
     let excess = book.entries.len().saturating_sub(HISTORY_KEPT);
