@@ -21,6 +21,8 @@
 //!   coordinators that picked the same epoch are never both obeyed, interleaved).
 //! - `completed means committed`: when a rollout reports `completed`, every host it did not
 //!   skip committed that release for it (a newer rollout may have replaced it since).
+//! - `rolled back means on target`: when a rollback reports `rolled-back`, every host it put
+//!   back serves and has committed the target recorded for it.
 //! - `every rollout ends`: every run ends with each rollout finished (a rollback: rolled back).
 //!
 //! Not modelled: hosts finishing a deploy by themselves after `orphan_timeout` (the orphan
@@ -130,6 +132,8 @@ struct State {
     /// A rollout reported `completed` while a host it did not skip had not committed its
     /// release for it.
     completed_uncommitted: bool,
+    /// A rollback reported `rolled-back` while a host it put back was not on its target.
+    rolled_back_off_target: bool,
 }
 
 /// The engine's state is hashed through its debug form: it is plain data, and the model needs
@@ -140,6 +144,7 @@ impl Hash for State {
         self.net.hash(h);
         self.losses.hash(h);
         self.completed_uncommitted.hash(h);
+        self.rolled_back_off_target.hash(h);
         for c in &self.coordinators {
             format!("{:?}", c.engine).hash(h);
             format!("{:?}", c.journal).hash(h);
@@ -253,6 +258,7 @@ impl Cluster {
             net: Vec::new(),
             losses: 0,
             completed_uncommitted: false,
+            rolled_back_off_target: false,
         };
         let starts: Vec<Rollout> = match self.scenario {
             Scenario::RacingDeploys => {
@@ -328,6 +334,19 @@ impl Cluster {
                     h.step != HostStep::Skipped && !s.hosts[i].commits.contains(&(c, v))
                 });
             s.completed_uncommitted |= uncommitted;
+        }
+        let rolled_back = s.coordinators[c]
+            .engine
+            .as_ref()
+            .map(|e| e.state().clone())
+            .filter(|st| st.mode == Mode::Rollback && st.phase == Phase::RolledBack);
+        if let Some(done) = rolled_back {
+            let off = done.hosts.iter().enumerate().any(|(i, h)| {
+                let target = h.target.as_ref().map(number);
+                h.step == HostStep::Reverted
+                    && (target != Some(s.hosts[i].committed) || target != Some(s.hosts[i].active))
+            });
+            s.rolled_back_off_target |= off;
         }
         s.net.sort();
     }
@@ -580,6 +599,9 @@ impl Model for Cluster {
             }),
             Property::always("completed means committed", |_, s: &State| {
                 !s.completed_uncommitted
+            }),
+            Property::always("rolled back means on target", |_, s: &State| {
+                !s.rolled_back_off_target
             }),
             Property::eventually("every rollout ends", |_, s: &State| {
                 s.coordinators.iter().all(|c| {

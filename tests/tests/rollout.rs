@@ -625,14 +625,15 @@ fn a_rollback_whose_coordinator_died_is_finished_from_another_node() {
         &cluster.nodes[0]
     ) > before));
 
-    // The refusal names the rollback and a command that works; that command finishes it.
+    // The refusal names the rollback and a command that works; that command finishes it
+    // (before, it named the placeholder version `previous` and the resume found no release).
     let out = deploy(&cluster.nodes[0], &plain, "v3");
     let err = stderr(&out);
     assert!(
-        !out.status.success() && err.contains("rollback web"),
+        !out.status.success() && err.contains("version v1") && err.contains("deploy --resume web"),
         "{err}"
     );
-    let out = cluster.nodes[0].cli(&["rollback", "web"]);
+    let out = cluster.nodes[0].cli(&["deploy", "web", "--resume"]);
     assert_ok(&out, "rollback taken over by n1");
     let said = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(

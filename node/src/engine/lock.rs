@@ -14,7 +14,7 @@
 //! (epoch, coordinator name) ([`crate::engine::fence`]), so only one is obeyed.
 
 use halley_proto::NodeName;
-use halley_proto::rollout::{Mode, Phase, RolloutState};
+use halley_proto::rollout::{Phase, RolloutState};
 use halley_proto::spec::ServiceName;
 
 /// Whether `current`, as gossip shows it, needs a fresh look from its coordinator before it
@@ -55,11 +55,6 @@ pub fn refusal(service: &ServiceName, current: &RolloutState, driven: bool) -> S
         )
     } else if driven {
         format!("{what}; wait for it ('halley-node rollout status {service}')")
-    } else if current.mode == Mode::Rollback {
-        format!(
-            "{what}, and node {} no longer drives it (dead or restarted); continue it with 'halley-node rollback {service}' (or 'halley-node deploy --resume {service}')",
-            current.coordinator
-        )
     } else {
         format!(
             "{what}, and node {} no longer drives it (dead or restarted); take it over with 'halley-node deploy --resume {service}'",

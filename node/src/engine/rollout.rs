@@ -24,7 +24,8 @@
 //!   journaled and resumable the same way: it starts rolling back, every host at once, each to
 //!   its recorded target (`RollBack`); a host whose target is not known yet is asked first
 //!   (`Resolve`), and its answer is journaled before any step reaches it. A rollback cannot be
-//!   aborted; it ends `rolled-back` once every host is back or skipped.
+//!   aborted; a host that fails [`ROLLBACK_ATTEMPTS`] times is skipped (it converges when it
+//!   comes back), so the rollback ends `rolled-back` once every host is back or skipped.
 
 use std::collections::BTreeSet;
 
@@ -69,6 +70,9 @@ pub enum Event {
     Reverted(NodeName, Result<String, String>),
     /// The host's commit ended.
     Committed(NodeName, Result<String, String>),
+    /// The host refused the commit: it serves another release (it reverted by itself after
+    /// `orphan_timeout`, or was changed by hand), so committing again would not help.
+    CommitRefused(NodeName, String),
     /// The host could not be reached on its turn.
     Unreachable(NodeName),
     /// The host refused a step: it has seen a newer epoch.
@@ -291,6 +295,7 @@ impl Rollout {
             }
             Event::Reverted(node, result) => {
                 let retry = self.policy.retry_ms;
+                let rollback = self.state.mode == Mode::Rollback;
                 if let Some(h) = self.host_in(&node, HostStep::Reverting) {
                     match result {
                         Ok(note) => {
@@ -302,6 +307,7 @@ impl Rollout {
                             set(h, HostStep::Reverted, now, None, &note);
                             out.push(Action::Say(said));
                         }
+                        Err(why) if rollback => out.push(retry_or_give_up(h, now + retry, why)),
                         Err(why) => out.push(retry_later(h, now + retry, "revert", why)),
                     }
                 }
@@ -321,6 +327,20 @@ impl Rollout {
                         }
                         Err(why) => out.push(retry_later(h, now + retry, "commit", why)),
                     }
+                }
+            }
+            Event::CommitRefused(node, why) => {
+                let version = self.state.version.clone();
+                let note = format!("not committed: {why}; it converges to {version}");
+                if let Some(h) = self.host_in(&node, HostStep::Committing) {
+                    out.push(Action::Say(format!("{node}: {note}")));
+                    set(h, HostStep::Skipped, now, None, &note);
+                    let line = format!("{node} {note}");
+                    self.state.reason = if self.state.reason.is_empty() {
+                        line
+                    } else {
+                        format!("{}; {line}", self.state.reason)
+                    };
                 }
             }
             Event::Unreachable(node) => {
@@ -424,7 +444,7 @@ impl Rollout {
                 set(h, HostStep::Skipped, now, None, &why);
                 out.push(Action::Say(format!("{node}: {why}; skipped")));
             }
-            Err(why) => out.push(retry_later(h, now + retry, "rollback", why)),
+            Err(why) => out.push(retry_or_give_up(h, now + retry, why)),
         }
     }
 
@@ -664,6 +684,23 @@ fn back(mode: Mode, h: &HostProgress) -> Action {
     }
 }
 
+/// Attempts a rollback makes on one host before it leaves the host as it is (a host that comes
+/// back later converges to the rollback's release by itself).
+pub const ROLLBACK_ATTEMPTS: u32 = 5;
+
+/// A rollback host whose attempt failed: tried again at `at`, or skipped after
+/// [`ROLLBACK_ATTEMPTS`], so a host that is gone for good does not hold the service forever.
+fn retry_or_give_up(h: &mut HostProgress, at: u64, why: String) -> Action {
+    if h.attempts + 1 < ROLLBACK_ATTEMPTS {
+        return retry_later(h, at, "rollback", why);
+    }
+    let note = format!("gave up after {ROLLBACK_ATTEMPTS} attempts: {why}");
+    h.attempts += 1;
+    let said = format!("{}: {note}; left as it is", h.node);
+    set(h, HostStep::Skipped, at, None, &note);
+    Action::Say(said)
+}
+
 /// A revert or commit that failed on a host: it is tried again at `at`, never given up.
 fn retry_later(h: &mut HostProgress, at: u64, what: &str, why: String) -> Action {
     h.attempts += 1;
@@ -772,7 +809,7 @@ mod tests {
     //! `policy batch=N drain=MS bake=MS pause=MS max-failed=N auto-rollback=BOOL skip=BOOL`,
     //! `at MS`, `start`, `resume` (the engine is rebuilt from its own state, as from a journal),
     //! `tick`, `drained H`, `deployed H ok|WHY...`, `verdict H ok|WHY...`, `reverted H ok|WHY...`,
-    //! `committed H ok|WHY...`, `unreachable H`, `fenced H WHY...`, `journal-failed WHY...`,
+    //! `committed H ok|WHY...`, `commit-refused H WHY...`, `unreachable H`, `fenced H WHY...`, `journal-failed WHY...`,
     //! `abort`, `show`, `wake` (when the engine next needs a tick); a rollback:
     //! `rollback H=V|?|dead...` (each host's target, not known yet, or dead), `resolved H
     //! V|none|error WHY...`.
@@ -927,6 +964,7 @@ mod tests {
                 ),
                 ["reverted", h, rest @ ..] => Event::Reverted(name(h), result(rest)),
                 ["committed", h, rest @ ..] => Event::Committed(name(h), result(rest)),
+                ["commit-refused", h, rest @ ..] => Event::CommitRefused(name(h), rest.join(" ")),
                 ["unreachable", h] => Event::Unreachable(name(h)),
                 ["fenced", h, rest @ ..] => Event::Fenced(name(h), rest.join(" ")),
                 ["journal-failed", rest @ ..] => Event::JournalFailed(rest.join(" ")),

@@ -134,11 +134,16 @@ impl Coordinator {
         self.rollouts.lock().ok()?.get(service).cloned()
     }
 
-    /// Keeps `state` as this node's copy and publishes it in gossip (`rollout:NAME`).
-    pub(crate) async fn publish(&self, state: &RolloutState) {
+    /// Keeps `state` as this node's copy without publishing it.
+    pub(crate) fn remember(&self, state: &RolloutState) {
         if let Ok(mut map) = self.rollouts.lock() {
             map.insert(state.service.clone(), state.clone());
         }
+    }
+
+    /// Keeps `state` as this node's copy and publishes it in gossip (`rollout:NAME`).
+    pub(crate) async fn publish(&self, state: &RolloutState) {
+        self.remember(state);
         self.cluster
             .gossip
             .publish(

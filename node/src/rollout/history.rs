@@ -4,7 +4,10 @@
 //! ## Guarantees
 //! - The newest 10 entries of this node's book are published after every change, and again
 //!   when the node starts (gossip forgets what a node published before it restarted), with the
-//!   last state of each rollout it journaled, so history and `deploy --resume` still see them.
+//!   last state of each finished rollout it journaled. An unfinished one is not published by
+//!   its restarted coordinator: published by a live node it would look driven, and nobody
+//!   could take it over. It is kept as this node's own copy (`deploy --resume` here finds it;
+//!   other nodes find it in what gossip still holds of the dead coordinator).
 //! - A book that cannot be saved is logged; the entry is still published.
 
 use halley_proto::disk::HistoryBook;
@@ -35,8 +38,11 @@ pub async fn republish(node: &Coordinator) {
         if !book.entries.is_empty() {
             publish(node, &service, &book).await;
         }
-        if let Ok(j) = journal::read_journal(&node.data_dir, &service) {
-            node.publish(&j.state).await;
+        match journal::read_journal(&node.data_dir, &service) {
+            Ok(j) if j.state.phase.finished() => node.publish(&j.state).await,
+            // Kept as this node's own copy, so `deploy --resume` here finds it.
+            Ok(j) => node.remember(&j.state),
+            Err(_) => {}
         }
     }
 }

@@ -109,22 +109,24 @@ impl HostCtx {
                     Ok(note) => Event::Reverted(host, Ok(note)),
                 }
             }
-            Action::Commit(_) => match self
-                .step(
-                    Step::Commit {
-                        version: self.journal.state.version.clone(),
+            Action::Commit(_) => {
+                let version = self.journal.state.version.clone();
+                let step = self.request(Step::Commit { version });
+                match self.node.cluster.step_on(&host, step, LONG).await {
+                    Ok(StepReply::Committed { version, .. }) => {
+                        Event::Committed(host, Ok(format!("committed {version}")))
+                    }
+                    Ok(_) => Event::Committed(host, Ok(String::new())),
+                    // It serves another release: committing again will not change that.
+                    Err(Error::Remote(r)) if r.kind == ErrorKind::Conflict => {
+                        Event::CommitRefused(host, r.message)
+                    }
+                    Err(e) => match Failure::from(e) {
+                        Failure::Fenced(why) => Event::Fenced(host, why),
+                        Failure::Failed(why) => Event::Committed(host, Err(why)),
                     },
-                    LONG,
-                )
-                .await
-            {
-                Ok(StepReply::Committed { version, .. }) => {
-                    Event::Committed(host, Ok(format!("committed {version}")))
                 }
-                Ok(_) => Event::Committed(host, Ok(String::new())),
-                Err(Failure::Fenced(why)) => Event::Fenced(host, why),
-                Err(Failure::Failed(why)) => Event::Committed(host, Err(why)),
-            },
+            }
             Action::Resolve(_) => {
                 let service = &self.journal.state.service;
                 Event::Resolved(host.clone(), resolve(&self.node, &host, service).await)

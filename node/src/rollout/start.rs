@@ -247,6 +247,7 @@ async fn abort(node: &Arc<Coordinator>, service: &ServiceName) -> Reply<String> 
     if &state.coordinator == node.cluster.name() && node.tell_driver(service, Event::Abort) {
         return Ok(state.id);
     }
+    let _starting = node.begin(service)?;
     // Reverts need no release, but the journal records one: the rollout's, else this node's own.
     let release = match release_source(node, &state).await {
         Ok(found) => found,

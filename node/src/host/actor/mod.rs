@@ -350,8 +350,9 @@ impl Host {
                 "prepare is handled before the actor",
             )),
             Step::StartNext { version, rollback } => {
-                self.rolling_back_to = rollback.then(|| version.clone());
-                self.start_next(&version)
+                let started = self.start_next(&version);
+                self.rolling_back_to = (rollback && started.is_ok()).then_some(version);
+                started
             }
             Step::Check => return self.begin_check(reply, false),
             Step::Flip => {
