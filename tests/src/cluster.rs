@@ -95,6 +95,18 @@ order = ["n1", "n2", "n3"]
         path
     }
 
+    /// The gossip generation of member `name` as node `viewer` sees it (it grows when that
+    /// node restarts).
+    pub fn generation(&self, viewer: usize, name: &str) -> Option<u64> {
+        self.nodes[viewer].status().and_then(|s| {
+            s["members"]
+                .as_array()?
+                .iter()
+                .find(|m| m["name"] == name)?["generation"]
+                .as_u64()
+        })
+    }
+
     /// The version each entry point answers with (`None` when it does not answer).
     pub fn versions(&self, rt: &tokio::runtime::Runtime) -> Vec<Option<String>> {
         (0..3)

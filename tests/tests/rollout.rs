@@ -199,16 +199,7 @@ fn a_killed_coordinator_is_resumed_from_another_node() {
             String::from_utf8_lossy(&cluster.nodes[0].cli(&["rollout", "status", "web"]).stdout)
         );
     }
-    let generation = |node: &Node| {
-        node.status().and_then(|s| {
-            s["members"]
-                .as_array()?
-                .iter()
-                .find(|m| m["name"] == "n3")?["generation"]
-                .as_u64()
-        })
-    };
-    let before = generation(&cluster.nodes[0]);
+    let before = cluster.generation(0, "n3");
     cluster.nodes[2].kill9();
     let _ = coordinator.join();
     // No host lacks a healthy slot meanwhile.
@@ -219,9 +210,9 @@ fn a_killed_coordinator_is_resumed_from_another_node() {
     );
     cluster.nodes[2].start_with(&["--service-address", "127.0.0.3"]);
     // Once n1 has heard of n3's new life, n3's old one no longer counts as coordinating.
-    assert!(wait_until(Duration::from_secs(10), || generation(
-        &cluster.nodes[0]
-    ) > before));
+    assert!(wait_until(Duration::from_secs(10), || cluster
+        .generation(0, "n3")
+        > before));
     // A new deploy is refused while the rollout is unfinished, naming its coordinator.
     let out = deploy(&cluster.nodes[0], &slow, "v3");
     assert!(!out.status.success());
@@ -602,16 +593,7 @@ fn a_rollback_whose_coordinator_died_is_finished_from_another_node() {
         String::from_utf8_lossy(&out.stdout).contains("rolling-back")
     }));
     std::thread::sleep(Duration::from_secs(1));
-    let generation = |node: &Node| {
-        node.status().and_then(|s| {
-            s["members"]
-                .as_array()?
-                .iter()
-                .find(|m| m["name"] == "n3")?["generation"]
-                .as_u64()
-        })
-    };
-    let before = generation(&cluster.nodes[0]);
+    let before = cluster.generation(0, "n3");
     cluster.nodes[2].kill9();
     let _ = rolling.join();
     // No host lacks a healthy slot meanwhile.
@@ -621,9 +603,9 @@ fn a_rollback_whose_coordinator_died_is_finished_from_another_node() {
         "{versions:?}"
     );
     cluster.nodes[2].start_with(&["--service-address", "127.0.0.3"]);
-    assert!(wait_until(Duration::from_secs(10), || generation(
-        &cluster.nodes[0]
-    ) > before));
+    assert!(wait_until(Duration::from_secs(10), || cluster
+        .generation(0, "n3")
+        > before));
 
     // The refusal names the rollback and a command that works; that command finishes it
     // (before, it named the placeholder version `previous` and the resume found no release).

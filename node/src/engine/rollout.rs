@@ -312,37 +312,8 @@ impl Rollout {
                     }
                 }
             }
-            Event::Committed(node, result) => {
-                let retry = self.policy.retry_ms;
-                if let Some(h) = self.host_in(&node, HostStep::Committing) {
-                    match result {
-                        Ok(note) => {
-                            // Keep what the deploy reported: it is the host's story.
-                            let note = match (h.note.is_empty(), note.is_empty()) {
-                                (true, _) => note,
-                                (false, true) => h.note.clone(),
-                                (false, false) => format!("{}; {note}", h.note),
-                            };
-                            set(h, HostStep::Committed, now, None, &note)
-                        }
-                        Err(why) => out.push(retry_later(h, now + retry, "commit", why)),
-                    }
-                }
-            }
-            Event::CommitRefused(node, why) => {
-                let version = self.state.version.clone();
-                let note = format!("not committed: {why}; it converges to {version}");
-                if let Some(h) = self.host_in(&node, HostStep::Committing) {
-                    out.push(Action::Say(format!("{node}: {note}")));
-                    set(h, HostStep::Skipped, now, None, &note);
-                    let line = format!("{node} {note}");
-                    self.state.reason = if self.state.reason.is_empty() {
-                        line
-                    } else {
-                        format!("{}; {line}", self.state.reason)
-                    };
-                }
-            }
+            Event::Committed(node, result) => self.committed(&node, result, now, &mut out),
+            Event::CommitRefused(node, why) => self.commit_refused(&node, &why, now, &mut out),
             Event::Unreachable(node) => {
                 if self.unreachable(&node, now, &mut out) {
                     return journaled(out);
@@ -410,6 +381,50 @@ impl Rollout {
         }
         out.extend(self.advance(now));
         journaled(out)
+    }
+
+    /// A host's commit ended: committed, or tried again later.
+    fn committed(
+        &mut self,
+        node: &NodeName,
+        result: Result<String, String>,
+        now: u64,
+        out: &mut Vec<Action>,
+    ) {
+        let retry = self.policy.retry_ms;
+        let Some(h) = self.host_in(node, HostStep::Committing) else {
+            return;
+        };
+        match result {
+            Ok(note) => {
+                // Keep what the deploy reported: it is the host's story.
+                let note = match (h.note.is_empty(), note.is_empty()) {
+                    (true, _) => note,
+                    (false, true) => h.note.clone(),
+                    (false, false) => format!("{}; {note}", h.note),
+                };
+                set(h, HostStep::Committed, now, None, &note)
+            }
+            Err(why) => out.push(retry_later(h, now + retry, "commit", why)),
+        }
+    }
+
+    /// A host that refused the commit (it serves another release) is left to converge to the
+    /// release by itself; the rollout's reason names it.
+    fn commit_refused(&mut self, node: &NodeName, why: &str, now: u64, out: &mut Vec<Action>) {
+        let version = self.state.version.clone();
+        let note = format!("not committed: {why}; it converges to {version}");
+        let Some(h) = self.host_in(node, HostStep::Committing) else {
+            return;
+        };
+        out.push(Action::Say(format!("{node}: {note}")));
+        set(h, HostStep::Skipped, now, None, &note);
+        let line = format!("{node} {note}");
+        self.state.reason = if self.state.reason.is_empty() {
+            line
+        } else {
+            format!("{}; {line}", self.state.reason)
+        };
     }
 
     /// A rollback host's target arrived: it is recorded (journaled before the step that uses

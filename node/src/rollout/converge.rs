@@ -19,8 +19,8 @@ use tracing::{info, warn};
 
 use crate::engine::converge as engine;
 use crate::rollout::context::Coordinator;
-use crate::rollout::context::{LONG, SHORT};
-use crate::rollout::host_steps::{fetch_release, walk};
+use crate::rollout::context::LONG;
+use crate::rollout::host_steps::{fetch_release, switch_to, walk};
 use crate::rollout::status as rollout_status;
 
 /// One pass: converges every service whose newest completed rollout skipped this node.
@@ -64,38 +64,16 @@ async fn catch_up(node: &Coordinator, state: &RolloutState) -> Result<(), String
                 (spec, sha256, file_name)
             }
         };
-    let steps = vec![
-        (
-            Step::Prepare {
-                spec: Box::new(spec.clone()),
-                version: state.version.clone(),
-                artifact: ArtifactSource::Stored { sha256, file_name },
-            },
-            LONG,
-        ),
-        (
-            Step::StartNext {
-                version: state.version.clone(),
-                rollback: state.mode == halley_proto::rollout::Mode::Rollback,
-            },
-            SHORT * 6,
-        ),
-        (
-            Step::Check,
-            spec.rollout.health_deadline.as_duration() + SHORT,
-        ),
-        (Step::Flip, SHORT),
-        (
-            Step::Drain,
-            spec.stop.drain_timeout.as_duration() + SHORT * 3,
-        ),
-        (
-            Step::Commit {
-                version: state.version.clone(),
-            },
-            SHORT,
-        ),
-    ];
+    let rollback = state.mode == halley_proto::rollout::Mode::Rollback;
+    let mut steps = vec![(
+        Step::Prepare {
+            spec: Box::new(spec.clone()),
+            version: state.version.clone(),
+            artifact: ArtifactSource::Stored { sha256, file_name },
+        },
+        LONG,
+    )];
+    steps.extend(switch_to(&state.version, rollback, &spec));
     walk(
         node,
         node.cluster.name(),

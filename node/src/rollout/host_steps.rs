@@ -452,6 +452,39 @@ pub(crate) async fn fetch_release(
     None
 }
 
+/// The steps that put a prepared `version` live on a host and commit it: start-next (reusing
+/// a warm slot), check, flip, drain the old slot, commit; each with its timeout by `spec`.
+pub(crate) fn switch_to(
+    version: &ReleaseVersion,
+    rollback: bool,
+    spec: &ServiceSpec,
+) -> Vec<(Step, Duration)> {
+    vec![
+        (
+            Step::StartNext {
+                version: version.clone(),
+                rollback,
+            },
+            SHORT * 6,
+        ),
+        (
+            Step::Check,
+            spec.rollout.health_deadline.as_duration() + SHORT,
+        ),
+        (Step::Flip, SHORT),
+        (
+            Step::Drain,
+            spec.stop.drain_timeout.as_duration() + SHORT * 3,
+        ),
+        (
+            Step::Commit {
+                version: version.clone(),
+            },
+            LONG,
+        ),
+    ]
+}
+
 /// Runs `steps` on `host` in order, each with its timeout. On the first failure the host is
 /// reverted (best effort: it already stopped what a failed step started) and the error returned.
 /// Each reply comes with the time since the walk began.

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use halley_proto::NodeName;
-use halley_proto::deploy::{ReleaseVersion, ServiceStatus, Step, StepReply};
+use halley_proto::deploy::{ReleaseVersion, ServiceStatus, StepReply};
 use halley_proto::disk::RolloutJournal;
 use halley_proto::message::{ErrorKind, ErrorReply, PeerReply, PeerRequest};
 use halley_proto::rollout::RolloutState;
@@ -28,9 +28,9 @@ use halley_proto::spec::{RolloutPolicy, ServiceName, ServiceSpec};
 use crate::clock::wall_ms;
 use crate::engine::rollback as plan;
 use crate::engine::rollout::Rollout;
-use crate::rollout::context::{Coordinator, LONG, Reply, SHORT};
+use crate::rollout::context::{Coordinator, Reply, SHORT};
 use crate::rollout::driver::Driver;
-use crate::rollout::host_steps::walk;
+use crate::rollout::host_steps::{switch_to, walk};
 use crate::rollout::lock::{new_state, next_epoch};
 use crate::store::journal;
 
@@ -185,30 +185,7 @@ pub(crate) async fn roll_back_host(
     if status.committed.as_ref() == Some(target) && serves(&status, target) {
         return Ok(format!("already on {target}"));
     }
-    let steps = vec![
-        (
-            Step::StartNext {
-                version: target.clone(),
-                rollback: true,
-            },
-            SHORT * 6,
-        ),
-        (
-            Step::Check,
-            spec.rollout.health_deadline.as_duration() + SHORT,
-        ),
-        (Step::Flip, SHORT),
-        (
-            Step::Drain,
-            spec.stop.drain_timeout.as_duration() + SHORT * 3,
-        ),
-        (
-            Step::Commit {
-                version: target.clone(),
-            },
-            LONG,
-        ),
-    ];
+    let steps = switch_to(target, true, spec);
     let replies = walk(node, host, service, epoch, steps)
         .await
         .map_err(|e| match e {
