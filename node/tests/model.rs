@@ -672,7 +672,19 @@ fn the_old_fencing_lets_two_coordinators_take_turns_on_a_host() {
     let path = checker
         .discovery("obeys one coordinator at a time")
         .expect("the checker finds the interleaving the old fencing allowed");
-    println!("counterexample: {:?}", path.into_actions());
+    // Each step with the tokens the hosts then held and whether one obeyed a lower token.
+    for (state, action) in path.into_vec() {
+        let hosts: Vec<String> = state
+            .hosts
+            .iter()
+            .map(|h| {
+                let by = h.fence.coordinator.as_ref().map_or("-".into(), |c| c.to_string());
+                let lower = if h.obeyed_lower { " obeyed a lower token" } else { "" };
+                format!("({}, {by}) v{}{lower}", h.fence.epoch, h.active)
+            })
+            .collect();
+        println!("{action:?} -> {}", hosts.join(" | "));
+    }
 }
 
 #[test]
