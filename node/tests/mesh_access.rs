@@ -102,6 +102,7 @@ async fn unauthenticated_clients_may_only_join() {
 
     // Deploy steps need a node certificate too.
     let step = Message::Step(halley_proto::deploy::StepRequest {
+        on_behalf_of: None,
         service: "web".parse().unwrap(),
         epoch: 1,
         step: halley_proto::deploy::Step::Flip,

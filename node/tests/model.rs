@@ -678,8 +678,16 @@ fn the_old_fencing_lets_two_coordinators_take_turns_on_a_host() {
             .hosts
             .iter()
             .map(|h| {
-                let by = h.fence.coordinator.as_ref().map_or("-".into(), |c| c.to_string());
-                let lower = if h.obeyed_lower { " obeyed a lower token" } else { "" };
+                let by = h
+                    .fence
+                    .coordinator
+                    .as_ref()
+                    .map_or("-".into(), |c| c.to_string());
+                let lower = if h.obeyed_lower {
+                    " obeyed a lower token"
+                } else {
+                    ""
+                };
                 format!("({}, {by}) v{}{lower}", h.fence.epoch, h.active)
             })
             .collect();

@@ -14,8 +14,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::Error;
 use crate::spec::{ServiceName, ServiceSpec};
+use crate::{Error, NodeName};
 
 /// A release's version, as given to `deploy --version`: 1 to 64 characters of `A-Z a-z 0-9 . _ -`
 /// and `+`, not starting with `.` or `-`.
@@ -138,6 +138,10 @@ pub struct StepRequest {
     /// rollouts by (epoch, the caller's node name from its certificate), so two coordinators
     /// never share a fencing token.
     pub epoch: u64,
+    /// A node's convergence acting for a finished rollout by that coordinator: the token is
+    /// then (epoch, this name). Honoured only for a node's calls to itself; a peer's token is
+    /// always its certificate's name.
+    pub on_behalf_of: Option<NodeName>,
     /// What to do.
     pub step: Step,
 }

@@ -330,6 +330,7 @@ fn deploy_steps_and_records_round_trip_through_bincode() {
     );
     for (name, spec) in &doc.service {
         let message = Message::Step(StepRequest {
+            on_behalf_of: None,
             service: name.clone(),
             epoch: 7,
             step: Step::Prepare {

@@ -711,6 +711,7 @@ fn a_step_with_an_older_epoch_is_refused() {
     let data_dir = DataDir::new(&host.node.dir);
     let step = |epoch| {
         let request = AdminRequest::Step(StepRequest {
+            on_behalf_of: None,
             service: "web".parse().unwrap(),
             epoch,
             step: Step::Drain,

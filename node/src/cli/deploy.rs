@@ -53,6 +53,7 @@ pub async fn step(
     step: Step,
 ) -> Result<StepReply> {
     let request = AdminRequest::Step(StepRequest {
+        on_behalf_of: None,
         service: service.clone(),
         epoch,
         step,

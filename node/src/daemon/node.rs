@@ -146,7 +146,13 @@ impl RequestHandler for Node {
             Message::Step(step) => {
                 // The token's owner is who the certificate says called; an in-process call
                 // (no certificate) is this node's own.
-                let by = caller.map_or_else(|| self.name().clone(), |c| c.name);
+                let by = match caller {
+                    Some(c) => c.name,
+                    None => step
+                        .on_behalf_of
+                        .clone()
+                        .unwrap_or_else(|| self.name().clone()),
+                };
                 match self.services.step(step, by).await {
                     Ok(reply) => Message::StepReply(reply),
                     Err(reply) => Message::ErrorReply(reply),

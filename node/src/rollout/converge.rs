@@ -10,7 +10,8 @@
 //!   must differ. The release comes from this node if it has it, else from a host that committed
 //!   it (spec and artifact over the mesh, the artifact checked against its SHA-256).
 //! - The host walks the same steps as a rollout (prepare, start-next, check, flip, drain, commit)
-//!   with the rollout's epoch; a failure stops and reverts, and is tried again on the next pass.
+//!   with the rollout's fencing token (its epoch and coordinator); a failure stops and reverts,
+//!   and is tried again on the next pass.
 
 use halley_proto::deploy::{ArtifactSource, Step};
 use halley_proto::rollout::RolloutState;
@@ -74,11 +75,13 @@ async fn catch_up(node: &Coordinator, state: &RolloutState) -> Result<(), String
         LONG,
     )];
     steps.extend(switch_to(&state.version, rollback, &spec));
+    // The steps carry the rollout's own token: a host that obeyed its coordinator at that
+    // epoch would refuse this node's name below it.
     walk(
         node,
         node.cluster.name(),
         &state.service,
-        state.epoch,
+        (state.epoch, Some(&state.coordinator)),
         steps,
     )
     .await

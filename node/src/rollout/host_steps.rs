@@ -59,6 +59,7 @@ impl From<Error> for Failure {
 impl HostCtx {
     fn request(&self, step: Step) -> StepRequest {
         StepRequest {
+            on_behalf_of: None,
             service: self.journal.state.service.clone(),
             epoch: self.journal.state.epoch,
             step,
@@ -487,15 +488,18 @@ pub(crate) fn switch_to(
 
 /// Runs `steps` on `host` in order, each with its timeout. On the first failure the host is
 /// reverted (best effort: it already stopped what a failed step started) and the error returned.
-/// Each reply comes with the time since the walk began.
+/// Each reply comes with the time since the walk began. `on_behalf_of` names the coordinator
+/// whose finished rollout this node's own convergence carries out (see
+/// [`StepRequest::on_behalf_of`]).
 pub(crate) async fn walk(
     node: &Coordinator,
     host: &NodeName,
     service: &ServiceName,
-    epoch: u64,
+    (epoch, on_behalf_of): (u64, Option<&NodeName>),
     steps: Vec<(Step, Duration)>,
 ) -> Result<Vec<(StepReply, Duration)>, Error> {
     let request = |step: Step| StepRequest {
+        on_behalf_of: on_behalf_of.cloned(),
         service: service.clone(),
         epoch,
         step,

@@ -186,7 +186,7 @@ pub(crate) async fn roll_back_host(
         return Ok(format!("already on {target}"));
     }
     let steps = switch_to(target, true, spec);
-    let replies = walk(node, host, service, epoch, steps)
+    let replies = walk(node, host, service, (epoch, None), steps)
         .await
         .map_err(|e| match e {
             crate::error::Error::Remote(reply) => reply,
