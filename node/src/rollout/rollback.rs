@@ -9,7 +9,8 @@
 //!   rollback sends each host to the same release, and a host already there is left as it is.
 //! - The rollback takes an epoch above every one seen, so an older rollout's steps are refused
 //!   from then on; it is resumed like any rollout (`deploy --resume`, or `rollback` again), and
-//!   it retries a host until it is back (or skipped with `--skip-unreachable`).
+//!   it retries a failing host up to `ROLLBACK_ATTEMPTS` times, then leaves it as it is (it
+//!   converges when it comes back).
 //!
 //! ## Non-goals
 //! A member that is dead when the rollback starts is skipped; it converges when it returns
