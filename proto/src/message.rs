@@ -418,8 +418,27 @@ impl MemberState {
 /// Node-to-node requests of a rollout coordinator.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PeerRequest {
-    /// Set or clear the receiver's draining flag.
+    /// The operator's drain (true) or undrain (false) of the receiver; a rollout's hold
+    /// outlives an undrain.
     SetDraining(bool),
+    /// A rollout of `service` at `epoch`, coordinated by the caller, holds the receiver drained
+    /// until it releases it or `ttl_ms` passes with no step or watch of that service.
+    HoldDrain {
+        /// The service.
+        service: ServiceName,
+        /// The rollout's epoch (with the caller's name, its fencing token).
+        epoch: u64,
+        /// How long the hold lives past the service's last contact.
+        ttl_ms: u64,
+    },
+    /// Ends the hold of the rollout of `service` at `epoch` by the caller (a newer rollout's
+    /// hold stays).
+    ReleaseDrain {
+        /// The service.
+        service: ServiceName,
+        /// The rollout's epoch.
+        epoch: u64,
+    },
     /// The receiver's services.
     Services,
     /// The receiver's status of one service (answered as [`PeerReply::Services`], empty when it

@@ -65,6 +65,8 @@ pub struct Node {
     pub dir: PathBuf,
     /// Mesh address.
     pub addr: SocketAddr,
+    /// Extra environment for the daemon (`run`), e.g. a preloaded fake clock.
+    pub env: Vec<(String, String)>,
     child: Option<Child>,
 }
 
@@ -75,6 +77,7 @@ impl Node {
             name: name.to_owned(),
             dir: root.join(name),
             addr: free_addr(),
+            env: Vec::new(),
             child: None,
         }
     }
@@ -176,7 +179,8 @@ impl Node {
             .arg(&self.dir)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(log);
+            .stderr(log)
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
         if let Some(limit) = max_file_bytes {
             use std::os::unix::process::CommandExt;
             // SAFETY: setrlimit is async-signal-safe and only touches the child being started.

@@ -506,7 +506,13 @@ async fn set_draining(data_dir: &DataDir, node: Option<NodeName>, draining: bool
         .as_ref()
         .map_or("this node".into(), |n| format!("node {n}"));
     admin::call(data_dir, AdminRequest::SetDraining { node, draining }).await?;
-    println!("{who} is {}draining", if draining { "" } else { "not " });
+    if draining {
+        println!("{who} is draining");
+    } else {
+        println!(
+            "{who}: the operator's drain is cleared (a rollout holding it for a service keeps it draining until that rollout ends or its hold expires)"
+        );
+    }
     Ok(())
 }
 

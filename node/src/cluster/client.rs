@@ -1,6 +1,6 @@
 //! The cluster client: what code that coordinates or hosts needs of the cluster, instead of the
-//! whole node. It holds this node's name, the mesh, the membership view, gossip, this node's
-//! draining flag, and a way to call this node itself through the same request handler peers
+//! whole node. It holds this node's name, the mesh, the membership view, gossip (where it
+//! publishes this node's draining flag), and a way to call this node itself through the same request handler peers
 //! reach over the mesh.
 //!
 //! ## Guarantees
@@ -15,7 +15,6 @@
 //! sees a peer's request) and answering them (the daemon's dispatcher does).
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -26,7 +25,6 @@ use halley_proto::message::{
     ErrorKind, ErrorReply, MemberRow, MemberState, PeerReply, PeerRequest,
 };
 use halley_proto::{Message, NodeName};
-use tracing::info;
 
 use crate::clock::wall_ms;
 use crate::cluster::gossip::Gossip;
@@ -43,18 +41,12 @@ pub struct ClusterClient {
     /// The gossip state.
     pub gossip: Gossip,
     mesh: OnceLock<Arc<Mesh>>,
-    draining: Arc<AtomicBool>,
     local: OnceLock<Weak<dyn RequestHandler>>,
 }
 
 impl ClusterClient {
-    /// A client for node `name`; `draining` is the flag every entry point's readiness reads.
-    pub fn new(
-        name: NodeName,
-        advertise: SocketAddr,
-        suspect_after_ms: u64,
-        draining: Arc<AtomicBool>,
-    ) -> Self {
+    /// A client for node `name`.
+    pub fn new(name: NodeName, advertise: SocketAddr, suspect_after_ms: u64) -> Self {
         Self {
             view: Mutex::new(MembershipView::new(name.clone(), suspect_after_ms)),
             name,
@@ -62,7 +54,6 @@ impl ClusterClient {
             started: Instant::now(),
             gossip: Gossip::default(),
             mesh: OnceLock::new(),
-            draining,
             local: OnceLock::new(),
         }
     }
@@ -86,11 +77,6 @@ impl ClusterClient {
     /// The mesh, once it runs.
     pub fn mesh(&self) -> Option<&Arc<Mesh>> {
         self.mesh.get()
-    }
-
-    /// This node's draining flag (shared with every entry point's readiness answer).
-    pub fn draining(&self) -> &Arc<AtomicBool> {
-        &self.draining
     }
 
     fn mono_ms(&self) -> u64 {
@@ -204,16 +190,14 @@ impl ClusterClient {
         }
     }
 
-    /// Sets this node's draining flag, for its entry points and in gossip.
-    pub async fn set_draining(&self, draining: bool) -> std::result::Result<(), ErrorReply> {
-        self.draining.store(draining, Ordering::Relaxed);
+    /// Publishes this node's draining flag in gossip (who holds it is the host layer's).
+    pub async fn publish_draining(&self, draining: bool) -> std::result::Result<(), ErrorReply> {
         if !self.gossip.is_running() {
             return Err(internal("gossip is not running yet"));
         }
         self.gossip
             .publish(KEY_DRAINING.to_owned(), gossip::flag(draining).to_owned())
             .await;
-        info!(draining, "draining flag changed");
         Ok(())
     }
 

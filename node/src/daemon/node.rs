@@ -79,13 +79,20 @@ impl Node {
         let rows = self.cluster.refresh().await;
         self.services.cluster().update(&self.record.name, &rows);
         let mut published = self.services.gossip().await;
-        // The flag can also be cleared by a service host (an orphaned deploy reverting).
-        let draining = self
-            .cluster
-            .draining()
-            .load(std::sync::atomic::Ordering::Relaxed);
+        // Holders change without a request too: an orphaned deploy ends its hold, and a dead
+        // coordinator's hold expires.
+        self.services.drains().expire();
+        let draining = self.services.drains().draining();
         published.push((KEY_DRAINING.to_owned(), gossip::flag(draining).to_owned()));
         self.cluster.gossip.publish_all(published).await;
+    }
+
+    /// The operator's `drain` / `undrain` of this node (a rollout's hold outlives `undrain`).
+    pub(crate) async fn set_draining(&self, on: bool) -> Result<(), ErrorReply> {
+        self.services.drains().set_manual(on);
+        self.cluster
+            .publish_draining(self.services.drains().draining())
+            .await
     }
 
     async fn status(&self) -> AdminResponse {
@@ -139,10 +146,13 @@ impl RequestHandler for Node {
                     }
                 }
             }
-            Message::Peer(request) => match crate::daemon::peers::answer(self, request).await {
-                Ok(reply) => Message::PeerReply(reply),
-                Err(reply) => Message::ErrorReply(reply),
-            },
+            Message::Peer(request) => {
+                let by = caller.map_or_else(|| self.name().clone(), |c| c.name);
+                match crate::daemon::peers::answer(self, &by, request).await {
+                    Ok(reply) => Message::PeerReply(reply),
+                    Err(reply) => Message::ErrorReply(reply),
+                }
+            }
             Message::Step(step) => {
                 // The token's owner is who the certificate says called; an in-process call
                 // (no certificate) is this node's own.
@@ -189,7 +199,7 @@ impl AdminHandler for Node {
             AdminRequest::SetDraining {
                 node: None,
                 draining,
-            } => done(self.cluster.set_draining(draining).await),
+            } => done(self.set_draining(draining).await),
             AdminRequest::SetDraining {
                 node: Some(node),
                 draining,

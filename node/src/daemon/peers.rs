@@ -1,4 +1,5 @@
-//! A node's answers to peers' requests ([`PeerRequest`]): the draining flag, service statuses,
+//! A node's answers to peers' requests ([`PeerRequest`]): the operator's drain and rollouts'
+//! drain holds, service statuses,
 //! state work, artifact pieces, releases and this node's copy of a rollout.
 //!
 //! ## Guarantees
@@ -10,6 +11,8 @@
 //! - Peer requests are only accepted from callers whose certificate has the `node` role (the
 //!   mesh checks `Message::access`).
 
+use halley_proto::NodeName;
+use halley_proto::disk::FenceRecord;
 use halley_proto::message::{ErrorKind, ErrorReply, PeerReply, PeerRequest};
 
 use crate::daemon::node::Node;
@@ -17,12 +20,49 @@ use crate::error::{bad_request, internal};
 use crate::store::releases::CHUNK;
 
 /// Answers a peer's request.
-pub(crate) async fn answer(node: &Node, request: PeerRequest) -> Result<PeerReply, ErrorReply> {
+/// `by` is the caller's certificate name (this node's own for an in-process call).
+pub(crate) async fn answer(
+    node: &Node,
+    by: &NodeName,
+    request: PeerRequest,
+) -> Result<PeerReply, ErrorReply> {
     let releases = node.services.releases().clone();
     let blocking = |e: tokio::task::JoinError| internal(&format!("storage task failed: {e}"));
     match request {
         PeerRequest::SetDraining(draining) => {
-            node.cluster.set_draining(draining).await?;
+            node.set_draining(draining).await?;
+            Ok(PeerReply::Done)
+        }
+        PeerRequest::HoldDrain {
+            service,
+            epoch,
+            ttl_ms,
+        } => {
+            let token = FenceRecord {
+                epoch,
+                coordinator: Some(by.clone()),
+            };
+            if !node.services.drains().hold(&service, token, ttl_ms) {
+                return Err(ErrorReply {
+                    kind: ErrorKind::StaleEpoch,
+                    message: format!(
+                        "drain refused: a newer rollout of {service} than epoch {epoch} of {by} holds this node"
+                    ),
+                });
+            }
+            node.cluster.publish_draining(true).await?;
+            Ok(PeerReply::Done)
+        }
+        PeerRequest::ReleaseDrain { service, epoch } => {
+            let token = FenceRecord {
+                epoch,
+                coordinator: Some(by.clone()),
+            };
+            // A newer rollout's hold stays: only that rollout may end it.
+            node.services.drains().release(&service, Some(&token));
+            node.cluster
+                .publish_draining(node.services.drains().draining())
+                .await?;
             Ok(PeerReply::Done)
         }
         PeerRequest::Services => Ok(PeerReply::Services(node.services.statuses().await)),

@@ -199,13 +199,12 @@ fn assemble(
     tokens: TokenBook,
     suspect_after: Duration,
 ) -> Arc<Node> {
-    let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let services = Services::load(HostContext {
         node: record.name.clone(),
         data_dir: data_dir.clone(),
         releases: Releases::new(data_dir.root()),
         service_address: opts.service_address,
-        draining: draining.clone(),
+        drains: Arc::default(),
         cluster: Arc::default(),
     });
     let services = Arc::new(services);
@@ -213,7 +212,6 @@ fn assemble(
         record.name.clone(),
         record.advertise,
         suspect_after.as_millis() as u64,
-        draining,
     ));
     let admission = Admission::new(record.clone(), data_dir.clone(), ca, ca_der, tokens);
     let coordinator = Arc::new(Coordinator::new(

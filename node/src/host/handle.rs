@@ -38,9 +38,9 @@ pub struct HostContext {
     pub releases: Releases,
     /// The address a `listen = ":PORT"` binds on.
     pub service_address: std::net::IpAddr,
-    /// This node's draining flag: `GET /.halley/ready` on every HTTP entry point answers 503
-    /// while it is set, so an external balancer stops sending.
-    pub draining: Arc<std::sync::atomic::AtomicBool>,
+    /// This node's drain and who holds it: `GET /.halley/ready` on every HTTP entry point
+    /// answers 503 while it is held, so an external balancer stops sending.
+    pub drains: Arc<crate::host::drains::NodeDrain>,
     /// Every service's routing table, and the mesh that reaches peers' instances.
     pub cluster: Arc<crate::proxy::routes::Cluster>,
 }

@@ -147,6 +147,11 @@ impl Services {
         self.hosts.lock().await.get(service).cloned()
     }
 
+    /// This node's drain and who holds it.
+    pub fn drains(&self) -> &crate::host::drains::NodeDrain {
+        &self.ctx.drains
+    }
+
     /// Every service's routing table.
     pub fn cluster(&self) -> &crate::proxy::routes::Cluster {
         &self.ctx.cluster
@@ -156,6 +161,7 @@ impl Services {
     pub async fn watch(&self, service: &ServiceName) -> Option<ServiceStatus> {
         let handle = self.handle(service).await?;
         handle.touch();
+        self.ctx.drains.renew(service);
         Some(handle.status())
     }
 

@@ -35,7 +35,7 @@ use halley_proto::rollout::{HistoryEntry, HostStep, Phase};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use crate::clock::wall_ms;
+use crate::clock::{Steady, wall_ms};
 use crate::engine::regression::{self, Sample};
 use crate::engine::rollout::{Action, Event, Rollout};
 use crate::rollout::context::Coordinator;
@@ -57,6 +57,8 @@ pub(crate) struct Driver {
     workers: HashMap<NodeName, mpsc::UnboundedSender<Action>>,
     baselines: Arc<Mutex<HashMap<NodeName, Sample>>>,
     watching: Arc<std::sync::atomic::AtomicBool>,
+    /// The engine's `now`: deadlines on monotonic time, journaled as dates.
+    clock: Steady,
 }
 
 impl Driver {
@@ -82,6 +84,7 @@ impl Driver {
             workers: HashMap::new(),
             baselines: Arc::default(),
             watching: Arc::default(),
+            clock: Steady::new(),
         };
         driver.apply(first).await;
         tokio::spawn(async move {
@@ -102,10 +105,9 @@ impl Driver {
             }
             // The engine says when it needs a tick. A deadline already past waits MIN_TICK, so
             // a deadline the engine does not act on yet cannot make this loop spin.
-            let wait = self
-                .engine
-                .poll_timeout()
-                .map(|at| Duration::from_millis(at.saturating_sub(wall_ms()) + 1).max(MIN_TICK));
+            let wait = self.engine.poll_timeout().map(|at| {
+                Duration::from_millis(at.saturating_sub(self.clock.now_ms()) + 1).max(MIN_TICK)
+            });
             let timer = async {
                 match wait {
                     Some(d) => tokio::time::sleep(d).await,
@@ -113,8 +115,8 @@ impl Driver {
                 }
             };
             let actions = tokio::select! {
-                Some(event) = self.events_rx.recv() => self.engine.step(event, wall_ms()),
-                _ = timer => self.engine.step(Event::Tick, wall_ms()),
+                Some(event) = self.events_rx.recv() => self.engine.step(event, self.clock.now_ms()),
+                _ = timer => self.engine.step(Event::Tick, self.clock.now_ms()),
                 _ = watch.tick() => { self.watch(); Vec::new() }
             };
             self.apply(actions).await;
@@ -131,7 +133,10 @@ impl Driver {
                     // Nothing that follows a journal write that failed may move forward.
                     self.node.keep_unsaved(&self.journal);
                     let moving = self.engine.state().phase == Phase::Running;
-                    for said in self.engine.step(Event::JournalFailed(why), wall_ms()) {
+                    for said in self
+                        .engine
+                        .step(Event::JournalFailed(why), self.clock.now_ms())
+                    {
                         if let Action::Say(text) = said {
                             warn!(service = %self.journal.state.service, rollout = %self.journal.state.id, "{text}");
                         }

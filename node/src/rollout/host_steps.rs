@@ -66,6 +66,24 @@ impl HostCtx {
         }
     }
 
+    /// This rollout's drain hold on the host: it lives through `drain_wait` and, after that,
+    /// `orphan_timeout` past this rollout's last step or watch of the service there.
+    fn hold_drain(&self) -> PeerRequest {
+        let r = &self.journal.spec.rollout;
+        PeerRequest::HoldDrain {
+            service: self.journal.state.service.clone(),
+            epoch: self.journal.state.epoch,
+            ttl_ms: r.orphan_timeout.0.saturating_add(r.drain_wait.0),
+        }
+    }
+
+    fn release_drain(&self) -> PeerRequest {
+        PeerRequest::ReleaseDrain {
+            service: self.journal.state.service.clone(),
+            epoch: self.journal.state.epoch,
+        }
+    }
+
     async fn step(&self, step: Step, timeout: Duration) -> Result<StepReply, Failure> {
         Ok(self
             .node
@@ -80,10 +98,13 @@ impl HostCtx {
             Action::Drain(_) => match self
                 .node
                 .cluster
-                .peer(&host, PeerRequest::SetDraining(true), SHORT)
+                .peer(&host, self.hold_drain(), SHORT)
                 .await
             {
                 Ok(_) => Event::Drained(host),
+                Err(Error::Remote(r)) if r.kind == ErrorKind::StaleEpoch => {
+                    Event::Fenced(host, r.message)
+                }
                 Err(e) => {
                     warn!(%host, error = %e, "host unreachable on its turn");
                     Event::Unreachable(host)
@@ -97,7 +118,7 @@ impl HostCtx {
                     let _ = self
                         .node
                         .cluster
-                        .peer(&host, PeerRequest::SetDraining(false), SHORT)
+                        .peer(&host, self.release_drain(), SHORT)
                         .await;
                     Event::Deployed(host, Err(why))
                 }
@@ -169,7 +190,7 @@ impl HostCtx {
         };
         self.node
             .cluster
-            .peer(&self.host, PeerRequest::SetDraining(false), SHORT)
+            .peer(&self.host, self.release_drain(), SHORT)
             .await?;
         let took = started.elapsed().as_millis();
         Ok(match reply {
@@ -271,7 +292,7 @@ impl HostCtx {
         }
         self.node
             .cluster
-            .peer(&self.host, PeerRequest::SetDraining(false), SHORT)
+            .peer(&self.host, self.release_drain(), SHORT)
             .await?;
         notes.push(format!("{} ms", started.elapsed().as_millis()));
         Ok(notes.join("; "))

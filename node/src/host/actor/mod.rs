@@ -95,7 +95,7 @@ impl Host {
         let engine = Slots::new(policy_of(&record.spec));
         let routes = ctx.cluster.table(
             &record.name,
-            &ctx.draining,
+            ctx.drains.flag(),
             record.spec.routing,
             record.spec.protocol,
         );
@@ -273,6 +273,7 @@ impl Host {
         if !matches!(command, Command::Quiesce { .. }) {
             self.contact
                 .fetch_max(mono_ms(), std::sync::atomic::Ordering::Relaxed);
+            self.ctx.drains.renew(&self.record.name);
         }
         match command {
             Command::Register {
@@ -673,7 +674,7 @@ impl Host {
 
     /// A deploy left unfinished with no coordinator in touch for `orphan_timeout` is finished
     /// by the host ([`orphan::decide`]): a deploy goes back to its committed release, a rollback
-    /// whose target serves commits it; either way the host stops draining.
+    /// whose target serves commits it; either way that rollout's drain hold ends.
     fn revert_orphan(&mut self, now: u64) {
         let serving = self.serving();
         let decision = orphan::decide(
@@ -714,10 +715,9 @@ impl Host {
         self.undrain();
     }
 
+    /// The orphaned deploy is finished: its rollout's drain ends with it (only that one).
     fn undrain(&self) {
-        self.ctx
-            .draining
-            .store(false, std::sync::atomic::Ordering::Relaxed);
+        self.ctx.drains.release(&self.record.name, None);
     }
 
     fn apply(&mut self, actions: Vec<Action>) {
