@@ -177,6 +177,20 @@ impl Record for FenceRecord {
     const CODE: u16 = 111;
 }
 
+/// `services/NAME/rollback.rec`: the host is in a cluster rollback's uncommitted deploy whose
+/// target is `version` (written before the `StartNext` of the rollback is answered, removed when
+/// the deploy is committed or reverted). A host restarted with it, and with no coordinator in
+/// touch, commits the target instead of going back to the release being rolled back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RollbackMarker {
+    /// The rollback's target on this host.
+    pub version: ReleaseVersion,
+}
+
+impl Record for RollbackMarker {
+    const CODE: u16 = 112;
+}
+
 /// `history/NAME.rec`: rollouts of a service this node coordinated, newest last.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HistoryBook {

@@ -45,6 +45,12 @@ impl Cluster {
         }
     }
 
+    /// SIGKILLs node `i`'s daemon (its slot processes live on) and starts it again as before.
+    pub fn restart(&mut self, i: usize) {
+        self.nodes[i].kill9();
+        self.nodes[i].start_with(&["--service-address", &format!("127.0.0.{}", i + 1)]);
+    }
+
     /// Node `i`'s entry point of service `web`.
     pub fn entry(&self, i: usize) -> SocketAddr {
         format!("127.0.0.{}:{}", i + 1, self.port).parse().unwrap()

@@ -641,7 +641,8 @@ fn a_rollback_whose_coordinator_died_is_finished_from_another_node() {
 }
 
 #[test]
-fn a_rollback_host_left_without_its_coordinator_after_the_flip_keeps_the_target() {
+fn a_rollback_host_left_without_its_coordinator_after_the_flip_keeps_the_target_even_across_a_restart()
+ {
     let mut cluster = Cluster::start();
     let rt = runtime();
     // n1 and n2 run web; n3 only coordinates. v2 answers slowly, so draining it after the
@@ -675,6 +676,9 @@ fn a_rollback_host_left_without_its_coordinator_after_the_flip_keeps_the_target(
     );
     cluster.nodes[2].kill9();
     let _ = rolling.join();
+    // n2's daemon restarts too, before orphan_timeout: it adopts the rollback's uncommitted
+    // deploy as a rollback (before, the marker lived in memory, and n2 reverted to v2).
+    cluster.restart(1);
     for t in inflight {
         let _ = t.join();
     }

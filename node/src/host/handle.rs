@@ -99,6 +99,11 @@ pub fn fence_name(name: &ServiceName) -> String {
     format!("services/{name}/fence.rec")
 }
 
+/// Where a service's [`RollbackMarker`](halley_proto::disk::RollbackMarker) is kept.
+pub fn rollback_name(name: &ServiceName) -> String {
+    format!("services/{name}/rollback.rec")
+}
+
 impl ServiceHandle {
     /// Starts the host of a service seen for the first time: binds its entry point now, so that a
     /// taken address fails the deploy before anything runs.

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use halley_proto::deploy::{
     Color, Health, ReleaseVersion, ServiceStatus, Signals, SlotRole, SlotStatus, Step, StepReply,
 };
-use halley_proto::disk::{FenceRecord, ReleaseEntry, ServiceRecord, SlotRecord};
+use halley_proto::disk::{FenceRecord, ReleaseEntry, RollbackMarker, ServiceRecord, SlotRecord};
 use halley_proto::message::{ErrorKind, ErrorReply};
 use halley_proto::spec::{Protocol, ServiceName, ServiceSpec};
 use tokio::net::TcpListener;
@@ -37,6 +37,7 @@ use crate::engine::{fence, orphan};
 use crate::error::error_reply;
 use crate::host::handle::{
     Command, HostContext, StepResult, bind, fence_name, from_refused, protocol_name, record_name,
+    rollback_name,
 };
 use crate::host::process::{self, Launch};
 use crate::host::slot::{self, DrainInfo, Event, SlotRuntime, log_tail};
@@ -106,6 +107,21 @@ impl Host {
                 warn!(service = %record.name, error = %e, "cannot read the fencing token; going by the record's epoch");
                 FenceRecord::default()
             });
+        // A rollback's uncommitted deploy survives a restart as such (see the orphan rule).
+        let marker = ctx.data_dir.file(&rollback_name(&record.name));
+        let rolling_back_to = match marker.exists() {
+            false => None,
+            true => match ctx
+                .data_dir
+                .read_record::<RollbackMarker>(&rollback_name(&record.name))
+            {
+                Ok(m) => Some(m.version),
+                Err(e) => {
+                    warn!(service = %record.name, error = %e, "cannot read the rollback marker; an orphaned deploy will be reverted");
+                    None
+                }
+            },
+        };
         let fence = saved.max(FenceRecord {
             epoch: record.epoch,
             coordinator: None,
@@ -128,7 +144,7 @@ impl Host {
             route_switch_ns: 0,
             // A (re)started host gives its coordinator a whole orphan_timeout to get in touch.
             contact: Arc::new(std::sync::atomic::AtomicU64::new(mono_ms())),
-            rolling_back_to: None,
+            rolling_back_to,
         }
     }
 
@@ -352,8 +368,15 @@ impl Host {
             )),
             Step::StartNext { version, rollback } => {
                 let started = self.start_next(&version);
-                self.rolling_back_to = (rollback && started.is_ok()).then_some(version);
-                started
+                match started {
+                    Ok(reply) => self
+                        .mark_rollback(rollback.then_some(version))
+                        .map(|()| reply),
+                    Err(e) => {
+                        let _ = self.mark_rollback(None);
+                        Err(e)
+                    }
+                }
             }
             Step::Check => return self.begin_check(reply, false),
             Step::Flip => {
@@ -403,7 +426,7 @@ impl Host {
             }
             Step::Commit { .. } => match self.engine.commit(now) {
                 Ok((version, previous, actions)) => {
-                    self.rolling_back_to = None;
+                    let _ = self.mark_rollback(None);
                     self.apply(actions);
                     let pruned = self.prune();
                     info!(service = %self.record.name, %version, previous = ?previous.as_ref().map(|p| p.to_string()), "committed");
@@ -416,7 +439,7 @@ impl Host {
                 Err(r) => Err(from_refused(r)),
             },
             Step::Revert => {
-                self.rolling_back_to = None;
+                let _ = self.mark_rollback(None);
                 let (outcome, actions) = self.engine.revert(now);
                 self.apply(actions);
                 match outcome {
@@ -694,7 +717,7 @@ impl Host {
                     warn!(service = %self.record.name, silent_ms = silent, %version, "no coordinator for orphan_timeout in a rollback; committing its target, which serves");
                     self.apply(actions);
                     self.prune();
-                    self.rolling_back_to = None;
+                    let _ = self.mark_rollback(None);
                     self.undrain();
                     return;
                 }
@@ -702,7 +725,7 @@ impl Host {
             }
             orphan::Decision::Revert(silent) => silent,
         };
-        self.rolling_back_to = None;
+        let _ = self.mark_rollback(None);
         warn!(service = %self.record.name, silent_ms = silent, "no coordinator for orphan_timeout; reverting to the committed release");
         let (outcome, actions) = self.engine.revert(now);
         self.apply(actions);
@@ -713,6 +736,41 @@ impl Host {
             self.begin_check(reply, true);
         }
         self.undrain();
+    }
+
+    /// Records (`Some`) or ends (`None`) the rollback whose target this uncommitted deploy
+    /// starts, on disk first: a restart must not turn a rollback's orphan into a revert to the
+    /// release being rolled back.
+    fn mark_rollback(&mut self, target: Option<ReleaseVersion>) -> Result<(), ErrorReply> {
+        let name = rollback_name(&self.record.name);
+        let saved = match &target {
+            Some(version) => self.ctx.data_dir.write_record(
+                &name,
+                &RollbackMarker {
+                    version: version.clone(),
+                },
+            ),
+            None => {
+                let path = self.ctx.data_dir.file(&name);
+                match std::fs::remove_file(&path) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        Err(crate::error::Error::io("cannot remove", &path)(e))
+                    }
+                    _ => Ok(()),
+                }
+            }
+        };
+        self.rolling_back_to = target;
+        saved.map_err(|e| {
+            error!(service = %self.record.name, error = %e, "cannot save the rollback marker");
+            error_reply(
+                ErrorKind::Internal,
+                format!(
+                    "cannot save the rollback marker of {}: {e}",
+                    self.record.name
+                ),
+            )
+        })
     }
 
     /// The orphaned deploy is finished: its rollout's drain ends with it (only that one).
