@@ -235,6 +235,9 @@ pub enum AdminRequest {
     RolloutStatus(Option<ServiceName>),
     /// A service's rollout history, from every node's gossip.
     History(ServiceName),
+    /// Whether a live coordinator drives the service's newest rollout (answered as
+    /// [`AdminResponse::Driven`]; false when there is none or it is finished).
+    RolloutDriven(ServiceName),
     /// Backups and migrations of a service's state, on this node or on `node` over the mesh.
     State {
         /// The node; `None` for this one.
@@ -338,6 +341,13 @@ pub enum AdminResponse {
     History(Vec<HistoryEntry>),
     /// The answer to a state request.
     State(StateReply),
+    /// Whether the rollout asked about is driven by a live coordinator, and by whom it was.
+    Driven {
+        /// The rollout's id (`None`: the service has no rollout).
+        id: Option<String>,
+        /// A live coordinator drives it.
+        driven: bool,
+    },
     /// The request failed.
     Error(ErrorReply),
 }

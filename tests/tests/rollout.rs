@@ -799,3 +799,61 @@ fn history_survives_every_node_restarting() {
         );
     }
 }
+
+#[test]
+fn a_deploy_following_a_rollout_nobody_drives_any_more_says_so_and_how_to_resume() {
+    let mut cluster = Cluster::start();
+    let good = cluster.config("good", &[], "bake = \"0s\"");
+    assert_ok(&deploy(&cluster.nodes[0], &good, "v1"), "first rollout");
+    let slow = cluster.config("slow", &[], "bake = \"10s\"");
+    // n1's CLI follows its rollout of v2; n2 takes it over (--force) and dies, so nobody
+    // drives it any more. Before, n1's CLI waited for ever.
+    let mut follower = std::process::Command::new(halley_tests::binary())
+        .args(["deploy", "web", "-c"])
+        .arg(&slow)
+        .args(["--version", "v2", "--artifact", SERVICE_BIN, "--data-dir"])
+        .arg(&cluster.nodes[0].dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let baking = wait_until(Duration::from_secs(20), || {
+        let out = cluster.nodes[0].cli(&["rollout", "status", "web"]);
+        String::from_utf8_lossy(&out.stdout).contains("baking")
+    });
+    assert!(baking, "the rollout never reached a bake");
+    let taker = cluster.nodes[1].cli_in_background(&["deploy", "web", "--resume", "--force"]);
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            let out = cluster.nodes[0].cli(&["rollout", "status", "web"]);
+            String::from_utf8_lossy(&out.stdout).contains("coordinator n2,")
+        }),
+        "n2 never took the rollout over: {}",
+        String::from_utf8_lossy(&cluster.nodes[0].cli(&["rollout", "status", "web"]).stdout)
+    );
+    cluster.nodes[1].kill9();
+    let _ = taker.join();
+    let ended = wait_until(Duration::from_secs(30), || {
+        matches!(follower.try_wait(), Ok(Some(_)))
+    });
+    if !ended {
+        let _ = follower.kill();
+    }
+    let out = follower.wait_with_output().unwrap();
+    assert!(
+        ended,
+        "the deploy CLI still waited 30 s after its rollout's last coordinator died"
+    );
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("no node drives it") && err.contains("'halley-node deploy --resume web'"),
+        "{err}"
+    );
+    // What it says works: n1 takes the rollout over (n2 is down, so it is skipped; the
+    // rollout converges n2 when it returns).
+    assert_ok(
+        &cluster.nodes[0].cli(&["deploy", "web", "--resume", "--skip-unreachable"]),
+        "resume from n1",
+    );
+}

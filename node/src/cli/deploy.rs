@@ -184,12 +184,14 @@ async fn watch<W: Write>(
 ) -> Result<()> {
     let started = Instant::now();
     let mut last_phase = None;
+    let mut orphan = Orphaned::default();
     loop {
         let state = status(data_dir, Some(service))
             .await?
             .into_iter()
             .find(|s| s.id == id);
         if let Some(state) = state {
+            orphan.check(data_dir, &state).await?;
             if last_phase.is_none() {
                 progress.say(&format!(
                     "{} {} {} on {} host(s), coordinated by {} (epoch {})",
@@ -241,6 +243,65 @@ async fn watch<W: Write>(
             }
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Notices a followed rollout that nobody drives any more (its coordinator died, or this node's
+/// daemon restarted under it), so the CLI says what to do instead of waiting for ever. A rollout
+/// whose state has not moved for [`Orphaned::QUIET`] is asked about; two answers of "not
+/// driven" in a row, [`Orphaned::RECHECK`] apart, end the wait.
+#[derive(Default)]
+struct Orphaned {
+    seen: Option<(u64, u64)>,
+    moved: Option<Instant>,
+    undriven_since: Option<Instant>,
+    asked: Option<Instant>,
+}
+
+impl Orphaned {
+    const QUIET: Duration = Duration::from_secs(5);
+    const RECHECK: Duration = Duration::from_secs(2);
+
+    async fn check(&mut self, data_dir: &DataDir, state: &RolloutState) -> Result<()> {
+        let now = Instant::now();
+        if self.seen != Some((state.epoch, state.seq)) {
+            *self = Orphaned {
+                seen: Some((state.epoch, state.seq)),
+                moved: Some(now),
+                ..Orphaned::default()
+            };
+        }
+        let quiet = self.moved.is_some_and(|t| now - t >= Self::QUIET);
+        let due = self.asked.is_none_or(|t| now - t >= Self::RECHECK);
+        if state.phase.finished() || !quiet || !due {
+            return Ok(());
+        }
+        self.asked = Some(now);
+        let driven = match admin::call(data_dir, AdminRequest::RolloutDriven(state.service.clone()))
+            .await?
+        {
+            AdminResponse::Driven { id, driven } => driven || id.as_deref() != Some(&state.id),
+            other => return Err(unexpected("a rollout driven request", &other)),
+        };
+        if driven {
+            self.undriven_since = None;
+            return Ok(());
+        }
+        match self.undriven_since {
+            None => {
+                self.undriven_since = Some(now);
+                Ok(())
+            }
+            Some(_) => Err(Error::Invalid(format!(
+                "rollout {} of {} is unfinished ({}, {}) and no node drives it any more: its coordinator {} stopped. Take it over from any node with 'halley-node deploy --resume {}'",
+                state.id,
+                state.service,
+                state.phase,
+                state.progress(),
+                state.coordinator,
+                state.service
+            ))),
+        }
     }
 }
 

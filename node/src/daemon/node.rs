@@ -222,6 +222,19 @@ impl AdminHandler for Node {
             AdminRequest::RolloutStatus(service) => Ok(AdminResponse::Rollouts(
                 crate::rollout::status::rollouts(&self.coordinator, service.as_ref()).await,
             )),
+            AdminRequest::RolloutDriven(service) => {
+                let newest = crate::rollout::status::newest(&self.coordinator, &service).await;
+                let driven = match &newest {
+                    Some(state) if !state.phase.finished() => {
+                        crate::rollout::status::is_driven(&self.coordinator, state).await
+                    }
+                    _ => false,
+                };
+                Ok(AdminResponse::Driven {
+                    id: newest.map(|s| s.id),
+                    driven,
+                })
+            }
             AdminRequest::History(service) => Ok(AdminResponse::History(
                 crate::rollout::status::history(&self.coordinator, &service).await,
             )),

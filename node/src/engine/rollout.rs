@@ -77,6 +77,14 @@ pub enum Event {
     Unreachable(NodeName),
     /// The host refused a step: it has seen a newer epoch.
     Fenced(NodeName, String),
+    /// Another coordinator took the service over with a higher token (seen in gossip): this
+    /// one stops before it sends anything more, instead of learning it from a refused step.
+    TakenOver {
+        /// The new coordinator.
+        by: NodeName,
+        /// Its epoch.
+        epoch: u64,
+    },
     /// The journal could not be written (the driver carried out nothing after it).
     JournalFailed(String),
     /// `rollout abort`: stop and revert every touched host.
@@ -322,6 +330,14 @@ impl Rollout {
             Event::Resolved(node, answer) => self.resolved(&node, answer, now, &mut out),
             Event::JournalFailed(why) => return self.journal_failed(&why),
             Event::Abort => return self.abort(now),
+            Event::TakenOver { by, epoch } => {
+                self.state.phase = Phase::Fenced;
+                self.state.reason =
+                    format!("taken over by node {by} at epoch {epoch}; this coordinator stopped");
+                self.state.ended_ms = Some(now);
+                out.push(Action::Say(format!("stopped: {}", self.state.reason)));
+                return journaled(out);
+            }
             Event::Fenced(node, why) => {
                 self.state.phase = Phase::Fenced;
                 self.state.reason = format!("{node} refused a step: {why}");
@@ -982,6 +998,10 @@ mod tests {
                 ["commit-refused", h, rest @ ..] => Event::CommitRefused(name(h), rest.join(" ")),
                 ["unreachable", h] => Event::Unreachable(name(h)),
                 ["fenced", h, rest @ ..] => Event::Fenced(name(h), rest.join(" ")),
+                ["taken-over", by, epoch] => Event::TakenOver {
+                    by: name(by),
+                    epoch: epoch.parse().unwrap(),
+                },
                 ["journal-failed", rest @ ..] => Event::JournalFailed(rest.join(" ")),
                 ["abort"] => Event::Abort,
                 ["resolved", h, rest @ ..] => Event::Resolved(

@@ -117,7 +117,13 @@ impl Driver {
             let actions = tokio::select! {
                 Some(event) = self.events_rx.recv() => self.engine.step(event, self.clock.now_ms()),
                 _ = timer => self.engine.step(Event::Tick, self.clock.now_ms()),
-                _ = watch.tick() => { self.watch(); Vec::new() }
+                _ = watch.tick() => {
+                    self.watch();
+                    match self.taken_over().await {
+                        Some(event) => self.engine.step(event, self.clock.now_ms()),
+                        None => Vec::new(),
+                    }
+                }
             };
             self.apply(actions).await;
         }
@@ -215,6 +221,20 @@ impl Driver {
         });
         self.workers.insert(host.clone(), tx.clone());
         tx
+    }
+
+    /// A newer token for this service in gossip (another node resumed or aborted this rollout
+    /// with `--force`, or started a new one after this one was fenced): this driver must stop.
+    async fn taken_over(&self) -> Option<Event> {
+        let own = &self.journal.state;
+        let newest = crate::rollout::status::newest(&self.node, &own.service).await?;
+        let mine = (own.epoch, self.node.cluster.name());
+        (newest.coordinator != *mine.1 && (newest.epoch, &newest.coordinator) > mine).then(|| {
+            Event::TakenOver {
+                by: newest.coordinator.clone(),
+                epoch: newest.epoch,
+            }
+        })
     }
 
     /// Samples every host that serves the new release and reports verdicts.
