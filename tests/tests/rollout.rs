@@ -104,7 +104,13 @@ fn a_release_failing_its_check_stops_at_the_first_host() {
     let rt = runtime();
     let good = cluster.config("good", &[], "bake = \"0s\"");
     assert_ok(&deploy(&cluster.nodes[0], &good, "v1"), "first rollout");
-    let bad = cluster.config("bad", &[("TS_HEALTH", "fail")], "bake = \"0s\"");
+    // The failing release also changes the routing: nothing of its spec may stay behind.
+    let bad = cluster.config_with(
+        "bad",
+        &[("TS_HEALTH", "fail")],
+        "routing = \"balanced\"",
+        "bake = \"0s\"",
+    );
     let text = std::fs::read_to_string(&bad)
         .unwrap()
         .replace("start_period = \"10s\"", "start_period = \"1s\"");
@@ -128,6 +134,12 @@ fn a_release_failing_its_check_stops_at_the_first_host() {
         cluster.nodes[0].state_of("n1").as_deref(),
         Some("alive"),
         "n1 undrained"
+    );
+    // Before, the failed release's spec replaced the service's at prepare and stayed.
+    let n1 = cluster.nodes[0].services();
+    assert_eq!(
+        n1[0]["routing"]["policy"], "local-first",
+        "n1 goes by the failed release's spec: {n1}"
     );
 }
 

@@ -45,7 +45,9 @@ pub struct DeployOptions {
 }
 
 /// Runs one deploy step on the local node (benchmarks and scripts drive a node with these). The
-/// epoch must be at least the newest the node has seen for the service (`ServiceStatus::epoch`).
+/// token is (`epoch`, this node): the epoch must be above the newest the node has seen for the
+/// service (`ServiceStatus::epoch`), or equal to it when this node was that epoch's coordinator
+/// (`StepRequest::on_behalf_of` names another through the admin socket).
 pub async fn step(
     data_dir: &DataDir,
     service: &ServiceName,

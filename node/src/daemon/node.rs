@@ -242,11 +242,18 @@ impl AdminHandler for Node {
                 self.leave.notify_one();
                 Ok(AdminResponse::Done)
             }
-            AdminRequest::Step(step) => self
-                .services
-                .step(step, self.name().clone())
-                .await
-                .map(AdminResponse::Step),
+            AdminRequest::Step(step) => {
+                // The local operator (the admin socket is 0600) may act for the coordinator
+                // whose token the host holds, as the node's own convergence does.
+                let by = step
+                    .on_behalf_of
+                    .clone()
+                    .unwrap_or_else(|| self.name().clone());
+                self.services
+                    .step(step, by)
+                    .await
+                    .map(AdminResponse::Step)
+            }
             AdminRequest::Services => Ok(AdminResponse::Services(self.services.statuses().await)),
         };
         result.unwrap_or_else(AdminResponse::Error)

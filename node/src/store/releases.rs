@@ -16,6 +16,9 @@
 //!   devices or FIFOs. Unpacking goes to a temporary directory that is renamed into place only on
 //!   success and removed on any failure (including a full disk), so a half-unpacked release never
 //!   exists under its version's name.
+//! - Crash-safe: an artifact is fsynced before its rename and its directory after; an unpacked
+//!   release's every file and directory is fsynced before the rename that names it, and its
+//!   parent after, so a power cut never leaves a named release or artifact with lost contents.
 //!
 //! ## Non-goals
 //! No signature checking: the hash proves integrity in transit and at rest, not who built it.
@@ -109,6 +112,7 @@ impl Releases {
             }
             let dest = self.artifact_path(&sha);
             fs::rename(&tmp, &dest).map_err(Error::io("cannot rename into place", &dest))?;
+            sync_dir(&dir)?;
             Ok(sha)
         })();
         if result.is_err() {
@@ -187,6 +191,7 @@ impl Releases {
         }
         let dest = self.artifact_path(sha256);
         fs::rename(&partial, &dest).map_err(Error::io("cannot rename into place", &dest))?;
+        sync_dir(&self.artifacts())?;
         Ok((total, true))
     }
 
@@ -263,7 +268,10 @@ impl Releases {
             unpack_into(&source, file_name, &tmp)?;
             fs::write(tmp.join(".halley-artifact"), hex::encode(sha256))
                 .map_err(Error::io("cannot write (is the disk full?)", &tmp))?;
-            fs::rename(&tmp, &dest).map_err(Error::io("cannot rename into place", &dest))
+            // Everything is on disk before the release is trusted under its name.
+            sync_tree(&tmp)?;
+            fs::rename(&tmp, &dest).map_err(Error::io("cannot rename into place", &dest))?;
+            sync_dir(&parent)
         })();
         if let Err(e) = result {
             let _ = fs::remove_dir_all(&tmp);
@@ -295,6 +303,36 @@ pub fn copy_hashing(source: &mut impl Read, out: &mut impl Write) -> io::Result<
     let mut sha = [0u8; 32];
     sha.copy_from_slice(ctx.finish().as_ref());
     Ok(sha)
+}
+
+/// Flushes a directory's entries (a rename or a new file in it) to disk.
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(Error::io("cannot sync", dir))
+}
+
+/// Flushes every regular file and directory under `dir`, and `dir` itself, to disk (symlinks
+/// are not followed: an unpacked release's links stay inside it and need no flush of their own
+/// beyond their directory's).
+fn sync_tree(dir: &Path) -> Result<()> {
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for entry in fs::read_dir(&d).map_err(Error::io("cannot read", &d))? {
+            let entry = entry.map_err(Error::io("cannot read", &d))?;
+            let path = entry.path();
+            let kind = entry.file_type().map_err(Error::io("cannot read", &path))?;
+            if kind.is_dir() {
+                dirs.push(path);
+            } else if kind.is_file() {
+                File::open(&path)
+                    .and_then(|f| f.sync_all())
+                    .map_err(Error::io("cannot sync", &path))?;
+            }
+        }
+        sync_dir(&d)?;
+    }
+    Ok(())
 }
 
 fn kind_of(path: &Path) -> Result<Kind> {

@@ -351,7 +351,11 @@ impl Host {
 
     fn register(&mut self, entry: ReleaseEntry, unpacked: bool) -> StepResult {
         let sha256 = halley_proto::hex::encode(&entry.sha256);
-        self.record.spec = entry.spec.clone();
+        // The service goes by its committed release's spec until the new one is committed (a
+        // failed deploy leaves nothing of its spec behind); a first deploy has no other.
+        if self.engine.committed().is_none() {
+            self.record.spec = entry.spec.clone();
+        }
         self.record.releases.retain(|r| r.version != entry.version);
         info!(service = %self.record.name, version = %entry.version, sha256 = %sha256, unpacked, "release prepared");
         self.record.releases.push(entry);
@@ -428,7 +432,7 @@ impl Host {
                 Ok((version, previous, actions)) => {
                     let _ = self.mark_rollback(None);
                     self.apply(actions);
-                    let pruned = self.prune();
+                    let pruned = self.committed();
                     info!(service = %self.record.name, %version, previous = ?previous.as_ref().map(|p| p.to_string()), "committed");
                     Ok(StepReply::Committed {
                         version,
@@ -706,7 +710,15 @@ impl Host {
                 checking: self.check.is_some() || self.drain.is_some(),
                 rollback_serving: self.rolling_back_to.is_some() && self.rolling_back_to == serving,
                 last_contact_ms: self.contact.load(std::sync::atomic::Ordering::Relaxed),
-                timeout_ms: self.record.spec.rollout.orphan_timeout.0,
+                // The deploy being orphaned is the newest prepared release's.
+                timeout_ms: self
+                    .record
+                    .releases
+                    .last()
+                    .map_or(&self.record.spec, |r| &r.spec)
+                    .rollout
+                    .orphan_timeout
+                    .0,
             },
             mono_ms(),
         );
@@ -716,7 +728,7 @@ impl Host {
                 if let Ok((version, _, actions)) = self.engine.commit(now) {
                     warn!(service = %self.record.name, silent_ms = silent, %version, "no coordinator for orphan_timeout in a rollback; committing its target, which serves");
                     self.apply(actions);
-                    self.prune();
+                    self.committed();
                     let _ = self.mark_rollback(None);
                     self.undrain();
                     return;
@@ -855,6 +867,24 @@ impl Host {
 
     /// Removes releases beyond `keep_releases`, oldest first, never one a slot runs or the
     /// committed or previous one.
+    /// A release was committed: the service goes by its spec from now on (routing, pruning,
+    /// the orphan rule), and old releases are pruned. Returns the pruned versions.
+    fn committed(&mut self) -> Vec<ReleaseVersion> {
+        let spec = self.engine.committed().and_then(|v| {
+            self.record
+                .releases
+                .iter()
+                .find(|r| &r.version == v)
+                .map(|r| r.spec.clone())
+        });
+        if let Some(spec) = spec {
+            self.record.spec = spec;
+        }
+        let pruned = self.prune();
+        let _ = self.save();
+        pruned
+    }
+
     fn prune(&mut self) -> Vec<ReleaseVersion> {
         let keep = self.record.spec.keep_releases.max(2) as usize;
         let mut protected: Vec<ReleaseVersion> = Vec::new();
