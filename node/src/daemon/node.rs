@@ -249,10 +249,7 @@ impl AdminHandler for Node {
                     .on_behalf_of
                     .clone()
                     .unwrap_or_else(|| self.name().clone());
-                self.services
-                    .step(step, by)
-                    .await
-                    .map(AdminResponse::Step)
+                self.services.step(step, by).await.map(AdminResponse::Step)
             }
             AdminRequest::Services => Ok(AdminResponse::Services(self.services.statuses().await)),
         };

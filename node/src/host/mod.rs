@@ -21,3 +21,4 @@ pub mod process;
 pub mod services;
 pub mod slot;
 pub mod state;
+pub mod strays;

@@ -115,6 +115,11 @@ pub fn environment(launch: &Launch) -> Vec<(String, String)> {
         ("HALLEY_NODE".to_owned(), launch.node.to_string()),
         ("HALLEY_RELEASE".to_owned(), launch.version.to_string()),
         ("HALLEY_SLOT".to_owned(), launch.slot.to_string()),
+        // The owner tag a restarted node finds unrecorded slot processes by (host::strays).
+        (
+            "HALLEY_NODE_ROOT".to_owned(),
+            launch.node_root.display().to_string(),
+        ),
         (
             "HALLEY_SERVICE_DATA".to_owned(),
             launch.data_dir.display().to_string(),
@@ -323,6 +328,11 @@ fn signal_number(signal: StopSignal) -> libc::c_int {
         StopSignal::Usr1 => libc::SIGUSR1,
         StopSignal::Usr2 => libc::SIGUSR2,
     }
+}
+
+/// SIGKILLs the process group `pid` leads, if `pid` is still the process started at `ticks`.
+pub fn kill_group(pid: u32, ticks: u64) {
+    signal_group(pid, ticks, libc::SIGKILL);
 }
 
 fn signal_group(pid: u32, ticks: u64, sig: libc::c_int) {

@@ -210,10 +210,28 @@ impl Host {
                 .router
                 .set(self.slots[active.index()].upstream.clone());
         }
+        self.stop_strays();
         for color in restart {
             if let Err(e) = self.launch(color) {
                 error!(service = %self.record.name, slot = %color, error = %e, "cannot restart adopted slot");
             }
+        }
+    }
+
+    /// Stops the slot processes this node started for the service but never recorded (it died
+    /// between the spawn and the save): nothing else would ever stop them.
+    fn stop_strays(&self) {
+        let recorded: Vec<u32> = self
+            .slots
+            .iter()
+            .filter_map(|rt| rt.pid.map(|(p, _)| p))
+            .collect();
+        for stray in crate::host::strays::find(self.ctx.data_dir.root(), &self.record.name) {
+            if recorded.contains(&stray.pid) {
+                continue;
+            }
+            warn!(service = %self.record.name, slot = %stray.slot, pid = stray.pid, "a slot process this node started was never recorded (the node stopped before saving it); stopping it");
+            process::kill_group(stray.pid, stray.start_ticks);
         }
     }
 
