@@ -249,6 +249,9 @@ fn the_command_hooks_round_trip_and_retention_keeps_the_newest() {
             .create(&snapshot(&service, &node, &state, &data, &hooks, ms))
             .unwrap();
     }
-    assert_eq!(backups.prune(&service, state.keep_backups), vec![first.id]);
+    assert_eq!(
+        backups.prune(&service, state.keep_backups, None),
+        vec![first.id]
+    );
     assert_eq!(backups.list(&service).len(), 2);
 }

@@ -105,7 +105,9 @@ fn a_deploy_snapshots_and_verifies_then_migrates_once_and_contracts_after_the_co
         text(&listed_from_n3)
     );
 
-    // The same release again: the migration does not run twice.
+    // The same release again: the migration does not run twice. Its snapshot (taken while v2
+    // served, holding 5 rows written under v2) is not the one a rollback of v2 restores.
+    add_rows(n1, 5);
     let out = deploy(n1, &config, "v2");
     assert_ok(&out, "deploy v2 again");
     assert!(text(&out).contains("already ran"), "{}", text(&out));
@@ -114,14 +116,15 @@ fn a_deploy_snapshots_and_verifies_then_migrates_once_and_contracts_after_the_co
         "migrated v1\nmigrated v2\n"
     );
 
-    // Code and data back: the rows written since the v2 deploy's snapshot are gone.
+    // Code and data back: the rows written since the v2 deploy's snapshot are gone, those
+    // written under v2 before its second deploy too (before, that snapshot was restored).
     let before_v2 = 25;
     add_rows(n1, 10);
-    assert_eq!(rows(n1), before_v2 + 10);
+    assert_eq!(rows(n1), before_v2 + 15);
     let refused = n1.cli(&["rollback", "web", "--restore-data"]);
     assert!(!refused.status.success());
     assert!(stderr(&refused).contains("--yes"), "{}", stderr(&refused));
-    assert_eq!(rows(n1), before_v2 + 10);
+    assert_eq!(rows(n1), before_v2 + 15);
     let out = n1.cli(&["rollback", "web", "--restore-data", "--yes"]);
     assert_ok(&out, "rollback --restore-data");
     assert!(text(&out).contains("will be lost"), "{}", text(&out));
@@ -151,6 +154,31 @@ fn a_failing_migration_stops_the_deploy_before_any_host_changes() {
     let list = String::from_utf8_lossy(&n1.cli(&["backup", "list", "web"]).stdout).into_owned();
     assert!(list.contains("before deploy of v2"), "{list}");
     assert_eq!(read(data(n1).join("migrations")), "migrated v1\n");
+}
+
+#[test]
+fn refused_deploys_never_prune_the_backup_a_rollback_of_the_committed_release_restores() {
+    let cluster = Cluster::start();
+    let n1 = &cluster.nodes[0];
+    let good = state_config(&cluster, "good", "never");
+    let failing = state_config(&cluster, "failing", "v3");
+    assert_ok(&deploy(n1, &good, "v1"), "first deploy");
+    add_rows(n1, 7);
+    assert_ok(
+        &deploy(n1, &good, "v2"),
+        "deploy v2 (its snapshot holds 7 rows)",
+    );
+    add_rows(n1, 3);
+    // Four refused deploys of v3 with keep_backups = 3: each snapshots first.
+    for _ in 0..4 {
+        let out = deploy(n1, &failing, "v3");
+        assert!(!out.status.success(), "{}", text(&out));
+    }
+    let list = String::from_utf8_lossy(&n1.cli(&["backup", "list", "web"]).stdout).into_owned();
+    assert!(list.contains("before deploy of v2"), "pruned: {list}");
+    let out = n1.cli(&["rollback", "web", "--restore-data", "--yes"]);
+    assert_ok(&out, "rollback --restore-data");
+    assert_eq!(rows(n1), 7, "{}", text(&out));
 }
 
 #[test]

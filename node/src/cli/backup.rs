@@ -5,8 +5,9 @@
 //! - A restore says which backup, taken when, replaces which node's data, and that every write
 //!   since then will be lost; it goes on only after the user types the service's name, or with
 //!   `--yes`. Without a terminal and without `--yes` it refuses.
-//! - `rollback --restore-data` restores only backups taken before the deploy of the release it
-//!   rolls back from, and only after the code rollback completed.
+//! - `rollback --restore-data` restores only the backup taken before the deploy of the release
+//!   it rolls back from while another release served ([`restore_point`](crate::engine::restore_point)),
+//!   and only after the code rollback completed.
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::time::Duration;
@@ -227,12 +228,8 @@ pub async fn rollback_with_data(
         let Ok(list) = list(data_dir, node.clone(), service).await else {
             continue;
         };
-        if let Some(m) = list
-            .into_iter()
-            .filter(|m| m.for_release.as_ref() == Some(&from))
-            .max_by(|a, b| a.id.cmp(&b.id))
-        {
-            targets.push((node, row.name.to_string(), m));
+        if let Some(m) = crate::engine::restore_point::restore_point(&list, &from) {
+            targets.push((node, row.name.to_string(), m.clone()));
         }
     }
     if targets.is_empty() {

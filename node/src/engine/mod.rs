@@ -28,6 +28,7 @@ pub mod lock;
 pub mod membership;
 pub mod orphan;
 pub mod regression;
+pub mod restore_point;
 pub mod rollback;
 pub mod rollout;
 pub mod routing;

@@ -347,15 +347,20 @@ impl Backups {
         Ok(manifest)
     }
 
-    /// Removes the oldest backups beyond `keep`; returns their ids.
-    pub fn prune(&self, service: &ServiceName, keep: u32) -> Vec<String> {
+    /// Removes the oldest backups beyond `keep`, never the restore point of the `committed`
+    /// release ([`restore_point::prune`](crate::engine::restore_point::prune)); returns their ids.
+    pub fn prune(
+        &self,
+        service: &ServiceName,
+        keep: u32,
+        committed: Option<&ReleaseVersion>,
+    ) -> Vec<String> {
         let list = self.list(service);
-        let excess = list.len().saturating_sub(keep as usize);
         let mut removed = Vec::new();
-        for m in list.into_iter().take(excess) {
-            let dir = self.dir(service).join(&m.id);
+        for id in crate::engine::restore_point::prune(&list, keep, committed) {
+            let dir = self.dir(service).join(&id);
             if fs::remove_dir_all(&dir).is_ok() {
-                removed.push(m.id);
+                removed.push(id);
             }
         }
         removed

@@ -178,6 +178,7 @@ impl State<'_> {
         let backups = Backups::new(self.services.data_dir().root());
         let (service, node) = (service.clone(), self.services.node().clone());
         let release = ctx.record.committed.clone();
+        let committed = release.clone();
         tokio::task::spawn_blocking(move || {
             let manifest = backups
                 .create(&Snapshot {
@@ -204,7 +205,7 @@ impl State<'_> {
                         ),
                     )
                 })?;
-            let pruned = backups.prune(&service, state.keep_backups);
+            let pruned = backups.prune(&service, state.keep_backups, committed.as_ref());
             let note = if pruned.is_empty() {
                 note
             } else {
