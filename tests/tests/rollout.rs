@@ -688,6 +688,11 @@ fn a_rollback_host_left_without_its_coordinator_after_the_flip_keeps_the_target_
     );
     cluster.nodes[2].kill9();
     let _ = rolling.join();
+    assert_eq!(
+        cluster.nodes[1].services()[0]["committed"],
+        "v2",
+        "n2 committed before its restart: the test would not exercise the marker"
+    );
     // n2's daemon restarts too, before orphan_timeout: it adopts the rollback's uncommitted
     // deploy as a rollback (before, the marker lived in memory, and n2 reverted to v2).
     cluster.restart(1);
@@ -842,6 +847,13 @@ fn a_deploy_following_a_rollout_nobody_drives_any_more_says_so_and_how_to_resume
         }),
         "n2 never took the rollout over: {}",
         String::from_utf8_lossy(&cluster.nodes[0].cli(&["rollout", "status", "web"]).stdout)
+    );
+    // n1's own driver saw the higher token in gossip and stopped.
+    assert!(
+        wait_until(Duration::from_secs(5), || cluster.nodes[0]
+            .log()
+            .contains("taken over by node n2")),
+        "n1's driver did not stop when n2 took its rollout over"
     );
     cluster.nodes[1].kill9();
     let _ = taker.join();

@@ -51,31 +51,39 @@ fn a_slot_process_the_node_never_recorded_is_stopped_when_it_starts_again() {
     );
     let active = n1.slot("web", "active").expect("an active slot");
     let v1_pid = active["pid"].as_u64().expect("a pid");
-    // The owner tag the node gives its slot processes.
-    let tags: Vec<(String, String)> = environ(v1_pid)
+    // Each launch is written ahead with an id the slot process carries.
+    let launch = environ(v1_pid)
         .into_iter()
-        .filter(|(k, _)| k.starts_with("HALLEY_"))
-        .collect();
-    assert!(
-        tags.iter().any(|(k, _)| k == "HALLEY_NODE_ROOT"),
-        "slot processes carry no owner tag: {tags:?}"
-    );
+        .find(|(k, _)| k == "HALLEY_LAUNCH")
+        .map(|(_, v)| v)
+        .expect("slot processes carry their launch id");
+    let color = active["color"].as_str().unwrap().to_owned();
+    let intent = n1.dir.join(format!("services/web/{color}.launch"));
+    assert_eq!(std::fs::read_to_string(&intent).unwrap().trim(), launch);
 
-    // The node dies; a process of the other slot, started by it but not recorded, runs on.
+    // The node dies just after a new launch of the other slot: its intent is on disk, the
+    // process runs (here a stand-in with that launch's id, in its own group), the record does
+    // not name it.
     n1.kill9();
-    let other = if active["color"] == "blue" {
-        "green"
-    } else {
-        "blue"
+    let other = if color == "blue" { "green" } else { "blue" };
+    let stray_launch = "00112233445566778899aabbccddeeff";
+    std::fs::write(
+        n1.dir.join(format!("services/web/{other}.launch")),
+        stray_launch,
+    )
+    .unwrap();
+    let sleeper = |launch: &str| {
+        std::process::Command::new("sleep")
+            .arg("600")
+            .env_clear()
+            .env("HALLEY_LAUNCH", launch)
+            .process_group(0)
+            .spawn()
+            .unwrap()
     };
-    let mut stray = std::process::Command::new("sleep")
-        .arg("600")
-        .env_clear()
-        .envs(tags.iter().filter(|(k, _)| k != "HALLEY_SLOT").cloned())
-        .env("HALLEY_SLOT", other)
-        .process_group(0)
-        .spawn()
-        .unwrap();
+    let mut stray = sleeper(stray_launch);
+    // A process of an older launch of that slot (another id) is not the node's to stop.
+    let mut bystander = sleeper("ffeeddccbbaa99887766554433221100");
     let stray_pid = stray.id();
     n1.start_with(&["--service-address", "127.0.0.1"]);
     let stopped = wait_until(Duration::from_secs(10), || {
@@ -89,11 +97,17 @@ fn a_slot_process_the_node_never_recorded_is_stopped_when_it_starts_again() {
         stopped,
         "the unrecorded slot process {stray_pid} still runs after the node restarted"
     );
+    assert!(
+        matches!(bystander.try_wait(), Ok(None)),
+        "a process of another launch was stopped"
+    );
+    let _ = bystander.kill();
+    let _ = bystander.wait();
     // The recorded one was adopted, not stopped.
     let adopted = n1.slot("web", "active").expect("an active slot");
     assert_eq!(adopted["pid"].as_u64(), Some(v1_pid));
     assert!(
-        n1.log().contains("was never recorded"),
+        n1.log().contains("never recorded it"),
         "the node does not say why it stopped a process"
     );
 }

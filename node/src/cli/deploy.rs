@@ -250,8 +250,9 @@ async fn watch<W: Write>(
 
 /// Notices a followed rollout that nobody drives any more (its coordinator died, or this node's
 /// daemon restarted under it), so the CLI says what to do instead of waiting for ever. A rollout
-/// whose state has not moved for [`Orphaned::QUIET`] is asked about; two answers of "not
-/// driven" in a row, [`Orphaned::RECHECK`] apart, end the wait.
+/// whose state has not moved for [`Orphaned::QUIET`] is asked about every
+/// [`Orphaned::RECHECK`]; answers of "not driven" for [`Orphaned::UNDRIVEN`] in a row end the
+/// wait (longer than the failure detector takes to call a paused node dead and back).
 #[derive(Default)]
 struct Orphaned {
     seen: Option<(u64, u64)>,
@@ -263,6 +264,7 @@ struct Orphaned {
 impl Orphaned {
     const QUIET: Duration = Duration::from_secs(5);
     const RECHECK: Duration = Duration::from_secs(2);
+    const UNDRIVEN: Duration = Duration::from_secs(10);
 
     async fn check(&mut self, data_dir: &DataDir, state: &RolloutState) -> Result<()> {
         let now = Instant::now();
@@ -294,6 +296,7 @@ impl Orphaned {
                 self.undriven_since = Some(now);
                 Ok(())
             }
+            Some(since) if now - since < Self::UNDRIVEN => Ok(()),
             Some(_) => Err(Error::Invalid(format!(
                 "rollout {} of {} is unfinished ({}, {}) and no node drives it any more: its coordinator {} stopped. Take it over from any node with 'halley-node deploy --resume {}'",
                 state.id,

@@ -59,7 +59,7 @@ pub(crate) async fn answer(
                 coordinator: Some(by.clone()),
             };
             // A newer rollout's hold stays: only that rollout may end it.
-            node.services.drains().release(&service, Some(&token));
+            node.services.drains().release(&service, &token);
             node.cluster
                 .publish_draining(node.services.drains().draining())
                 .await?;

@@ -5,12 +5,15 @@
 //! - A rollout's hold belongs to one service and one fencing token: a release by a lower token
 //!   (a coordinator that lost the service) leaves a newer rollout's hold alone, and ending one
 //!   service's hold never ends another service's or the operator's.
-//! - A hold expires `ttl` after its last renewal (a step or watch of its service), so a
-//!   coordinator that dies between draining a host and undraining it does not leave the host
-//!   drained for good.
+//! - A hold expires `ttl` after its last renewal (a step of its service the host obeyed with the
+//!   hold's token), so a coordinator that dies between draining a host and undraining it does not
+//!   leave the host drained for good. A step obeyed with a higher token ends the hold: its owner
+//!   has lost the service.
+//! - The host finishing an orphaned deploy ends only holds of epochs it has obeyed, never the
+//!   hold of a newer coordinator that has drained the host but not stepped it yet.
 //! - Times are the caller's monotonic milliseconds; nothing here reads a clock.
 //!
-//! Not guaranteed: the operator's mark is not persisted here (the node keeps it in gossip).
+//! Not guaranteed: the operator's drain is not persisted; it ends when the node restarts.
 
 use std::collections::BTreeMap;
 
@@ -64,23 +67,39 @@ impl Drains {
         true
     }
 
-    /// Ends the hold of `service` if `token` is not below it; `None` ends it whoever holds it
-    /// (the host finishing an orphaned deploy of that service by itself).
-    pub fn release(&mut self, service: &ServiceName, token: Option<&FenceRecord>) -> bool {
-        match (self.holds.get(service), token) {
-            (Some(held), Some(t)) if *t < held.token => false,
-            (Some(_), _) => {
+    /// Ends the hold of `service` if `token` is not below it (false: a newer rollout holds it).
+    pub fn release(&mut self, service: &ServiceName, token: &FenceRecord) -> bool {
+        match self.holds.get(service) {
+            Some(held) if *token < held.token => false,
+            Some(_) => {
                 self.holds.remove(service);
                 true
             }
-            (None, _) => true,
+            None => true,
         }
     }
 
-    /// A coordinator reached `service` at `now`: its hold lives on.
-    pub fn renew(&mut self, service: &ServiceName, now: u64) {
-        if let Some(h) = self.holds.get_mut(service) {
-            h.renewed_ms = h.renewed_ms.max(now);
+    /// The host finished an orphaned deploy of `service` by itself, having obeyed up to
+    /// `epoch`: holds of those epochs end; a newer coordinator's hold stays.
+    pub fn release_orphan(&mut self, service: &ServiceName, epoch: u64) {
+        if self
+            .holds
+            .get(service)
+            .is_some_and(|h| h.token.epoch <= epoch)
+        {
+            self.holds.remove(service);
+        }
+    }
+
+    /// The host obeyed a step of `service` with `token` at `now`: a hold with that token lives
+    /// on; a lower one ends (its coordinator has lost the service).
+    pub fn stepped(&mut self, service: &ServiceName, token: &FenceRecord, now: u64) {
+        match self.holds.get_mut(service) {
+            Some(h) if h.token == *token => h.renewed_ms = h.renewed_ms.max(now),
+            Some(h) if h.token < *token => {
+                self.holds.remove(service);
+            }
+            _ => {}
         }
     }
 
@@ -121,8 +140,9 @@ impl Drains {
 #[cfg(test)]
 mod tests {
     //! Scenario scripts in `node/tests/scenarios/drain/*.txt`. Commands: `manual on|off`,
-    //! `hold SERVICE EPOCH NODE AT TTL`, `release SERVICE [EPOCH NODE]` (no token: the host's own
-    //! orphan decision), `renew SERVICE AT`, `at MS` (expires, then prints who holds the node).
+    //! `hold SERVICE EPOCH NODE AT TTL`, `release SERVICE EPOCH NODE`, `orphan SERVICE EPOCH`
+    //! (the host finished an orphaned deploy, having obeyed up to EPOCH), `step SERVICE EPOCH
+    //! NODE AT` (the host obeyed a step), `at MS` (expires, then prints who holds the node).
     use halley_proto::NodeName;
 
     use super::*;
@@ -149,13 +169,13 @@ mod tests {
                     out.push_str("> refused: a newer rollout holds it\n");
                 }
             }
-            ["release", s, rest @ ..] => {
-                let t = (rest.len() == 2).then(|| token(rest[0], rest[1]));
-                if !d.release(&svc(s), t.as_ref()) {
+            ["release", s, e, n] => {
+                if !d.release(&svc(s), &token(e, n)) {
                     out.push_str("> refused: a newer rollout holds it\n");
                 }
             }
-            ["renew", s, at] => d.renew(&svc(s), at.parse().unwrap()),
+            ["orphan", s, e] => d.release_orphan(&svc(s), e.parse().unwrap()),
+            ["step", s, e, n, at] => d.stepped(&svc(s), &token(e, n), at.parse().unwrap()),
             ["at", ms] => {
                 for s in d.expire(ms.parse().unwrap()) {
                     out.push_str(&format!("> expired: {s}\n"));

@@ -54,16 +54,22 @@ impl NodeDrain {
         held
     }
 
-    /// Ends `service`'s hold if `token` is not below it (`None`: whoever holds it).
-    pub fn release(&self, service: &ServiceName, token: Option<&FenceRecord>) -> bool {
+    /// Ends `service`'s hold if `token` is not below it.
+    pub fn release(&self, service: &ServiceName, token: &FenceRecord) -> bool {
         let released = self.with(|d| d.release(service, token));
         info!(%service, released, draining = self.draining(), "rollout drain release");
         released
     }
 
-    /// A coordinator reached `service`: its hold lives on.
-    pub fn renew(&self, service: &ServiceName) {
-        self.with(|d| d.renew(service, mono_ms()));
+    /// The host finished an orphaned deploy of `service`, having obeyed up to `epoch`.
+    pub fn release_orphan(&self, service: &ServiceName, epoch: u64) {
+        self.with(|d| d.release_orphan(service, epoch));
+        info!(%service, draining = self.draining(), "orphaned deploy finished; its drain hold ends");
+    }
+
+    /// The host obeyed a step of `service` with `token`.
+    pub fn stepped(&self, service: &ServiceName, token: &FenceRecord) {
+        self.with(|d| d.stepped(service, token, mono_ms()));
     }
 
     /// Ends the holds whose coordinators went silent for their `ttl`.

@@ -115,11 +115,6 @@ pub fn environment(launch: &Launch) -> Vec<(String, String)> {
         ("HALLEY_NODE".to_owned(), launch.node.to_string()),
         ("HALLEY_RELEASE".to_owned(), launch.version.to_string()),
         ("HALLEY_SLOT".to_owned(), launch.slot.to_string()),
-        // The owner tag a restarted node finds unrecorded slot processes by (host::strays).
-        (
-            "HALLEY_NODE_ROOT".to_owned(),
-            launch.node_root.display().to_string(),
-        ),
         (
             "HALLEY_SERVICE_DATA".to_owned(),
             launch.data_dir.display().to_string(),
@@ -156,7 +151,11 @@ pub fn program(release_dir: &Path, argv0: &str) -> Result<PathBuf> {
 }
 
 /// Starts a slot process.
-pub fn spawn(launch: &Launch) -> Result<Process> {
+///
+/// `launch_id` goes into the process's environment as `HALLEY_LAUNCH` (only the slot process's,
+/// not its checks' or hooks'): a restarted node finds an unrecorded launch by it
+/// ([`crate::host::strays`]).
+pub fn spawn(launch: &Launch, launch_id: &str) -> Result<Process> {
     let argv = argv(&launch.spec.command, launch.port);
     let program = program(&launch.release_dir, &argv[0])?;
     std::fs::create_dir_all(&launch.data_dir)
@@ -178,6 +177,7 @@ pub fn spawn(launch: &Launch) -> Result<Process> {
         .current_dir(&launch.release_dir)
         .env_clear()
         .envs(environment(launch))
+        .env(crate::host::strays::LAUNCH_VAR, launch_id)
         .stdin(Stdio::null())
         .stdout(Stdio::from(log))
         .stderr(Stdio::from(log2))

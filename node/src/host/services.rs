@@ -161,7 +161,6 @@ impl Services {
     pub async fn watch(&self, service: &ServiceName) -> Option<ServiceStatus> {
         let handle = self.handle(service).await?;
         handle.touch();
-        self.ctx.drains.renew(service);
         Some(handle.status())
     }
 

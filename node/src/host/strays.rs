@@ -1,69 +1,85 @@
 //! Slot processes this node started but never recorded: a node that dies between spawning a
 //! slot and saving its pid (or whose save failed) leaves one running, holding memory and a port,
-//! that no record names. Every slot process carries its owner in its environment
-//! (`HALLEY_NODE_ROOT`, `HALLEY_SERVICE`, `HALLEY_SLOT`), so a restarted node finds them.
+//! that no record names. Each launch is written ahead as an intent, `services/NAME/SLOT.launch`
+//! (a random launch id, fsynced before the spawn), and the slot process carries that id in its
+//! environment (`HALLEY_LAUNCH`), so a restarted node can tell whether its newest launch of a
+//! slot was recorded, and stop it if not.
 //!
 //! ## Guarantees
-//! - Only process-group leaders whose environment names this node's data dir and the service
-//!   are ever matched: a service's own children (same environment, same group) are reached
-//!   through their leader's group, and other nodes' processes on the machine are never touched.
+//! - Only process-group leaders carrying the slot's newest launch id are ever stopped, and only
+//!   when the recorded process of that slot does not carry it (the launch was never recorded).
+//!   Checks and hooks do not carry the id; a recorded slot's own children (its id) are left
+//!   alone with it; other launches, nodes and services have other ids.
 //! - A process whose environment cannot be read (another user's, without the rights) is left
 //!   alone.
 //!
 //! Not guaranteed: a stray is stopped, not adopted (the slot engine restored from the record
 //! does not know it started, so a fresh start is the consistent choice).
 
-use std::path::Path;
-
 use halley_proto::deploy::Color;
 use halley_proto::spec::ServiceName;
+use tracing::warn;
 
 use crate::host::process;
+use crate::store::datadir::DataDir;
 
-/// A slot process found by its environment.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Stray {
-    /// Its pid (also its process group).
-    pub pid: u32,
-    /// Its start time, for signalling it safely.
-    pub start_ticks: u64,
-    /// The slot it was started in.
-    pub slot: Color,
+/// The environment variable that carries a slot process's launch id.
+pub const LAUNCH_VAR: &str = "HALLEY_LAUNCH";
+
+/// Where the intent of a slot's newest launch is written.
+pub fn intent_name(service: &ServiceName, slot: Color) -> String {
+    format!("services/{service}/{slot}.launch")
 }
 
-/// The slot processes of `service` that the node on `root` started, recorded or not.
-pub fn find(root: &Path, service: &ServiceName) -> Vec<Stray> {
+/// Writes the intent of a launch (before the spawn) and returns its id.
+pub fn intend(data_dir: &DataDir, service: &ServiceName, slot: Color) -> crate::Result<String> {
+    let id = halley_proto::hex::encode(&crate::random::bytes::<16>()?);
+    data_dir.write_file(&intent_name(service, slot), id.as_bytes(), 0o600)?;
+    Ok(id)
+}
+
+/// Stops the slot's newest launch if it was never recorded: `recorded` is the pid the service
+/// record names for the slot (if it still runs).
+pub fn stop_unrecorded(
+    data_dir: &DataDir,
+    service: &ServiceName,
+    slot: Color,
+    recorded: Option<u32>,
+) {
+    let Ok(bytes) = data_dir.read_file(&intent_name(service, slot)) else {
+        return;
+    };
+    let id = String::from_utf8_lossy(&bytes).trim().to_owned();
+    if id.is_empty() || recorded.is_some_and(|pid| launch_of(pid).as_deref() == Some(id.as_str())) {
+        return;
+    }
+    for pid in leaders_with(&id) {
+        let Some(ticks) = process::start_ticks(pid) else {
+            continue;
+        };
+        warn!(%service, %slot, pid, "this node started a slot process but never recorded it (it stopped before saving it); stopping it");
+        process::kill_group(pid, ticks);
+    }
+}
+
+/// The launch id in a process's environment.
+fn launch_of(pid: u32) -> Option<String> {
+    let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    env.split(|b| *b == 0).find_map(|kv| {
+        kv.strip_prefix(LAUNCH_VAR.as_bytes())
+            .and_then(|rest| rest.strip_prefix(b"="))
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+    })
+}
+
+/// Process-group leaders whose launch id is `id`.
+fn leaders_with(id: &str) -> Vec<u32> {
     let Ok(procs) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
-    let root = root.display().to_string();
     procs
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| group_leader(*pid))
-        .filter_map(|pid| {
-            let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
-            let var = |name: &str| {
-                env.split(|b| *b == 0).find_map(|kv| {
-                    kv.strip_prefix(name.as_bytes())
-                        .and_then(|rest| rest.strip_prefix(b"="))
-                })
-            };
-            if var("HALLEY_NODE_ROOT")? != root.as_bytes()
-                || var("HALLEY_SERVICE")? != service.as_str().as_bytes()
-            {
-                return None;
-            }
-            let slot = match var("HALLEY_SLOT")? {
-                b"blue" => Color::Blue,
-                b"green" => Color::Green,
-                _ => return None,
-            };
-            Some(Stray {
-                pid,
-                start_ticks: process::start_ticks(pid)?,
-                slot,
-            })
-        })
+        .filter(|pid| group_leader(*pid) && launch_of(*pid).as_deref() == Some(id))
         .collect()
 }
 

@@ -55,6 +55,8 @@ pub(crate) struct Driver {
     events_tx: mpsc::UnboundedSender<Event>,
     events_rx: mpsc::UnboundedReceiver<Event>,
     workers: HashMap<NodeName, mpsc::UnboundedSender<Action>>,
+    /// The workers' tasks, cut short when another coordinator takes the rollout over.
+    worker_tasks: Vec<tokio::task::AbortHandle>,
     baselines: Arc<Mutex<HashMap<NodeName, Sample>>>,
     watching: Arc<std::sync::atomic::AtomicBool>,
     /// The engine's `now`: deadlines on monotonic time, journaled as dates.
@@ -82,6 +84,7 @@ impl Driver {
             events_tx,
             events_rx,
             workers: HashMap::new(),
+            worker_tasks: Vec::new(),
             baselines: Arc::default(),
             watching: Arc::default(),
             clock: Steady::new(),
@@ -120,7 +123,14 @@ impl Driver {
                 _ = watch.tick() => {
                     self.watch();
                     match self.taken_over().await {
-                        Some(event) => self.engine.step(event, self.clock.now_ms()),
+                        Some(event) => {
+                            // Steps under way stop too: the new coordinator owns the hosts.
+                            for task in self.worker_tasks.drain(..) {
+                                task.abort();
+                            }
+                            self.workers.clear();
+                            self.engine.step(event, self.clock.now_ms())
+                        }
                         None => Vec::new(),
                     }
                 }
@@ -211,7 +221,7 @@ impl Driver {
             baselines: self.baselines.clone(),
         };
         let events = self.events_tx.clone();
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             while let Some(action) = rx.recv().await {
                 let event = ctx.run(action).await;
                 if events.send(event).is_err() {
@@ -219,6 +229,7 @@ impl Driver {
                 }
             }
         });
+        self.worker_tasks.push(task.abort_handle());
         self.workers.insert(host.clone(), tx.clone());
         tx
     }

@@ -30,10 +30,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::clock::mono_ms;
+use crate::engine::fence;
 use crate::engine::health::HealthTracker;
 use crate::engine::slots::{Action, Policy, Reverted, Slots};
 use crate::engine::supervise::{RestartPolicy, Supervisor};
-use crate::engine::{fence, orphan};
 use crate::error::error_reply;
 use crate::host::handle::{
     Command, HostContext, StepResult, bind, fence_name, from_refused, protocol_name, record_name,
@@ -45,6 +45,7 @@ use crate::proxy;
 use crate::proxy::routes::ServiceRoutes;
 use crate::proxy::upstream::Upstream;
 
+mod recovery;
 mod waiters;
 use waiters::{CheckWaiter, DrainWaiter};
 
@@ -160,6 +161,19 @@ impl Host {
     /// whose process is gone.
     pub(crate) fn adopt_slots(&mut self) {
         let now = self.now();
+        // Before anything watches or starts a slot: a launch the node never recorded is stopped.
+        for color in Color::BOTH {
+            let rec = &self.record.slots[color.index()];
+            let recorded = rec
+                .pid
+                .filter(|pid| process::same_process(*pid, rec.start_ticks));
+            crate::host::strays::stop_unrecorded(
+                &self.ctx.data_dir,
+                &self.record.name,
+                color,
+                recorded,
+            );
+        }
         let mut versions: [Option<ReleaseVersion>; 2] = [None, None];
         let mut restart = Vec::new();
         for color in Color::BOTH {
@@ -210,28 +224,10 @@ impl Host {
                 .router
                 .set(self.slots[active.index()].upstream.clone());
         }
-        self.stop_strays();
         for color in restart {
             if let Err(e) = self.launch(color) {
                 error!(service = %self.record.name, slot = %color, error = %e, "cannot restart adopted slot");
             }
-        }
-    }
-
-    /// Stops the slot processes this node started for the service but never recorded (it died
-    /// between the spawn and the save): nothing else would ever stop them.
-    fn stop_strays(&self) {
-        let recorded: Vec<u32> = self
-            .slots
-            .iter()
-            .filter_map(|rt| rt.pid.map(|(p, _)| p))
-            .collect();
-        for stray in crate::host::strays::find(self.ctx.data_dir.root(), &self.record.name) {
-            if recorded.contains(&stray.pid) {
-                continue;
-            }
-            warn!(service = %self.record.name, slot = %stray.slot, pid = stray.pid, "a slot process this node started was never recorded (the node stopped before saving it); stopping it");
-            process::kill_group(stray.pid, stray.start_ticks);
         }
     }
 
@@ -307,7 +303,6 @@ impl Host {
         if !matches!(command, Command::Quiesce { .. }) {
             self.contact
                 .fetch_max(mono_ms(), std::sync::atomic::Ordering::Relaxed);
-            self.ctx.drains.renew(&self.record.name);
         }
         match command {
             Command::Register {
@@ -345,7 +340,10 @@ impl Host {
             return Ok(());
         };
         let raised = match fence::admit(&self.fence, &token, self.record.name.as_str()) {
-            fence::Admit::Same => return Ok(()),
+            fence::Admit::Same => {
+                self.ctx.drains.stepped(&self.record.name, &token);
+                return Ok(());
+            }
             fence::Admit::Stale(why) => return Err(error_reply(ErrorKind::StaleEpoch, why)),
             fence::Admit::Raise(raised) => raised,
         };
@@ -364,6 +362,7 @@ impl Host {
         if grew {
             self.save()?;
         }
+        self.ctx.drains.stepped(&self.record.name, &token);
         Ok(())
     }
 
@@ -448,9 +447,11 @@ impl Host {
             }
             Step::Commit { .. } => match self.engine.commit(now) {
                 Ok((version, previous, actions)) => {
-                    let _ = self.mark_rollback(None);
                     self.apply(actions);
                     let pruned = self.committed();
+                    // Only once the commit is saved: a crash before leaves the marker with the
+                    // uncommitted rollback it belongs to.
+                    let _ = self.mark_rollback(None);
                     info!(service = %self.record.name, %version, previous = ?previous.as_ref().map(|p| p.to_string()), "committed");
                     Ok(StepReply::Committed {
                         version,
@@ -558,7 +559,10 @@ impl Host {
         let launch = self
             .launch_of(slot)
             .ok_or_else(|| crate::Error::Process(format!("slot {slot} has no release to start")))?;
-        let p = process::spawn(&launch)?;
+        // The intent first: a node that dies before the record below is saved finds this launch
+        // by its id when it starts again.
+        let launch_id = crate::host::strays::intend(&self.ctx.data_dir, &launch.service, slot)?;
+        let p = process::spawn(&launch, &launch_id)?;
         let pid_file = self
             .ctx
             .releases
@@ -715,97 +719,6 @@ impl Host {
                 rt.update_signals();
             }
         }
-    }
-
-    /// A deploy left unfinished with no coordinator in touch for `orphan_timeout` is finished
-    /// by the host ([`orphan::decide`]): a deploy goes back to its committed release, a rollback
-    /// whose target serves commits it; either way that rollout's drain hold ends.
-    fn revert_orphan(&mut self, now: u64) {
-        let serving = self.serving();
-        let decision = orphan::decide(
-            &orphan::Orphan {
-                uncommitted: self.engine.uncommitted(),
-                checking: self.check.is_some() || self.drain.is_some(),
-                rollback_serving: self.rolling_back_to.is_some() && self.rolling_back_to == serving,
-                last_contact_ms: self.contact.load(std::sync::atomic::Ordering::Relaxed),
-                // The deploy being orphaned is the newest prepared release's.
-                timeout_ms: self
-                    .record
-                    .releases
-                    .last()
-                    .map_or(&self.record.spec, |r| &r.spec)
-                    .rollout
-                    .orphan_timeout
-                    .0,
-            },
-            mono_ms(),
-        );
-        let silent = match decision {
-            orphan::Decision::Keep => return,
-            orphan::Decision::Commit(silent) => {
-                if let Ok((version, _, actions)) = self.engine.commit(now) {
-                    warn!(service = %self.record.name, silent_ms = silent, %version, "no coordinator for orphan_timeout in a rollback; committing its target, which serves");
-                    self.apply(actions);
-                    self.committed();
-                    let _ = self.mark_rollback(None);
-                    self.undrain();
-                    return;
-                }
-                silent
-            }
-            orphan::Decision::Revert(silent) => silent,
-        };
-        let _ = self.mark_rollback(None);
-        warn!(service = %self.record.name, silent_ms = silent, "no coordinator for orphan_timeout; reverting to the committed release");
-        let (outcome, actions) = self.engine.revert(now);
-        self.apply(actions);
-        if let Reverted::StartCommitted(version) = outcome
-            && self.start_next(&version).is_ok()
-        {
-            let (reply, _) = oneshot::channel();
-            self.begin_check(reply, true);
-        }
-        self.undrain();
-    }
-
-    /// Records (`Some`) or ends (`None`) the rollback whose target this uncommitted deploy
-    /// starts, on disk first: a restart must not turn a rollback's orphan into a revert to the
-    /// release being rolled back.
-    fn mark_rollback(&mut self, target: Option<ReleaseVersion>) -> Result<(), ErrorReply> {
-        let name = rollback_name(&self.record.name);
-        let saved = match &target {
-            Some(version) => self.ctx.data_dir.write_record(
-                &name,
-                &RollbackMarker {
-                    version: version.clone(),
-                },
-            ),
-            None => {
-                let path = self.ctx.data_dir.file(&name);
-                match std::fs::remove_file(&path) {
-                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                        Err(crate::error::Error::io("cannot remove", &path)(e))
-                    }
-                    _ => Ok(()),
-                }
-            }
-        };
-        self.rolling_back_to = target;
-        saved.map_err(|e| {
-            error!(service = %self.record.name, error = %e, "cannot save the rollback marker");
-            error_reply(
-                ErrorKind::Internal,
-                format!(
-                    "cannot save the rollback marker of {}: {e}",
-                    self.record.name
-                ),
-            )
-        })
-    }
-
-    /// The orphaned deploy is finished: its rollout's drain ends with it (only that one).
-    fn undrain(&self) {
-        self.ctx.drains.release(&self.record.name, None);
     }
 
     fn apply(&mut self, actions: Vec<Action>) {
