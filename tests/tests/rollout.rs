@@ -427,8 +427,9 @@ fn a_journal_that_cannot_be_written_pauses_the_rollout_before_any_host_changes()
     let status = cluster.nodes[0].cli(&["status"]);
     assert!(
         !String::from_utf8_lossy(&status.stdout).contains("draining"),
-        "a host was drained: {}",
-        String::from_utf8_lossy(&status.stdout)
+        "a host was drained: {}\nn3's log:\n{}",
+        String::from_utf8_lossy(&status.stdout),
+        cluster.nodes[2].log()
     );
 
     // Once the data dir is fixed, the paused rollout resumes and completes.

@@ -44,6 +44,11 @@ pub struct ClusterClient {
     local: OnceLock<Weak<dyn RequestHandler>>,
 }
 
+/// The gossip key and value of a draining flag.
+pub fn draining_pair(draining: bool) -> (String, String) {
+    (KEY_DRAINING.to_owned(), gossip::flag(draining).to_owned())
+}
+
 impl ClusterClient {
     /// A client for node `name`.
     pub fn new(name: NodeName, advertise: SocketAddr, suspect_after_ms: u64) -> Self {
@@ -190,13 +195,17 @@ impl ClusterClient {
         }
     }
 
-    /// Publishes this node's draining flag in gossip (who holds it is the host layer's).
-    pub async fn publish_draining(&self, draining: bool) -> std::result::Result<(), ErrorReply> {
+    /// Publishes this node's draining flag in gossip (who holds it is the host layer's),
+    /// reading it with `draining` under the gossip lock so that the newest value wins.
+    pub async fn publish_draining(
+        &self,
+        draining: impl FnOnce() -> bool,
+    ) -> std::result::Result<(), ErrorReply> {
         if !self.gossip.is_running() {
             return Err(internal("gossip is not running yet"));
         }
         self.gossip
-            .publish(KEY_DRAINING.to_owned(), gossip::flag(draining).to_owned())
+            .publish_all_then(Vec::new(), || vec![draining_pair(draining())])
             .await;
         Ok(())
     }

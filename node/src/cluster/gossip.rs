@@ -75,10 +75,21 @@ impl Gossip {
 
     /// Sets several of this node's keys under one lock.
     pub async fn publish_all(&self, pairs: Vec<(String, String)>) {
+        self.publish_all_then(pairs, Vec::new).await;
+    }
+
+    /// Like [`Gossip::publish_all`], then the keys `late` gives, read while the lock is held: a
+    /// value others change concurrently (the draining flag) is then never overwritten by an
+    /// older reading of it.
+    pub async fn publish_all_then(
+        &self,
+        pairs: Vec<(String, String)>,
+        late: impl FnOnce() -> Vec<(String, String)>,
+    ) {
         if let Some(chitchat) = self.chitchat.get() {
             let mut chitchat = chitchat.lock().await;
             let state = chitchat.self_node_state();
-            for (key, value) in pairs {
+            for (key, value) in pairs.into_iter().chain(late()) {
                 state.set(key, value);
             }
         }

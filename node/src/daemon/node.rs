@@ -13,8 +13,8 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use crate::cluster::client::draining_pair;
 use halley_proto::disk::NodeRecord;
-use halley_proto::gossip::{self, KEY_DRAINING};
 use halley_proto::message::{
     AdminRequest, AdminResponse, ErrorKind, ErrorReply, PeerReply, PeerRequest, StatusReport,
 };
@@ -78,20 +78,22 @@ impl Node {
         }
         let rows = self.cluster.refresh().await;
         self.services.cluster().update(&self.record.name, &rows);
-        let mut published = self.services.gossip().await;
+        let published = self.services.gossip().await;
         // Holders change without a request too: an orphaned deploy ends its hold, and a dead
         // coordinator's hold expires.
         self.services.drains().expire();
-        let draining = self.services.drains().draining();
-        published.push((KEY_DRAINING.to_owned(), gossip::flag(draining).to_owned()));
-        self.cluster.gossip.publish_all(published).await;
+        let drains = self.services.drains();
+        self.cluster
+            .gossip
+            .publish_all_then(published, || vec![draining_pair(drains.draining())])
+            .await;
     }
 
     /// The operator's `drain` / `undrain` of this node (a rollout's hold outlives `undrain`).
     pub(crate) async fn set_draining(&self, on: bool) -> Result<(), ErrorReply> {
         self.services.drains().set_manual(on);
         self.cluster
-            .publish_draining(self.services.drains().draining())
+            .publish_draining(|| self.services.drains().draining())
             .await
     }
 

@@ -50,7 +50,9 @@ pub(crate) async fn answer(
                     ),
                 });
             }
-            node.cluster.publish_draining(true).await?;
+            node.cluster
+                .publish_draining(|| node.services.drains().draining())
+                .await?;
             Ok(PeerReply::Done)
         }
         PeerRequest::ReleaseDrain { service, epoch } => {
@@ -61,7 +63,7 @@ pub(crate) async fn answer(
             // A newer rollout's hold stays: only that rollout may end it.
             node.services.drains().release(&service, &token);
             node.cluster
-                .publish_draining(node.services.drains().draining())
+                .publish_draining(|| node.services.drains().draining())
                 .await?;
             Ok(PeerReply::Done)
         }
