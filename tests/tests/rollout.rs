@@ -882,3 +882,20 @@ fn a_deploy_following_a_rollout_nobody_drives_any_more_says_so_and_how_to_resume
         "resume from n1",
     );
 }
+
+#[test]
+fn a_deploy_right_after_the_coordinator_restarts_reaches_every_host() {
+    // Found by the fault campaign (seeds 58 and 111): a node that had just restarted planned
+    // `hosts = all` from the members it had heard of so far (itself), deployed to itself only,
+    // and history called the release completed while the other hosts ran the old one.
+    let mut cluster = Cluster::start();
+    let rt = runtime();
+    let good = cluster.config("good", &[], "bake = \"0s\"");
+    assert_ok(&deploy(&cluster.nodes[0], &good, "v1"), "first rollout");
+    cluster.restart(0);
+    assert_ok(
+        &deploy(&cluster.nodes[0], &good, "v2"),
+        "rollout from the restarted n1",
+    );
+    assert_eq!(cluster.versions(&rt), vec![Some("v2".to_owned()); 3]);
+}

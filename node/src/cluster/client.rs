@@ -17,6 +17,7 @@
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
+use tracing::info;
 
 use chitchat::Chitchat;
 use halley_proto::deploy::{StepReply, StepRequest};
@@ -42,6 +43,8 @@ pub struct ClusterClient {
     pub gossip: Gossip,
     mesh: OnceLock<Arc<Mesh>>,
     local: OnceLock<Weak<dyn RequestHandler>>,
+    /// How long after its start this node's membership view may still miss live members.
+    settle: Duration,
 }
 
 /// The gossip key and value of a draining flag.
@@ -53,6 +56,7 @@ impl ClusterClient {
     /// A client for node `name`.
     pub fn new(name: NodeName, advertise: SocketAddr, suspect_after_ms: u64) -> Self {
         Self {
+            settle: Duration::from_millis(suspect_after_ms),
             view: Mutex::new(MembershipView::new(name.clone(), suspect_after_ms)),
             name,
             advertise,
@@ -86,6 +90,20 @@ impl ClusterClient {
 
     fn mono_ms(&self) -> u64 {
         self.started.elapsed().as_millis() as u64
+    }
+
+    /// Waits until this node has been up long enough for gossip to have brought it every
+    /// member (`suspect_after`): a rollout planned by a node that just restarted would otherwise
+    /// see only the members it has heard of so far, and leave the others out.
+    pub async fn settled(&self) {
+        let up = self.started.elapsed();
+        if up < self.settle {
+            info!(
+                waiting_ms = (self.settle - up).as_millis() as u64,
+                "waiting for gossip to bring every member before planning"
+            );
+            tokio::time::sleep(self.settle - up).await;
+        }
     }
 
     /// Pulls gossip into the membership view; returns every member as it now stands.

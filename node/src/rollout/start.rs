@@ -40,6 +40,8 @@ pub async fn start(
 ) -> Reply<(String, Vec<String>)> {
     let me = node.clone();
     let service = request.service.clone();
+    // Plans, locks and resumes read the membership and gossip: not before they are whole.
+    node.cluster.settled().await;
     // An abort tells this node's own driver; everything else starts a driver here.
     let _starting = match request.kind {
         RolloutKind::Abort => None,

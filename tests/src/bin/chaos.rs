@@ -86,7 +86,19 @@ fn main() {
     let (mut faults, mut operations, mut failed) = (0, 0, Vec::new());
     for &seed in &seeds {
         let t = Instant::now();
-        let outcome = schedule(seed, &service);
+        // A schedule that panics (its cluster could not start: the machine's conntrack table
+        // full, say) counts as failing and the campaign goes on to the next seed.
+        let outcome = std::panic::catch_unwind(|| schedule(seed, &service)).unwrap_or_else(|e| {
+            let why = e
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            Outcome {
+                violations: vec![format!("the schedule panicked: {why}")],
+                ..Outcome::default()
+            }
+        });
         faults += outcome.faults;
         operations += outcome.operations;
         println!(
