@@ -17,7 +17,7 @@
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
-use tracing::info;
+use tracing::{info, warn};
 
 use chitchat::Chitchat;
 use halley_proto::deploy::{StepReply, StepRequest};
@@ -45,7 +45,14 @@ pub struct ClusterClient {
     local: OnceLock<Weak<dyn RequestHandler>>,
     /// How long after its start this node's membership view may still miss live members.
     settle: Duration,
+    /// Gossip addresses this node knew of when it started (its saved peers): planning waits,
+    /// for a bounded time, until each of them is heard of again.
+    expected: Mutex<Vec<SocketAddr>>,
 }
+
+/// How many times `settle` planning waits at most for saved peers that nobody mentions (they
+/// may have left for good while this node was down).
+const SETTLE_BOUND: u32 = 5;
 
 /// The gossip key and value of a draining flag.
 pub fn draining_pair(draining: bool) -> (String, String) {
@@ -64,6 +71,19 @@ impl ClusterClient {
             gossip: Gossip::default(),
             mesh: OnceLock::new(),
             local: OnceLock::new(),
+            expected: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Records the members this node knew of before it started (its saved peers), so that
+    /// [`ClusterClient::settled`] waits until each is heard of again.
+    pub fn expect(&self, addrs: &[SocketAddr]) {
+        if let Ok(mut expected) = self.expected.lock() {
+            *expected = addrs
+                .iter()
+                .filter(|a| **a != self.advertise)
+                .copied()
+                .collect();
         }
     }
 
@@ -92,18 +112,51 @@ impl ClusterClient {
         self.started.elapsed().as_millis() as u64
     }
 
-    /// Waits until this node has been up long enough for gossip to have brought it every
-    /// member (`suspect_after`): a rollout planned by a node that just restarted would otherwise
-    /// see only the members it has heard of so far, and leave the others out.
+    /// Waits until this node's membership view is whole: it has been up for `suspect_after`
+    /// and has heard again of every member it knew before it started. A rollout planned by a
+    /// node that just restarted would otherwise see only the members gossip has brought so far
+    /// and leave the others out. A saved peer nobody mentions (it may have left while this node
+    /// was down) is waited for at most `SETTLE_BOUND` × `suspect_after` after the start.
     pub async fn settled(&self) {
-        let up = self.started.elapsed();
-        if up < self.settle {
-            info!(
-                waiting_ms = (self.settle - up).as_millis() as u64,
-                "waiting for gossip to bring every member before planning"
-            );
-            tokio::time::sleep(self.settle - up).await;
+        let bound = self.settle * SETTLE_BOUND;
+        let mut told = false;
+        loop {
+            let up = self.started.elapsed();
+            let missing = self.missing_expected().await;
+            if up >= self.settle && missing.is_empty() {
+                return;
+            }
+            if up >= bound {
+                warn!(
+                    missing = ?missing,
+                    "planning without members this node knew before its restart: nobody has mentioned them since"
+                );
+                return;
+            }
+            if !told {
+                told = true;
+                info!(
+                    missing = missing.len(),
+                    "waiting for gossip to bring every member before planning"
+                );
+            }
+            let wait = if up < self.settle {
+                self.settle - up
+            } else {
+                Duration::ZERO
+            };
+            tokio::time::sleep(wait.max(Duration::from_millis(100)).min(bound - up)).await;
         }
+    }
+
+    /// The saved peers the membership view has not heard of yet, in any state.
+    async fn missing_expected(&self) -> Vec<SocketAddr> {
+        let known: std::collections::BTreeSet<SocketAddr> =
+            self.refresh().await.into_iter().map(|r| r.addr).collect();
+        self.expected
+            .lock()
+            .map(|e| e.iter().filter(|a| !known.contains(a)).copied().collect())
+            .unwrap_or_default()
     }
 
     /// Pulls gossip into the membership view; returns every member as it now stands.

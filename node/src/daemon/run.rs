@@ -108,6 +108,7 @@ pub async fn run(
     let transport = QuicGossipTransport::new(mesh.clone(), gossip_rx);
 
     let known_peers: PeersRecord = data_dir.read_record_or_default(PEERS).unwrap_or_default();
+    cluster.expect(&known_peers.addrs);
     let seeds: BTreeSet<SocketAddr> = record
         .seeds
         .iter()
