@@ -373,7 +373,7 @@ impl Cluster {
                         host.fence = t;
                         Ok(())
                     }
-                    Admit::Stale(why) => Err(why),
+                    Admit::Stale(why) | Admit::TooFar(why) => Err(why),
                 }
             };
             if let Err(why) = admitted {

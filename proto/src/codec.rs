@@ -40,10 +40,14 @@ pub enum Limit {
     Rpc,
     /// Records in the data dir: 16 MiB.
     Disk,
+    /// What a client without a certificate may send (a join request): 16 KiB, so a stranger
+    /// makes a node buffer little before it has proven anything.
+    Join,
 }
 
 const GOSSIP_LIMIT: usize = 65_507 + 64;
 const RPC_LIMIT: usize = 16 * 1024 * 1024;
+const JOIN_LIMIT: usize = 16 * 1024;
 
 impl Limit {
     /// The limit in bytes.
@@ -51,6 +55,7 @@ impl Limit {
         match self {
             Limit::Gossip => GOSSIP_LIMIT,
             Limit::Rpc | Limit::Disk => RPC_LIMIT,
+            Limit::Join => JOIN_LIMIT,
         }
     }
 }
@@ -206,6 +211,10 @@ fn encode_body<T: Serialize>(value: &T, limit: Limit) -> Result<Vec<u8>, Error> 
             value,
             bincode::config::standard().with_limit::<RPC_LIMIT>(),
         ),
+        Limit::Join => bincode::serde::encode_to_vec(
+            value,
+            bincode::config::standard().with_limit::<JOIN_LIMIT>(),
+        ),
     }
     .map_err(|e| Error::Encode(e.to_string()))?;
     if body.len() > limit.bytes() {
@@ -226,6 +235,10 @@ fn decode_body<T: DeserializeOwned>(body: &[u8], limit: Limit) -> Result<T, Erro
         Limit::Rpc | Limit::Disk => bincode::serde::decode_from_slice(
             body,
             bincode::config::standard().with_limit::<RPC_LIMIT>(),
+        ),
+        Limit::Join => bincode::serde::decode_from_slice(
+            body,
+            bincode::config::standard().with_limit::<JOIN_LIMIT>(),
         ),
     }
     .map_err(|e| Error::Malformed(e.to_string()))?;

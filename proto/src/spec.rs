@@ -277,7 +277,7 @@ fn non_empty_argv<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Err
     Ok(argv)
 }
 
-/// An environment value, redacted in `Debug`.
+/// An environment value, redacted in `Debug` (and in slot log tails that leave the host).
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct Secret(pub String);

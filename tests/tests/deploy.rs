@@ -318,6 +318,50 @@ fn crash_loops_are_marked_unhealthy_and_fail_a_deploy() {
 }
 
 #[test]
+fn a_crashing_release_that_prints_a_secret_does_not_spread_it_into_errors_or_history() {
+    let host = Host::start();
+    let secret = "hunter2-very-secret-db-password";
+    let leaky = host.config(
+        "leaky",
+        &[
+            ("DB_PASSWORD", secret),
+            ("TS_PRINT_ENV", "DB_PASSWORD"),
+            ("TS_START_DELAY_MS", "60000"),
+            ("TS_CRASH_AFTER_MS", "100"),
+        ],
+        "",
+    );
+    let out = host.deploy(&leaky, "v0");
+    assert!(!out.status.success(), "the crash-looping release deployed");
+    let err = stderr(&out);
+    assert!(
+        err.contains("crashing on purpose") && err.contains("=[redacted]"),
+        "the log tail is missing or unredacted: {err}"
+    );
+    assert!(
+        !err.contains(secret),
+        "the secret reached the deploy's error: {err}"
+    );
+    let history = host.node.cli(&["history", "web"]);
+    let shown = format!(
+        "{}{}",
+        String::from_utf8_lossy(&history.stdout),
+        stderr(&history)
+    );
+    assert!(
+        !shown.contains(secret),
+        "the secret reached history: {shown}"
+    );
+    // The log on the host itself keeps what the process printed.
+    let log = host.node.dir.join("services/web/logs");
+    let logs: String = std::fs::read_dir(&log)
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap_or_default())
+        .collect();
+    assert!(logs.contains(secret), "the slot log lost the output");
+}
+
+#[test]
 fn bad_input_is_refused_with_a_clear_error_and_the_current_release_keeps_serving() {
     let host = Host::start();
     let good = host.config("good", &[], "");

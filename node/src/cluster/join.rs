@@ -126,7 +126,7 @@ async fn exchange(token: &JoinToken, request: JoinRequest) -> Result<JoinRespons
         .open_bi()
         .await
         .map_err(|e| Error::Net(format!("cannot open a stream to {}: {e}", token.addr)))?;
-    write_message(&mut send, &Message::JoinRequest(request), Limit::Rpc).await?;
+    write_message(&mut send, &Message::JoinRequest(request), Limit::Join).await?;
     let _ = send.finish();
     let reply = read_message(&mut recv, Limit::Rpc).await?;
     conn.close(quinn::VarInt::from_u32(0), b"joined");

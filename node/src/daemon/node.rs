@@ -14,6 +14,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::cluster::client::draining_pair;
+use halley_proto::deploy::{ArtifactSource, Step, StepRequest};
 use halley_proto::disk::NodeRecord;
 use halley_proto::message::{
     AdminRequest, AdminResponse, ErrorKind, ErrorReply, PeerReply, PeerRequest, StatusReport,
@@ -130,6 +131,19 @@ impl Node {
     }
 }
 
+/// Whether a step would read a file of this host by a path the caller chose: allowed only from
+/// the admin socket and this node's own rollouts, or any peer could have this node copy any file
+/// it can read (the CA key included) into its artifact store and fetch it back.
+fn names_a_local_path(step: &StepRequest) -> bool {
+    matches!(
+        &step.step,
+        Step::Prepare {
+            artifact: ArtifactSource::LocalPath { .. },
+            ..
+        }
+    )
+}
+
 #[async_trait::async_trait]
 impl RequestHandler for Node {
     async fn handle(
@@ -156,6 +170,12 @@ impl RequestHandler for Node {
                 }
             }
             Message::Step(step) => {
+                if caller.is_some() && names_a_local_path(&step) {
+                    return Message::ErrorReply(ErrorReply {
+                        kind: ErrorKind::Unauthorised,
+                        message: "prepare refused: an artifact given as a path on this host may come only from this node's own admin socket; a peer sends the artifact (put-artifact) and prepares it as stored".into(),
+                    });
+                }
                 // The token's owner is who the certificate says called; an in-process call
                 // (no certificate) is this node's own.
                 let by = match caller {

@@ -146,8 +146,10 @@ pub async fn run(
     );
 
     let mut ticker = tokio::time::interval(interval);
-    // Known peers are saved as seeds for the next start, when they change.
-    let mut save_tick = tokio::time::interval(Duration::from_secs(10));
+    // Known peers are saved as seeds for the next start when they change, within a second: a
+    // node killed soon after it met its peers must still know, once restarted, whom to wait
+    // for before it plans a rollout (see `ClusterClient::settled`).
+    let mut save_tick = tokio::time::interval(Duration::from_secs(1));
     let mut last_saved: Vec<SocketAddr> = known_peers.addrs.clone();
     // A node that missed a rollout while it was away catches up.
     let mut converge_tick = tokio::time::interval(Duration::from_secs(3));

@@ -8,6 +8,12 @@
 //!   refused from the first step the higher one sent.
 //! - A token without a coordinator (a data dir from before fencing had owners) orders below
 //!   every named token of its epoch.
+//! - A token more than [`MAX_EPOCH_STEP`] above the one held is refused: coordinators take one
+//!   above the highest epoch they have seen, so only a hostile or broken caller jumps that far,
+//!   and accepting it would let one request push a service's epoch to where `+1` overflows.
+
+/// How far above the held epoch a step's may be.
+pub const MAX_EPOCH_STEP: u64 = 1 << 32;
 
 use halley_proto::disk::FenceRecord;
 
@@ -20,6 +26,8 @@ pub enum Admit {
     Raise(FenceRecord),
     /// Refuse, saying why.
     Stale(String),
+    /// Refuse: the epoch jumps further above the held one than any coordinator's would.
+    TooFar(String),
 }
 
 /// Decides a step's token against the highest one held.
@@ -29,6 +37,12 @@ pub fn admit(held: &FenceRecord, token: &FenceRecord, service: &str) -> Admit {
             "step refused: it carries {}, but service {service} has obeyed {}; a newer rollout owns it",
             show(token),
             show(held)
+        ));
+    }
+    if token.epoch > held.epoch.saturating_add(MAX_EPOCH_STEP) {
+        return Admit::TooFar(format!(
+            "step refused: epoch {} is more than {MAX_EPOCH_STEP} above epoch {} that service {service} holds; a coordinator takes one above the highest epoch it has seen, so this caller is broken or hostile",
+            token.epoch, held.epoch
         ));
     }
     if token > held {
@@ -70,7 +84,9 @@ mod tests {
                     out.push_str("> obey, holding it from now on\n");
                     held = t;
                 }
-                Admit::Stale(why) => out.push_str(&format!("> refuse: {why}\n")),
+                Admit::Stale(why) | Admit::TooFar(why) => {
+                    out.push_str(&format!("> refuse: {why}\n"))
+                }
             },
             other => panic!("unknown command {other:?}"),
         })

@@ -93,12 +93,12 @@ pub fn may_resume(
 /// The epoch of a new rollout: one above every epoch seen (in gossip and on the hosts that
 /// answered).
 pub fn next_epoch(seen: impl IntoIterator<Item = u64>) -> u64 {
-    seen.into_iter().max().unwrap_or(0) + 1
+    seen.into_iter().max().unwrap_or(0).saturating_add(1)
 }
 
 /// The epoch of a resumed rollout: above every epoch seen and above the rollout's own.
 pub fn resume_epoch(own: u64, seen: impl IntoIterator<Item = u64>) -> u64 {
-    next_epoch(seen).max(own + 1)
+    next_epoch(seen).max(own.saturating_add(1))
 }
 
 #[cfg(test)]

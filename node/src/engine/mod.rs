@@ -3,7 +3,7 @@
 //! Every decision a node makes that can be made without IO: blue/green slots, health,
 //! supervision, check verdicts, the orphan rule, who holds a node drained, rollouts (batches, bake, rollback), the cluster
 //! rollback, the rollout lock and epochs, regressions, convergence, routing, ejection,
-//! membership and join tokens. Engines take events and `now` (milliseconds the driver supplies)
+//! membership, join tokens and the handshake gate. Engines take events and `now` (milliseconds the driver supplies)
 //! and return actions; where one needs a timer it says when (`poll_timeout`).
 //!
 //! ## Guarantees
@@ -11,7 +11,7 @@
 //!   if a file here names tokio, `std::fs`/`net`/`process`/`thread`/`env`, `Instant::now` or
 //!   `SystemTime::now`. The same inputs always give the same outputs.
 //! - The engines that decide over time or over several inputs (slots, rollout, lock, cluster
-//!   rollback, check, orphan, drain, converge, routing, membership) have data-driven scenario scripts
+//!   rollback, check, orphan, drain, converge, routing, membership, handshakes) have data-driven scenario scripts
 //!   in `node/tests/scenarios/<engine>/` (`UPDATE_GOLDENFILES=1 cargo test -p halley-node`
 //!   rewrites their expectations); the others have unit tests.
 //!
@@ -23,6 +23,7 @@ pub mod converge;
 pub mod drain;
 pub mod ejection;
 pub mod fence;
+pub mod handshakes;
 pub mod health;
 pub mod lock;
 pub mod membership;

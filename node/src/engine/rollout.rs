@@ -799,6 +799,19 @@ pub fn abortable(state: &RolloutState) -> Result<(), String> {
     Ok(())
 }
 
+/// Marks a deploy whose every host has committed its release as committing: only a coordinator
+/// past its last batch sends commits, so such a rollout had completed even if its coordinator
+/// (dead, or frozen) never published that. Taken over, it commits again on every host (a
+/// commit of the release a host has committed changes nothing) and completes; it is never
+/// reverted, and [`abortable`] refuses to abort it.
+pub fn committed_everywhere(state: &mut RolloutState, now: u64) {
+    state.phase = Phase::Committing;
+    for h in &mut state.hosts {
+        let note = h.note.clone();
+        set(h, HostStep::Committing, now, None, &note);
+    }
+}
+
 /// The names in `hosts` that no member of the cluster has (`known` lists every member the node
 /// knows, dead or gone ones too): a typo there would start a rollout that pauses on a host that
 /// does not exist.
@@ -838,7 +851,8 @@ fn journaled(actions: Vec<Action>) -> Vec<Action> {
 mod tests {
     //! Scenario scripts in `node/tests/scenarios/rollout/*.txt`. Commands: `hosts N...`,
     //! `policy batch=N drain=MS bake=MS pause=MS max-failed=N auto-rollback=BOOL skip=BOOL`,
-    //! `at MS`, `start`, `resume` (the engine is rebuilt from its own state, as from a journal),
+    //! `at MS`, `start`, `resume [committed-everywhere]` (the engine is rebuilt from its own
+    //! state, as from a journal; every host having answered that it committed the release),
     //! `tick`, `drained H`, `deployed H ok|WHY...`, `verdict H ok|WHY...`, `reverted H ok|WHY...`,
     //! `committed H ok|WHY...`, `commit-refused H WHY...`, `unreachable H`, `fenced H WHY...`, `journal-failed WHY...`,
     //! `abort`, `show`, `wake` (when the engine next needs a tick); a rollback:
@@ -953,8 +967,11 @@ mod tests {
                     rollout = Some(r);
                     return;
                 }
-                ["resume"] => {
-                    let journal = rollout.as_ref().expect("started").state().clone();
+                ["resume", rest @ ..] => {
+                    let mut journal = rollout.as_ref().expect("started").state().clone();
+                    if rest == ["committed-everywhere"] {
+                        committed_everywhere(&mut journal, now);
+                    }
                     let mut r = Rollout::new(journal, policy);
                     r.state.epoch += 1;
                     render(out, &r.resume(now));

@@ -131,18 +131,53 @@ pub(crate) fn watch(
     });
 }
 
-/// The last lines of a slot's log, for error messages.
-pub(crate) fn log_tail(path: &std::path::Path) -> String {
+/// Lines of a slot's log that go into an error message (and from there into rollout reasons,
+/// gossip and every node's history), and how long each may be.
+const TAIL_LINES: usize = 3;
+const TAIL_LINE_CHARS: usize = 200;
+/// Env values shorter than this are not redacted: they would blank out ordinary words.
+const MIN_SECRET_LEN: usize = 4;
+
+/// The last few lines of a slot's log, for error messages, with every value in `secrets` (the
+/// service's `env` values) replaced by `[redacted]`: a release that prints its env on a crash
+/// must not spread it across the cluster.
+pub(crate) fn log_tail(path: &std::path::Path, secrets: &[String]) -> String {
     let Ok(bytes) = std::fs::read(path) else {
         return "(no log)".into();
     };
-    let start = bytes.len().saturating_sub(400);
-    let text = String::from_utf8_lossy(&bytes[start..]);
-    let lines: Vec<&str> = text.lines().rev().take(5).collect();
-    let tail: Vec<&str> = lines.into_iter().rev().collect();
+    let start = bytes.len().saturating_sub(4096);
+    let text = redact(&String::from_utf8_lossy(&bytes[start..]), secrets);
+    let lines: Vec<&str> = text
+        .lines()
+        .rev()
+        .filter(|l| !l.trim().is_empty())
+        .take(TAIL_LINES)
+        .collect();
+    let tail: Vec<String> = lines
+        .into_iter()
+        .rev()
+        .map(|l| match l.char_indices().nth(TAIL_LINE_CHARS) {
+            Some((cut, _)) => format!("{}…", &l[..cut]),
+            None => l.to_owned(),
+        })
+        .collect();
     if tail.is_empty() {
         "(empty)".into()
     } else {
         tail.join(" | ")
     }
+}
+
+/// `text` with every secret of at least [`MIN_SECRET_LEN`] bytes replaced by `[redacted]`.
+pub(crate) fn redact(text: &str, secrets: &[String]) -> String {
+    let mut secrets: Vec<&str> = secrets
+        .iter()
+        .map(String::as_str)
+        .filter(|s| s.len() >= MIN_SECRET_LEN)
+        .collect();
+    // Longest first, so a secret containing another is replaced whole.
+    secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    secrets.into_iter().fold(text.to_owned(), |text, secret| {
+        text.replace(secret, "[redacted]")
+    })
 }

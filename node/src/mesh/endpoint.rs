@@ -2,9 +2,13 @@
 //!
 //! ## Guarantees
 //! - Every connection is mutually authenticated against the cluster CA, except a client with no
-//!   certificate, which may open exactly one bidirectional stream carrying a join request and is then
-//!   closed. Every request is checked against its [`Access`](halley_proto::role::Access) rule using
-//!   the role in the caller's certificate.
+//!   certificate, which may open exactly one bidirectional stream carrying a join request (at most
+//!   [`Limit::Join`] bytes) and is then closed. Every request is checked against its
+//!   [`Access`](halley_proto::role::Access) rule using the role in the caller's certificate.
+//! - Before a peer's certificate is checked, its connection has the pre-authentication transport
+//!   limits (see [`tls`]); at most [`MAX_UNAUTHENTICATED`] connections without a certificate are
+//!   served at once, and handshakes pass [`HandshakeGate`] (per-source rate, a cap on those under
+//!   way, QUIC Retry under load), so what a stranger costs a node is bounded.
 //! - Sending gossip never blocks the caller: frames go to a bounded per-peer queue served by its own
 //!   task (dialling, if needed, with a timeout); when the queue is full the frame is dropped, which
 //!   gossip tolerates.
@@ -18,7 +22,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -27,6 +31,7 @@ use halley_proto::{Limit, Message, Role};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
+use crate::engine::handshakes::{Admit, HandshakeGate, Limits};
 use crate::error::{Error, Result};
 use crate::mesh::framing::{read_message, write_message};
 use crate::mesh::pki::PeerIdentity;
@@ -42,6 +47,8 @@ const PEER_QUEUE: usize = 64;
 const INBOUND_QUEUE: usize = 1024;
 /// How often a given peer IP may cause a warning.
 const LOG_EVERY: Duration = Duration::from_secs(60);
+/// Connections without a certificate (joining nodes) served at once; more are closed at once.
+pub const MAX_UNAUTHENTICATED: usize = 32;
 
 /// Answers requests that arrive on bidirectional streams.
 #[async_trait::async_trait]
@@ -78,6 +85,12 @@ pub struct Mesh {
     warned: Mutex<HashMap<IpAddr, Instant>>,
     closed_tx_bytes: AtomicU64,
     closed_rx_bytes: AtomicU64,
+    gate: Mutex<HandshakeGate<IpAddr>>,
+    /// Handshakes under way (accepted by the gate, not yet finished).
+    handshaking: Arc<AtomicUsize>,
+    /// Connections without a certificate being served.
+    unauthenticated: Arc<AtomicUsize>,
+    born: Instant,
 }
 
 impl Mesh {
@@ -105,6 +118,10 @@ impl Mesh {
             warned: Mutex::default(),
             closed_tx_bytes: AtomicU64::new(0),
             closed_rx_bytes: AtomicU64::new(0),
+            gate: Mutex::new(HandshakeGate::new(Limits::default())),
+            handshaking: Arc::default(),
+            unauthenticated: Arc::default(),
+            born: Instant::now(),
         });
         tokio::spawn(accept_loop(Arc::downgrade(&mesh), mesh.endpoint.clone()));
         Ok((mesh, gossip_rx))
@@ -289,6 +306,20 @@ impl Mesh {
             .fetch_add(stats.udp_rx.bytes, Ordering::Relaxed);
     }
 
+    /// The gate's verdict on an incoming connection.
+    fn admit(&self, incoming: &quinn::Incoming) -> Admit {
+        let in_flight = self.handshaking.load(Ordering::Acquire);
+        let now = self.born.elapsed().as_millis() as u64;
+        self.gate.lock().map_or(Admit::Refuse, |mut gate| {
+            gate.admit(
+                &incoming.remote_address().ip(),
+                incoming.remote_address_validated(),
+                in_flight,
+                now,
+            )
+        })
+    }
+
     /// Whether a warning about `ip` may be logged now (at most once per [`LOG_EVERY`]).
     fn may_warn(&self, ip: IpAddr) -> bool {
         let Ok(mut warned) = self.warned.lock() else {
@@ -319,10 +350,31 @@ fn peer_identity(conn: &quinn::Connection) -> Option<Result<PeerIdentity>> {
 
 async fn accept_loop(mesh: Weak<Mesh>, endpoint: quinn::Endpoint) {
     while let Some(incoming) = endpoint.accept().await {
+        let Some(m) = mesh.upgrade() else { return };
+        let remote = incoming.remote_address();
+        match m.admit(&incoming) {
+            Admit::Accept => {}
+            Admit::Retry => {
+                if incoming.retry().is_err() {
+                    debug!(peer = %remote, "a Retry was refused (the address was validated already)");
+                }
+                continue;
+            }
+            Admit::Refuse => {
+                if m.may_warn(remote.ip()) {
+                    warn!(peer = %remote, "refused a connection: too many handshakes from this address or in all; further refusals from this IP are not logged for a minute");
+                }
+                incoming.refuse();
+                continue;
+            }
+        }
+        let handshake = Counted::new(&m.handshaking);
+        drop(m);
         let mesh = mesh.clone();
         tokio::spawn(async move {
-            let remote = incoming.remote_address();
-            match incoming.await {
+            let connected = incoming.await;
+            drop(handshake);
+            match connected {
                 Ok(conn) => accept_connection(mesh, conn).await,
                 Err(e) => {
                     if let Some(m) = mesh.upgrade()
@@ -336,6 +388,22 @@ async fn accept_loop(mesh: Weak<Mesh>, endpoint: quinn::Endpoint) {
     }
 }
 
+/// One unit of a counter of things under way, given back when dropped.
+struct Counted(Arc<AtomicUsize>);
+
+impl Counted {
+    fn new(counter: &Arc<AtomicUsize>) -> Self {
+        counter.fetch_add(1, Ordering::AcqRel);
+        Self(counter.clone())
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 async fn accept_connection(mesh: Weak<Mesh>, conn: quinn::Connection) {
     let remote = conn.remote_address();
     match peer_identity(&conn) {
@@ -343,6 +411,7 @@ async fn accept_connection(mesh: Weak<Mesh>, conn: quinn::Connection) {
         Some(Ok(identity)) => {
             let Some(m) = mesh.upgrade() else { return };
             debug!(peer = %remote, name = %identity.name, role = %identity.role, "peer connected");
+            tls::grant_member_limits(&conn);
             m.register(remote, conn.clone());
             drop(m);
             serve_connection(mesh, conn, Some(identity)).await;
@@ -358,9 +427,23 @@ async fn accept_connection(mesh: Weak<Mesh>, conn: quinn::Connection) {
     }
 }
 
-/// A client without a certificate: one request, which must be allowed to anyone (a join).
+/// A client without a certificate: one request, which must be allowed to anyone (a join), of at
+/// most [`Limit::Join`] bytes; at most [`MAX_UNAUTHENTICATED`] such clients at once.
 async fn serve_join_only(mesh: Weak<Mesh>, conn: quinn::Connection) {
     let remote = conn.remote_address();
+    let Some(m) = mesh.upgrade() else { return };
+    let _serving = Counted::new(&m.unauthenticated);
+    if m.unauthenticated.load(Ordering::Acquire) > MAX_UNAUTHENTICATED {
+        if m.may_warn(remote.ip()) {
+            warn!(peer = %remote, "closing a connection without a certificate: {MAX_UNAUTHENTICATED} are being served already");
+        }
+        conn.close(
+            quinn::VarInt::from_u32(4),
+            b"too many joining clients; try again in a few seconds",
+        );
+        return;
+    }
+    drop(m);
     let Ok(Ok((send, recv))) = tokio::time::timeout(STREAM_TIMEOUT, conn.accept_bi()).await else {
         conn.close(quinn::VarInt::from_u32(3), b"expected a join request");
         return;
@@ -368,6 +451,7 @@ async fn serve_join_only(mesh: Weak<Mesh>, conn: quinn::Connection) {
     serve_request(mesh, None, remote, send, recv).await;
     // Give the reply time to reach the client before closing.
     let _ = tokio::time::timeout(STREAM_TIMEOUT, conn.closed()).await;
+    conn.close(quinn::VarInt::from_u32(0), b"join served");
 }
 
 /// An authenticated peer: gossip on uni streams, requests on bi streams, until it closes.
@@ -440,7 +524,12 @@ async fn serve_request(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) {
-    let read = tokio::time::timeout(STREAM_TIMEOUT, read_message(&mut recv, Limit::Rpc)).await;
+    // A caller without a certificate may send only a join request: it gets the join's limit.
+    let limit = match identity {
+        Some(_) => Limit::Rpc,
+        None => Limit::Join,
+    };
+    let read = tokio::time::timeout(STREAM_TIMEOUT, read_message(&mut recv, limit)).await;
     let Some(mesh) = mesh.upgrade() else { return };
     let reply = match read {
         Ok(Ok(Some(request))) => {

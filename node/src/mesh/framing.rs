@@ -1,12 +1,17 @@
 //! Reading and writing one [`Message`] frame on an async byte stream (a QUIC stream or the admin
 //! unix socket). The header is read and checked first, so at most the frame kind's limit is ever
-//! buffered, whatever length the peer claims.
+//! buffered, whatever length the peer claims; and the body buffer grows with the bytes that
+//! arrive (to at most twice what was received), so a claimed length the peer never sends costs
+//! nothing.
 
 use halley_proto::codec::{self, HEADER_LEN, Header, PROTOCOL_VERSION};
 use halley_proto::{Limit, Message};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::error::{Error, Result};
+
+/// What a body buffer starts with before any of it has arrived.
+const FIRST_CHUNK: usize = 8 * 1024;
 
 /// Reads one frame. Returns `None` if the stream ended cleanly before any byte.
 pub async fn read_message<R: AsyncRead + Unpin>(
@@ -33,13 +38,18 @@ pub async fn read_message<R: AsyncRead + Unpin>(
         got += n;
     }
     let parsed = Header::parse(&header, PROTOCOL_VERSION, limit)?;
-    let mut body = vec![0u8; parsed.len as usize];
-    reader.read_exact(&mut body).await.map_err(|e| {
-        Error::Net(format!(
-            "frame body truncated ({} bytes expected): {e}",
+    let mut body = Vec::with_capacity((parsed.len as usize).min(FIRST_CHUNK));
+    let got = reader
+        .take(u64::from(parsed.len))
+        .read_to_end(&mut body)
+        .await
+        .map_err(|e| Error::Net(format!("read failed: {e}")))?;
+    if got < parsed.len as usize {
+        return Err(Error::Net(format!(
+            "frame body truncated: {} bytes expected, the stream ended after {got}",
             parsed.len
-        ))
-    })?;
+        )));
+    }
     Ok(Some(codec::decode_message_body(&parsed, &body, limit)?))
 }
 

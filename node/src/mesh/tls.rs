@@ -4,6 +4,9 @@
 //! - Servers present `[node cert, CA cert]` and verify any client certificate against the cluster
 //!   CA; a certificate from another CA fails the handshake. A client without a certificate completes
 //!   the handshake but the mesh lets it send nothing but a join request (see `mesh`).
+//! - Every connection starts with a 64 KiB connection receive window; the mesh lifts it with
+//!   [`grant_member_limits`] only after checking the peer's certificate, so a stranger makes a
+//!   node buffer at most that window per connection.
 //! - Mesh clients verify the server against the cluster CA and the peer's IP (the IP SAN).
 //! - Joining clients have no CA yet: they accept a server chain only if it contains a certificate
 //!   whose SHA-256 is the token's pin, and then verify the chain against that certificate. On a
@@ -57,8 +60,27 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// Transport settings shared by both directions: keep-alives so a dead peer's connection is noticed
-/// and replaced within a few seconds.
+/// The connection-wide receive window a connection gets before its peer has proven it is a
+/// member: small enough that a stranger cannot make this node buffer more than this per
+/// connection, whatever it sends on however many streams (the mesh reads one stream of a
+/// stranger's, the join request, and never the others). Stream counts are not lowered before
+/// authentication: quinn 0.11 did not reliably deliver a later raise of them (gossip and
+/// requests between members stalled in the tests), while a raised window arrives at once.
+const PRE_AUTH_WINDOW: u32 = 64 * 1024;
+/// A member's streams: requests, and one stream per client connection a peer's entry point
+/// forwards here; gossip goes on uni streams.
+const MEMBER_BIDI: u32 = 4096;
+const MEMBER_UNI: u32 = 256;
+/// Bytes a not yet accepted connection may buffer (0-RTT), per connection and in all.
+const INCOMING_BUFFER: u64 = 64 * 1024;
+const INCOMING_BUFFER_TOTAL: u64 = 4 * 1024 * 1024;
+/// Connections the endpoint holds in the handshake queue before it refuses new ones.
+const MAX_INCOMING: usize = 256;
+
+/// Transport settings shared by both directions: keep-alives so a dead peer's connection is
+/// noticed and replaced within a few seconds, and the pre-authentication window: every
+/// connection starts with it, and [`grant_member_limits`] lifts it once the peer's certificate
+/// has been checked.
 fn transport() -> Arc<quinn::TransportConfig> {
     let mut transport = quinn::TransportConfig::default();
     transport.keep_alive_interval(Some(Duration::from_secs(1)));
@@ -66,10 +88,16 @@ fn transport() -> Arc<quinn::TransportConfig> {
     transport.max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(
         5_000,
     ))));
-    transport.max_concurrent_uni_streams(quinn::VarInt::from_u32(256));
-    // Requests, and one stream per client connection a peer's entry point forwards here.
-    transport.max_concurrent_bidi_streams(quinn::VarInt::from_u32(4096));
+    transport.max_concurrent_uni_streams(quinn::VarInt::from_u32(MEMBER_UNI));
+    transport.max_concurrent_bidi_streams(quinn::VarInt::from_u32(MEMBER_BIDI));
+    transport.receive_window(quinn::VarInt::from_u32(PRE_AUTH_WINDOW));
     Arc::new(transport)
+}
+
+/// Lifts a connection's pre-authentication limit: called only once the peer presented a
+/// certificate of this cluster with a usable identity.
+pub fn grant_member_limits(conn: &quinn::Connection) {
+    conn.set_receive_window(quinn::VarInt::MAX);
 }
 
 /// The mesh server configuration.
@@ -87,7 +115,11 @@ pub fn server_config(creds: &Credentials) -> Result<quinn::ServerConfig> {
     config.alpn_protocols = vec![ALPN.to_vec()];
     let quic = QuicServerConfig::try_from(config).map_err(tls)?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic));
-    server.transport_config(transport());
+    server
+        .transport_config(transport())
+        .max_incoming(MAX_INCOMING)
+        .incoming_buffer_size(INCOMING_BUFFER)
+        .incoming_buffer_size_total(INCOMING_BUFFER_TOTAL);
     Ok(server)
 }
 

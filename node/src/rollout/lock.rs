@@ -96,6 +96,31 @@ pub(crate) async fn seen_epochs(
     seen
 }
 
+/// Whether every host of an unfinished deploy answers that it has committed the deploy's
+/// release (see [`crate::engine::rollout::committed_everywhere`]).
+/// A host that does not answer makes it false.
+pub(crate) async fn committed_everywhere(node: &Coordinator, state: &RolloutState) -> bool {
+    if state.mode != Mode::Deploy || state.hosts.is_empty() {
+        return false;
+    }
+    for host in &state.hosts {
+        let committed = match node
+            .cluster
+            .peer(&host.node, PeerRequest::Services, ASK)
+            .await
+        {
+            Ok(PeerReply::Services(list)) => list
+                .iter()
+                .any(|s| s.name == state.service && s.committed.as_ref() == Some(&state.version)),
+            _ => false,
+        };
+        if !committed {
+            return false;
+        }
+    }
+    true
+}
+
 /// The first state of a rollout this node coordinates.
 pub(crate) fn new_state(
     node: &Coordinator,

@@ -27,7 +27,9 @@ use crate::error::internal;
 use crate::rollout::context::{Coordinator, Reply};
 use crate::rollout::driver::Driver;
 use crate::rollout::host_steps::fetch_release;
-use crate::rollout::lock::{conflict, new_state, next_epoch, refuse_if_busy, seen_epochs};
+use crate::rollout::lock::{
+    committed_everywhere, conflict, new_state, next_epoch, refuse_if_busy, seen_epochs,
+};
 use crate::rollout::rollback;
 use crate::rollout::status as rollout_status;
 use crate::store::journal;
@@ -169,6 +171,10 @@ async fn resume(
     };
     let driven = state.phase != Phase::Paused && rollout_status::is_driven(node, &state).await;
     lock::may_resume(service, &state, node.cluster.name(), driven, force).map_err(conflict)?;
+    let mut state = state;
+    if committed_everywhere(node, &state).await {
+        rollout_engine::committed_everywhere(&mut state, wall_ms());
+    }
     let release = match state.mode {
         Mode::Deploy => release_source(node, &state).await?,
         Mode::Rollback => rollback::release_for(node, &state).await?,
@@ -255,6 +261,20 @@ async fn abort(node: &Arc<Coordinator>, service: &ServiceName) -> Reply<String> 
         Ok(found) => found,
         Err(e) => own_release(node, service).await.ok_or(e)?,
     };
+    let mut state = state;
+    if committed_everywhere(node, &state).await {
+        // Its coordinator stopped after committing every host: finish it, never revert it.
+        rollout_engine::committed_everywhere(&mut state, wall_ms());
+        let (id, version, coordinator) = (
+            state.id.clone(),
+            state.version.clone(),
+            state.coordinator.clone(),
+        );
+        take_over(node, state, release, false, Rollout::resume).await;
+        return Err(conflict(format!(
+            "rollout {id} of {service} had committed {version} on every host before its coordinator {coordinator} could say so; it is recorded as completed now, so there is nothing to abort. To go back, run 'halley-node rollback {service}'"
+        )));
+    }
     let abort = |engine: &mut Rollout, now| engine.step(Event::Abort, now);
     Ok(take_over(node, state, release, false, abort).await)
 }

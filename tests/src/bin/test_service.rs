@@ -12,6 +12,7 @@
 //! | `TS_LATENCY_MS`      | added latency of `/`                                            |
 //! | `TS_ERRORS_AFTER_MS` | only answer errors (`TS_ERROR_RATE`) after this long            |
 //! | `TS_HEALTH_FAIL_AFTER_MS` | `/health` answers 503 from this long after start           |
+//! | `TS_PRINT_ENV`       | name of an env variable to print (with its value) at start      |
 //!
 //! HTTP endpoints: `/health`; `/` answers `version=V slot=S pid=P node=N`; `/sleep?ms=N`; `/echo` streams
 //! the request body back; `/headers` lists the request headers; `/env?name=X` shows a variable;
@@ -74,6 +75,13 @@ async fn main() {
         .ok()
         .and_then(|p| p.parse().ok())
         .unwrap_or(8080);
+    // A careless release that prints a secret of its env where the log tail picks it up.
+    if let Ok(name) = std::env::var("TS_PRINT_ENV") {
+        eprintln!(
+            "test-service: {name}={}",
+            std::env::var(&name).unwrap_or_default()
+        );
+    }
     if let Some(d) = env_ms("TS_CRASH_AFTER_MS") {
         tokio::spawn(async move {
             tokio::time::sleep(d).await;

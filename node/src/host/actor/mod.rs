@@ -27,7 +27,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::clock::mono_ms;
 use crate::engine::fence;
@@ -345,6 +345,7 @@ impl Host {
                 return Ok(());
             }
             fence::Admit::Stale(why) => return Err(error_reply(ErrorKind::StaleEpoch, why)),
+            fence::Admit::TooFar(why) => return Err(error_reply(ErrorKind::BadRequest, why)),
             fence::Admit::Raise(raised) => raised,
         };
         self.ctx
@@ -627,6 +628,11 @@ impl Host {
                 run_id,
                 outcome,
             } => {
+                // What a probe printed can end up in a check's verdict, which leaves the host.
+                let output = match outcome.output.is_empty() {
+                    true => String::new(),
+                    false => slot::redact(&outcome.output, &self.env_values()),
+                };
                 let rt = &mut self.slots[slot.index()];
                 if rt.run_id != run_id {
                     return;
@@ -635,9 +641,10 @@ impl Host {
                     return;
                 };
                 let before = tracker.health();
-                let health = tracker.observe(outcome.passed, &outcome.output, now);
+                let health = tracker.observe(outcome.passed, &output, now);
                 if health != before {
-                    info!(service = %self.record.name, %slot, health = health.as_str(), output = %outcome.output, "slot health changed");
+                    info!(service = %self.record.name, %slot, health = health.as_str(), "slot health changed");
+                    debug!(service = %self.record.name, %slot, %output, "the probe's output");
                 }
                 self.engine.set_health(slot, health);
             }
@@ -657,9 +664,11 @@ impl Host {
                 let ran = now.saturating_sub(rt.since_ms);
                 let restart = rt.supervisor.exited(now, ran);
                 rt.restart_at = Some(now + restart.delay_ms);
+                let secrets = self.env_values();
+                let rt = &mut self.slots[slot.index()];
                 rt.last_exit = Some(format!(
                     "the process {how}; last output: {}",
-                    log_tail(&log)
+                    log_tail(&log, &secrets)
                 ));
                 if let Some(t) = rt.tracker.as_mut() {
                     t.set_crash_loop(restart.crash_loop);
@@ -668,6 +677,16 @@ impl Host {
                 warn!(service = %name, %slot, %how, restart_in_ms = restart.delay_ms, crash_loop = restart.crash_loop, "slot process exited");
             }
         }
+    }
+
+    /// Every `env` value of the service's specs (committed and prepared), to redact from what
+    /// leaves this host.
+    fn env_values(&self) -> Vec<String> {
+        let specs =
+            std::iter::once(&self.record.spec).chain(self.record.releases.iter().map(|r| &r.spec));
+        specs
+            .flat_map(|spec| spec.env.values().map(|v| v.0.clone()))
+            .collect()
     }
 
     fn tick(&mut self) {
