@@ -807,9 +807,28 @@ pub fn abortable(state: &RolloutState) -> Result<(), String> {
 pub fn committed_everywhere(state: &mut RolloutState, now: u64) {
     state.phase = Phase::Committing;
     for h in &mut state.hosts {
-        let note = h.note.clone();
-        set(h, HostStep::Committing, now, None, &note);
+        if !matches!(h.step, HostStep::Skipped | HostStep::Failed) {
+            let note = h.note.clone();
+            set(h, HostStep::Committing, now, None, &note);
+        }
     }
+}
+
+/// Whether a running deploy has deployed every host it did not skip or fail: only then can
+/// hosts that committed its release have done so for this rollout (a host it has not reached
+/// may have committed the same version long before, as for a redeploy of it).
+pub fn deployed_everywhere(state: &RolloutState) -> bool {
+    let mut deployed = 0;
+    for h in &state.hosts {
+        match h.step {
+            HostStep::Baking | HostStep::Updated | HostStep::Committing | HostStep::Committed => {
+                deployed += 1
+            }
+            HostStep::Skipped | HostStep::Failed => {}
+            _ => return false,
+        }
+    }
+    deployed > 0 && matches!(state.phase, Phase::Running | Phase::Committing)
 }
 
 /// The names in `hosts` that no member of the cluster has (`known` lists every member the node

@@ -135,8 +135,9 @@ pub(crate) fn watch(
 /// gossip and every node's history), and how long each may be.
 const TAIL_LINES: usize = 3;
 const TAIL_LINE_CHARS: usize = 200;
-/// Env values shorter than this are not redacted: they would blank out ordinary words.
-const MIN_SECRET_LEN: usize = 4;
+/// Env values shorter than this are not redacted: short values (`fail`, `true`, `60000`) are
+/// ordinary words and numbers, and blanking them out of every log line hides what went wrong.
+const MIN_SECRET_LEN: usize = 8;
 
 /// The last few lines of a slot's log, for error messages, with every value in `secrets` (the
 /// service's `env` values) replaced by `[redacted]`: a release that prints its env on a crash

@@ -39,6 +39,8 @@ use crate::mesh::tls::{self, Credentials};
 
 /// How long a dial may take before the frames waiting for it are dropped.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long an incoming handshake may take before it is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long a peer may take to deliver one frame on a stream.
 const STREAM_TIMEOUT: Duration = Duration::from_secs(5);
 /// Frames queued per peer before new ones are dropped.
@@ -272,6 +274,7 @@ impl Mesh {
                 identity.role
             )));
         }
+        tls::grant_member_limits(&conn);
         self.register(to, conn.clone());
         tokio::spawn(serve_connection(
             Arc::downgrade(self),
@@ -372,7 +375,15 @@ async fn accept_loop(mesh: Weak<Mesh>, endpoint: quinn::Endpoint) {
         drop(m);
         let mesh = mesh.clone();
         tokio::spawn(async move {
-            let connected = incoming.await;
+            // A handshake that does not finish in time gives its place back: a client that
+            // never completes one must not hold the gate's count of handshakes under way.
+            let connected = match tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await {
+                Ok(connected) => connected,
+                Err(_) => {
+                    debug!(peer = %remote, "handshake timed out; dropped");
+                    return;
+                }
+            };
             drop(handshake);
             match connected {
                 Ok(conn) => accept_connection(mesh, conn).await,

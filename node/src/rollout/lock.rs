@@ -100,10 +100,14 @@ pub(crate) async fn seen_epochs(
 /// release (see [`crate::engine::rollout::committed_everywhere`]).
 /// A host that does not answer makes it false.
 pub(crate) async fn committed_everywhere(node: &Coordinator, state: &RolloutState) -> bool {
-    if state.mode != Mode::Deploy || state.hosts.is_empty() {
+    if state.mode != Mode::Deploy || !crate::engine::rollout::deployed_everywhere(state) {
         return false;
     }
-    for host in &state.hosts {
+    let deployed = state
+        .hosts
+        .iter()
+        .filter(|h| !matches!(h.step, HostStep::Skipped | HostStep::Failed));
+    for host in deployed {
         let committed = match node
             .cluster
             .peer(&host.node, PeerRequest::Services, ASK)

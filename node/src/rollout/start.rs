@@ -272,7 +272,7 @@ async fn abort(node: &Arc<Coordinator>, service: &ServiceName) -> Reply<String> 
         );
         take_over(node, state, release, false, Rollout::resume).await;
         return Err(conflict(format!(
-            "rollout {id} of {service} had committed {version} on every host before its coordinator {coordinator} could say so; it is recorded as completed now, so there is nothing to abort. To go back, run 'halley-node rollback {service}'"
+            "rollout {id} of {service} had committed {version} on every host before its coordinator {coordinator} could say so; this node completes it now (its hosts are asked to commit again), so there is nothing to abort. To go back, run 'halley-node rollback {service}'"
         )));
     }
     let abort = |engine: &mut Rollout, now| engine.step(Event::Abort, now);
