@@ -799,12 +799,13 @@ pub fn abortable(state: &RolloutState) -> Result<(), String> {
     Ok(())
 }
 
-/// Marks a deploy whose every host has committed its release as committing: only a coordinator
-/// past its last batch sends commits, so such a rollout had completed even if its coordinator
-/// (dead, or frozen) never published that. Taken over, it commits again on every host (a
-/// commit of the release a host has committed changes nothing) and completes; it is never
-/// reverted, and [`abortable`] refuses to abort it.
-pub fn committed_everywhere(state: &mut RolloutState, now: u64) {
+/// Marks a deploy whose coordinator had begun committing it (a host it deployed has committed
+/// its release; only a coordinator past its last batch sends commits) as committing, though
+/// the state this node holds is older: its coordinator died or froze before gossip carried the
+/// news. Taken over, it commits on every host it deployed (a commit of the release a host has
+/// committed changes nothing) and completes; it is never reverted, and [`abortable`] refuses to
+/// abort it.
+pub fn resume_committing(state: &mut RolloutState, now: u64) {
     state.phase = Phase::Committing;
     for h in &mut state.hosts {
         if !matches!(h.step, HostStep::Skipped | HostStep::Failed) {
@@ -870,8 +871,8 @@ fn journaled(actions: Vec<Action>) -> Vec<Action> {
 mod tests {
     //! Scenario scripts in `node/tests/scenarios/rollout/*.txt`. Commands: `hosts N...`,
     //! `policy batch=N drain=MS bake=MS pause=MS max-failed=N auto-rollback=BOOL skip=BOOL`,
-    //! `at MS`, `start`, `resume [committed-everywhere]` (the engine is rebuilt from its own
-    //! state, as from a journal; every host having answered that it committed the release),
+    //! `at MS`, `start`, `resume [commit-began]` (the engine is rebuilt from its own state, as
+    //! from a journal; a host having answered that it committed the release),
     //! `tick`, `drained H`, `deployed H ok|WHY...`, `verdict H ok|WHY...`, `reverted H ok|WHY...`,
     //! `committed H ok|WHY...`, `commit-refused H WHY...`, `unreachable H`, `fenced H WHY...`, `journal-failed WHY...`,
     //! `abort`, `show`, `wake` (when the engine next needs a tick); a rollback:
@@ -988,8 +989,8 @@ mod tests {
                 }
                 ["resume", rest @ ..] => {
                     let mut journal = rollout.as_ref().expect("started").state().clone();
-                    if rest == ["committed-everywhere"] {
-                        committed_everywhere(&mut journal, now);
+                    if rest == ["commit-began"] {
+                        resume_committing(&mut journal, now);
                     }
                     let mut r = Rollout::new(journal, policy);
                     r.state.epoch += 1;

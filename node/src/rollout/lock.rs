@@ -96,10 +96,13 @@ pub(crate) async fn seen_epochs(
     seen
 }
 
-/// Whether every host of an unfinished deploy answers that it has committed the deploy's
-/// release (see [`crate::engine::rollout::committed_everywhere`]).
-/// A host that does not answer makes it false.
-pub(crate) async fn committed_everywhere(node: &Coordinator, state: &RolloutState) -> bool {
+/// Whether the coordinator of an unfinished deploy had begun committing it: the deploy is past
+/// every host ([`crate::engine::rollout::deployed_everywhere`]) and a host it deployed answers
+/// that it has committed the deploy's release. Only a coordinator past its last batch sends
+/// commits, so the deploy had completed as far as its coordinator was concerned, even if that
+/// coordinator died or froze before gossip carried the news. Hosts that do not answer (the
+/// coordinator itself, often) do not count either way.
+pub(crate) async fn commit_began(node: &Coordinator, state: &RolloutState) -> bool {
     if state.mode != Mode::Deploy || !crate::engine::rollout::deployed_everywhere(state) {
         return false;
     }
@@ -108,21 +111,18 @@ pub(crate) async fn committed_everywhere(node: &Coordinator, state: &RolloutStat
         .iter()
         .filter(|h| !matches!(h.step, HostStep::Skipped | HostStep::Failed));
     for host in deployed {
-        let committed = match node
+        if let Ok(PeerReply::Services(list)) = node
             .cluster
             .peer(&host.node, PeerRequest::Services, ASK)
             .await
-        {
-            Ok(PeerReply::Services(list)) => list
+            && list
                 .iter()
-                .any(|s| s.name == state.service && s.committed.as_ref() == Some(&state.version)),
-            _ => false,
-        };
-        if !committed {
-            return false;
+                .any(|s| s.name == state.service && s.committed.as_ref() == Some(&state.version))
+        {
+            return true;
         }
     }
-    true
+    false
 }
 
 /// The first state of a rollout this node coordinates.

@@ -28,7 +28,7 @@ use crate::rollout::context::{Coordinator, Reply};
 use crate::rollout::driver::Driver;
 use crate::rollout::host_steps::fetch_release;
 use crate::rollout::lock::{
-    committed_everywhere, conflict, new_state, next_epoch, refuse_if_busy, seen_epochs,
+    commit_began, conflict, new_state, next_epoch, refuse_if_busy, seen_epochs,
 };
 use crate::rollout::rollback;
 use crate::rollout::status as rollout_status;
@@ -172,8 +172,8 @@ async fn resume(
     let driven = state.phase != Phase::Paused && rollout_status::is_driven(node, &state).await;
     lock::may_resume(service, &state, node.cluster.name(), driven, force).map_err(conflict)?;
     let mut state = state;
-    if committed_everywhere(node, &state).await {
-        rollout_engine::committed_everywhere(&mut state, wall_ms());
+    if commit_began(node, &state).await {
+        rollout_engine::resume_committing(&mut state, wall_ms());
     }
     let release = match state.mode {
         Mode::Deploy => release_source(node, &state).await?,
@@ -262,9 +262,9 @@ async fn abort(node: &Arc<Coordinator>, service: &ServiceName) -> Reply<String> 
         Err(e) => own_release(node, service).await.ok_or(e)?,
     };
     let mut state = state;
-    if committed_everywhere(node, &state).await {
-        // Its coordinator stopped after committing every host: finish it, never revert it.
-        rollout_engine::committed_everywhere(&mut state, wall_ms());
+    if commit_began(node, &state).await {
+        // Its coordinator stopped after it began committing: finish it, never revert it.
+        rollout_engine::resume_committing(&mut state, wall_ms());
         let (id, version, coordinator) = (
             state.id.clone(),
             state.version.clone(),
@@ -272,7 +272,7 @@ async fn abort(node: &Arc<Coordinator>, service: &ServiceName) -> Reply<String> 
         );
         take_over(node, state, release, false, Rollout::resume).await;
         return Err(conflict(format!(
-            "rollout {id} of {service} had committed {version} on every host before its coordinator {coordinator} could say so; this node completes it now (its hosts are asked to commit again), so there is nothing to abort. To go back, run 'halley-node rollback {service}'"
+            "rollout {id} of {service} had begun committing {version} on its hosts before its coordinator {coordinator} could say so; this node completes it now (its hosts are asked to commit again), so there is nothing to abort. To go back, run 'halley-node rollback {service}'"
         )));
     }
     let abort = |engine: &mut Rollout, now| engine.step(Event::Abort, now);
