@@ -1,5 +1,6 @@
 //! The mesh authorises every request: a client that completed TLS without a certificate may send a
-//! join request and nothing else, and a client pinned to another CA refuses the server.
+//! join request and nothing else, a worker may not order an admin, a request goes only to the node
+//! it names, and a client pinned to another CA refuses the server.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -42,9 +43,13 @@ impl RequestHandler for Counting {
 }
 
 fn credentials(ca: &ClusterCa) -> Credentials {
-    let name = NodeName::parse("server").unwrap();
+    credentials_of(ca, "server", Role::Admin)
+}
+
+fn credentials_of(ca: &ClusterCa, name: &str, role: Role) -> Credentials {
+    let name = NodeName::parse(name).unwrap();
     let (cert, key) = ca
-        .issue_with_new_key(&name, "127.0.0.1".parse().unwrap(), Role::Node)
+        .issue_with_new_key(&name, "127.0.0.1".parse().unwrap(), role)
         .unwrap();
     Credentials {
         ca: ca.cert_der.clone(),
@@ -150,4 +155,123 @@ async fn unauthenticated_clients_may_only_join() {
     assert!(!err.is_empty());
     assert_eq!(handler.0.load(Ordering::SeqCst), 1);
     mesh.close().await;
+}
+
+fn step(service: &str) -> Message {
+    Message::Step(halley_proto::deploy::StepRequest {
+        on_behalf_of: None,
+        service: service.parse().unwrap(),
+        epoch: 1,
+        step: halley_proto::deploy::Step::Flip,
+    })
+}
+
+#[tokio::test]
+async fn a_worker_may_not_order_a_peer_and_is_told_which_role_it_needs() {
+    use halley_proto::message::PeerRequest;
+    use std::time::Duration;
+    let ca = ClusterCa::generate("test").unwrap();
+    let admin_handler = Arc::new(Counting::default());
+    let (admin, _g1) = Mesh::start(
+        "127.0.0.1:0".parse().unwrap(),
+        &credentials_of(&ca, "boss", Role::Admin),
+        admin_handler.clone(),
+    )
+    .unwrap();
+    let (worker, _g2) = Mesh::start(
+        "127.0.0.1:0".parse().unwrap(),
+        &credentials_of(&ca, "pi-7", Role::Worker),
+        Arc::new(Counting::default()),
+    )
+    .unwrap();
+    let to = admin.local_addr().unwrap();
+    let boss = NodeName::parse("boss").unwrap();
+    let ask = Duration::from_secs(5);
+    let orders = [
+        step("web"),
+        Message::Peer(PeerRequest::SetDraining(true)),
+        Message::Peer(PeerRequest::HoldDrain {
+            service: "web".parse().unwrap(),
+            epoch: 1,
+            ttl_ms: 1000,
+        }),
+        Message::Peer(PeerRequest::State(
+            halley_proto::message::StateRequest::List("web".parse().unwrap()),
+        )),
+        Message::Peer(PeerRequest::PutArtifact {
+            sha256: [0; 32],
+            total: 1,
+            offset: 0,
+            data: vec![1],
+        }),
+    ];
+    for order in orders {
+        match worker.request(to, &boss, &order, ask).await {
+            Err(halley_node::Error::Remote(reply)) => {
+                assert_eq!(reply.kind, ErrorKind::Unauthorised, "{reply:?}");
+                assert!(
+                    reply.message.contains("needs the admin role")
+                        && reply.message.contains("pi-7 is a worker"),
+                    "{}",
+                    reply.message
+                );
+            }
+            other => panic!("a worker's {} must be refused, got {other:?}", order.kind()),
+        }
+    }
+    assert_eq!(admin_handler.0.load(Ordering::SeqCst), 0);
+
+    // Fetching a release is a member's request: it reaches the handler, which decides.
+    let fetch = Message::Peer(PeerRequest::GetRelease {
+        service: "web".parse().unwrap(),
+        version: "v1".parse().unwrap(),
+    });
+    match worker.request(to, &boss, &fetch, ask).await {
+        Err(halley_node::Error::Remote(reply)) => assert_eq!(reply.message, "handled peer"),
+        other => panic!("unexpected {other:?}"),
+    }
+    assert_eq!(admin_handler.0.load(Ordering::SeqCst), 1);
+
+    // The admin's own steps to the worker pass the role check.
+    let back = worker.local_addr().unwrap();
+    let pi = NodeName::parse("pi-7").unwrap();
+    match admin.request(back, &pi, &step("web"), ask).await {
+        Err(halley_node::Error::Remote(reply)) => assert_eq!(reply.message, "handled step"),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_request_goes_only_to_the_node_it_names() {
+    use std::time::Duration;
+    let ca = ClusterCa::generate("test").unwrap();
+    let handler = Arc::new(Counting::default());
+    let (server, _g1) = Mesh::start(
+        "127.0.0.1:0".parse().unwrap(),
+        &credentials_of(&ca, "n2", Role::Admin),
+        handler.clone(),
+    )
+    .unwrap();
+    let (client, _g2) = Mesh::start(
+        "127.0.0.1:0".parse().unwrap(),
+        &credentials_of(&ca, "n1", Role::Admin),
+        Arc::new(Counting::default()),
+    )
+    .unwrap();
+    let to = server.local_addr().unwrap();
+    let ask = Duration::from_secs(5);
+    // The caller means n3, whose address n2 now has: nothing is sent.
+    let n3 = NodeName::parse("n3").unwrap();
+    let err = client
+        .request(to, &n3, &step("web"), ask)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("is node n2, not n3"), "{err}");
+    assert_eq!(handler.0.load(Ordering::SeqCst), 0);
+    let n2 = NodeName::parse("n2").unwrap();
+    match client.request(to, &n2, &step("web"), ask).await {
+        Err(halley_node::Error::Remote(reply)) => assert_eq!(reply.message, "handled step"),
+        other => panic!("unexpected {other:?}"),
+    }
+    assert_eq!(handler.0.load(Ordering::SeqCst), 1);
 }

@@ -44,7 +44,53 @@ pub struct TokenBook {
 }
 
 impl Record for TokenBook {
+    // 101 was the book of tokens without a role ([`LegacyTokenBook`]).
+    const CODE: u16 = 104;
+}
+
+/// `tokens.rec` as written before tokens carried a role: read once and converted, each token
+/// admitting workers (the least a token can grant), then written back as a [`TokenBook`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LegacyTokenBook {
+    /// Issued tokens.
+    pub tokens: Vec<LegacyTokenRecord>,
+}
+
+impl Record for LegacyTokenBook {
     const CODE: u16 = 101;
+}
+
+/// One token of a [`LegacyTokenBook`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LegacyTokenRecord {
+    /// The token id.
+    pub id: TokenIdBytes,
+    /// SHA-256 of the secret.
+    pub secret_sha256: [u8; 32],
+    /// Issued at, unix milliseconds.
+    pub created_ms: u64,
+    /// Expires at, unix milliseconds.
+    pub expires_ms: u64,
+    /// Joins left; `None` for unlimited until expiry.
+    pub uses_left: Option<u32>,
+}
+
+impl From<LegacyTokenBook> for TokenBook {
+    fn from(legacy: LegacyTokenBook) -> Self {
+        let tokens = legacy
+            .tokens
+            .into_iter()
+            .map(|t| TokenRecord {
+                id: t.id,
+                secret_sha256: t.secret_sha256,
+                created_ms: t.created_ms,
+                expires_ms: t.expires_ms,
+                uses_left: t.uses_left,
+                role: Role::Worker,
+            })
+            .collect();
+        TokenBook { tokens }
+    }
 }
 
 /// One issued token.
@@ -60,6 +106,8 @@ pub struct TokenRecord {
     pub expires_ms: u64,
     /// Joins left; `None` for unlimited until expiry.
     pub uses_left: Option<u32>,
+    /// The role of the nodes it admits.
+    pub role: Role,
 }
 
 /// `generation.rec`: the last gossip generation this node used; each start uses a larger one.

@@ -5,18 +5,22 @@
 //!
 //! | code | message          | stream                       | access            |
 //! |------|------------------|------------------------------|-------------------|
-//! | 1    | `Gossip`         | QUIC uni stream, one a frame | role `node`       |
+//! | 1    | `Gossip`         | QUIC uni stream, one a frame | any member        |
 //! | 2    | `ErrorReply`     | reply on any stream          | never a request   |
 //! | 10   | `JoinRequest`    | QUIC bi stream, request      | anyone (token)    |
 //! | 11   | `JoinResponse`   | QUIC bi stream, reply        | never a request   |
 //! | 20   | `AdminRequest`   | unix socket, request         | never on the mesh |
 //! | 21   | `AdminResponse`  | unix socket, reply           | never on the mesh |
-//! | 30   | `Step`           | QUIC bi stream, request      | role `node`       |
+//! | 30   | `Step`           | QUIC bi stream, request      | role `admin`      |
 //! | 31   | `StepReply`      | QUIC bi stream, reply        | never a request   |
-//! | 40   | `Peer`           | QUIC bi stream, request      | role `node`       |
+//! | 40   | `Peer`           | QUIC bi stream, request      | per request (1)   |
 //! | 41   | `PeerReply`      | QUIC bi stream, reply        | never a request   |
-//! | 50   | `ProxyOpen`      | QUIC bi stream, then raw bytes | role `node`     |
+//! | 50   | `ProxyOpen`      | QUIC bi stream, then raw bytes | any member      |
 //! | 51   | `ProxyAccept`    | QUIC bi stream, reply        | never a request   |
+//!
+//! (1) [`PeerRequest::access`]: role `admin`, except fetching a release and its artifact, which
+//! any member may ask for and the receiver grants only to a host of that service (a host that
+//! missed a rollout fetches it to converge).
 //!
 //! `ProxyOpen` is the one request after which the stream is not closed: once the receiver answers
 //! `ProxyAccept`, both directions carry the proxied bytes (HTTP/1.1 or the TCP connection's) until
@@ -98,9 +102,9 @@ impl Message {
     /// Who may send this message as a request on a mesh (QUIC) connection.
     pub fn access(&self) -> Access {
         match self {
-            Message::Gossip(_) | Message::Step(_) | Message::Peer(_) | Message::ProxyOpen(_) => {
-                Access::Role(Role::Node)
-            }
+            Message::Gossip(_) | Message::ProxyOpen(_) => Access::Member,
+            Message::Step(_) => Access::Admin,
+            Message::Peer(request) => request.access(),
             Message::JoinRequest(_) => Access::Anyone,
             Message::StepReply(_)
             | Message::PeerReply(_)
@@ -202,6 +206,9 @@ pub struct JoinResponse {
     pub ca_der: Vec<u8>,
     /// Gossip addresses of the members known to the issuing node, itself first.
     pub seeds: Vec<SocketAddr>,
+    /// The CA key (PEM), for a node admitted as an admin so that it can admit and renew too;
+    /// `None` for a worker. Travels only inside the join's TLS connection, never in gossip.
+    pub ca_key_pem: Option<String>,
 }
 
 /// Requests from the CLI to its local node over the admin unix socket.
@@ -215,6 +222,8 @@ pub enum AdminRequest {
         ttl_secs: u64,
         /// How many joins it allows; `None` for unlimited until expiry.
         uses: Option<u32>,
+        /// The role of the nodes it admits.
+        role: Role,
     },
     /// Set or clear a node's draining flag (this node's when `node` is `None`).
     SetDraining {
@@ -389,6 +398,8 @@ pub struct MemberRow {
     pub last_heard_ms: Option<u64>,
     /// Its halley-node version.
     pub version: String,
+    /// Its role (`admin`, `worker`), as it gossips it.
+    pub role: String,
     /// Seconds since its daemon started, if known.
     pub uptime_secs: Option<u64>,
     /// Its generation (grows on every restart).
@@ -489,6 +500,43 @@ pub enum PeerRequest {
     },
     /// Work on a service's state (snapshot, migrate, contract, restore).
     State(StateRequest),
+}
+
+impl PeerRequest {
+    /// Who may send this request. Only admins order or query a peer; a release and its
+    /// artifact may be fetched by any member, and the receiver then checks that the caller is
+    /// a host of that service.
+    pub fn access(&self) -> Access {
+        match self {
+            PeerRequest::GetRelease { .. } | PeerRequest::GetArtifact { .. } => Access::Member,
+            PeerRequest::SetDraining(_)
+            | PeerRequest::HoldDrain { .. }
+            | PeerRequest::ReleaseDrain { .. }
+            | PeerRequest::Services
+            | PeerRequest::Watch(_)
+            | PeerRequest::ArtifactStatus { .. }
+            | PeerRequest::PutArtifact { .. }
+            | PeerRequest::Rollout(_)
+            | PeerRequest::State(_) => Access::Admin,
+        }
+    }
+
+    /// A short name for errors and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            PeerRequest::SetDraining(_) => "drain",
+            PeerRequest::HoldDrain { .. } => "hold-drain",
+            PeerRequest::ReleaseDrain { .. } => "release-drain",
+            PeerRequest::Services => "services",
+            PeerRequest::Watch(_) => "watch",
+            PeerRequest::ArtifactStatus { .. } => "artifact-status",
+            PeerRequest::PutArtifact { .. } => "put-artifact",
+            PeerRequest::GetArtifact { .. } => "get-artifact",
+            PeerRequest::Rollout(_) => "rollout",
+            PeerRequest::GetRelease { .. } => "get-release",
+            PeerRequest::State(_) => "state",
+        }
+    }
 }
 
 /// Answers to [`PeerRequest`].

@@ -4,7 +4,10 @@ use halley_proto::codec::{
     self, HEADER_LEN, Header, PROTOCOL_VERSION, decode_message, decode_record, encode_message,
     encode_record,
 };
-use halley_proto::disk::{GenerationRecord, NodeRecord, PeersRecord, TokenBook, TokenRecord};
+use halley_proto::disk::{
+    GenerationRecord, LegacyTokenBook, LegacyTokenRecord, NodeRecord, PeersRecord, TokenBook,
+    TokenRecord,
+};
 use halley_proto::message::*;
 use halley_proto::{Error, Limit, Message, NodeName, Role};
 use proptest::prelude::*;
@@ -39,11 +42,13 @@ fn samples() -> Vec<Message> {
             cert_der: vec![1; 300],
             ca_der: vec![2; 300],
             seeds: vec![addr, "[::1]:1".parse().unwrap()],
+            ca_key_pem: Some("-----BEGIN PRIVATE KEY-----".into()),
         }),
         Message::AdminRequest(AdminRequest::Status),
         Message::AdminRequest(AdminRequest::CreateToken {
             ttl_secs: 60,
             uses: Some(1),
+            role: Role::Worker,
         }),
         Message::AdminRequest(AdminRequest::SetDraining {
             node: Some(name("b")),
@@ -64,6 +69,7 @@ fn samples() -> Vec<Message> {
                 state: MemberState::Suspect,
                 last_heard_ms: Some(12),
                 version: "0.1.0".into(),
+                role: "admin".into(),
                 uptime_secs: None,
                 generation: 9,
                 services: vec![("web".into(), "v=1;slot=blue".into())],
@@ -91,7 +97,7 @@ fn every_record_round_trips_and_is_typed() {
     let node = NodeRecord {
         cluster_id: "c".into(),
         name: name("n1"),
-        role: Role::Node,
+        role: Role::Admin,
         listen: "0.0.0.0:7946".parse().unwrap(),
         advertise: "10.0.0.1:7946".parse().unwrap(),
         seeds: vec![],
@@ -110,11 +116,33 @@ fn every_record_round_trips_and_is_typed() {
             created_ms: 1,
             expires_ms: 2,
             uses_left: None,
+            role: Role::Admin,
         }],
     };
     assert_eq!(
         decode_record::<TokenBook>(&encode_record(&book).unwrap()).unwrap(),
         book
+    );
+    // A book written before tokens had a role is not misread as one; converted, its tokens
+    // admit workers.
+    let legacy = LegacyTokenBook {
+        tokens: vec![LegacyTokenRecord {
+            id: [3; 8],
+            secret_sha256: [4; 32],
+            created_ms: 1,
+            expires_ms: 2,
+            uses_left: Some(2),
+        }],
+    };
+    let legacy_bytes = encode_record(&legacy).unwrap();
+    assert!(matches!(
+        decode_record::<TokenBook>(&legacy_bytes),
+        Err(Error::WrongRecord { .. })
+    ));
+    let converted = TokenBook::from(decode_record::<LegacyTokenBook>(&legacy_bytes).unwrap());
+    assert_eq!(
+        (converted.tokens[0].role, converted.tokens[0].uses_left),
+        (Role::Worker, Some(2))
     );
     let generation = GenerationRecord { last: 77 };
     assert_eq!(

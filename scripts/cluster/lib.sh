@@ -70,12 +70,13 @@ run_host() {
     -v "halley-$h-data:/data" "$IMAGE" run --service-address 0.0.0.0 >/dev/null
 }
 
-# Three hosts: n1 inits, n2 and n3 join with its token.
+# Three hosts: n1 inits, n2 and n3 join with its token as admins (the scenarios coordinate from
+# any of them).
 start_cluster() {
   docker network create --subnet "$SUBNET.0/24" "$NET" >/dev/null
   local token
   token=$(docker run --rm --network "$NET" --ip "$(ip_of n1)" -v halley-n1-data:/data "$IMAGE" \
-    init --name n1 --listen "$(ip_of n1):7946" | tail -n 1)
+    init --name n1 --listen "$(ip_of n1):7946" --token-role admin --token-uses 2 | tail -n 1)
   run_host n1
   wait_for "n1 answers" 20 hn n1 status
   for h in n2 n3; do

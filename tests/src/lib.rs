@@ -108,15 +108,18 @@ impl Node {
         })
     }
 
-    /// `init` this node; returns the token (last stdout line).
+    /// `init` this node; returns the token (last stdout line). The token admits any number of
+    /// admins, so that every node of a test cluster may coordinate (see [`Node::init_with`]).
     pub fn init(&self) -> String {
-        let out = self.cli(&[
-            "init",
-            "--name",
-            &self.name,
-            "--listen",
-            &self.addr.to_string(),
-        ]);
+        self.init_with(&["--token-role", "admin", "--token-uses", "unlimited"])
+    }
+
+    /// `init` with extra arguments; returns the token (last stdout line).
+    pub fn init_with(&self, extra: &[&str]) -> String {
+        let addr = self.addr.to_string();
+        let mut args = vec!["init", "--name", &self.name, "--listen", &addr];
+        args.extend_from_slice(extra);
+        let out = self.cli(&args);
         assert!(
             out.status.success(),
             "init failed: {}",

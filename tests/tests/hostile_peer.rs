@@ -84,6 +84,7 @@ fn a_stolen_member_certificate_cannot_fetch_a_peers_files_or_push_an_epoch_to_ov
     let rt = runtime();
     let web = ServiceName::parse("web").unwrap();
     let victim = &cluster.nodes[0];
+    let victim_name = halley_proto::NodeName::parse(&victim.name).unwrap();
     let ca_key = std::fs::read(victim.dir.join("ca.key")).expect("n1 holds the CA key");
     let ca_key_sha: [u8; 32] = ring::digest::digest(&ring::digest::SHA256, &ca_key)
         .as_ref()
@@ -106,20 +107,29 @@ fn a_stolen_member_certificate_cannot_fetch_a_peers_files_or_push_an_epoch_to_ov
                 },
             },
         );
-        let (kind, message) = refusal(thief.request(victim.addr, &prepare, ASK).await);
+        let (kind, message) = refusal(
+            thief
+                .request(victim.addr, &victim_name, &prepare, ASK)
+                .await,
+        );
         assert_eq!(kind, ErrorKind::Unauthorised, "{message}");
         assert!(message.contains("admin socket"), "{message}");
         let fetch = Message::Peer(PeerRequest::GetArtifact {
             sha256: ca_key_sha,
             offset: 0,
         });
-        let (kind, message) = refusal(thief.request(victim.addr, &fetch, ASK).await);
+        let (kind, message) = refusal(thief.request(victim.addr, &victim_name, &fetch, ASK).await);
         assert_eq!(kind, ErrorKind::NotFound, "{message}");
 
         // (d) One step at the top epoch, so that the next coordinator's epoch + 1 overflows.
         let (kind, message) = refusal(
             thief
-                .request(victim.addr, &step(&web, u64::MAX, Step::Check), ASK)
+                .request(
+                    victim.addr,
+                    &victim_name,
+                    &step(&web, u64::MAX, Step::Check),
+                    ASK,
+                )
                 .await,
         );
         assert_eq!(kind, ErrorKind::BadRequest, "{message}");

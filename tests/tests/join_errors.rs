@@ -72,8 +72,8 @@ fn bad_tokens_and_names_give_clear_errors_and_write_nothing() {
     );
     assert_nothing_written(&n9);
 
-    // A single-use token works once.
-    let out = n1.cli(&["token", "create", "--uses", "1"]);
+    // A token works once unless told otherwise.
+    let out = n1.cli(&["token", "create"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let once = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     let n2 = Node::new(tmp.path(), "n2");
@@ -127,4 +127,73 @@ fn cli_errors_for_a_missing_daemon_and_a_bad_name() {
     n1.init();
     assert_fails_with(&n1.cli(&["status"]), "no halley-node is running");
     assert_fails_with(&n1.cli(&["token", "create"]), "no halley-node is running");
+}
+
+#[test]
+fn the_token_may_come_from_a_file_or_stdin_instead_of_the_command_line() {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let tmp = tempfile::tempdir().unwrap();
+    let mut n1 = Node::new(tmp.path(), "n1");
+    let token = n1.init();
+    n1.start();
+    let join_args = |node: &Node| {
+        vec![
+            "join".to_owned(),
+            "--name".to_owned(),
+            node.name.clone(),
+            "--listen".to_owned(),
+            node.addr.to_string(),
+        ]
+    };
+
+    // From a file.
+    let file = tmp.path().join("token.txt");
+    std::fs::write(&file, format!("{token}\n")).unwrap();
+    let n2 = Node::new(tmp.path(), "n2");
+    let mut args = join_args(&n2);
+    args.extend(["--token-file".to_owned(), file.display().to_string()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = n2.cli(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(n2.dir.join("node.rec").exists());
+
+    // From stdin.
+    let n3 = Node::new(tmp.path(), "n3");
+    let mut child = Command::new(halley_tests::binary())
+        .args(join_args(&n3))
+        .arg("--data-dir")
+        .arg(&n3.dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(token.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(n3.dir.join("node.rec").exists());
+
+    // Nothing on stdin, an empty or missing file, or both a token and a file: clear errors.
+    let n4 = Node::new(tmp.path(), "n4");
+    let args = join_args(&n4);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    assert_fails_with(&n4.cli(&args), "no join token in stdin");
+    let empty = tmp.path().join("empty.txt");
+    std::fs::write(&empty, "").unwrap();
+    let mut with_empty = args.clone();
+    with_empty.extend(["--token-file", empty.to_str().unwrap()]);
+    assert_fails_with(&n4.cli(&with_empty), "no join token in");
+    let mut with_missing = args.clone();
+    with_missing.extend(["--token-file", "/nonexistent/token"]);
+    assert_fails_with(&n4.cli(&with_missing), "cannot read the token file");
+    let mut with_both = args.clone();
+    with_both.extend([token.as_str(), "--token-file", file.to_str().unwrap()]);
+    assert_fails_with(&n4.cli(&with_both), "cannot be used with");
+    assert_nothing_written(&n4);
 }

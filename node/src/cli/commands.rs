@@ -11,7 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use halley_proto::deploy::ReleaseVersion;
 use halley_proto::message::{AdminRequest, AdminResponse};
 use halley_proto::spec::ServiceName;
-use halley_proto::{JoinToken, NodeName};
+use halley_proto::{JoinToken, NodeName, Role};
 
 use crate::cli::backup as backup_cli;
 use crate::cli::demo::run as demo;
@@ -22,6 +22,7 @@ use crate::cluster::init::{self, InitOptions};
 use crate::cluster::join::{self, JoinOptions};
 use crate::daemon::admin;
 use crate::daemon::run::{self as daemon, RunOptions};
+use crate::engine::tokens;
 use crate::store::datadir::DataDir;
 
 /// The default mesh port.
@@ -218,15 +219,58 @@ struct InitArgs {
     /// Lifetime of the printed token (e.g. 30m, 24h, 7d).
     #[arg(long, default_value = "24h", value_parser = duration::parse)]
     token_ttl: Duration,
-    /// How many joins the printed token allows [default: unlimited until it expires].
-    #[arg(long)]
-    token_uses: Option<u32>,
+    /// How many joins the printed token allows: a number, or `unlimited` (until it expires).
+    #[arg(long, default_value = "1", value_parser = parse_uses)]
+    token_uses: Uses,
+    /// The role of the nodes the printed token admits: `worker` (runs services, orders nobody)
+    /// or `admin` (may also coordinate rollouts, order peers and issue tokens).
+    #[arg(long, default_value = "worker", value_parser = parse_role)]
+    token_role: Role,
+}
+
+/// How many joins a token allows (`None`: unlimited until it expires).
+#[derive(Debug, Clone, Copy)]
+struct Uses(Option<u32>);
+
+fn parse_uses(text: &str) -> std::result::Result<Uses, String> {
+    if text == "unlimited" {
+        return Ok(Uses(None));
+    }
+    match text.parse::<u32>() {
+        Ok(0) => Err("a token with 0 uses admits nobody; give 1 or more, or 'unlimited'".into()),
+        Ok(n) => Ok(Uses(Some(n))),
+        Err(_) => Err(format!(
+            "{text:?} is not a number of joins; give 1 or more, or 'unlimited'"
+        )),
+    }
+}
+
+/// "1 worker", "3 admins", "any number of workers".
+fn admits(uses: Option<u32>, role: Role) -> String {
+    match uses {
+        Some(1) => format!("1 {role}"),
+        Some(n) => format!("{n} {role}s"),
+        None => format!("any number of {role}s"),
+    }
+}
+
+fn parse_role(text: &str) -> std::result::Result<Role, String> {
+    match Role::parse(text) {
+        Ok(role @ (Role::Admin | Role::Worker)) if text != "node" => Ok(role),
+        _ => Err(format!(
+            "{text:?} is not a role a token can grant; give worker or admin"
+        )),
+    }
 }
 
 #[derive(Debug, Args)]
 struct JoinArgs {
-    /// The token printed by `init` or `token create`.
-    token: String,
+    /// The token printed by `init` or `token create` [default: from --token-file, else stdin].
+    /// On the command line it shows in `ps` and shell history; prefer --token-file or stdin.
+    token: Option<String>,
+    /// Read the token from this file (`-`: stdin).
+    #[arg(long, value_name = "PATH", conflicts_with = "token")]
+    token_file: Option<PathBuf>,
     /// This node's name (a-z, 0-9, '-'; at most 63 characters).
     #[arg(long)]
     name: NodeName,
@@ -257,14 +301,18 @@ struct RunArgs {
 
 #[derive(Debug, Subcommand)]
 enum TokenCommand {
-    /// Ask the running node for a new join token (only the node that ran `init` can issue them).
+    /// Ask the running node for a new join token (an admin node that holds the CA key).
     Create {
         /// Lifetime (e.g. 30m, 24h, 7d).
         #[arg(long, default_value = "24h", value_parser = duration::parse)]
         ttl: Duration,
-        /// How many joins it allows [default: unlimited until it expires].
-        #[arg(long)]
-        uses: Option<u32>,
+        /// How many joins it allows: a number, or `unlimited` (until it expires).
+        #[arg(long, default_value = "1", value_parser = parse_uses)]
+        uses: Uses,
+        /// The role of the nodes it admits: `worker` (runs services, orders nobody) or `admin`
+        /// (may also coordinate rollouts, order peers and issue tokens; gets the CA key).
+        #[arg(long, default_value = "worker", value_parser = parse_role)]
+        role: Role,
     },
 }
 
@@ -337,14 +385,22 @@ async fn dispatch(cli: Cli) -> Result<()> {
             }
         }
         Command::Token {
-            command: TokenCommand::Create { ttl, uses },
+            command: TokenCommand::Create { ttl, uses, role },
         } => {
             let request = AdminRequest::CreateToken {
                 ttl_secs: ttl.as_secs().max(1),
-                uses,
+                uses: uses.0,
+                role,
             };
             match admin::call(&data_dir, request).await? {
-                AdminResponse::Token { token, .. } => println!("{token}"),
+                AdminResponse::Token { token, .. } => {
+                    eprintln!(
+                        "join token (admits {}, valid {}):",
+                        admits(uses.0, role),
+                        human_secs(ttl.as_secs().max(1))
+                    );
+                    println!("{token}")
+                }
                 _ => bail!("the node answered a token request with something else"),
             }
         }
@@ -407,8 +463,11 @@ fn init_command(data_dir: &DataDir, args: InitArgs) -> Result<()> {
         name: args.name,
         listen: args.addrs.listen,
         advertise: args.addrs.advertise,
-        token_ttl_secs: args.token_ttl.as_secs().max(1),
-        token_uses: args.token_uses,
+        token: tokens::Grant {
+            ttl_secs: args.token_ttl.as_secs().max(1),
+            uses: args.token_uses.0,
+            role: args.token_role,
+        },
     };
     let token = init::init(data_dir, &opts).context("init failed")?;
     println!(
@@ -421,13 +480,47 @@ fn init_command(data_dir: &DataDir, args: InitArgs) -> Result<()> {
         data_dir.root().display()
     );
     println!("add a machine:   halley-node join TOKEN --name NAME");
-    println!("join token (valid {}):", human_secs(opts.token_ttl_secs));
+    println!(
+        "join token (admits {}, valid {}):",
+        admits(opts.token.uses, opts.token.role),
+        human_secs(opts.token.ttl_secs)
+    );
     println!("{token}");
     Ok(())
 }
 
+/// The join token: the argument, the file, or stdin.
+fn read_token(args: &JoinArgs) -> Result<JoinToken> {
+    use std::io::{IsTerminal, Read};
+    let (text, from) = match (&args.token, &args.token_file) {
+        (Some(text), _) => (text.clone(), "the argument".to_owned()),
+        (None, Some(path)) if path.as_os_str() != "-" => (
+            std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the token file {}", path.display()))?,
+            path.display().to_string(),
+        ),
+        (None, file) => {
+            if file.is_none() && std::io::stdin().is_terminal() {
+                bail!("no join token: give it as an argument, with --token-file PATH, or on stdin");
+            }
+            let mut text = String::new();
+            std::io::stdin()
+                .read_to_string(&mut text)
+                .context("cannot read the token from stdin")?;
+            (text, "stdin".to_owned())
+        }
+    };
+    let text = text.trim();
+    if text.is_empty() {
+        bail!(
+            "no join token in {from}: give it as an argument, with --token-file PATH, or on stdin"
+        );
+    }
+    Ok(text.parse()?)
+}
+
 async fn join_command(data_dir: &DataDir, args: JoinArgs) -> Result<()> {
-    let token: JoinToken = args.token.parse()?;
+    let token = read_token(&args)?;
     let opts = JoinOptions {
         token,
         name: args.name,

@@ -9,12 +9,13 @@ pub fn table(report: &StatusReport) -> String {
     let headers = [
         "NAME",
         "ADDRESS",
+        "ROLE",
         "STATE",
         "LAST HEARD",
         "VERSION",
         "UPTIME",
     ];
-    let rows: Vec<[String; 6]> = report
+    let rows: Vec<[String; 7]> = report
         .members
         .iter()
         .map(|m| {
@@ -26,6 +27,7 @@ pub fn table(report: &StatusReport) -> String {
             [
                 name,
                 m.addr.to_string(),
+                m.role.clone(),
                 m.state.as_str().to_owned(),
                 m.last_heard_ms.map_or("-".into(), human_ms),
                 m.version.clone(),
@@ -74,6 +76,7 @@ fn member_json(m: &MemberRow) -> serde_json::Value {
     json!({
         "name": m.name.as_str(),
         "address": m.addr.to_string(),
+        "role": m.role,
         "state": m.state.as_str(),
         "last_heard_ms": m.last_heard_ms,
         "version": m.version,
@@ -123,6 +126,7 @@ mod tests {
                 state: MemberState::Dead,
                 last_heard_ms: Some(2500),
                 version: "0.1.0".into(),
+                role: "worker".into(),
                 uptime_secs: Some(3700),
                 generation: 5,
                 services: vec![(
@@ -137,11 +141,13 @@ mod tests {
             text.contains("n2")
                 && text.contains("dead")
                 && text.contains("2.5s")
-                && text.contains("1h1m"),
+                && text.contains("1h1m")
+                && text.contains("worker"),
             "{text}"
         );
         let value = json(&report);
         assert_eq!(value["members"][0]["state"], "dead");
+        assert_eq!(value["members"][0]["role"], "worker");
         assert_eq!(value["members"][0]["last_heard_ms"], 2500);
         let web = &value["members"][0]["services"][0];
         assert_eq!(

@@ -1,10 +1,13 @@
-//! Admitting nodes: the token book and, on the node that holds it, the cluster CA key. Answers
+//! Admitting nodes: the token book and, on an admin that holds it, the cluster CA key. Answers
 //! `token create` and a joining node's [`JoinRequest`].
 //!
 //! ## Guarantees
 //! - A token's use is recorded on disk before the certificate is handed out, so a crash cannot
 //!   make a single-use token work twice.
 //! - A name held by a live member is refused, naming where that member runs.
+//! - The certificate carries the token's role. A node admitted as an admin also receives the CA
+//!   key (inside the join's TLS connection only), so that joins outlive the `init` node; a
+//!   worker never does.
 //!
 //! ## Non-goals
 //! Deciding whether a token is valid (that is [`crate::engine::tokens`]).
@@ -60,9 +63,17 @@ impl Admission {
     pub async fn create_token(
         &self,
         cluster: &ClusterClient,
-        ttl_secs: u64,
-        uses: Option<u32>,
+        grant: tokens::Grant,
     ) -> Result<AdminResponse, ErrorReply> {
+        if self.record.role != Role::Admin {
+            return Err(ErrorReply {
+                kind: ErrorKind::Unauthorised,
+                message: format!(
+                    "this node is a {}: only an admin node issues join tokens; run 'halley-node token create' on an admin (status shows each node's role)",
+                    self.record.role
+                ),
+            });
+        }
         if self.ca.is_none() {
             let holder = cluster
                 .gossip
@@ -77,7 +88,7 @@ impl Admission {
                 ),
             });
         }
-        if ttl_secs == 0 {
+        if grant.ttl_secs == 0 {
             return Err(bad_request("a token's --ttl must be longer than 0s"));
         }
         let (id, secret) = match (crate::random::bytes::<8>(), crate::random::bytes::<16>()) {
@@ -91,8 +102,7 @@ impl Admission {
             &mut updated,
             &self.ca_der,
             self.record.advertise,
-            ttl_secs,
-            uses,
+            grant,
             now,
             id,
             secret,
@@ -101,10 +111,10 @@ impl Admission {
             .write_record(TOKENS, &updated)
             .map_err(|e| internal(&format!("cannot save the token: {e}")))?;
         *book = updated;
-        info!(ttl_secs, uses = ?uses, "join token created");
+        info!(ttl_secs = grant.ttl_secs, uses = ?grant.uses, role = %grant.role, "join token created");
         Ok(AdminResponse::Token {
             token: token.to_string(),
-            expires_at_ms: now + ttl_secs * 1000,
+            expires_at_ms: now + grant.ttl_secs * 1000,
         })
     }
 
@@ -130,12 +140,17 @@ impl Admission {
         if let Some(addr) = cluster.live_holder_of(&request.name) {
             return Err(name_taken(&request.name, addr));
         }
+        let role = book
+            .tokens
+            .get(index)
+            .map(|t| t.role)
+            .ok_or_else(|| internal("the token book changed while a join was checked"))?;
         let cert = ca
             .sign_csr(
                 &request.csr_der,
                 &request.name,
                 request.advertise.ip(),
-                Role::Node,
+                role,
             )
             .map_err(|e| bad_request(&e.to_string()))?;
         let mut updated = book.clone();
@@ -146,12 +161,13 @@ impl Admission {
         *book = updated;
         let mut seeds = vec![self.record.advertise];
         seeds.extend(cluster.peer_addrs());
-        info!(name = %request.name, advertise = %request.advertise, from = %remote, "admitted a new node");
+        info!(name = %request.name, advertise = %request.advertise, from = %remote, role = %role, "admitted a new node");
         Ok(JoinResponse {
             cluster_id: self.record.cluster_id.clone(),
             cert_der: cert.to_vec(),
             ca_der: self.ca_der.to_vec(),
             seeds,
+            ca_key_pem: (role == Role::Admin).then(|| ca.key.serialize_pem()),
         })
     }
 }

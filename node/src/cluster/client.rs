@@ -260,7 +260,7 @@ impl ClusterClient {
             .mesh
             .get()
             .ok_or_else(|| Error::Net("the mesh is not running yet".into()))?;
-        match mesh.request(addr, &message, timeout).await? {
+        match mesh.request(addr, node, &message, timeout).await? {
             Message::ErrorReply(reply) => Err(Error::Remote(reply)),
             other => Ok(other),
         }

@@ -17,7 +17,7 @@ use std::sync::{Arc, OnceLock};
 use chitchat::{Chitchat, ChitchatId};
 use halley_proto::NodeName;
 use halley_proto::gossip::{
-    self, KEY_CA_HOLDER, KEY_DRAINING, KEY_LEFT, KEY_STARTED_MS, KEY_VERSION,
+    self, KEY_CA_HOLDER, KEY_DRAINING, KEY_LEFT, KEY_ROLE, KEY_STARTED_MS, KEY_VERSION,
 };
 
 use crate::engine::membership::{Liveness, Observation};
@@ -120,6 +120,13 @@ impl Gossip {
                         heartbeat: u64::from(state.heartbeat()),
                         liveness,
                         version: state.get(KEY_VERSION).unwrap_or("?").to_owned(),
+                        // What a node says of itself: shown, never trusted (each request is
+                        // authorised by the role in the caller's certificate).
+                        role: state
+                            .get(KEY_ROLE)
+                            .and_then(|v| halley_proto::Role::parse(v).ok())
+                            .map_or("?", |r| r.as_str())
+                            .to_owned(),
                         draining: gossip::parse_flag(KEY_DRAINING, state.get(KEY_DRAINING))
                             .unwrap_or(false),
                         left: gossip::parse_flag(KEY_LEFT, state.get(KEY_LEFT)).unwrap_or(false),

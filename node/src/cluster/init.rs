@@ -1,4 +1,5 @@
-//! `halley-node init`: a new cluster. Makes the CA, this node's identity and the first join token.
+//! `halley-node init`: a new cluster. Makes the CA, this node's identity (an admin) and the first
+//! join token.
 
 use std::net::SocketAddr;
 
@@ -20,10 +21,8 @@ pub struct InitOptions {
     pub listen: SocketAddr,
     /// Where peers reach this node; defaults to `listen` when that is a specific IP.
     pub advertise: Option<SocketAddr>,
-    /// Lifetime of the first token.
-    pub token_ttl_secs: u64,
-    /// Uses of the first token.
-    pub token_uses: Option<u32>,
+    /// What the first token grants.
+    pub token: tokens::Grant,
 }
 
 /// Creates the cluster in `data_dir` and returns the first join token.
@@ -32,14 +31,13 @@ pub fn init(data_dir: &DataDir, opts: &InitOptions) -> Result<JoinToken> {
     data_dir.create_fresh()?;
     let cluster_id = halley_proto::hex::encode(&random::bytes::<8>()?);
     let ca = ClusterCa::generate(&cluster_id)?;
-    let (node_cert, node_key) = ca.issue_with_new_key(&opts.name, advertise.ip(), Role::Node)?;
+    let (node_cert, node_key) = ca.issue_with_new_key(&opts.name, advertise.ip(), Role::Admin)?;
     let mut book = TokenBook::default();
     let token = tokens::issue(
         &mut book,
         &ca.cert_der,
         advertise,
-        opts.token_ttl_secs,
-        opts.token_uses,
+        opts.token,
         wall_ms(),
         random::bytes()?,
         random::bytes()?,
@@ -47,7 +45,7 @@ pub fn init(data_dir: &DataDir, opts: &InitOptions) -> Result<JoinToken> {
     let record = NodeRecord {
         cluster_id,
         name: opts.name.clone(),
-        role: Role::Node,
+        role: Role::Admin,
         listen: opts.listen,
         advertise,
         seeds: Vec::new(),

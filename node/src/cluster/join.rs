@@ -16,7 +16,7 @@ use crate::clock::wall_ms;
 use crate::cluster::init::resolve_advertise;
 use crate::error::{Error, Result};
 use crate::mesh::framing::{read_message, write_message};
-use crate::mesh::pki::{PeerIdentity, cert_hash, cert_to_pem, make_csr};
+use crate::mesh::pki::{ClusterCa, PeerIdentity, cert_hash, cert_to_pem, make_csr};
 use crate::mesh::tls;
 use crate::store::datadir::{DataDir, Identity};
 
@@ -69,7 +69,7 @@ pub async fn join(data_dir: &DataDir, opts: &JoinOptions) -> Result<NodeRecord> 
         });
     }
     let identity = PeerIdentity::from_cert(&response.cert_der)?;
-    if identity.name != opts.name || identity.role != Role::Node {
+    if identity.name != opts.name || !identity.role.is_member() {
         return Err(Error::Protocol(format!(
             "the cluster issued a certificate for {:?} ({}) instead of {:?}",
             identity.name.as_str(),
@@ -77,12 +77,21 @@ pub async fn join(data_dir: &DataDir, opts: &JoinOptions) -> Result<NodeRecord> 
             opts.name.as_str()
         )));
     }
+    // An admin receives the CA key so that it can admit and renew too; a key that is not the
+    // pinned CA's is refused rather than stored.
+    let ca_key_pem = match (&response.ca_key_pem, identity.role) {
+        (Some(pem), Role::Admin) => {
+            ClusterCa::from_pem(cert_to_pem(&response.ca_der).as_bytes(), pem)?;
+            Some(pem.clone())
+        }
+        _ => None,
+    };
     let mut seeds = response.seeds.clone();
     seeds.retain(|s| *s != advertise);
     let record = NodeRecord {
         cluster_id: response.cluster_id.clone(),
         name: opts.name.clone(),
-        role: Role::Node,
+        role: identity.role,
         listen: opts.listen,
         advertise,
         seeds,
@@ -90,7 +99,7 @@ pub async fn join(data_dir: &DataDir, opts: &JoinOptions) -> Result<NodeRecord> 
     };
     data_dir.write_identity(&Identity {
         ca_pem: &cert_to_pem(&response.ca_der),
-        ca_key_pem: None,
+        ca_key_pem: ca_key_pem.as_deref(),
         node_pem: &cert_to_pem(&response.cert_der),
         node_key_pem: &key.serialize_pem(),
         tokens: None,

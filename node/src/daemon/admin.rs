@@ -1,7 +1,13 @@
 //! The admin channel between the CLI and its local node: a unix socket in the data dir, mode 0600
 //! (the data dir itself is 0700). There is no TCP admin port. One request frame, one reply frame.
+//!
+//! ## Guarantees
+//! - Only root and the data dir's owner are served, whatever the socket's and the dir's modes
+//!   have become: the caller's uid comes from the kernel (`SO_PEERCRED`), not from the request.
+//! - A client that has not sent its request within [`IDLE_TIMEOUT`] is dropped, so idle clients
+//!   cannot pile up.
 
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,6 +22,8 @@ use crate::store::datadir::DataDir;
 
 /// How long a CLI request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a client may take to send its request after connecting.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Handles admin requests.
 #[async_trait::async_trait]
@@ -35,11 +43,14 @@ pub fn serve(
         UnixListener::bind(&path).map_err(Error::io("cannot bind admin socket", &path))?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
         .map_err(Error::io("cannot set mode 0600 on", &path))?;
+    let owner = std::fs::metadata(data_dir.root())
+        .map_err(Error::io("cannot read", data_dir.root()))?
+        .uid();
     Ok(tokio::spawn(async move {
         loop {
             match listener.accept().await {
                 Ok((stream, _)) => {
-                    tokio::spawn(serve_one(stream, handler.clone()));
+                    tokio::spawn(serve_one(stream, handler.clone(), owner));
                 }
                 Err(e) => {
                     warn!(error = %e, "admin socket accept failed");
@@ -50,8 +61,29 @@ pub fn serve(
     }))
 }
 
-async fn serve_one(mut stream: UnixStream, handler: Arc<dyn AdminHandler>) {
-    let reply = match read_message(&mut stream, Limit::Rpc).await {
+async fn serve_one(mut stream: UnixStream, handler: Arc<dyn AdminHandler>, owner: u32) {
+    let uid = stream.peer_cred().map(|c| c.uid());
+    if !matches!(uid, Ok(u) if u == 0 || u == owner) {
+        let who = uid.map_or_else(|e| format!("an unknown user ({e})"), |u| format!("uid {u}"));
+        warn!(caller = %who, "admin socket: refused a client that is neither root nor the data dir's owner");
+        let reply = AdminResponse::Error(ErrorReply {
+            kind: ErrorKind::Unauthorised,
+            message: format!(
+                "refused: {who} is neither root nor the owner (uid {owner}) of this node's data dir; run halley-node as one of them"
+            ),
+        });
+        // Take the request first (within the small limit a stranger gets, never acted on), so
+        // that the client is not cut off mid-write and sees why.
+        let _ = tokio::time::timeout(IDLE_TIMEOUT, read_message(&mut stream, Limit::Join)).await;
+        let _ = write_message(&mut stream, &Message::AdminResponse(reply), Limit::Rpc).await;
+        return;
+    }
+    let read = tokio::time::timeout(IDLE_TIMEOUT, read_message(&mut stream, Limit::Rpc)).await;
+    let Ok(read) = read else {
+        debug!("admin client sent no request in time; dropped");
+        return;
+    };
+    let reply = match read {
         Ok(Some(Message::AdminRequest(request))) => handler.admin(request).await,
         Ok(None) => return,
         Ok(Some(other)) => AdminResponse::Error(ErrorReply {

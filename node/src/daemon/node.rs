@@ -9,6 +9,9 @@
 //!   handler.
 //! - [`Node::refresh`] is the one place that moves what the cluster says into this node's
 //!   routing and what this node's services say into gossip.
+//! - A worker's own operator cannot make it order anyone: rollouts, tokens, another node's drain
+//!   and state work are refused on a worker's admin socket with a pointer to the admin nodes
+//!   (the peers would refuse its certificate anyway; this says so before anything starts).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,7 +22,7 @@ use halley_proto::disk::NodeRecord;
 use halley_proto::message::{
     AdminRequest, AdminResponse, ErrorKind, ErrorReply, PeerReply, PeerRequest, StatusReport,
 };
-use halley_proto::{Message, NodeName};
+use halley_proto::{Message, NodeName, Role};
 use tokio::sync::Notify;
 use tracing::warn;
 
@@ -98,6 +101,41 @@ impl Node {
             .await
     }
 
+    /// Refuses `what` on a worker, naming the admin nodes that can do it.
+    fn admin_only(&self, what: &str) -> Result<(), ErrorReply> {
+        if self.record.role == Role::Admin {
+            return Ok(());
+        }
+        let admins: Vec<String> = self
+            .cluster
+            .members()
+            .into_iter()
+            .filter(|m| m.role == Role::Admin.as_str())
+            .map(|m| m.name.to_string())
+            .collect();
+        let on = if admins.is_empty() {
+            "an admin node".to_owned()
+        } else {
+            format!("an admin node ({})", admins.join(", "))
+        };
+        Err(ErrorReply {
+            kind: ErrorKind::Unauthorised,
+            message: format!(
+                "{what} refused: this node ({}) is a {}, and only an admin may {what}; run it on {on}",
+                self.name(),
+                self.record.role
+            ),
+        })
+    }
+
+    /// [`Self::admin_only`], unless `node` is this one.
+    fn admin_only_unless_self(&self, node: &NodeName, what: &str) -> Result<(), ErrorReply> {
+        if node == self.name() {
+            return Ok(());
+        }
+        self.admin_only(what)
+    }
+
     async fn status(&self) -> AdminResponse {
         self.refresh().await;
         AdminResponse::Status(StatusReport {
@@ -163,8 +201,10 @@ impl RequestHandler for Node {
                 }
             }
             Message::Peer(request) => {
-                let by = caller.map_or_else(|| self.name().clone(), |c| c.name);
-                match crate::daemon::peers::answer(self, &by, request).await {
+                // An in-process call is this node's own, an admin's by construction.
+                let (by, role) =
+                    caller.map_or_else(|| (self.name().clone(), Role::Admin), |c| (c.name, c.role));
+                match crate::daemon::peers::answer(self, &by, role, request).await {
                     Ok(reply) => Message::PeerReply(reply),
                     Err(reply) => Message::ErrorReply(reply),
                 }
@@ -213,10 +253,17 @@ impl AdminHandler for Node {
         let done = |r: Result<(), ErrorReply>| r.map(|()| AdminResponse::Done);
         let result = match request {
             AdminRequest::Status => Ok(self.status().await),
-            AdminRequest::CreateToken { ttl_secs, uses } => {
-                self.admission
-                    .create_token(&self.cluster, ttl_secs, uses)
-                    .await
+            AdminRequest::CreateToken {
+                ttl_secs,
+                uses,
+                role,
+            } => {
+                let grant = crate::engine::tokens::Grant {
+                    ttl_secs,
+                    uses,
+                    role,
+                };
+                self.admission.create_token(&self.cluster, grant).await
             }
             AdminRequest::SetDraining {
                 node: None,
@@ -225,12 +272,16 @@ impl AdminHandler for Node {
             AdminRequest::SetDraining {
                 node: Some(node),
                 draining,
-            } => done(self.cluster.set_draining_of(&node, draining).await),
-            AdminRequest::Rollout(request) => {
-                crate::rollout::start::start(&self.coordinator, request)
+            } => match self.admin_only_unless_self(&node, "drain another node") {
+                Ok(()) => done(self.cluster.set_draining_of(&node, draining).await),
+                Err(e) => Err(e),
+            },
+            AdminRequest::Rollout(request) => match self.admin_only("coordinate a rollout") {
+                Ok(()) => crate::rollout::start::start(&self.coordinator, request)
                     .await
-                    .map(|(id, notes)| AdminResponse::RolloutStarted { id, notes })
-            }
+                    .map(|(id, notes)| AdminResponse::RolloutStarted { id, notes }),
+                Err(e) => Err(e),
+            },
             AdminRequest::State {
                 node: None,
                 request,
@@ -240,7 +291,10 @@ impl AdminHandler for Node {
             AdminRequest::State {
                 node: Some(node),
                 request,
-            } => self.state_on(&node, request).await,
+            } => match self.admin_only_unless_self(&node, "work on another node's state") {
+                Ok(()) => self.state_on(&node, request).await,
+                Err(e) => Err(e),
+            },
             AdminRequest::RolloutStatus(service) => Ok(AdminResponse::Rollouts(
                 crate::rollout::status::rollouts(&self.coordinator, service.as_ref()).await,
             )),

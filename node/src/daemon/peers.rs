@@ -8,12 +8,21 @@
 //!   resumes where it stopped.
 //! - A step or a `Watch` of a service counts as a coordinator's contact for that service (see
 //!   `orphan_timeout`); status requests and other services' traffic do not.
-//! - Peer requests are only accepted from callers whose certificate has the `node` role (the
-//!   mesh checks `Message::access`).
+//! - The mesh lets through only what the caller's role allows ([`PeerRequest::access`]): an
+//!   admin's requests, and a member's fetch of a release or artifact. A worker gets a release
+//!   (its spec carries the service's secrets) or an artifact only when the newest rollout of
+//!   that service this node knows lists the worker as a host and is of that release: what a
+//!   host that missed the rollout needs to converge, and nothing more.
+//!
+//! ## Non-goals
+//! Which rollouts this node knows comes from gossip; that a worker cannot forge a rollout of
+//! another node's in gossip is the gossip layer's concern, not checked here.
 
-use halley_proto::NodeName;
+use halley_proto::deploy::ReleaseVersion;
 use halley_proto::disk::FenceRecord;
 use halley_proto::message::{ErrorKind, ErrorReply, PeerReply, PeerRequest};
+use halley_proto::spec::ServiceName;
+use halley_proto::{NodeName, Role};
 
 use crate::daemon::node::Node;
 use crate::error::{bad_request, internal};
@@ -24,8 +33,12 @@ use crate::store::releases::CHUNK;
 pub(crate) async fn answer(
     node: &Node,
     by: &NodeName,
+    role: Role,
     request: PeerRequest,
 ) -> Result<PeerReply, ErrorReply> {
+    if role != Role::Admin {
+        check_member_fetch(node, by, role, &request).await?;
+    }
     let releases = node.services.releases().clone();
     let blocking = |e: tokio::task::JoinError| internal(&format!("storage task failed: {e}"));
     match request {
@@ -124,5 +137,54 @@ pub(crate) async fn answer(
                 file_name: entry.file_name,
             })
         }
+    }
+}
+
+/// Refuses a non-admin's request unless it is a fetch of a release (or its artifact) of a
+/// rollout that lists the caller as a host.
+async fn check_member_fetch(
+    node: &Node,
+    by: &NodeName,
+    role: Role,
+    request: &PeerRequest,
+) -> Result<(), ErrorReply> {
+    let refuse = |why: String| ErrorReply {
+        kind: ErrorKind::Unauthorised,
+        message: format!("{} refused: node {by} is a {role}; {why}", request.kind()),
+    };
+    // Releases of the newest rollout of each service that lists the caller as a host.
+    let hosted = || async {
+        crate::rollout::status::rollouts(&node.coordinator, None)
+            .await
+            .into_iter()
+            .filter(|r| r.hosts.iter().any(|h| &h.node == by))
+            .map(|r| (r.service, r.version))
+            .collect::<Vec<(ServiceName, ReleaseVersion)>>()
+    };
+    match request {
+        PeerRequest::GetRelease { service, version } => {
+            if hosted().await.contains(&(service.clone(), version.clone())) {
+                return Ok(());
+            }
+            Err(refuse(format!(
+                "a worker may fetch only a release that the newest rollout of its service deploys to it, and {service}'s newest rollout here does not deploy {version} to {by}"
+            )))
+        }
+        PeerRequest::GetArtifact { sha256, .. } => {
+            for (service, version) in hosted().await {
+                if node
+                    .services
+                    .release(&service, &version)
+                    .await
+                    .is_some_and(|entry| &entry.sha256 == sha256)
+                {
+                    return Ok(());
+                }
+            }
+            Err(refuse(
+                "a worker may fetch only the artifact of a release that the newest rollout of its service deploys to it".into(),
+            ))
+        }
+        _ => Err(refuse(format!("it needs {}", request.access().needs()))),
     }
 }

@@ -37,9 +37,7 @@ use crate::mesh::gossip_transport::QuicGossipTransport;
 use crate::mesh::pki::{ClusterCa, cert_from_pem, key_from_pem};
 use crate::mesh::tls::Credentials;
 use crate::rollout::context::Coordinator;
-use crate::store::datadir::{
-    CA_CERT, CA_KEY, DataDir, GENERATION, NODE_CERT, NODE_KEY, PEERS, TOKENS,
-};
+use crate::store::datadir::{CA_CERT, CA_KEY, DataDir, GENERATION, NODE_CERT, NODE_KEY, PEERS};
 use crate::store::releases::Releases;
 use crate::{VERSION, daemon::admin};
 
@@ -87,7 +85,7 @@ pub async fn run(
     } else {
         None
     };
-    let tokens: TokenBook = data_dir.read_record_or_default(TOKENS)?;
+    let tokens: TokenBook = data_dir.load_tokens()?;
     let generation = next_generation(&data_dir)?;
 
     let interval = opts.gossip_interval;

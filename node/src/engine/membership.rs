@@ -44,6 +44,8 @@ pub struct Observation {
     pub liveness: Liveness,
     /// Published version.
     pub version: String,
+    /// The role it says it has (shown only; requests are authorised by certificates).
+    pub role: String,
     /// Draining flag.
     pub draining: bool,
     /// Left flag.
@@ -129,6 +131,7 @@ impl MembershipView {
                     state,
                     last_heard_ms,
                     version: obs.version.clone(),
+                    role: obs.role.clone(),
                     uptime_secs: obs
                         .started_ms
                         .filter(|_| running)
@@ -235,6 +238,7 @@ mod tests {
                     heartbeat: 0,
                     liveness: Liveness::Unknown,
                     version: "0.1.0".into(),
+                    role: "admin".into(),
                     draining: false,
                     left: false,
                     started_ms: None,

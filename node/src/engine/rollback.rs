@@ -126,6 +126,7 @@ mod tests {
             },
             last_heard_ms: None,
             version: "0.1.0".into(),
+            role: "admin".into(),
             uptime_secs: None,
             generation: 1,
             services: services

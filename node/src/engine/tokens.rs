@@ -6,10 +6,10 @@
 
 use core::net::SocketAddr;
 
-use halley_proto::JoinToken;
 use halley_proto::disk::{TokenBook, TokenRecord};
 use halley_proto::message::{ErrorKind, ErrorReply};
 use halley_proto::token::{TokenIdBytes, TokenSecretBytes};
+use halley_proto::{JoinToken, Role};
 
 /// SHA-256 of `bytes`: how a token names its CA and how the book keeps its secret.
 pub fn sha256(bytes: &[u8]) -> [u8; 32] {
@@ -19,14 +19,23 @@ pub fn sha256(bytes: &[u8]) -> [u8; 32] {
     out
 }
 
+/// What a token grants: for how long, how many joins, and the role of the nodes it admits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grant {
+    /// Lifetime in seconds.
+    pub ttl_secs: u64,
+    /// Joins it allows; `None` for unlimited until expiry.
+    pub uses: Option<u32>,
+    /// The role of the nodes it admits.
+    pub role: Role,
+}
+
 /// Adds a token to the book and returns its text form. Expired and spent tokens are pruned.
-#[allow(clippy::too_many_arguments)]
 pub fn issue(
     book: &mut TokenBook,
     ca_der: &[u8],
     addr: SocketAddr,
-    ttl_secs: u64,
-    uses: Option<u32>,
+    grant: Grant,
     now_ms: u64,
     id: TokenIdBytes,
     secret: TokenSecretBytes,
@@ -36,8 +45,9 @@ pub fn issue(
         id,
         secret_sha256: sha256(&secret),
         created_ms: now_ms,
-        expires_ms: now_ms.saturating_add(ttl_secs.saturating_mul(1000)),
-        uses_left: uses,
+        expires_ms: now_ms.saturating_add(grant.ttl_secs.saturating_mul(1000)),
+        uses_left: grant.uses,
+        role: grant.role,
     });
     JoinToken {
         ca_hash: sha256(ca_der),
@@ -118,8 +128,11 @@ mod tests {
             &mut book,
             b"ca",
             ADDR.parse().unwrap(),
-            60,
-            uses,
+            Grant {
+                ttl_secs: 60,
+                uses,
+                role: Role::Worker,
+            },
             1_000,
             [1; 8],
             [2; 16],
@@ -133,6 +146,7 @@ mod tests {
         assert_eq!(token.ca_hash, sha256(b"ca"));
         assert_ne!(book.tokens[0].secret_sha256[..16], token.secret[..]);
         assert_eq!(book.tokens[0].expires_ms, 61_000);
+        assert_eq!(book.tokens[0].role, Role::Worker);
     }
 
     #[test]

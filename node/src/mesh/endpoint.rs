@@ -5,6 +5,10 @@
 //!   certificate, which may open exactly one bidirectional stream carrying a join request (at most
 //!   [`Limit::Join`] bytes) and is then closed. Every request is checked against its
 //!   [`Access`](halley_proto::role::Access) rule using the role in the caller's certificate.
+//! - A request or stream meant for a named node goes only over a connection whose certificate
+//!   names that node: an address that now belongs to another member (or to a stolen key's
+//!   holder) is not sent what was meant for the node the caller had in mind. A peer must be a
+//!   member (admin or worker) to be dialled at all.
 //! - Before a peer's certificate is checked, its connection has the pre-authentication transport
 //!   limits (see [`tls`]); at most [`MAX_UNAUTHENTICATED`] connections without a certificate are
 //!   served at once, and handshakes pass [`HandshakeGate`] (per-source rate, a cap on those under
@@ -27,7 +31,8 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use halley_proto::message::{ErrorKind, ErrorReply, MeshStats};
-use halley_proto::{Limit, Message, Role};
+use halley_proto::role::Access;
+use halley_proto::{Limit, Message, NodeName};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
@@ -80,7 +85,8 @@ pub type InboundGossip = (SocketAddr, Vec<u8>);
 pub struct Mesh {
     endpoint: quinn::Endpoint,
     client: quinn::ClientConfig,
-    conns: Mutex<HashMap<SocketAddr, quinn::Connection>>,
+    /// Live connections by peer address, each with the node its certificate names.
+    conns: Mutex<HashMap<SocketAddr, (quinn::Connection, NodeName)>>,
     senders: Mutex<HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>>,
     gossip_in: mpsc::Sender<InboundGossip>,
     handler: Arc<dyn RequestHandler>,
@@ -161,11 +167,12 @@ impl Mesh {
     pub async fn request(
         self: &Arc<Self>,
         to: SocketAddr,
+        expect: &NodeName,
         request: &Message,
         timeout: Duration,
     ) -> Result<Message> {
         let exchange = async {
-            let (mut send, mut recv) = self.send_on_new_stream(to, request).await?;
+            let (mut send, mut recv) = self.send_on_new_stream(to, expect, request).await?;
             let _ = send.finish();
             read_message(&mut recv, Limit::Rpc).await
         };
@@ -190,11 +197,12 @@ impl Mesh {
     pub async fn open_stream(
         self: &Arc<Self>,
         to: SocketAddr,
+        expect: &NodeName,
         request: &Message,
         timeout: Duration,
     ) -> Result<(quinn::SendStream, quinn::RecvStream)> {
         let exchange = async {
-            let (send, mut recv) = self.send_on_new_stream(to, request).await?;
+            let (send, mut recv) = self.send_on_new_stream(to, expect, request).await?;
             match read_message(&mut recv, Limit::Rpc).await? {
                 Some(Message::ProxyAccept) => Ok((send, recv)),
                 Some(Message::ErrorReply(reply)) => Err(Error::Remote(reply)),
@@ -210,13 +218,20 @@ impl Mesh {
             .map_err(|_| Error::Net(format!("{to} did not accept a stream within {timeout:?}")))?
     }
 
-    /// Opens a bidirectional stream to `to` (dialling if needed) and writes `request` on it.
+    /// Opens a bidirectional stream to `to` (dialling if needed), which must be node `expect`,
+    /// and writes `request` on it.
     async fn send_on_new_stream(
         self: &Arc<Self>,
         to: SocketAddr,
+        expect: &NodeName,
         request: &Message,
     ) -> Result<(quinn::SendStream, quinn::RecvStream)> {
-        let conn = self.connection(to).await?;
+        let (conn, name) = self.connection(to).await?;
+        if &name != expect {
+            return Err(Error::Net(format!(
+                "{to} is node {name}, not {expect} (its address changed hands?); nothing was sent to it"
+            )));
+        }
         let (mut send, recv) = conn
             .open_bi()
             .await
@@ -229,7 +244,7 @@ impl Mesh {
     pub fn stats(&self) -> MeshStats {
         let (mut tx, mut rx, mut connections) = (0, 0, 0);
         if let Ok(conns) = self.conns.lock() {
-            for conn in conns.values() {
+            for (conn, _) in conns.values() {
                 let stats = conn.stats();
                 tx += stats.udp_tx.bytes;
                 rx += stats.udp_rx.bytes;
@@ -250,12 +265,12 @@ impl Mesh {
         let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
     }
 
-    /// A connection to `to`, reusing a live one or dialling.
-    async fn connection(self: &Arc<Self>, to: SocketAddr) -> Result<quinn::Connection> {
-        if let Some(conn) = self.conns.lock().ok().and_then(|c| c.get(&to).cloned())
+    /// A connection to `to` and the node its certificate names, reusing a live one or dialling.
+    async fn connection(self: &Arc<Self>, to: SocketAddr) -> Result<(quinn::Connection, NodeName)> {
+        if let Some((conn, name)) = self.conns.lock().ok().and_then(|c| c.get(&to).cloned())
             && conn.close_reason().is_none()
         {
-            return Ok(conn);
+            return Ok((conn, name));
         }
         let connecting = self
             .endpoint
@@ -267,26 +282,27 @@ impl Mesh {
             .map_err(|e| Error::Net(format!("handshake with {to} failed: {e}")))?;
         let identity = peer_identity(&conn)
             .ok_or_else(|| Error::Net(format!("{to} presented no usable certificate")))??;
-        if identity.role != Role::Node {
-            conn.close(quinn::VarInt::from_u32(2), b"peer is not a node");
+        if !identity.role.is_member() {
+            conn.close(quinn::VarInt::from_u32(2), b"peer is not a member");
             return Err(Error::Net(format!(
-                "{to} is not a node (role {})",
+                "{to} is not a cluster member (role {})",
                 identity.role
             )));
         }
         tls::grant_member_limits(&conn);
-        self.register(to, conn.clone());
+        let name = identity.name.clone();
+        self.register(to, conn.clone(), name.clone());
         tokio::spawn(serve_connection(
             Arc::downgrade(self),
             conn.clone(),
             Some(identity),
         ));
-        Ok(conn)
+        Ok((conn, name))
     }
 
-    fn register(&self, addr: SocketAddr, conn: quinn::Connection) {
+    fn register(&self, addr: SocketAddr, conn: quinn::Connection, name: NodeName) {
         if let Ok(mut conns) = self.conns.lock()
-            && let Some(old) = conns.insert(addr, conn)
+            && let Some((old, _)) = conns.insert(addr, (conn, name))
         {
             self.account_closed(&old);
         }
@@ -294,7 +310,7 @@ impl Mesh {
 
     fn forget(&self, addr: SocketAddr, conn: &quinn::Connection) {
         if let Ok(mut conns) = self.conns.lock()
-            && conns.get(&addr).map(|c| c.stable_id()) == Some(conn.stable_id())
+            && conns.get(&addr).map(|(c, _)| c.stable_id()) == Some(conn.stable_id())
         {
             conns.remove(&addr);
             self.account_closed(conn);
@@ -423,7 +439,7 @@ async fn accept_connection(mesh: Weak<Mesh>, conn: quinn::Connection) {
             let Some(m) = mesh.upgrade() else { return };
             debug!(peer = %remote, name = %identity.name, role = %identity.role, "peer connected");
             tls::grant_member_limits(&conn);
-            m.register(remote, conn.clone());
+            m.register(remote, conn.clone(), identity.name.clone());
             drop(m);
             serve_connection(mesh, conn, Some(identity)).await;
         }
@@ -546,25 +562,16 @@ async fn serve_request(
         Ok(Ok(Some(request))) => {
             let role = identity.as_ref().map(|i| i.role);
             let access = request.access();
-            if let Message::ProxyOpen(open) = request {
-                if access.allows(role) {
-                    mesh.handler.proxy(open, send, recv).await;
-                    return;
-                }
-                Message::ErrorReply(ErrorReply {
-                    kind: ErrorKind::Unauthorised,
-                    message: "proxy-open is not allowed for this caller".into(),
-                })
-            } else if access.allows(role) {
-                mesh.handler.handle(identity, remote, request).await
-            } else {
+            if !access.allows(role) {
                 if mesh.may_warn(remote.ip()) {
                     warn!(peer = %remote, kind = request.kind(), role = ?role, "request refused: caller's role does not allow it");
                 }
-                Message::ErrorReply(ErrorReply {
-                    kind: ErrorKind::Unauthorised,
-                    message: format!("{} is not allowed for this caller", request.kind()),
-                })
+                Message::ErrorReply(refusal(&request, access, identity.as_ref()))
+            } else if let Message::ProxyOpen(open) = request {
+                mesh.handler.proxy(open, send, recv).await;
+                return;
+            } else {
+                mesh.handler.handle(identity, remote, request).await
             }
         }
         Ok(Ok(None)) => return,
@@ -584,11 +591,27 @@ async fn serve_request(
     }
 }
 
+/// What a caller whose role does not allow `request` is told: what it needs and what it is.
+fn refusal(request: &Message, access: Access, caller: Option<&PeerIdentity>) -> ErrorReply {
+    let what = match request {
+        Message::Peer(peer) => format!("peer request {}", peer.kind()),
+        other => other.kind().to_owned(),
+    };
+    let who = caller.map_or_else(
+        || "a caller without a certificate".to_owned(),
+        |c| format!("node {} is a {}", c.name, c.role),
+    );
+    ErrorReply {
+        kind: ErrorKind::Unauthorised,
+        message: format!("{what} refused: it needs {}, and {who}", access.needs()),
+    }
+}
+
 async fn peer_sender(mesh: Weak<Mesh>, to: SocketAddr, mut rx: mpsc::Receiver<Vec<u8>>) {
     while let Some(frame) = rx.recv().await {
         let Some(mesh) = mesh.upgrade() else { return };
         let conn = match mesh.connection(to).await {
-            Ok(conn) => conn,
+            Ok((conn, _)) => conn,
             Err(e) => {
                 // Drop what queued up while dialling: it is stale gossip by now.
                 while rx.try_recv().is_ok() {}

@@ -65,12 +65,19 @@ impl ClusterCa {
         })
     }
 
-    /// Loads a CA from its PEM certificate and key.
+    /// Loads a CA from its PEM certificate and key, refusing a key that is not the
+    /// certificate's (a CA key received at join, say, that would sign what nobody trusts).
     pub fn from_pem(cert_pem: &[u8], key_pem: &str) -> Result<Self> {
-        Ok(Self {
-            cert_der: cert_from_pem(cert_pem)?,
-            key: KeyPair::from_pem(key_pem).map_err(pki)?,
-        })
+        let cert_der = cert_from_pem(cert_pem)?;
+        let key = KeyPair::from_pem(key_pem).map_err(pki)?;
+        let (_, cert) = x509_parser::parse_x509_certificate(&cert_der)
+            .map_err(|e| Error::Pki(format!("cannot parse the CA certificate: {e}")))?;
+        if cert.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
+            return Err(Error::Pki(
+                "the CA key does not belong to the CA certificate".into(),
+            ));
+        }
+        Ok(Self { cert_der, key })
     }
 
     /// Issues a node certificate for `public_key`.
@@ -257,14 +264,14 @@ mod tests {
         let ca = ClusterCa::generate("c1").unwrap();
         let name = NodeName::parse("pi-1").unwrap();
         let (cert, _key) = ca
-            .issue_with_new_key(&name, "10.1.2.3".parse().unwrap(), Role::Node)
+            .issue_with_new_key(&name, "10.1.2.3".parse().unwrap(), Role::Worker)
             .unwrap();
         let id = PeerIdentity::from_cert(&cert).unwrap();
         assert_eq!(
             id,
             PeerIdentity {
                 name: name.clone(),
-                role: Role::Node
+                role: Role::Worker
             }
         );
         let (_, parsed) = x509_parser::parse_x509_certificate(&cert).unwrap();
@@ -283,22 +290,27 @@ mod tests {
         let name = NodeName::parse("pi-2").unwrap();
         let (_key, csr) = make_csr(&name).unwrap();
         let cert = ca
-            .sign_csr(&csr, &name, "127.0.0.1".parse().unwrap(), Role::Node)
+            .sign_csr(&csr, &name, "127.0.0.1".parse().unwrap(), Role::Worker)
             .unwrap();
-        assert_eq!(PeerIdentity::from_cert(&cert).unwrap().role, Role::Node);
+        assert_eq!(PeerIdentity::from_cert(&cert).unwrap().role, Role::Worker);
         let mut broken = csr.clone();
         let last = broken.len() - 1;
         broken[last] ^= 0xff;
         let err = ca
-            .sign_csr(&broken, &name, "127.0.0.1".parse().unwrap(), Role::Node)
+            .sign_csr(&broken, &name, "127.0.0.1".parse().unwrap(), Role::Worker)
             .unwrap_err();
         assert!(
             err.to_string().contains("signing request is invalid"),
             "{err}"
         );
         assert!(
-            ca.sign_csr(b"garbage", &name, "127.0.0.1".parse().unwrap(), Role::Node)
-                .is_err()
+            ca.sign_csr(
+                b"garbage",
+                &name,
+                "127.0.0.1".parse().unwrap(),
+                Role::Worker
+            )
+            .is_err()
         );
     }
 
@@ -309,5 +321,11 @@ mod tests {
         assert_eq!(cert_from_pem(pem.as_bytes()).unwrap(), ca.cert_der);
         let again = ClusterCa::from_pem(pem.as_bytes(), &ca.key.serialize_pem()).unwrap();
         assert_eq!(again.cert_der, ca.cert_der);
+        // Another CA's key is not this certificate's.
+        let other = ClusterCa::generate("c2").unwrap();
+        let err = ClusterCa::from_pem(pem.as_bytes(), &other.key.serialize_pem())
+            .err()
+            .expect("another CA's key is refused");
+        assert!(err.to_string().contains("does not belong"), "{err}");
     }
 }

@@ -110,7 +110,7 @@ pub async fn connect_peer(
         even_if_draining: peer.draining,
     });
     let (send, recv) = mesh
-        .open_stream(peer.addr, &open, OPEN_TIMEOUT)
+        .open_stream(peer.addr, &peer.node, &open, OPEN_TIMEOUT)
         .await
         .map_err(|e| format!("node {}: {e}", peer.node))?;
     routes

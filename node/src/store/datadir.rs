@@ -26,7 +26,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use halley_proto::codec::{self, Record};
-use halley_proto::disk::NodeRecord;
+use halley_proto::disk::{LegacyTokenBook, NodeRecord, TokenBook};
 
 use crate::error::{Error, Result};
 
@@ -128,6 +128,22 @@ impl DataDir {
         } else {
             Ok(R::default())
         }
+    }
+
+    /// Reads the token book, converting one written before tokens carried a role (its tokens
+    /// then admit workers) and saving it in the new form.
+    pub fn load_tokens(&self) -> Result<TokenBook> {
+        let path = self.file(TOKENS);
+        if !path.exists() {
+            return Ok(TokenBook::default());
+        }
+        let bytes = fs::read(&path).map_err(Error::io("cannot read", &path))?;
+        if let Ok(legacy) = codec::decode_record::<LegacyTokenBook>(&bytes) {
+            let book = TokenBook::from(legacy);
+            self.write_record(TOKENS, &book)?;
+            return Ok(book);
+        }
+        self.read_record(TOKENS)
     }
 
     /// Writes a record file crash-safely with mode 0600.

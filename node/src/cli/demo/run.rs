@@ -75,7 +75,9 @@ async fn script(root: &Path) -> Result<()> {
 }
 
 async fn walk(exe: &Path, root: &Path, nodes: &mut [Node]) -> Result<()> {
-    step("1. a 3-node cluster: n1 makes the CA, n2 and n3 join over QUIC with its token");
+    step(
+        "1. a 3-node cluster: n1 (an admin) makes the CA, n2 and n3 join over QUIC as workers with its token",
+    );
     let out = cli(
         exe,
         &nodes[0],
@@ -85,6 +87,8 @@ async fn walk(exe: &Path, root: &Path, nodes: &mut [Node]) -> Result<()> {
             "n1",
             "--listen",
             &nodes[0].addr.to_string(),
+            "--token-uses",
+            "2",
         ],
     )
     .await?;
