@@ -18,6 +18,7 @@ fn hooks(cwd: &Path) -> Hooks {
     Hooks {
         cwd: cwd.to_path_buf(),
         env: vec![("PATH".into(), std::env::var("PATH").unwrap_or_default())],
+        secrets: Vec::new(),
     }
 }
 

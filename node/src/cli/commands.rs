@@ -164,7 +164,7 @@ enum RolloutCommand {
         service: Option<ServiceName>,
     },
     /// Stop the service's unfinished (or paused) rollout and roll back every host it touched;
-    /// hosts it did not reach stay as they are. Works from any node, whoever coordinates it.
+    /// hosts it did not reach stay as they are. Works from any admin node, whoever coordinates it.
     Abort {
         /// The service.
         service: ServiceName,
@@ -503,6 +503,8 @@ fn read_token(args: &JoinArgs) -> Result<JoinToken> {
             if file.is_none() && std::io::stdin().is_terminal() {
                 bail!("no join token: give it as an argument, with --token-file PATH, or on stdin");
             }
+            // Stdin that never closes (an ssh session) would look like a hang.
+            eprintln!("reading the join token from stdin (end it with Ctrl-D)…");
             let mut text = String::new();
             std::io::stdin()
                 .read_to_string(&mut text)

@@ -298,7 +298,7 @@ impl Orphaned {
             }
             Some(since) if now - since < Self::UNDRIVEN => Ok(()),
             Some(_) => Err(Error::Invalid(format!(
-                "rollout {} of {} is unfinished ({}, {}) and no node drives it any more: its coordinator {} stopped. Take it over from any node with 'halley-node deploy --resume {}'",
+                "rollout {} of {} is unfinished ({}, {}) and no node drives it any more: its coordinator {} stopped. Take it over from any admin node with 'halley-node deploy --resume {}'",
                 state.id,
                 state.service,
                 state.phase,

@@ -80,13 +80,19 @@ impl Admission {
                 .ca_holder()
                 .await
                 .map(|n| format!("node {n:?}"))
-                .unwrap_or_else(|| "the node that ran 'init'".into());
+                .unwrap_or_else(|| "an admin node that holds the CA key".into());
             return Err(ErrorReply {
                 kind: ErrorKind::Unavailable,
                 message: format!(
                     "this node does not hold the cluster CA key, so it cannot admit new nodes; run 'halley-node token create' on {holder}"
                 ),
             });
+        }
+        if !grant.role.is_member() {
+            return Err(bad_request(&format!(
+                "a token cannot admit a node as {}; give --role worker or --role admin",
+                grant.role
+            )));
         }
         if grant.ttl_secs == 0 {
             return Err(bad_request("a token's --ttl must be longer than 0s"));
@@ -128,7 +134,7 @@ impl Admission {
         let Some(ca) = &self.ca else {
             return Err(ErrorReply {
                 kind: ErrorKind::Unavailable,
-                message: "this node does not hold the cluster CA key; use a token from the node that ran 'init'".into(),
+                message: "this node does not hold the cluster CA key; use a token from an admin node that holds it (status shows each node's role)".into(),
             });
         };
         let mut book = self.tokens.lock().await;

@@ -20,7 +20,8 @@ use crate::cluster::client::draining_pair;
 use halley_proto::deploy::{ArtifactSource, Step, StepRequest};
 use halley_proto::disk::NodeRecord;
 use halley_proto::message::{
-    AdminRequest, AdminResponse, ErrorKind, ErrorReply, PeerReply, PeerRequest, StatusReport,
+    AdminRequest, AdminResponse, ErrorKind, ErrorReply, MemberState, PeerReply, PeerRequest,
+    StatusReport,
 };
 use halley_proto::{Message, NodeName, Role};
 use tokio::sync::Notify;
@@ -110,7 +111,10 @@ impl Node {
             .cluster
             .members()
             .into_iter()
-            .filter(|m| m.role == Role::Admin.as_str())
+            .filter(|m| {
+                m.role == Role::Admin.as_str()
+                    && matches!(m.state, MemberState::Alive | MemberState::Draining)
+            })
             .map(|m| m.name.to_string())
             .collect();
         let on = if admins.is_empty() {

@@ -2,7 +2,7 @@
 //!
 //! Every decision a node makes that can be made without IO: blue/green slots, health,
 //! supervision, check verdicts, the orphan rule, who holds a node drained, rollouts (batches, bake, rollback), the cluster
-//! rollback, the rollout lock and epochs, regressions, convergence, routing, ejection,
+//! rollback, the rollout lock and epochs, which gossiped rollouts count, regressions, convergence, routing, ejection,
 //! membership, join tokens and the handshake gate. Engines take events and `now` (milliseconds the driver supplies)
 //! and return actions; where one needs a timer it says when (`poll_timeout`).
 //!
@@ -23,6 +23,7 @@ pub mod converge;
 pub mod drain;
 pub mod ejection;
 pub mod fence;
+pub mod gossip_trust;
 pub mod handshakes;
 pub mod health;
 pub mod lock;

@@ -65,6 +65,9 @@ pub struct Hooks {
     pub cwd: PathBuf,
     /// The environment (the service's, as its slots get it).
     pub env: Vec<(String, String)>,
+    /// The service's `env` values, redacted from what a command prints before it is returned
+    /// (its output goes to the coordinator, the CLI and, on failure, rollout reasons).
+    pub secrets: Vec<String>,
 }
 
 impl Hooks {
@@ -86,6 +89,7 @@ impl Hooks {
             .map_err(|e| Error::Process(format!("cannot run the {what} command {argv:?}: {e}")))?;
         let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
         text.push_str(&String::from_utf8_lossy(&out.stderr));
+        let text = crate::host::slot::redact(&text, &self.secrets);
         if !out.status.success() {
             return Err(Error::Process(format!(
                 "the {what} command {argv:?} failed ({}); its output:\n{}",
@@ -565,4 +569,37 @@ fn sibling(path: &Path, what: &str) -> PathBuf {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     path.with_file_name(format!(".{name}.halley-{what}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hook_that_prints_a_secret_does_not_return_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = "pg-password-0123456789".to_owned();
+        let hooks = Hooks {
+            cwd: dir.path().to_path_buf(),
+            env: vec![("DB_PASSWORD".into(), secret.clone())],
+            secrets: vec![secret.clone()],
+        };
+        let argv = |script: &str| vec!["sh".to_owned(), "-c".to_owned(), script.to_owned()];
+        let ok = hooks
+            .run("backup", &argv("echo using $DB_PASSWORD"), &[])
+            .unwrap();
+        assert_eq!(ok.trim(), "using [redacted]");
+        let err = hooks
+            .run(
+                "backup",
+                &argv("echo auth failed for $DB_PASSWORD >&2; exit 3"),
+                &[],
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("auth failed for [redacted]") && !err.contains(&secret),
+            "{err}"
+        );
+    }
 }

@@ -138,16 +138,29 @@ const TAIL_LINE_CHARS: usize = 200;
 /// Env values shorter than this are not redacted: short values (`fail`, `true`, `60000`) are
 /// ordinary words and numbers, and blanking them out of every log line hides what went wrong.
 const MIN_SECRET_LEN: usize = 8;
+/// Bytes read from the end of a log for its tail.
+const TAIL_WINDOW: u64 = 4096;
+/// A cut-off piece of a secret at least this long at either edge of a window is redacted too.
+const MIN_FRAGMENT_LEN: usize = 4;
 
 /// The last few lines of a slot's log, for error messages, with every value in `secrets` (the
 /// service's `env` values) replaced by `[redacted]`: a release that prints its env on a crash
 /// must not spread it across the cluster.
 pub(crate) fn log_tail(path: &std::path::Path, secrets: &[String]) -> String {
-    let Ok(bytes) = std::fs::read(path) else {
+    use std::io::{Read, Seek, SeekFrom};
+    // Only the end is read: a slot's log can be large.
+    let read_end = || -> std::io::Result<Vec<u8>> {
+        let mut file = std::fs::File::open(path)?;
+        let len = file.metadata()?.len();
+        file.seek(SeekFrom::Start(len.saturating_sub(TAIL_WINDOW)))?;
+        let mut bytes = Vec::new();
+        file.take(TAIL_WINDOW).read_to_end(&mut bytes)?;
+        Ok(bytes)
+    };
+    let Ok(bytes) = read_end() else {
         return "(no log)".into();
     };
-    let start = bytes.len().saturating_sub(4096);
-    let text = redact(&String::from_utf8_lossy(&bytes[start..]), secrets);
+    let text = redact_window(&String::from_utf8_lossy(&bytes), secrets);
     let lines: Vec<&str> = text
         .lines()
         .rev()
@@ -169,6 +182,31 @@ pub(crate) fn log_tail(path: &std::path::Path, secrets: &[String]) -> String {
     }
 }
 
+/// [`redact`] for a window cut out of longer output (a log's end, a probe's first 4 KiB): a
+/// secret the cut split leaves a piece at the window's edge, which is redacted as well.
+pub(crate) fn redact_window(text: &str, secrets: &[String]) -> String {
+    let mut text = redact(text, secrets);
+    for secret in secrets.iter().filter(|s| s.len() >= MIN_SECRET_LEN) {
+        // Longest piece first: a secret's end starting the window, its start ending it.
+        let lead = (MIN_FRAGMENT_LEN..secret.len())
+            .rev()
+            .filter(|&n| secret.is_char_boundary(secret.len() - n))
+            .find(|&n| text.starts_with(&secret[secret.len() - n..]));
+        if let Some(n) = lead {
+            text.replace_range(..n, "[redacted]");
+        }
+        let trail = (MIN_FRAGMENT_LEN..secret.len())
+            .rev()
+            .filter(|&n| secret.is_char_boundary(n))
+            .find(|&n| text.ends_with(&secret[..n]));
+        if let Some(n) = trail {
+            let at = text.len() - n;
+            text.replace_range(at.., "[redacted]");
+        }
+    }
+    text
+}
+
 /// `text` with every secret of at least [`MIN_SECRET_LEN`] bytes replaced by `[redacted]`.
 pub(crate) fn redact(text: &str, secrets: &[String]) -> String {
     let mut secrets: Vec<&str> = secrets
@@ -181,4 +219,33 @@ pub(crate) fn redact(text: &str, secrets: &[String]) -> String {
     secrets.into_iter().fold(text.to_owned(), |text, secret| {
         text.replace(secret, "[redacted]")
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_secret_cut_by_the_window_is_redacted_at_either_edge() {
+        let secrets = vec!["hunter2-very-secret".to_owned(), "short".to_owned()];
+        assert_eq!(
+            redact_window("ery-secret then hunter2-very-secret and hunt", &secrets),
+            "[redacted] then [redacted] and [redacted]"
+        );
+        // Short values and text that is no piece of a secret stay.
+        assert_eq!(redact_window("short fail", &secrets), "short fail");
+        assert_eq!(redact_window("abc", &secrets), "abc");
+    }
+
+    #[test]
+    fn the_tail_of_a_large_log_is_its_last_lines_redacted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("blue.log");
+        let mut text = "x".repeat(1 << 20);
+        text.push_str("\nstarting\nKEY=hunter2-very-secret\npanic: boom\n");
+        std::fs::write(&path, text).unwrap();
+        let tail = log_tail(&path, &["hunter2-very-secret".to_owned()]);
+        assert_eq!(tail, "starting | KEY=[redacted] | panic: boom");
+        assert_eq!(log_tail(&dir.path().join("none"), &[]), "(no log)");
+    }
 }

@@ -139,6 +139,7 @@ impl State<'_> {
                 format!("cannot create {}: {e}", data.display()),
             )
         })?;
+        let secrets = entry.spec.env.values().map(|v| v.0.clone()).collect();
         Ok(Some(Context {
             record,
             spec: entry.spec,
@@ -146,6 +147,7 @@ impl State<'_> {
             hooks: Hooks {
                 cwd: release_dir,
                 env,
+                secrets,
             },
         }))
     }

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use halley_proto::message::{ErrorKind, ErrorReply, MeshStats};
 use halley_proto::role::Access;
-use halley_proto::{Limit, Message, NodeName};
+use halley_proto::{Limit, Message, NodeName, Role};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
@@ -87,6 +87,8 @@ pub struct Mesh {
     client: quinn::ClientConfig,
     /// Live connections by peer address, each with the node its certificate names.
     conns: Mutex<HashMap<SocketAddr, (quinn::Connection, NodeName)>>,
+    /// The role each peer's certificate showed, newest connection last.
+    roles: Mutex<HashMap<NodeName, Role>>,
     senders: Mutex<HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>>,
     gossip_in: mpsc::Sender<InboundGossip>,
     handler: Arc<dyn RequestHandler>,
@@ -120,6 +122,7 @@ impl Mesh {
             endpoint,
             client,
             conns: Mutex::default(),
+            roles: Mutex::default(),
             senders: Mutex::default(),
             gossip_in,
             handler,
@@ -226,7 +229,12 @@ impl Mesh {
         expect: &NodeName,
         request: &Message,
     ) -> Result<(quinn::SendStream, quinn::RecvStream)> {
-        let (conn, name) = self.connection(to).await?;
+        let (mut conn, mut name) = self.connection(to).await?;
+        if &name != expect {
+            // A cached connection may be an old holder's of the address: dial afresh once.
+            self.forget(to, &conn);
+            (conn, name) = self.connection(to).await?;
+        }
         if &name != expect {
             return Err(Error::Net(format!(
                 "{to} is node {name}, not {expect} (its address changed hands?); nothing was sent to it"
@@ -291,6 +299,7 @@ impl Mesh {
         }
         tls::grant_member_limits(&conn);
         let name = identity.name.clone();
+        self.certified(&identity);
         self.register(to, conn.clone(), name.clone());
         tokio::spawn(serve_connection(
             Arc::downgrade(self),
@@ -298,6 +307,17 @@ impl Mesh {
             Some(identity),
         ));
         Ok((conn, name))
+    }
+
+    /// The role `name`'s certificate showed on a connection, if this node has seen one.
+    pub fn certified_role(&self, name: &NodeName) -> Option<Role> {
+        self.roles.lock().ok()?.get(name).copied()
+    }
+
+    fn certified(&self, identity: &PeerIdentity) {
+        if let Ok(mut roles) = self.roles.lock() {
+            roles.insert(identity.name.clone(), identity.role);
+        }
     }
 
     fn register(&self, addr: SocketAddr, conn: quinn::Connection, name: NodeName) {
@@ -439,6 +459,7 @@ async fn accept_connection(mesh: Weak<Mesh>, conn: quinn::Connection) {
             let Some(m) = mesh.upgrade() else { return };
             debug!(peer = %remote, name = %identity.name, role = %identity.role, "peer connected");
             tls::grant_member_limits(&conn);
+            m.certified(&identity);
             m.register(remote, conn.clone(), identity.name.clone());
             drop(m);
             serve_connection(mesh, conn, Some(identity)).await;

@@ -7,13 +7,17 @@
 //! - For each service the newest state wins, by (epoch, seq): a resumed rollout (higher epoch)
 //!   replaces the dead coordinator's, whatever gossip still holds of it.
 //! - Nothing here changes a rollout.
+//! - A gossiped rollout state or history line counts only as its coordinator's own word, and
+//!   never from a node whose certificate says worker ([`crate::engine::gossip_trust`]).
 
 use std::collections::BTreeMap;
 
 use halley_proto::gossip::{HISTORY_KEY_PREFIX, ROLLOUT_KEY_PREFIX};
 use halley_proto::rollout::{HistoryEntry, RolloutState};
 use halley_proto::spec::ServiceName;
+use halley_proto::{NodeName, Role};
 
+use crate::engine::gossip_trust;
 use crate::rollout::context::Coordinator;
 
 /// The newest state of each rollout known here (one per service), optionally for one service.
@@ -39,15 +43,22 @@ pub async fn rollouts(node: &Coordinator, service: Option<&ServiceName>) -> Vec<
     for state in local {
         offer(state);
     }
-    for (_, _, key, value) in node.cluster.gossip.values(ROLLOUT_KEY_PREFIX).await {
+    for (who, _, key, value) in node.cluster.gossip.values(ROLLOUT_KEY_PREFIX).await {
         let Ok(name) = ServiceName::parse(key.trim_start_matches(ROLLOUT_KEY_PREFIX)) else {
             continue;
         };
-        if let Ok(state) = RolloutState::from_gossip(&name, &value) {
+        if let Ok(state) = RolloutState::from_gossip(&name, &value)
+            && gossip_trust::counts(&who, certified(node, &who), &state.coordinator)
+        {
             offer(state);
         }
     }
     newest.into_values().collect()
+}
+
+/// The role `who`'s certificate showed this node, if it has connected.
+fn certified(node: &Coordinator, who: &NodeName) -> Option<Role> {
+    node.cluster.mesh()?.certified_role(who)
 }
 
 /// The newest rollout of one service.
@@ -59,8 +70,8 @@ pub async fn newest(node: &Coordinator, service: &ServiceName) -> Option<Rollout
 pub async fn history(node: &Coordinator, service: &ServiceName) -> Vec<HistoryEntry> {
     let key = format!("{HISTORY_KEY_PREFIX}{service}");
     let mut by_id: BTreeMap<String, HistoryEntry> = BTreeMap::new();
-    for (_, _, k, value) in node.cluster.gossip.values(HISTORY_KEY_PREFIX).await {
-        if k != key {
+    for (who, _, k, value) in node.cluster.gossip.values(HISTORY_KEY_PREFIX).await {
+        if k != key || !gossip_trust::may_speak(certified(node, &who)) {
             continue;
         }
         for entry in value.lines().filter_map(HistoryEntry::from_line) {

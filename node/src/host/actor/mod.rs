@@ -631,7 +631,7 @@ impl Host {
                 // What a probe printed can end up in a check's verdict, which leaves the host.
                 let output = match outcome.output.is_empty() {
                     true => String::new(),
-                    false => slot::redact(&outcome.output, &self.env_values()),
+                    false => slot::redact_window(&outcome.output, &self.env_values()),
                 };
                 let rt = &mut self.slots[slot.index()];
                 if rt.run_id != run_id {
