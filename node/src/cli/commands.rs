@@ -410,13 +410,17 @@ async fn dispatch(cli: Cli) -> Result<()> {
         }
         Command::Drain { node } => set_draining(&data_dir, node, true).await?,
         Command::Undrain { node } => set_draining(&data_dir, node, false).await?,
-        Command::Deploy(args) => deploy_command(&data_dir, args).await?,
+        Command::Deploy(args) => {
+            require_admin(&data_dir, "deploy")?;
+            deploy_command(&data_dir, args).await?
+        }
         Command::Rollback {
             service,
             to,
             restore_data,
             yes,
         } => {
+            require_admin(&data_dir, "rollback")?;
             if restore_data {
                 backup_cli::rollback_with_data(
                     &data_dir,
@@ -439,7 +443,10 @@ async fn dispatch(cli: Cli) -> Result<()> {
         }
         Command::Rollout {
             command: RolloutCommand::Abort { service },
-        } => deploy::abort(&data_dir, &service, &mut std::io::stdout()).await?,
+        } => {
+            require_admin(&data_dir, "rollout abort")?;
+            deploy::abort(&data_dir, &service, &mut std::io::stdout()).await?
+        }
         Command::History { service } => {
             let list = deploy::history(&data_dir, &service).await?;
             print!("{}", deploy::history_table(&list));
@@ -486,6 +493,20 @@ fn init_command(data_dir: &DataDir, args: InitArgs) -> Result<()> {
         human_secs(opts.token.ttl_secs)
     );
     println!("{token}");
+    Ok(())
+}
+
+/// Stops a command only an admin may run on a worker before it reads or checks anything (the
+/// node refuses it too; this saves a dry run that would pass, or a prompt, first).
+fn require_admin(data_dir: &DataDir, command: &str) -> Result<()> {
+    let record = data_dir.load_node()?;
+    if record.role != Role::Admin {
+        bail!(
+            "'{command}' refused: this node ({}) is a {}, and only an admin coordinates rollouts; run it on an admin node ('halley-node status' shows each node's role)",
+            record.name,
+            record.role
+        );
+    }
     Ok(())
 }
 
