@@ -16,6 +16,7 @@ pub mod bench;
 pub mod cluster;
 pub mod http;
 pub mod load;
+pub mod thief;
 
 /// Path of the `halley-node` binary under test: `$HALLEY_BIN`, else next to this executable, else
 /// one directory up (test executables live in `target/<profile>/deps`).

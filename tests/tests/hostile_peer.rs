@@ -2,59 +2,19 @@
 //! sent with that real certificate over the real mesh must not make another node hand over a
 //! file or wedge a service.
 
-use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
-use halley_node::mesh::endpoint::{Mesh, RequestHandler};
-use halley_node::mesh::pki::{PeerIdentity, cert_from_pem, key_from_pem};
-use halley_node::mesh::tls::Credentials;
 use halley_proto::Message;
 use halley_proto::deploy::{ArtifactSource, ReleaseVersion, Step, StepRequest};
-use halley_proto::message::{ErrorKind, ErrorReply, PeerRequest};
+use halley_proto::message::{ErrorKind, PeerRequest};
 use halley_proto::spec::ServiceName;
 use halley_tests::cluster::Cluster;
-use halley_tests::{Node, assert_ok, runtime};
+use halley_tests::thief::stolen_identity;
+use halley_tests::{assert_ok, runtime};
 
 const SERVICE_BIN: &str = env!("CARGO_BIN_EXE_halley-test-service");
 const ASK: Duration = Duration::from_secs(5);
-
-/// The attacker's own endpoint answers nothing.
-struct Silent;
-
-#[async_trait::async_trait]
-impl RequestHandler for Silent {
-    async fn handle(&self, _: Option<PeerIdentity>, _: SocketAddr, _: Message) -> Message {
-        Message::ErrorReply(ErrorReply {
-            kind: ErrorKind::Unavailable,
-            message: "the attacker answers nothing".into(),
-        })
-    }
-
-    async fn proxy(
-        &self,
-        _: halley_proto::message::ProxyOpen,
-        _: quinn::SendStream,
-        _: quinn::RecvStream,
-    ) {
-    }
-}
-
-/// A mesh endpoint holding `node`'s certificate and key, as a thief who copied its data dir.
-fn stolen_identity(node: &Node) -> Arc<Mesh> {
-    let read = |f: &str| std::fs::read(node.dir.join(f)).unwrap();
-    let creds = Credentials {
-        ca: cert_from_pem(&read("ca.pem")).unwrap(),
-        cert: cert_from_pem(&read("node.pem")).unwrap(),
-        key_pkcs8: key_from_pem(std::str::from_utf8(&read("node.key")).unwrap())
-            .unwrap()
-            .serialize_der(),
-    };
-    let (mesh, _gossip) = Mesh::start("127.0.0.1:0".parse().unwrap(), &creds, Arc::new(Silent))
-        .expect("the attacker's endpoint");
-    mesh
-}
 
 fn refusal(reply: halley_node::Result<Message>) -> (ErrorKind, String) {
     match reply {

@@ -4,58 +4,19 @@
 //! no secrets of a service it does not host, and an admin that joined holds the CA key, so joins
 //! go on after the `init` node is gone.
 
-use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
-use halley_node::mesh::endpoint::{Mesh, RequestHandler};
-use halley_node::mesh::pki::{PeerIdentity, cert_from_pem, key_from_pem};
-use halley_node::mesh::tls::Credentials;
 use halley_proto::deploy::{ReleaseVersion, Step, StepRequest};
-use halley_proto::message::{ErrorKind, ErrorReply, PeerReply, PeerRequest, StateRequest};
+use halley_proto::message::{ErrorKind, PeerReply, PeerRequest, StateRequest};
 use halley_proto::spec::ServiceName;
 use halley_proto::{Message, NodeName};
+use halley_tests::thief::stolen_identity;
 use halley_tests::{Node, assert_ok, free_tcp_port, runtime, wait_converged, wait_until};
 
 const SERVICE_BIN: &str = env!("CARGO_BIN_EXE_halley-test-service");
 const ASK: Duration = Duration::from_secs(5);
-
-struct Silent;
-
-#[async_trait::async_trait]
-impl RequestHandler for Silent {
-    async fn handle(&self, _: Option<PeerIdentity>, _: SocketAddr, _: Message) -> Message {
-        Message::ErrorReply(ErrorReply {
-            kind: ErrorKind::Unavailable,
-            message: "the thief answers nothing".into(),
-        })
-    }
-
-    async fn proxy(
-        &self,
-        _: halley_proto::message::ProxyOpen,
-        _: quinn::SendStream,
-        _: quinn::RecvStream,
-    ) {
-    }
-}
-
-/// A mesh endpoint with `node`'s certificate and key, as a thief who copied its data dir.
-fn stolen_identity(node: &Node) -> Arc<Mesh> {
-    let read = |f: &str| std::fs::read(node.dir.join(f)).unwrap();
-    let creds = Credentials {
-        ca: cert_from_pem(&read("ca.pem")).unwrap(),
-        cert: cert_from_pem(&read("node.pem")).unwrap(),
-        key_pkcs8: key_from_pem(std::str::from_utf8(&read("node.key")).unwrap())
-            .unwrap()
-            .serialize_der(),
-    };
-    let (mesh, _gossip) = Mesh::start("127.0.0.1:0".parse().unwrap(), &creds, Arc::new(Silent))
-        .expect("the thief's endpoint");
-    mesh
-}
 
 fn refused(reply: halley_node::Result<Message>) -> String {
     match reply {
