@@ -221,4 +221,5 @@ rollout_mentions() {
 }
 
 # Whether HOST sees TARGET in STATE (alive, suspect, dead, left, draining).
-sees() { [ "$(hn "$1" status 2>/dev/null | awk -v t="$2" '$1 == t {print $3}')" = "$3" ]; }
+# The STATE column is found by its header, so that a column added to the table does not move it.
+sees() { [ "$(hn "$1" status 2>/dev/null | awk -v t="$2" '$1 == "NAME" {for (i = 1; i <= NF; i++) if ($i == "STATE") c = i} c && $1 == t {print $c}')" = "$3" ]; }

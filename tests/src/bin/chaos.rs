@@ -10,7 +10,8 @@
 //! - no rollout is left unfinished;
 //! - every host serves exactly one committed release from a healthy active slot;
 //! - history agrees with what hosts run (the newest rollout that completed, or rollback that
-//!   finished, names what every host committed; a rolled-back deploy's release runs nowhere);
+//!   finished, names what every host committed; a rolled-back deploy's release runs nowhere),
+//!   within 60 s: a host a completed rollout left behind converges to it after it settles;
 //! - requests to the entry points of hosts that were never faulted got no connection errors.
 //!
 //! A schedule depends only on its seed, so a failing seed replays: `scripts/chaos --seed S`.
@@ -365,6 +366,32 @@ fn check(cluster: &Cluster, rt: &tokio::runtime::Runtime, out: &mut Outcome) {
             ));
         }
     }
+    // A completed rollout may leave hosts to converge (skipped, or reverted by themselves while
+    // their coordinator was gone; history says "it converges to V"): that runs every 3 s once a
+    // restarted node has settled, so agreement is waited for, not read once.
+    let mut verdict = agreement(cluster, &committed);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while verdict.is_err() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_secs(1));
+        let now: Vec<String> = cluster
+            .nodes
+            .iter()
+            .map(|n| {
+                n.services()[0]["committed"]
+                    .as_str()
+                    .unwrap_or("-")
+                    .to_owned()
+            })
+            .collect();
+        verdict = agreement(cluster, &now);
+    }
+    if let Err(why) = verdict {
+        out.violations.push(why);
+    }
+}
+
+/// Whether history's newest entry agrees with what the hosts committed; if not, why.
+fn agreement(cluster: &Cluster, committed: &[String]) -> Result<(), String> {
     let history =
         String::from_utf8_lossy(&cluster.nodes[0].cli(&["history", "web"]).stdout).into_owned();
     // STARTED-DATE STARTED-TIME VERSION COORDINATOR OUTCOME SECONDS WHY...
@@ -375,8 +402,7 @@ fn check(cluster: &Cluster, rt: &tokio::runtime::Runtime, out: &mut Outcome) {
         .filter(|w| w.len() >= 6 && w[4] != "fenced")
         .last();
     let Some(line) = newest else {
-        out.violations.push(format!("no history:\n{history}"));
-        return;
+        return Err(format!("no history:\n{history}"));
     };
     let (version, outcome) = (line[2], line[4]);
     let rollback = line.get(6).is_some_and(|w| *w == "rollback");
@@ -385,10 +411,10 @@ fn check(cluster: &Cluster, rt: &tokio::runtime::Runtime, out: &mut Outcome) {
         ("rolled-back", false) => committed.iter().all(|c| c != version),
         _ => false,
     };
-    if !agree {
-        out.violations.push(format!(
-            "history's newest entry ({} {outcome}) disagrees with what hosts committed ({committed:?}):\n{history}",
-            version
-        ));
+    if agree {
+        return Ok(());
     }
+    Err(format!(
+        "history's newest entry ({version} {outcome}) disagrees with what hosts committed ({committed:?}) 60 s after the checks began:\n{history}"
+    ))
 }
