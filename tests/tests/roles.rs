@@ -13,7 +13,7 @@ use halley_proto::message::{ErrorKind, PeerReply, PeerRequest, StateRequest};
 use halley_proto::spec::ServiceName;
 use halley_proto::{Message, NodeName};
 use halley_tests::thief::stolen_identity;
-use halley_tests::{Node, assert_ok, free_tcp_port, runtime, wait_converged, wait_until};
+use halley_tests::{Node, assert_ok, free_tcp_port, runtime, stderr, wait_converged, wait_until};
 
 const SERVICE_BIN: &str = env!("CARGO_BIN_EXE_halley-test-service");
 const ASK: Duration = Duration::from_secs(5);
@@ -26,10 +26,6 @@ fn refused(reply: halley_node::Result<Message>) -> String {
         }
         other => panic!("expected a refusal, got {other:?}"),
     }
-}
-
-fn stderr(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 fn token_from(out: &std::process::Output) -> String {

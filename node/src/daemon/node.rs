@@ -276,16 +276,22 @@ impl AdminHandler for Node {
             AdminRequest::SetDraining {
                 node: Some(node),
                 draining,
-            } => match self.admin_only_unless_self(&node, "drain another node") {
-                Ok(()) => done(self.cluster.set_draining_of(&node, draining).await),
-                Err(e) => Err(e),
-            },
-            AdminRequest::Rollout(request) => match self.admin_only("coordinate a rollout") {
-                Ok(()) => crate::rollout::start::start(&self.coordinator, request)
-                    .await
-                    .map(|(id, notes)| AdminResponse::RolloutStarted { id, notes }),
-                Err(e) => Err(e),
-            },
+            } => {
+                async {
+                    self.admin_only_unless_self(&node, "drain another node")?;
+                    done(self.cluster.set_draining_of(&node, draining).await)
+                }
+                .await
+            }
+            AdminRequest::Rollout(request) => {
+                async {
+                    self.admin_only("coordinate a rollout")?;
+                    crate::rollout::start::start(&self.coordinator, request)
+                        .await
+                        .map(|(id, notes)| AdminResponse::RolloutStarted { id, notes })
+                }
+                .await
+            }
             AdminRequest::State {
                 node: None,
                 request,
@@ -295,10 +301,13 @@ impl AdminHandler for Node {
             AdminRequest::State {
                 node: Some(node),
                 request,
-            } => match self.admin_only_unless_self(&node, "work on another node's state") {
-                Ok(()) => self.state_on(&node, request).await,
-                Err(e) => Err(e),
-            },
+            } => {
+                async {
+                    self.admin_only_unless_self(&node, "work on another node's state")?;
+                    self.state_on(&node, request).await
+                }
+                .await
+            }
             AdminRequest::RolloutStatus(service) => Ok(AdminResponse::Rollouts(
                 crate::rollout::status::rollouts(&self.coordinator, service.as_ref()).await,
             )),
