@@ -38,10 +38,39 @@ pub fn binary() -> PathBuf {
     })
 }
 
-/// A free UDP port on 127.0.0.1 (released before use; collisions are unlikely but possible).
+/// Test ports come from below Linux's ephemeral range (32768–60999): a port the kernel hands
+/// out for `bind(0)` or an outgoing socket (a quinn client, a slot's service, another test's probe)
+/// can then never land on a port a test chose and released, and a node restarting on its own port
+/// finds it still free. Each process starts at its own offset and never hands a port out twice.
+const TEST_PORTS: std::ops::Range<u16> = 20_000..32_000;
+
+/// The next port of [`TEST_PORTS`] that is free for both UDP and TCP on 127.0.0.1 right now.
+fn next_test_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let span = u32::from(TEST_PORTS.end - TEST_PORTS.start);
+    // Spread processes (nextest runs one per test) over the range by pid.
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        std::process::id().wrapping_mul(977) % span,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..span {
+        let offset = NEXT.fetch_add(1, Ordering::SeqCst) % span;
+        let port = TEST_PORTS.start + offset as u16;
+        let free = UdpSocket::bind(("127.0.0.1", port)).is_ok()
+            && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok();
+        if free {
+            return port;
+        }
+    }
+    panic!("no free port left in {TEST_PORTS:?} on 127.0.0.1")
+}
+
+/// A free UDP (and TCP) port on 127.0.0.1, released before use; see [`TEST_PORTS`].
 pub fn free_addr() -> SocketAddr {
-    let socket = UdpSocket::bind("127.0.0.1:0").expect("bind an ephemeral UDP port");
-    socket.local_addr().expect("local addr")
+    SocketAddr::from(([127, 0, 0, 1], next_test_port()))
 }
 
 /// Polls `check` every 100 ms until it holds or `limit` passes. Returns whether it held.
@@ -344,10 +373,9 @@ impl Drop for Node {
     }
 }
 
-/// A free TCP port on 127.0.0.1 (released before use).
+/// A free TCP (and UDP) port on 127.0.0.1, released before use; see [`TEST_PORTS`].
 pub fn free_tcp_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral TCP port");
-    l.local_addr().expect("local addr").port()
+    next_test_port()
 }
 
 /// Asserts a command succeeded, showing its output if not.
