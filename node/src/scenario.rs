@@ -71,5 +71,6 @@ pub fn rollout_state(
         reason: String::new(),
         started_ms: 0,
         ended_ms: None,
+        release: None,
     }
 }

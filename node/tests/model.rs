@@ -221,6 +221,7 @@ fn fresh_state(coordinator: usize, v: u8, epoch: u64) -> RolloutState {
         reason: String::new(),
         started_ms: 0,
         ended_ms: None,
+        release: None,
     }
 }
 

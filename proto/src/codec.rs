@@ -25,7 +25,7 @@ use crate::message::Message;
 /// The first four bytes of every frame.
 pub const MAGIC: [u8; 4] = *b"HLEY";
 /// The wire protocol this build speaks.
-pub const PROTOCOL_VERSION: u16 = 4;
+pub const PROTOCOL_VERSION: u16 = 5;
 /// The data-dir record format this build reads and writes.
 pub const DISK_FORMAT_VERSION: u16 = 2;
 /// Bytes in a frame header.
@@ -150,6 +150,12 @@ pub fn decode_message_body(header: &Header, body: &[u8], limit: Limit) -> Result
 pub fn decode_message(bytes: &[u8], limit: Limit) -> Result<Message, Error> {
     let header = Header::parse(bytes, PROTOCOL_VERSION, limit)?;
     decode_message_body(&header, &bytes[HEADER_LEN..], limit)
+}
+
+/// A value's body encoding, for digests over it: the same value always encodes to the same
+/// bytes (bincode's standard configuration has no maps of unordered keys or padding).
+pub fn digest_bytes<T: Serialize>(value: &T) -> Result<Vec<u8>, Error> {
+    encode_body(value, Limit::Disk)
 }
 
 /// A type stored as a record in the data dir.

@@ -205,7 +205,26 @@ pub struct RolloutJournal {
 }
 
 impl Record for RolloutJournal {
-    // 120 was the journal before rollbacks were rollouts (no mode, no host targets).
+    // 120 was the journal before rollbacks were rollouts (no mode, no host targets); 122 the
+    // journal before rollouts carried a release pin ([`UnpinnedRolloutJournal`]).
+    const CODE: u16 = 123;
+}
+
+/// `rollouts/NAME.rec` as written before rollouts carried a release pin: read and converted
+/// by the node (which recomputes a deploy's pin from the spec and artifact beside it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnpinnedRolloutJournal {
+    /// The rollout's state.
+    pub state: crate::rollout::UnpinnedRolloutState,
+    /// The spec rolled out.
+    pub spec: ServiceSpec,
+    /// The artifact.
+    pub sha256: [u8; 32],
+    /// The artifact's file name.
+    pub file_name: String,
+}
+
+impl Record for UnpinnedRolloutJournal {
     const CODE: u16 = 122;
 }
 

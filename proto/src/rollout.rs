@@ -234,12 +234,71 @@ pub struct RolloutState {
     pub started_ms: u64,
     /// When it ended (unix ms), once finished.
     pub ended_ms: Option<u64>,
+    /// The release's pin: SHA-256 over the spec, the artifact's digest and its file name, as
+    /// the admin that started the rollout had them. A host that fetches the release from a
+    /// peer takes it only if it matches, so a host serving the service (a worker among them)
+    /// cannot hand others a doctored spec. `None` for a rollback whose coordinator did not
+    /// hold the release itself, and for journals written before pins.
+    pub release: Option<[u8; 32]>,
+}
+
+/// A [`RolloutState`] as journaled before rollouts carried a release pin (journal code 122).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnpinnedRolloutState {
+    /// See [`RolloutState`].
+    pub id: String,
+    /// See [`RolloutState`].
+    pub service: ServiceName,
+    /// See [`RolloutState`].
+    pub mode: Mode,
+    /// See [`RolloutState`].
+    pub version: ReleaseVersion,
+    /// See [`RolloutState`].
+    pub epoch: u64,
+    /// See [`RolloutState`].
+    pub seq: u64,
+    /// See [`RolloutState`].
+    pub coordinator: NodeName,
+    /// See [`RolloutState`].
+    pub hosts: Vec<HostProgress>,
+    /// See [`RolloutState`].
+    pub batch: u32,
+    /// See [`RolloutState`].
+    pub phase: Phase,
+    /// See [`RolloutState`].
+    pub reason: String,
+    /// See [`RolloutState`].
+    pub started_ms: u64,
+    /// See [`RolloutState`].
+    pub ended_ms: Option<u64>,
+}
+
+impl UnpinnedRolloutState {
+    /// The state with `release` as its pin.
+    pub fn pinned(self, release: Option<[u8; 32]>) -> RolloutState {
+        RolloutState {
+            id: self.id,
+            service: self.service,
+            mode: self.mode,
+            version: self.version,
+            epoch: self.epoch,
+            seq: self.seq,
+            coordinator: self.coordinator,
+            hosts: self.hosts,
+            batch: self.batch,
+            phase: self.phase,
+            reason: self.reason,
+            started_ms: self.started_ms,
+            ended_ms: self.ended_ms,
+            release,
+        }
+    }
 }
 
 impl RolloutState {
     /// The gossip value: `id=..;mode=..;epoch=..;seq=..;coord=..;v=..;phase=..;batch=..;start=..;
-    /// end=..;hosts=n1:committed,n2:reverting@1.0;why=...` (a host's rollback target after `@`;
-    /// `why` last, as it is free text).
+    /// end=..;hosts=n1:committed,n2:reverting@1.0;rel=HEX;why=...` (a host's rollback target
+    /// after `@`; `rel`, the release pin, only when there is one; `why` last, as it is free text).
     pub fn to_gossip(&self) -> String {
         let hosts: Vec<String> = self
             .hosts
@@ -250,7 +309,7 @@ impl RolloutState {
             })
             .collect();
         format!(
-            "id={};mode={};epoch={};seq={};coord={};v={};phase={};batch={};start={};end={};hosts={};why={}",
+            "id={};mode={};epoch={};seq={};coord={};v={};phase={};batch={};start={};end={};hosts={}{};why={}",
             self.id,
             self.mode.as_str(),
             self.epoch,
@@ -262,6 +321,10 @@ impl RolloutState {
             self.started_ms,
             self.ended_ms.map_or("-".into(), |e| e.to_string()),
             hosts.join(","),
+            self.release.map_or(String::new(), |r| format!(
+                ";rel={}",
+                crate::hex::encode(&r)
+            )),
             self.reason.replace('\n', " ")
         )
     }
@@ -287,6 +350,7 @@ impl RolloutState {
             reason: why.to_owned(),
             started_ms: 0,
             ended_ms: None,
+            release: None,
         };
         for part in fields.split(';') {
             let (k, v) = part.split_once('=').ok_or_else(bad)?;
@@ -308,6 +372,7 @@ impl RolloutState {
                 "batch" => state.batch = u32::try_from(num(v)?).map_err(|_| bad())?,
                 "start" => state.started_ms = num(v)?,
                 "end" => state.ended_ms = if v == "-" { None } else { Some(num(v)?) },
+                "rel" => state.release = Some(crate::hex::decode_array::<32>(v).ok_or_else(bad)?),
                 "hosts" => {
                     for entry in v.split(',').filter(|e| !e.is_empty()) {
                         let (name, step) = entry.split_once(':').ok_or_else(bad)?;
@@ -490,11 +555,25 @@ mod tests {
             reason: "n2: 5xx 12%; p99=3ms".into(),
             started_ms: 5,
             ended_ms: None,
+            release: None,
         };
         let text = state.to_gossip();
         assert_eq!(
             RolloutState::from_gossip(&state.service, &text).unwrap(),
             state
+        );
+        let pinned = RolloutState {
+            release: Some([0xab; 32]),
+            ..state
+        };
+        let text = pinned.to_gossip();
+        assert!(
+            text.contains(&format!(";rel={};why=", "ab".repeat(32))),
+            "{text}"
+        );
+        assert_eq!(
+            RolloutState::from_gossip(&pinned.service, &text).unwrap(),
+            pinned
         );
     }
 }

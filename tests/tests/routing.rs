@@ -306,3 +306,46 @@ fn a_request_is_sent_again_once_and_only_when_no_byte_reached_an_upstream_or_it_
     assert_eq!(answer.status, 200, "{answer:?}");
     assert_eq!(counter(n1, "retries"), retries + 1, "{}", routing(n1));
 }
+
+#[test]
+fn a_host_a_later_deploy_dropped_draws_no_traffic_from_the_hosts_it_names() {
+    let cluster = Cluster::start();
+    let rt = runtime();
+    let all = cluster.config_with("all", &[], "routing = \"balanced\"", "bake = \"0s\"");
+    assert_ok(&deploy(&cluster.nodes[0], &all, "v1"), "deploy v1 on all");
+    wait_peers(&cluster.nodes[0], 2);
+    // v2 names n1 and n2 only: n3 is not touched and still serves v1 where it is asked, and
+    // still gossips a healthy web.
+    let two = cluster.config_with(
+        "two",
+        &[],
+        "routing = \"balanced\"\nhosts = [\"n1\", \"n2\"]",
+        "bake = \"0s\"",
+    );
+    assert_ok(&deploy(&cluster.nodes[0], &two, "v2"), "deploy v2 on n1, n2");
+    assert_eq!(cluster.versions(&rt)[2].as_deref(), Some("v1"));
+    wait_peers(&cluster.nodes[0], 1);
+    assert_eq!(
+        routing(&cluster.nodes[0])["peers"][0]
+            .as_str()
+            .map(|p| p.starts_with("n2")),
+        Some(true),
+        "{}",
+        routing(&cluster.nodes[0])
+    );
+    let mut served = std::collections::BTreeMap::<String, u32>::new();
+    for _ in 0..200 {
+        let answer = rt.block_on(http::get(cluster.entry(0), "/")).expect("n1 answers");
+        let who = format!(
+            "{}@{}",
+            answer.version().unwrap_or("?"),
+            answer.node().unwrap_or("?")
+        );
+        *served.entry(who).or_default() += 1;
+    }
+    assert!(
+        served.keys().all(|k| k == "v2@n1" || k == "v2@n2"),
+        "n1's entry point served from a host v2 does not name: {served:?}"
+    );
+    assert!(served.contains_key("v2@n2"), "balanced routing used n2: {served:?}");
+}

@@ -4,9 +4,12 @@
 //! it how that went ([`ServiceRoutes::record`]).
 //!
 //! ## Guarantees
-//! - Peers come from gossip only when their node is alive (not suspect, dead or gone) and their
-//!   `svc:` summary says the active slot is healthy; a draining node's instances are kept, marked
-//!   draining, so they serve only when nothing else can.
+//! - Peers come from gossip only when their node is alive (not suspect, dead or gone), is among
+//!   the service's `hosts` in the spec this node runs (an admin's, pinned), and their `svc:`
+//!   summary says the active slot is healthy; a draining node's instances are kept, marked
+//!   draining, so they serve only when nothing else can. A node that gossips a service it is not
+//!   a host of (a hostile worker, or a host a later deploy dropped that still runs the old
+//!   release) draws no traffic.
 //! - With `routing = "local"`, or no peer instance, the choice is this host's slot without taking
 //!   any lock: the one-host path costs what it did before routing existed.
 //! - Counts of requests in flight to a peer are this node's own; the local slot's count includes
@@ -24,7 +27,7 @@ use std::time::Instant;
 use halley_proto::NodeName;
 use halley_proto::gossip::ServiceSummary;
 use halley_proto::message::{MemberRow, MemberState};
-use halley_proto::spec::{Protocol, Routing, ServiceName};
+use halley_proto::spec::{Hosts, Protocol, Routing, ServiceName};
 use tracing::info;
 
 use crate::engine::ejection::{Outcome, Passive};
@@ -120,6 +123,7 @@ pub struct ServiceRoutes {
     draining: Arc<AtomicBool>,
     local_ok: AtomicBool,
     routing: AtomicU8,
+    hosts: RwLock<Hosts>,
     remotes: RwLock<Arc<Vec<Remote>>>,
     local: Arc<TargetState>,
     peers: Mutex<HashMap<NodeName, Arc<TargetState>>>,
@@ -155,6 +159,18 @@ impl ServiceRoutes {
     /// Sets the policy (from the spec of the release that serves).
     pub fn set_routing(&self, routing: Routing) {
         self.routing.store(routing_code(routing), Ordering::Relaxed);
+    }
+
+    /// The nodes the spec this host runs names as the service's hosts: only their instances are
+    /// routed to.
+    pub fn set_hosts(&self, hosts: &Hosts) {
+        let mut current = match self.hosts.write() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        if *current != *hosts {
+            *current = hosts.clone();
+        }
     }
 
     /// Whether this host's slot may take work (routed and not unhealthy), as its host judges.
@@ -362,6 +378,7 @@ impl Cluster {
         draining: &Arc<AtomicBool>,
         routing: Routing,
         protocol: Protocol,
+        hosts: &Hosts,
     ) -> Arc<ServiceRoutes> {
         let mut tables = match self.tables.lock() {
             Ok(g) => g,
@@ -377,6 +394,7 @@ impl Cluster {
                     draining: draining.clone(),
                     local_ok: AtomicBool::new(true),
                     routing: AtomicU8::new(routing_code(routing)),
+                    hosts: RwLock::new(hosts.clone()),
                     remotes: RwLock::default(),
                     local: TargetState::new(),
                     peers: Mutex::default(),
@@ -409,7 +427,11 @@ impl Cluster {
             Err(_) => return,
         };
         for table in tables {
-            let remotes = Arc::new(remotes_of(me, &table.service, rows));
+            let hosts = match table.hosts.read() {
+                Ok(g) => g.clone(),
+                Err(p) => p.into_inner().clone(),
+            };
+            let remotes = Arc::new(remotes_of(me, &table.service, &hosts, rows));
             let mut current = match table.remotes.write() {
                 Ok(g) => g,
                 Err(p) => p.into_inner(),
@@ -421,11 +443,16 @@ impl Cluster {
     }
 }
 
-/// The peers' healthy instances of `service` in the membership rows.
-pub fn remotes_of(me: &NodeName, service: &ServiceName, rows: &[MemberRow]) -> Vec<Remote> {
+/// The healthy instances of `service` in the membership rows of its `hosts` other than `me`.
+pub fn remotes_of(
+    me: &NodeName,
+    service: &ServiceName,
+    hosts: &Hosts,
+    rows: &[MemberRow],
+) -> Vec<Remote> {
     let mut out: Vec<Remote> = rows
         .iter()
-        .filter(|r| &r.name != me)
+        .filter(|r| &r.name != me && hosts.includes(&r.name))
         .filter(|r| matches!(r.state, MemberState::Alive | MemberState::Draining))
         .filter_map(|r| {
             let (key, value) = r.services.iter().find(|(n, _)| n == service.as_str())?;
@@ -440,4 +467,51 @@ pub fn remotes_of(me: &NodeName, service: &ServiceName, rows: &[MemberRow]) -> V
         .collect();
     out.sort_by(|a, b| a.node.cmp(&b.node));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(name: &str, state: MemberState, health: &str) -> MemberRow {
+        MemberRow {
+            name: NodeName::parse(name).unwrap(),
+            addr: "127.0.0.1:7946".parse().unwrap(),
+            state,
+            last_heard_ms: None,
+            version: "0.1.0".into(),
+            role: "worker".into(),
+            uptime_secs: None,
+            generation: 1,
+            services: vec![(
+                "web".into(),
+                format!("v=v1;slot=blue;health={health};restarts=0;rate=0;err=0;p99=0"),
+            )],
+        }
+    }
+
+    #[test]
+    fn only_the_specs_hosts_that_are_alive_and_healthy_are_routed_to() {
+        let name = |n: &str| NodeName::parse(n).unwrap();
+        let web = ServiceName::parse("web").unwrap();
+        let rows = [
+            row("n1", MemberState::Alive, "healthy"),
+            row("n2", MemberState::Alive, "healthy"),
+            row("n3", MemberState::Alive, "healthy"),
+            row("n4", MemberState::Draining, "healthy"),
+            row("n5", MemberState::Suspect, "healthy"),
+            row("n6", MemberState::Alive, "unhealthy"),
+        ];
+        let routed = |hosts: &Hosts| -> Vec<String> {
+            remotes_of(&name("n1"), &web, hosts, &rows)
+                .iter()
+                .map(|r| r.node.to_string())
+                .collect()
+        };
+        assert_eq!(routed(&Hosts::All), ["n2", "n3", "n4"]);
+        // n3 gossips web but the spec does not name it: it draws nothing.
+        let named = Hosts::Names(vec![name("n1"), name("n2"), name("n4")]);
+        assert_eq!(routed(&named), ["n2", "n4"]);
+        assert!(remotes_of(&name("n1"), &web, &named, &rows)[1].draining);
+    }
 }

@@ -53,15 +53,14 @@ async fn catch_up(node: &Coordinator, state: &RolloutState) -> Result<(), String
             Some(entry) => (entry.spec, entry.sha256, entry.file_name),
             None => {
                 let committed = engine::sources(state);
-                let (spec, sha256, file_name, _) =
-                    fetch_release(node, &state.service, &state.version, &committed)
-                        .await
-                        .ok_or_else(|| {
-                            format!(
-                                "no reachable host has release {} of {}",
-                                state.version, state.service
-                            )
-                        })?;
+                let (spec, sha256, file_name, _) = fetch_release(node, state, &committed)
+                    .await
+                    .ok_or_else(|| {
+                        format!(
+                            "no reachable host has release {} of {}",
+                            state.version, state.service
+                        )
+                    })?;
                 (spec, sha256, file_name)
             }
         };

@@ -20,10 +20,12 @@ use halley_proto::deploy::{
 };
 use halley_proto::disk::RolloutJournal;
 use halley_proto::message::{ErrorKind, PeerReply, PeerRequest};
+use halley_proto::rollout::RolloutState;
 use halley_proto::spec::{ServiceName, ServiceSpec};
 use tracing::warn;
 
 use crate::engine::regression::Sample;
+use crate::engine::release_pin::{self, Offerer};
 use crate::engine::rollout::{Action, Event};
 use crate::error::Error;
 use crate::rollout::context::Coordinator;
@@ -446,18 +448,18 @@ pub(crate) async fn fetch_artifact(
     }
 }
 
-/// The spec and artifact of a release from the first of `hosts` that has it (this node's own
-/// name is served from its store); the artifact is copied into this node's store.
+/// The spec and artifact of `state`'s release from the first of `hosts` that has it and whose
+/// offer [`release_pin::may_take`] accepts (this node's own name is served from its store); the
+/// artifact is copied into this node's store.
 pub(crate) async fn fetch_release(
     node: &Coordinator,
-    service: &ServiceName,
-    version: &ReleaseVersion,
+    state: &RolloutState,
     hosts: &[NodeName],
 ) -> Option<(ServiceSpec, [u8; 32], String, NodeName)> {
     for host in hosts {
         let request = PeerRequest::GetRelease {
-            service: service.clone(),
-            version: version.clone(),
+            service: state.service.clone(),
+            version: state.version.clone(),
         };
         let Ok(PeerReply::Release {
             spec,
@@ -467,6 +469,20 @@ pub(crate) async fn fetch_release(
         else {
             continue;
         };
+        let from = if host == node.cluster.name() {
+            Offerer::Itself
+        } else {
+            Offerer::Peer(node.cluster.mesh().and_then(|m| m.certified_role(host)))
+        };
+        if !release_pin::may_take(state, (&spec, &sha256, &file_name), from) {
+            warn!(
+                service = %state.service,
+                version = %state.version,
+                %host,
+                "ignored the release a host offered: it does not match the rollout's release pin (or the rollout has none and the host is not an admin)"
+            );
+            continue;
+        }
         if fetch_artifact(node, host, &sha256).await.is_ok() {
             return Some((*spec, sha256, file_name, host.clone()));
         }

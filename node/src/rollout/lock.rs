@@ -155,5 +155,6 @@ pub(crate) fn new_state(
         reason: String::new(),
         started_ms: now,
         ended_ms: None,
+        release: None,
     }
 }

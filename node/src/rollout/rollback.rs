@@ -27,6 +27,7 @@ use halley_proto::rollout::RolloutState;
 use halley_proto::spec::{RolloutPolicy, ServiceName, ServiceSpec};
 
 use crate::clock::wall_ms;
+use crate::engine::release_pin;
 use crate::engine::rollback as plan;
 use crate::engine::rollout::Rollout;
 use crate::rollout::context::{Coordinator, Reply, SHORT};
@@ -73,12 +74,19 @@ pub(crate) async fn start(
         &names,
         &RolloutPolicy::default(),
     );
-    let state = plan::plan(fresh, &targets, to.as_ref(), wall_ms()).ok_or_else(|| ErrorReply {
+    let mut state = plan::plan(fresh, &targets, to.as_ref(), wall_ms()).ok_or_else(|| ErrorReply {
         kind: ErrorKind::Unavailable,
         message: format!(
             "no host of {service} has a release to go back to, or none answered; nothing was changed. Check 'halley-node services' on its hosts, or name one with --to"
         ),
     })?;
+    // Pinned only from this node's own store: a host's word about the release is a worker's
+    // word as often as not.
+    state.release = node
+        .services
+        .release(service, &state.version)
+        .await
+        .and_then(|e| release_pin::pin(&e.spec, &e.sha256, &e.file_name));
     let (spec, sha256, file_name) = release_for(node, &state).await?;
     let policy = crate::rollout::start::engine_policy(&spec.rollout, skip_unreachable);
     let id = state.id.clone();

@@ -22,6 +22,7 @@ use tracing::info;
 
 use crate::clock::wall_ms;
 use crate::engine::lock;
+use crate::engine::release_pin;
 use crate::engine::rollout::{self as rollout_engine, Action, Event, Policy, Rollout};
 use crate::error::internal;
 use crate::rollout::context::{Coordinator, Reply};
@@ -82,7 +83,10 @@ pub async fn start(
                 });
             }
             let epoch = next_epoch(node, &service, &hosts).await;
-            let state = new_state(node, &service, &version, epoch, &hosts, &spec.rollout);
+            let state = RolloutState {
+                release: release_pin::pin(&spec, &sha, &file_name),
+                ..new_state(node, &service, &version, epoch, &hosts, &spec.rollout)
+            };
             let id = state.id.clone();
             let journal = RolloutJournal {
                 state,
@@ -321,9 +325,7 @@ async fn release_source(
             .filter(|h| h.step.touched())
             .map(|h| h.node.clone()),
     );
-    if let Some((spec, sha256, file_name, from)) =
-        fetch_release(node, &state.service, &state.version, &sources).await
-    {
+    if let Some((spec, sha256, file_name, from)) = fetch_release(node, state, &sources).await {
         info!(service = %state.service, %from, "took the release to resume from a host");
         return Ok((spec, sha256, file_name));
     }

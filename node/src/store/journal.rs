@@ -9,10 +9,11 @@
 //! ## Non-goals
 //! Publishing either in gossip (the rollout layer does).
 
-use halley_proto::disk::{HistoryBook, RolloutJournal};
-use halley_proto::rollout::HistoryEntry;
+use halley_proto::disk::{HistoryBook, RolloutJournal, UnpinnedRolloutJournal};
+use halley_proto::rollout::{HistoryEntry, Mode};
 use halley_proto::spec::ServiceName;
 
+use crate::engine::release_pin;
 use crate::error::Result;
 use crate::store::datadir::DataDir;
 
@@ -27,9 +28,25 @@ fn history_name(service: &ServiceName) -> String {
     format!("history/{service}.rec")
 }
 
-/// This node's journal of the last rollout of `service` it coordinated.
+/// This node's journal of the last rollout of `service` it coordinated. A journal from before
+/// rollouts carried a release pin is read too: a deploy's pin is recomputed from the spec and
+/// artifact it journaled (this node's own record of what it rolled out); a rollback's stays
+/// unpinned, as its spec came from a host.
 pub fn read_journal(data_dir: &DataDir, service: &ServiceName) -> Result<RolloutJournal> {
-    data_dir.read_record(&journal_name(service))
+    let name = journal_name(service);
+    if let Ok(old) = data_dir.read_record::<UnpinnedRolloutJournal>(&name) {
+        let pin = match old.state.mode {
+            Mode::Deploy => release_pin::pin(&old.spec, &old.sha256, &old.file_name),
+            Mode::Rollback => None,
+        };
+        return Ok(RolloutJournal {
+            state: old.state.pinned(pin),
+            spec: old.spec,
+            sha256: old.sha256,
+            file_name: old.file_name,
+        });
+    }
+    data_dir.read_record(&name)
 }
 
 /// Saves the journal of a rollout this node coordinates.
@@ -81,4 +98,63 @@ pub fn append_history(
     book.entries.drain(..excess);
     let saved = data_dir.write_record(&name, &book);
     (book, saved)
+}
+
+#[cfg(test)]
+mod tests {
+    use halley_proto::rollout::UnpinnedRolloutState;
+    use halley_proto::spec::ServiceSpec;
+
+    use super::*;
+
+    fn unpinned(mode: Mode) -> UnpinnedRolloutJournal {
+        let s = crate::scenario::rollout_state(Vec::new());
+        UnpinnedRolloutJournal {
+            state: UnpinnedRolloutState {
+                id: s.id,
+                service: s.service,
+                mode,
+                version: s.version,
+                epoch: s.epoch,
+                seq: s.seq,
+                coordinator: s.coordinator,
+                hosts: s.hosts,
+                batch: s.batch,
+                phase: s.phase,
+                reason: s.reason,
+                started_ms: s.started_ms,
+                ended_ms: s.ended_ms,
+            },
+            spec: toml::from_str::<ServiceSpec>("command = [\"./app\"]\nlisten = \":8080\"\n")
+                .unwrap(),
+            sha256: [3; 32],
+            file_name: "app".into(),
+        }
+    }
+
+    #[test]
+    fn a_journal_from_before_pins_is_read_with_a_deploys_pin_recomputed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = DataDir::new(tmp.path());
+        let web = ServiceName::parse("web").unwrap();
+        let old = unpinned(Mode::Deploy);
+        std::fs::create_dir_all(dir.file("rollouts")).unwrap();
+        dir.write_record(&journal_name(&web), &old).unwrap();
+        let read = read_journal(&dir, &web).unwrap();
+        assert_eq!(
+            read.state.release,
+            release_pin::pin(&old.spec, &old.sha256, &old.file_name)
+        );
+        assert!(read.state.release.is_some());
+        assert_eq!((read.state.id.as_str(), &read.spec), ("r1", &old.spec));
+
+        // A rollback's spec came from a host: it stays unpinned.
+        dir.write_record(&journal_name(&web), &unpinned(Mode::Rollback))
+            .unwrap();
+        assert_eq!(read_journal(&dir, &web).unwrap().state.release, None);
+
+        // And a journal written now reads back as written.
+        write_journal(&dir, &read).unwrap();
+        assert_eq!(read_journal(&dir, &web).unwrap(), read);
+    }
 }

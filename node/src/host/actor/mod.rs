@@ -100,6 +100,7 @@ impl Host {
             ctx.drains.flag(),
             record.spec.routing,
             record.spec.protocol,
+            &record.spec.hosts,
         );
         let saved: FenceRecord = ctx
             .data_dir
@@ -281,6 +282,7 @@ impl Host {
 
     fn publish(&mut self) {
         self.routes.set_routing(self.record.spec.routing);
+        self.routes.set_hosts(&self.record.spec.hosts);
         let local_ok = self
             .engine
             .active()
