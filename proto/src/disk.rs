@@ -228,6 +228,32 @@ impl Record for UnpinnedRolloutJournal {
     const CODE: u16 = 122;
 }
 
+/// `revoked.rec`: the nodes removed from the cluster (by any admin, learned from gossip or made
+/// here), whose certificates this node refuses. Names only: every certificate of a removed
+/// name is refused, renewed or not, and the name cannot join again.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevokedBook {
+    /// Removed node names, sorted.
+    pub names: Vec<NodeName>,
+}
+
+impl Record for RevokedBook {
+    const CODE: u16 = 105;
+}
+
+/// `removed.rec`: this node was removed from its cluster; its data dir refuses to run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemovalRecord {
+    /// Who said so: the admin that removed it, or the admin whose gossip listed it.
+    pub by: NodeName,
+    /// When this node learned it (unix ms).
+    pub at_ms: u64,
+}
+
+impl Record for RemovalRecord {
+    const CODE: u16 = 106;
+}
+
 /// `services/NAME/fence.rec`: the highest fencing token a host has obeyed for a service:
 /// (epoch, coordinator), ordered by epoch, then coordinator name. Written before the step it
 /// admits is carried out. A host without it (a data dir from before fencing had owners) falls

@@ -18,6 +18,8 @@ pub const KEY_STARTED_MS: &str = "started_ms";
 pub const KEY_CA_HOLDER: &str = "ca_holder";
 /// Present (value `true`) once the node has left gracefully.
 pub const KEY_LEFT: &str = "left";
+/// The nodes an admin removed from the cluster, comma-separated (counted only from admins).
+pub const KEY_REMOVED: &str = "removed";
 
 /// Formats a boolean flag value.
 pub fn flag(value: bool) -> &'static str {

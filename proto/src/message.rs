@@ -254,6 +254,9 @@ pub enum AdminRequest {
         /// What to do.
         request: StateRequest,
     },
+    /// Remove a node from the cluster for good (an admin's): every member refuses its
+    /// certificate from then on.
+    Remove(NodeName),
 }
 
 /// Work on a service's state on the receiving node (admin socket, or a coordinator's peer call).
@@ -372,6 +375,17 @@ pub struct StatusReport {
     pub members: Vec<MemberRow>,
     /// The answering node's own mesh traffic.
     pub mesh: MeshStats,
+    /// The answering node's certificate.
+    pub certificate: CertificateStatus,
+}
+
+/// When a node's certificate expires and when it renews it (unix ms).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertificateStatus {
+    /// NotAfter.
+    pub expires_ms: u64,
+    /// When two thirds of its lifespan have passed: the node renews it from then on.
+    pub renews_ms: u64,
 }
 
 /// Traffic counters of one node's QUIC endpoint.
@@ -421,6 +435,8 @@ pub enum MemberState {
     Left,
     /// Alive, and asks not to be sent new work.
     Draining,
+    /// An admin removed it (`halley-node remove`): every member refuses its certificate.
+    Removed,
 }
 
 impl MemberState {
@@ -432,6 +448,7 @@ impl MemberState {
             MemberState::Dead => "dead",
             MemberState::Left => "left",
             MemberState::Draining => "draining",
+            MemberState::Removed => "removed",
         }
     }
 }
@@ -500,6 +517,16 @@ pub enum PeerRequest {
     },
     /// Work on a service's state (snapshot, migrate, contract, restore).
     State(StateRequest),
+    /// A new certificate for the caller, for the key of this signing request (DER). The
+    /// receiver (an admin holding the CA key) takes name, role and address from the caller's
+    /// current certificate, never from the request.
+    RenewCertificate {
+        /// The CSR.
+        csr_der: Vec<u8>,
+    },
+    /// The caller (an admin) removed the receiver from the cluster: it stops and its data dir
+    /// refuses to run again.
+    Removed,
 }
 
 impl PeerRequest {
@@ -508,7 +535,9 @@ impl PeerRequest {
     /// a host of that service.
     pub fn access(&self) -> Access {
         match self {
-            PeerRequest::GetRelease { .. } | PeerRequest::GetArtifact { .. } => Access::Member,
+            PeerRequest::GetRelease { .. }
+            | PeerRequest::GetArtifact { .. }
+            | PeerRequest::RenewCertificate { .. } => Access::Member,
             PeerRequest::SetDraining(_)
             | PeerRequest::HoldDrain { .. }
             | PeerRequest::ReleaseDrain { .. }
@@ -517,7 +546,8 @@ impl PeerRequest {
             | PeerRequest::ArtifactStatus { .. }
             | PeerRequest::PutArtifact { .. }
             | PeerRequest::Rollout(_)
-            | PeerRequest::State(_) => Access::Admin,
+            | PeerRequest::State(_)
+            | PeerRequest::Removed => Access::Admin,
         }
     }
 
@@ -535,6 +565,8 @@ impl PeerRequest {
             PeerRequest::Rollout(_) => "rollout",
             PeerRequest::GetRelease { .. } => "get-release",
             PeerRequest::State(_) => "state",
+            PeerRequest::RenewCertificate { .. } => "renew-certificate",
+            PeerRequest::Removed => "removed",
         }
     }
 }
@@ -573,4 +605,9 @@ pub enum PeerReply {
     },
     /// The answer to a state request.
     State(StateReply),
+    /// A renewed certificate (DER).
+    Certificate {
+        /// The certificate.
+        cert_der: Vec<u8>,
+    },
 }

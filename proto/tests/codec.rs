@@ -79,6 +79,10 @@ fn samples() -> Vec<Message> {
                 udp_rx_bytes: 2,
                 connections: 3,
             },
+            certificate: halley_proto::message::CertificateStatus {
+                expires_ms: 7,
+                renews_ms: 6,
+            },
         })),
     ]
 }

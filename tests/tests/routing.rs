@@ -322,7 +322,10 @@ fn a_host_a_later_deploy_dropped_draws_no_traffic_from_the_hosts_it_names() {
         "routing = \"balanced\"\nhosts = [\"n1\", \"n2\"]",
         "bake = \"0s\"",
     );
-    assert_ok(&deploy(&cluster.nodes[0], &two, "v2"), "deploy v2 on n1, n2");
+    assert_ok(
+        &deploy(&cluster.nodes[0], &two, "v2"),
+        "deploy v2 on n1, n2",
+    );
     assert_eq!(cluster.versions(&rt)[2].as_deref(), Some("v1"));
     wait_peers(&cluster.nodes[0], 1);
     assert_eq!(
@@ -335,7 +338,9 @@ fn a_host_a_later_deploy_dropped_draws_no_traffic_from_the_hosts_it_names() {
     );
     let mut served = std::collections::BTreeMap::<String, u32>::new();
     for _ in 0..200 {
-        let answer = rt.block_on(http::get(cluster.entry(0), "/")).expect("n1 answers");
+        let answer = rt
+            .block_on(http::get(cluster.entry(0), "/"))
+            .expect("n1 answers");
         let who = format!(
             "{}@{}",
             answer.version().unwrap_or("?"),
@@ -347,5 +352,8 @@ fn a_host_a_later_deploy_dropped_draws_no_traffic_from_the_hosts_it_names() {
         served.keys().all(|k| k == "v2@n1" || k == "v2@n2"),
         "n1's entry point served from a host v2 does not name: {served:?}"
     );
-    assert!(served.contains_key("v2@n2"), "balanced routing used n2: {served:?}");
+    assert!(
+        served.contains_key("v2@n2"),
+        "balanced routing used n2: {served:?}"
+    );
 }

@@ -61,6 +61,12 @@ enum Command {
     },
     /// Leave the cluster gracefully and stop the local daemon (peers mark it left at once).
     Leave,
+    /// Remove NODE from the cluster for good (admin): every member refuses its certificate from
+    /// now on, `status` shows it `removed`, and its data dir refuses to run again.
+    Remove {
+        /// The node to remove.
+        node: NodeName,
+    },
     /// Mark a node as draining (this one, or NODE): gossiped, shown by `status`, and
     /// `GET /.halley/ready` on its entry points answers 503.
     Drain {
@@ -226,6 +232,10 @@ struct InitArgs {
     /// or `admin` (may also coordinate rollouts, order peers and issue tokens).
     #[arg(long, default_value = "worker", value_parser = parse_role)]
     token_role: Role,
+    /// How long node certificates are valid (e.g. 365d, 90d, 1h; at least 1m). Every node
+    /// renews its own through an admin once two thirds of it have passed.
+    #[arg(long, default_value = "365d", value_parser = duration::parse)]
+    cert_validity: Duration,
 }
 
 /// How many joins a token allows (`None`: unlimited until it expires).
@@ -404,6 +414,13 @@ async fn dispatch(cli: Cli) -> Result<()> {
                 _ => bail!("the node answered a token request with something else"),
             }
         }
+        Command::Remove { node } => {
+            require_admin(&data_dir, "remove")?;
+            admin::call(&data_dir, AdminRequest::Remove(node.clone())).await?;
+            println!(
+                "removed {node}: every member refuses its certificate from now on (as each hears of it, within seconds), and its data dir will not run again"
+            );
+        }
         Command::Leave => {
             admin::call(&data_dir, AdminRequest::Leave).await?;
             println!("leaving; the node announces it to its peers and stops");
@@ -475,6 +492,7 @@ fn init_command(data_dir: &DataDir, args: InitArgs) -> Result<()> {
             uses: args.token_uses.0,
             role: args.token_role,
         },
+        cert_validity: args.cert_validity,
     };
     let token = init::init(data_dir, &opts).context("init failed")?;
     println!(

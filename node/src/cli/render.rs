@@ -41,7 +41,12 @@ pub fn table(report: &StatusReport) -> String {
             *w = (*w).max(cell.len());
         }
     }
-    let mut out = format!("cluster {}\n", report.cluster_id);
+    let mut out = format!(
+        "cluster {}; this node's certificate expires {} (renewed from {})\n",
+        report.cluster_id,
+        utc(report.certificate.expires_ms),
+        utc(report.certificate.renews_ms)
+    );
     let mut line = |cells: &[&str]| {
         let text: Vec<String> = cells
             .iter()
@@ -68,8 +73,24 @@ pub fn json(report: &StatusReport) -> serde_json::Value {
             "udp_rx_bytes": report.mesh.udp_rx_bytes,
             "connections": report.mesh.connections,
         },
+        "certificate": {
+            "expires_ms": report.certificate.expires_ms,
+            "renews_ms": report.certificate.renews_ms,
+        },
         "members": report.members.iter().map(member_json).collect::<Vec<_>>(),
     })
+}
+
+/// Unix milliseconds as `2027-12-02T04:12:00Z`.
+fn utc(ms: u64) -> String {
+    i64::try_from(ms / 1000)
+        .ok()
+        .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| format!("{ms} ms after 1970"))
 }
 
 fn member_json(m: &MemberRow) -> serde_json::Value {
@@ -113,7 +134,7 @@ fn human_ms(ms: u64) -> String {
 mod tests {
     use super::*;
     use halley_proto::NodeName;
-    use halley_proto::message::{MemberState, MeshStats};
+    use halley_proto::message::{CertificateStatus, MemberState, MeshStats};
 
     #[test]
     fn table_and_json_show_every_member() {
@@ -135,8 +156,18 @@ mod tests {
                 )],
             }],
             mesh: MeshStats::default(),
+            certificate: CertificateStatus {
+                expires_ms: 1_827_720_000_000,
+                renews_ms: 1_817_000_000_000,
+            },
         };
         let text = table(&report);
+        assert!(
+            text.starts_with(
+                "cluster abc; this node's certificate expires 2027-12-02T04:00:00Z (renewed from 2027-07-31T"
+            ),
+            "{text}"
+        );
         assert!(
             text.contains("n2")
                 && text.contains("dead")
@@ -146,6 +177,7 @@ mod tests {
             "{text}"
         );
         let value = json(&report);
+        assert_eq!(value["certificate"]["expires_ms"], 1_827_720_000_000u64);
         assert_eq!(value["members"][0]["state"], "dead");
         assert_eq!(value["members"][0]["role"], "worker");
         assert_eq!(value["members"][0]["last_heard_ms"], 2500);

@@ -24,7 +24,7 @@ use crate::clock::wall_ms;
 use crate::cluster::client::ClusterClient;
 use crate::engine::tokens;
 use crate::error::{bad_request, internal};
-use crate::mesh::pki::ClusterCa;
+use crate::mesh::pki::{ClusterCa, PeerIdentity};
 use crate::store::datadir::{DataDir, TOKENS};
 
 /// The token book and the CA key of this node.
@@ -124,6 +124,34 @@ impl Admission {
         })
     }
 
+    /// A new certificate for `caller`'s key in `csr_der`: the name, role and address of the
+    /// certificate it called with, the cluster's node validity from now.
+    pub fn renew(&self, caller: &PeerIdentity, csr_der: &[u8]) -> Result<Vec<u8>, ErrorReply> {
+        let Some(ca) = &self.ca else {
+            return Err(ErrorReply {
+                kind: ErrorKind::Unavailable,
+                message: "this node does not hold the cluster CA key, so it cannot renew certificates; ask an admin node that holds it".into(),
+            });
+        };
+        if !caller.role.is_member() {
+            return Err(ErrorReply {
+                kind: ErrorKind::Unauthorised,
+                message: format!(
+                    "renew-certificate refused: a {} is not a member",
+                    caller.role
+                ),
+            });
+        }
+        let ip = caller.ip.ok_or_else(|| {
+            bad_request("your certificate names no address to renew it for; join again")
+        })?;
+        let cert = ca
+            .sign_csr(csr_der, &caller.name, ip, caller.role)
+            .map_err(|e| bad_request(&e.to_string()))?;
+        info!(name = %caller.name, role = %caller.role, "renewed a node certificate");
+        Ok(cert.to_vec())
+    }
+
     /// Answers a joining node: checks and spends its token, signs its certificate.
     pub async fn join(
         &self,
@@ -141,6 +169,15 @@ impl Admission {
         let index = tokens::check(&book, &request.token_id, &request.secret, wall_ms())?;
         if request.name == self.record.name {
             return Err(name_taken(&request.name, self.record.advertise));
+        }
+        if cluster.mesh().is_some_and(|m| m.is_revoked(&request.name)) {
+            return Err(ErrorReply {
+                kind: ErrorKind::NameTaken,
+                message: format!(
+                    "node name {:?} was removed from this cluster and cannot join again; choose another --name",
+                    request.name.as_str()
+                ),
+            });
         }
         cluster.refresh().await;
         if let Some(addr) = cluster.live_holder_of(&request.name) {

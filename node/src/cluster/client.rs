@@ -165,22 +165,37 @@ impl ClusterClient {
             return self.members();
         };
         let now = self.mono_ms();
-        match self.view.lock() {
+        let rows = match self.view.lock() {
             Ok(mut view) => {
                 view.observe(snapshot, now);
                 view.rows(now, wall_ms())
             }
             Err(_) => Vec::new(),
-        }
+        };
+        self.mark_removed(rows)
     }
 
-    /// Every member the view knows, with its state.
+    /// Every member the view knows, with its state (`removed` for a name an admin removed).
     pub fn members(&self) -> Vec<MemberRow> {
         let now = self.mono_ms();
-        self.view
+        let rows = self
+            .view
             .lock()
             .map(|v| v.rows(now, wall_ms()))
-            .unwrap_or_default()
+            .unwrap_or_default();
+        self.mark_removed(rows)
+    }
+
+    fn mark_removed(&self, mut rows: Vec<MemberRow>) -> Vec<MemberRow> {
+        let Some(mesh) = self.mesh() else {
+            return rows;
+        };
+        for row in &mut rows {
+            if mesh.is_revoked(&row.name) {
+                row.state = MemberState::Removed;
+            }
+        }
+        rows
     }
 
     /// The mesh address of a member that is not dead or gone.
@@ -188,7 +203,12 @@ impl ClusterClient {
         self.members()
             .into_iter()
             .find(|r| &r.name == name)
-            .filter(|r| !matches!(r.state, MemberState::Dead | MemberState::Left))
+            .filter(|r| {
+                !matches!(
+                    r.state,
+                    MemberState::Dead | MemberState::Left | MemberState::Removed
+                )
+            })
             .map(|r| r.addr)
     }
 

@@ -148,11 +148,20 @@ impl Gossip {
 
     /// The name of the node that says it holds the CA key.
     pub async fn ca_holder(&self) -> Option<String> {
-        let chitchat = self.chitchat.get()?.lock().await;
+        self.ca_holders().await.into_iter().next()
+    }
+
+    /// Every node that gossips that it holds the CA key (a claim: check what they sign).
+    pub async fn ca_holders(&self) -> Vec<String> {
+        let Some(chitchat) = self.chitchat.get() else {
+            return Vec::new();
+        };
+        let chitchat = chitchat.lock().await;
         chitchat
             .node_states()
             .iter()
-            .find(|(_, s)| s.get(KEY_CA_HOLDER) == Some("true"))
+            .filter(|(_, s)| s.get(KEY_CA_HOLDER) == Some("true"))
             .map(|(id, _)| id.node_id.to_string())
+            .collect()
     }
 }

@@ -8,7 +8,7 @@ use halley_proto::{JoinToken, NodeName, Role};
 
 use crate::clock::wall_ms;
 use crate::error::{Error, Result};
-use crate::mesh::pki::{ClusterCa, cert_to_pem};
+use crate::mesh::pki::{CA_VALIDITY, ClusterCa, cert_to_pem};
 use crate::store::datadir::{DataDir, Identity};
 use crate::{engine::tokens, random};
 
@@ -23,14 +23,20 @@ pub struct InitOptions {
     pub advertise: Option<SocketAddr>,
     /// What the first token grants.
     pub token: tokens::Grant,
+    /// How long node certificates are valid (each node renews its own at two thirds).
+    pub cert_validity: std::time::Duration,
 }
+
+/// The shortest node certificate lifespan `init` accepts: renewal needs a few tries' room.
+pub const MIN_CERT_VALIDITY: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Creates the cluster in `data_dir` and returns the first join token.
 pub fn init(data_dir: &DataDir, opts: &InitOptions) -> Result<JoinToken> {
     let advertise = resolve_advertise(opts.listen, opts.advertise)?;
+    let validity = cert_validity(opts.cert_validity)?;
     data_dir.create_fresh()?;
     let cluster_id = halley_proto::hex::encode(&random::bytes::<8>()?);
-    let ca = ClusterCa::generate(&cluster_id)?;
+    let ca = ClusterCa::generate(&cluster_id)?.with_node_validity(validity);
     let (node_cert, node_key) = ca.issue_with_new_key(&opts.name, advertise.ip(), Role::Admin)?;
     let mut book = TokenBook::default();
     let token = tokens::issue(
@@ -60,6 +66,19 @@ pub fn init(data_dir: &DataDir, opts: &InitOptions) -> Result<JoinToken> {
         record: &record,
     })?;
     Ok(token)
+}
+
+/// `--cert-validity`, checked: from a minute up to the CA's own lifespan.
+fn cert_validity(validity: std::time::Duration) -> Result<time::Duration> {
+    let ca = CA_VALIDITY.unsigned_abs();
+    if validity < MIN_CERT_VALIDITY || validity > ca {
+        return Err(Error::Invalid(format!(
+            "--cert-validity {}s is out of range: give between 1m and {}d (the cluster CA's own lifespan); nodes renew at two thirds of it",
+            validity.as_secs(),
+            ca.as_secs() / 86_400
+        )));
+    }
+    time::Duration::try_from(validity).map_err(|e| Error::Invalid(format!("--cert-validity: {e}")))
 }
 
 /// The advertise address: given, or the listen address when it names a specific IP.

@@ -2,7 +2,7 @@
 //!
 //! `halley-node run` ([`run`]) wires every layer together; [`node::Node`] is the one dispatcher
 //! of requests from peers, from this node itself and from the CLI's admin socket ([`admin`]),
-//! with peers' requests answered in [`peers`].
+//! with peers' requests answered in [`peers`]; [`renewal`] keeps its certificate current.
 //!
 //! ## Guarantees
 //! - One daemon per data dir; each start uses a new, larger generation; a graceful stop
@@ -15,4 +15,6 @@
 pub mod admin;
 pub mod node;
 pub mod peers;
+pub mod removal;
+pub mod renewal;
 pub mod run;

@@ -20,8 +20,8 @@ use crate::cluster::client::draining_pair;
 use halley_proto::deploy::{ArtifactSource, Step, StepRequest};
 use halley_proto::disk::NodeRecord;
 use halley_proto::message::{
-    AdminRequest, AdminResponse, ErrorKind, ErrorReply, MemberState, PeerReply, PeerRequest,
-    StatusReport,
+    AdminRequest, AdminResponse, CertificateStatus, ErrorKind, ErrorReply, MemberState, PeerReply,
+    PeerRequest, StatusReport,
 };
 use halley_proto::{Message, NodeName, Role};
 use tokio::sync::Notify;
@@ -33,7 +33,7 @@ use crate::daemon::admin::AdminHandler;
 use crate::error::{Error, bad_request, internal};
 use crate::host::services::Services;
 use crate::mesh::endpoint::RequestHandler;
-use crate::mesh::pki::PeerIdentity;
+use crate::mesh::pki::{CertFacts, PeerIdentity};
 use crate::rollout::context::Coordinator;
 
 /// The running node.
@@ -44,6 +44,7 @@ pub struct Node {
     pub(crate) services: Arc<Services>,
     pub(crate) coordinator: Arc<Coordinator>,
     leave: Notify,
+    certificate: std::sync::RwLock<CertFacts>,
 }
 
 impl Node {
@@ -54,6 +55,7 @@ impl Node {
         admission: Admission,
         services: Arc<Services>,
         coordinator: Arc<Coordinator>,
+        certificate: CertFacts,
     ) -> Self {
         Self {
             record,
@@ -62,12 +64,39 @@ impl Node {
             services,
             coordinator,
             leave: Notify::new(),
+            certificate: std::sync::RwLock::new(certificate),
+        }
+    }
+
+    /// This node's certificate as it presents it now.
+    pub(crate) fn certificate(&self) -> CertFacts {
+        match self.certificate.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// Records a renewed certificate.
+    pub(crate) fn set_certificate(&self, facts: CertFacts) {
+        match self.certificate.write() {
+            Ok(mut g) => *g = facts,
+            Err(p) => *p.into_inner() = facts,
         }
     }
 
     /// This node's name.
     pub fn name(&self) -> &NodeName {
         &self.record.name
+    }
+
+    /// This node's data dir.
+    pub(crate) fn data_dir(&self) -> &crate::store::datadir::DataDir {
+        &self.coordinator.data_dir
+    }
+
+    /// Stops the daemon as `leave` does.
+    pub(crate) fn request_leave(&self) {
+        self.leave.notify_one();
     }
 
     /// Resolves when an admin `leave` was requested.
@@ -81,6 +110,7 @@ impl Node {
         if !self.cluster.gossip.is_running() {
             return;
         }
+        crate::daemon::removal::absorb(self).await;
         let rows = self.cluster.refresh().await;
         self.services.cluster().update(&self.record.name, &rows);
         let published = self.services.gossip().await;
@@ -147,6 +177,13 @@ impl Node {
             self_name: self.record.name.clone(),
             members: self.cluster.members(),
             mesh: self.cluster.mesh().map(|m| m.stats()).unwrap_or_default(),
+            certificate: {
+                let c = self.certificate();
+                CertificateStatus {
+                    expires_ms: c.expires_ms,
+                    renews_ms: crate::engine::renewal::due(c.issued_ms, c.expires_ms),
+                }
+            },
         })
     }
 
@@ -202,6 +239,18 @@ impl RequestHandler for Node {
                         warn!(from = %remote, caller = ?caller.map(|c| c.name), kind = ?reply.kind, "join refused");
                         Message::ErrorReply(reply)
                     }
+                }
+            }
+            Message::Peer(PeerRequest::RenewCertificate { csr_der }) => {
+                // Name, role and address come from the certificate the caller called with.
+                let Some(caller) = caller else {
+                    return Message::ErrorReply(bad_request(
+                        "this node renews its own certificate with its CA key, not by a request",
+                    ));
+                };
+                match self.admission.renew(&caller, &csr_der) {
+                    Ok(cert_der) => Message::PeerReply(PeerReply::Certificate { cert_der }),
+                    Err(reply) => Message::ErrorReply(reply),
                 }
             }
             Message::Peer(request) => {
@@ -327,6 +376,13 @@ impl AdminHandler for Node {
             AdminRequest::History(service) => Ok(AdminResponse::History(
                 crate::rollout::status::history(&self.coordinator, &service).await,
             )),
+            AdminRequest::Remove(name) => {
+                async {
+                    self.admin_only("remove a node")?;
+                    crate::daemon::removal::remove(self, name).await
+                }
+                .await
+            }
             AdminRequest::Leave => {
                 self.leave.notify_one();
                 Ok(AdminResponse::Done)

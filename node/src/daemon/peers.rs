@@ -87,6 +87,14 @@ pub(crate) async fn answer(
         PeerRequest::State(request) => crate::host::state::answer(&node.services, request)
             .await
             .map(PeerReply::State),
+        PeerRequest::Removed => {
+            crate::daemon::removal::removed_here(node, by)?;
+            Ok(PeerReply::Done)
+        }
+        // Answered by the request handler, which holds the caller's whole certificate.
+        PeerRequest::RenewCertificate { .. } => Err(bad_request(
+            "a certificate renewal comes over the mesh, with the certificate it renews",
+        )),
         PeerRequest::ArtifactStatus { sha256 } => {
             let (received, complete) = releases.artifact_received(&sha256);
             Ok(PeerReply::Artifact { received, complete })

@@ -34,7 +34,7 @@ use crate::host::services::Services;
 use crate::mesh::endpoint::Mesh;
 use crate::mesh::endpoint::RequestHandler;
 use crate::mesh::gossip_transport::QuicGossipTransport;
-use crate::mesh::pki::{ClusterCa, cert_from_pem, key_from_pem};
+use crate::mesh::pki::{CertFacts, ClusterCa, cert_from_pem, key_from_pem};
 use crate::mesh::tls::Credentials;
 use crate::rollout::context::Coordinator;
 use crate::store::datadir::{CA_CERT, CA_KEY, DataDir, GENERATION, NODE_CERT, NODE_KEY, PEERS};
@@ -70,18 +70,22 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
     let _lock = data_dir.lock_daemon()?;
+    crate::daemon::removal::refuse_if_removed(&data_dir)?;
     let record = data_dir.load_node()?;
+    crate::daemon::renewal::finish_interrupted(&data_dir)?;
     let ca_pem = data_dir.read_file(CA_CERT)?;
     let creds = Credentials {
         ca: cert_from_pem(&ca_pem)?,
         cert: cert_from_pem(&data_dir.read_file(NODE_CERT)?)?,
         key_pkcs8: key_from_pem(&read_text(&data_dir, NODE_KEY)?)?.serialize_der(),
     };
+    let certificate = CertFacts::of(&creds.cert)?;
     let ca = if data_dir.file(CA_KEY).exists() {
-        Some(ClusterCa::from_pem(
-            &ca_pem,
-            &read_text(&data_dir, CA_KEY)?,
-        )?)
+        // The cluster's node validity is the one `init` chose: this node's own lifespan.
+        Some(
+            ClusterCa::from_pem(&ca_pem, &read_text(&data_dir, CA_KEY)?)?
+                .with_node_validity(certificate.lifespan()),
+        )
     } else {
         None
     };
@@ -94,8 +98,11 @@ pub async fn run(
         &record,
         &data_dir,
         &opts,
-        ca,
-        creds.ca.clone(),
+        Keys {
+            ca,
+            ca_der: creds.ca.clone(),
+            certificate,
+        },
         tokens,
         suspect_after,
     );
@@ -130,9 +137,16 @@ pub async fn run(
         .await
         .map_err(|e| Error::Net(format!("cannot start gossip: {e}")))?;
     cluster.attach(chitchat.chitchat(), mesh.clone());
+    crate::daemon::removal::apply(&service, &crate::daemon::removal::load(&data_dir)).await;
     crate::rollout::history::republish(&coordinator).await;
     service.services.cluster().attach(mesh.clone());
     let admin_task = admin::serve(&data_dir, service.clone())?;
+    let renewal_task = tokio::spawn(crate::daemon::renewal::run(
+        service.clone(),
+        mesh.clone(),
+        data_dir.clone(),
+        creds,
+    ));
     info!(
         name = %record.name,
         cluster = %record.cluster_id,
@@ -180,6 +194,7 @@ pub async fn run(
         .await;
     save_peers(&data_dir, &cluster, &mut last_saved);
     admin_task.abort();
+    renewal_task.abort();
     let _ = std::fs::remove_file(data_dir.admin_socket());
     if let Err(e) = chitchat.shutdown().await {
         warn!(error = %e, "gossip did not stop cleanly");
@@ -191,15 +206,26 @@ pub async fn run(
 
 /// The node's parts, wired: services first (their entry points serve again as soon as possible),
 /// then the cluster client, admission and the coordinator around them.
+/// The node's PKI: the CA key if it holds it, the CA certificate, its own certificate's facts.
+struct Keys {
+    ca: Option<ClusterCa>,
+    ca_der: CertificateDer<'static>,
+    certificate: CertFacts,
+}
+
 fn assemble(
     record: &NodeRecord,
     data_dir: &DataDir,
     opts: &RunOptions,
-    ca: Option<ClusterCa>,
-    ca_der: CertificateDer<'static>,
+    keys: Keys,
     tokens: TokenBook,
     suspect_after: Duration,
 ) -> Arc<Node> {
+    let Keys {
+        ca,
+        ca_der,
+        certificate,
+    } = keys;
     let services = Services::load(HostContext {
         node: record.name.clone(),
         data_dir: data_dir.clone(),
@@ -226,6 +252,7 @@ fn assemble(
         admission,
         services,
         coordinator,
+        certificate,
     ))
 }
 

@@ -3,7 +3,7 @@
 //! Every decision a node makes that can be made without IO: blue/green slots, health,
 //! supervision, check verdicts, the orphan rule, who holds a node drained, rollouts (batches, bake, rollback), the cluster
 //! rollback, the rollout lock and epochs, which gossiped rollouts count, regressions, convergence, routing, ejection,
-//! membership, release pins, join tokens and the handshake gate. Engines take events and `now` (milliseconds the driver supplies)
+//! membership, release pins, certificate renewal, join tokens and the handshake gate. Engines take events and `now` (milliseconds the driver supplies)
 //! and return actions; where one needs a timer it says when (`poll_timeout`).
 //!
 //! ## Guarantees
@@ -31,6 +31,7 @@ pub mod membership;
 pub mod orphan;
 pub mod regression;
 pub mod release_pin;
+pub mod renewal;
 pub mod restore_point;
 pub mod rollback;
 pub mod rollout;

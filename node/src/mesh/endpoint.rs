@@ -18,6 +18,9 @@
 //!   gossip tolerates.
 //! - A connection accepted from a peer is reused to send to it, so a peer's source address is its
 //!   gossip address and replies need no new handshake.
+//! - A certificate whose name was removed from the cluster ([`Mesh::revoke`]) is refused right
+//!   after the handshake, before any stream is read, whether it dials or is dialled; revoking
+//!   closes the connections it has open.
 //! - Refused handshakes and bad frames are logged at most once a minute per peer IP.
 //!
 //! ## Non-goals
@@ -44,6 +47,8 @@ use crate::mesh::tls::{self, Credentials};
 
 /// How long a dial may take before the frames waiting for it are dropped.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(3);
+/// The close code for a removed node's connection.
+const REMOVED_CODE: u32 = 5;
 /// How long an incoming handshake may take before it is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long a peer may take to deliver one frame on a stream.
@@ -84,11 +89,15 @@ pub type InboundGossip = (SocketAddr, Vec<u8>);
 /// The node's QUIC endpoint and its connections.
 pub struct Mesh {
     endpoint: quinn::Endpoint,
+    /// This node's certificate, as both directions present it.
+    identity: Arc<tls::Identity>,
     client: quinn::ClientConfig,
     /// Live connections by peer address, each with the node its certificate names.
     conns: Mutex<HashMap<SocketAddr, (quinn::Connection, NodeName)>>,
     /// The role each peer's certificate showed, newest connection last.
     roles: Mutex<HashMap<NodeName, Role>>,
+    /// Names removed from the cluster: their certificates are refused both ways.
+    revoked: std::sync::RwLock<std::collections::BTreeSet<NodeName>>,
     senders: Mutex<HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>>,
     gossip_in: mpsc::Sender<InboundGossip>,
     handler: Arc<dyn RequestHandler>,
@@ -110,8 +119,9 @@ impl Mesh {
         creds: &Credentials,
         handler: Arc<dyn RequestHandler>,
     ) -> Result<(Arc<Self>, mpsc::Receiver<InboundGossip>)> {
-        let server = tls::server_config(creds)?;
-        let client = tls::mesh_client_config(creds)?;
+        let identity = tls::Identity::new(creds)?;
+        let server = tls::server_config(creds, &identity)?;
+        let client = tls::mesh_client_config(creds, &identity)?;
         let endpoint = quinn::Endpoint::server(server, listen).map_err(|e| {
             Error::Net(format!(
                 "cannot listen on {listen}/udp: {e}; is another halley-node using that port? Pick another with --listen"
@@ -120,9 +130,11 @@ impl Mesh {
         let (gossip_in, gossip_rx) = mpsc::channel(INBOUND_QUEUE);
         let mesh = Arc::new(Self {
             endpoint,
+            identity,
             client,
             conns: Mutex::default(),
             roles: Mutex::default(),
+            revoked: std::sync::RwLock::default(),
             senders: Mutex::default(),
             gossip_in,
             handler,
@@ -290,6 +302,16 @@ impl Mesh {
             .map_err(|e| Error::Net(format!("handshake with {to} failed: {e}")))?;
         let identity = peer_identity(&conn)
             .ok_or_else(|| Error::Net(format!("{to} presented no usable certificate")))??;
+        if self.is_revoked(&identity.name) {
+            conn.close(
+                quinn::VarInt::from_u32(REMOVED_CODE),
+                b"this node was removed from the cluster",
+            );
+            return Err(Error::Net(format!(
+                "{to} is {}, which was removed from the cluster",
+                identity.name
+            )));
+        }
         if !identity.role.is_member() {
             conn.close(quinn::VarInt::from_u32(2), b"peer is not a member");
             return Err(Error::Net(format!(
@@ -307,6 +329,46 @@ impl Mesh {
             Some(identity),
         ));
         Ok((conn, name))
+    }
+
+    /// Refuses the certificates of `names` from now on, in both directions, and closes the
+    /// connections open to them.
+    pub fn revoke(&self, names: &std::collections::BTreeSet<NodeName>) {
+        match self.revoked.write() {
+            Ok(mut g) => g.clone_from(names),
+            Err(p) => p.into_inner().clone_from(names),
+        }
+        if let Ok(conns) = self.conns.lock() {
+            for (conn, name) in conns.values() {
+                if names.contains(name) {
+                    conn.close(
+                        quinn::VarInt::from_u32(REMOVED_CODE),
+                        b"this node was removed from the cluster",
+                    );
+                }
+            }
+        }
+    }
+
+    /// The names removed from the cluster.
+    pub fn revoked_names(&self) -> std::collections::BTreeSet<NodeName> {
+        match self.revoked.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// Whether `name` was removed from the cluster.
+    pub fn is_revoked(&self, name: &NodeName) -> bool {
+        match self.revoked.read() {
+            Ok(g) => g.contains(name),
+            Err(p) => p.into_inner().contains(name),
+        }
+    }
+
+    /// Presents `creds` (a renewed certificate) from the next handshake on, in both directions.
+    pub fn install(&self, creds: &Credentials) -> Result<()> {
+        self.identity.replace(creds)
     }
 
     /// The role `name`'s certificate showed on a connection, if this node has seen one.
@@ -457,6 +519,16 @@ async fn accept_connection(mesh: Weak<Mesh>, conn: quinn::Connection) {
         None => serve_join_only(mesh, conn).await,
         Some(Ok(identity)) => {
             let Some(m) = mesh.upgrade() else { return };
+            if m.is_revoked(&identity.name) {
+                if m.may_warn(remote.ip()) {
+                    warn!(peer = %remote, name = %identity.name, "refused a removed node's connection");
+                }
+                conn.close(
+                    quinn::VarInt::from_u32(REMOVED_CODE),
+                    b"this node was removed from the cluster",
+                );
+                return;
+            }
             debug!(peer = %remote, name = %identity.name, role = %identity.role, "peer connected");
             tls::grant_member_limits(&conn);
             m.certified(&identity);

@@ -2,14 +2,17 @@
 //! peer certificates.
 //!
 //! ## Guarantees
-//! - The CA is ECDSA P-256, valid 10 years. Node certificates are ECDSA P-256, valid 1 year, with the
-//!   node name as DNS SAN and the advertise IP as IP SAN, both server and client EKU, and the role in
-//!   the subject (`OU=halley-role:<role>`).
-//! - When signing a join request, only the public key is taken from the CSR; name, addresses, role
-//!   and validity are set by the CA side, so a CSR cannot ask for another role.
+//! - The CA is ECDSA P-256, valid 10 years. Node certificates are ECDSA P-256, valid for the
+//!   cluster's node validity (`init --cert-validity`, 1 year by default; every admin issues with
+//!   the lifespan of its own certificate, so the cluster keeps the one `init` chose), with the node
+//!   name as DNS SAN and the advertise IP as IP SAN, both server and client EKU, and the role in
+//!   the subject (`OU=halley-role:<role>`). NotBefore is an hour before issue, so a host whose
+//!   clock is a little behind (a Pi before NTP) still accepts it.
+//! - When signing a join or renewal request, only the public key is taken from the CSR; name,
+//!   addresses, role and validity are set by the CA side, so a CSR cannot ask for another role.
 //!
 //! ## Non-goals
-//! No revocation list and no automatic renewal yet: certificates last a year.
+//! Revocation is by name, in the mesh's verifiers, not in the certificates.
 
 use std::net::IpAddr;
 
@@ -26,8 +29,10 @@ use crate::error::{Error, Result};
 
 /// How long the cluster CA is valid.
 pub const CA_VALIDITY: Duration = Duration::days(3650);
-/// How long a node certificate is valid.
+/// How long a node certificate is valid unless `init --cert-validity` says otherwise.
 pub const NODE_CERT_VALIDITY: Duration = Duration::days(365);
+/// How far before its issue a certificate's NotBefore lies.
+pub const BACKDATE: Duration = Duration::hours(1);
 /// Prefix of the subject OU that carries the role.
 const ROLE_OU_PREFIX: &str = "halley-role:";
 
@@ -37,6 +42,8 @@ pub struct ClusterCa {
     pub cert_der: CertificateDer<'static>,
     /// The CA private key.
     pub key: KeyPair,
+    /// How long the node certificates it issues are valid.
+    pub node_validity: Duration,
 }
 
 impl ClusterCa {
@@ -62,7 +69,16 @@ impl ClusterCa {
         Ok(Self {
             cert_der: cert.der().clone(),
             key,
+            node_validity: NODE_CERT_VALIDITY,
         })
+    }
+
+    /// The same CA, issuing node certificates valid for `validity`.
+    pub fn with_node_validity(self, validity: Duration) -> Self {
+        Self {
+            node_validity: validity,
+            ..self
+        }
     }
 
     /// Loads a CA from its PEM certificate and key, refusing a key that is not the
@@ -77,7 +93,11 @@ impl ClusterCa {
                 "the CA key does not belong to the CA certificate".into(),
             ));
         }
-        Ok(Self { cert_der, key })
+        Ok(Self {
+            cert_der,
+            key,
+            node_validity: NODE_CERT_VALIDITY,
+        })
     }
 
     /// Issues a node certificate for `public_key`.
@@ -106,7 +126,7 @@ impl ClusterCa {
             ExtendedKeyUsagePurpose::ServerAuth,
             ExtendedKeyUsagePurpose::ClientAuth,
         ];
-        stamp(&mut params, NODE_CERT_VALIDITY)?;
+        stamp(&mut params, self.node_validity)?;
         let issuer = Issuer::from_ca_cert_der(&self.cert_der, &self.key).map_err(pki)?;
         let cert = params.signed_by(public_key, &issuer).map_err(pki)?;
         Ok(cert.der().clone())
@@ -157,6 +177,61 @@ pub fn cert_hash(cert_der: &[u8]) -> [u8; 32] {
     crate::engine::tokens::sha256(cert_der)
 }
 
+/// When a certificate was issued (its NotBefore plus [`BACKDATE`]) and when it expires, unix
+/// milliseconds, with the IP it names (its IP SAN) and its public key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertFacts {
+    /// Issue time.
+    pub issued_ms: u64,
+    /// NotAfter.
+    pub expires_ms: u64,
+    /// The IP SAN, if any.
+    pub ip: Option<IpAddr>,
+    /// The subject public key (raw).
+    pub public_key: Vec<u8>,
+}
+
+impl CertFacts {
+    /// Reads a certificate.
+    pub fn of(cert_der: &[u8]) -> Result<Self> {
+        let (_, cert) = x509_parser::parse_x509_certificate(cert_der)
+            .map_err(|e| Error::Pki(format!("cannot parse the certificate: {e}")))?;
+        let ms = |t: x509_parser::time::ASN1Time| {
+            u64::try_from(t.timestamp())
+                .unwrap_or(0)
+                .saturating_mul(1000)
+        };
+        let backdate = u64::try_from(BACKDATE.whole_milliseconds()).unwrap_or(0);
+        let ip = cert
+            .subject_alternative_name()
+            .ok()
+            .flatten()
+            .and_then(|san| {
+                san.value.general_names.iter().find_map(|n| match n {
+                    x509_parser::extensions::GeneralName::IPAddress(b) => match b.len() {
+                        4 => <[u8; 4]>::try_from(*b).ok().map(IpAddr::from),
+                        16 => <[u8; 16]>::try_from(*b).ok().map(IpAddr::from),
+                        _ => None,
+                    },
+                    _ => None,
+                })
+            });
+        Ok(Self {
+            issued_ms: ms(cert.validity().not_before) + backdate,
+            expires_ms: ms(cert.validity().not_after),
+            ip,
+            public_key: cert.public_key().subject_public_key.data.to_vec(),
+        })
+    }
+
+    /// The lifespan it was issued with.
+    pub fn lifespan(&self) -> Duration {
+        Duration::milliseconds(
+            i64::try_from(self.expires_ms.saturating_sub(self.issued_ms)).unwrap_or(i64::MAX),
+        )
+    }
+}
+
 /// Who a peer certificate says its holder is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerIdentity {
@@ -164,6 +239,8 @@ pub struct PeerIdentity {
     pub name: NodeName,
     /// The role (subject OU).
     pub role: Role,
+    /// The address it was issued for (IP SAN), if it names one.
+    pub ip: Option<IpAddr>,
 }
 
 impl PeerIdentity {
@@ -185,6 +262,7 @@ impl PeerIdentity {
         Ok(Self {
             name: NodeName::parse(name)?,
             role: Role::parse(role)?,
+            ip: CertFacts::of(cert_der)?.ip,
         })
     }
 }
@@ -234,10 +312,10 @@ fn base64_encode(bytes: &[u8]) -> String {
     out
 }
 
-/// Sets validity (from an hour ago, to tolerate small clock skew between hosts) and a random serial.
+/// Sets validity (from [`BACKDATE`] ago, to tolerate clock skew between hosts) and a random serial.
 fn stamp(params: &mut CertificateParams, validity: Duration) -> Result<()> {
     let now = OffsetDateTime::now_utc();
-    params.not_before = now - Duration::hours(1);
+    params.not_before = now - BACKDATE;
     params.not_after = now + validity;
     params.serial_number = Some(random_serial()?);
     Ok(())
@@ -271,8 +349,25 @@ mod tests {
             id,
             PeerIdentity {
                 name: name.clone(),
-                role: Role::Worker
+                role: Role::Worker,
+                ip: Some("10.1.2.3".parse().unwrap()),
             }
+        );
+        let facts = CertFacts::of(&cert).unwrap();
+        assert_eq!(facts.lifespan(), NODE_CERT_VALIDITY);
+        let short = ClusterCa::generate("c2")
+            .unwrap()
+            .with_node_validity(Duration::minutes(1));
+        let (cert, key) = short
+            .issue_with_new_key(&name, "10.1.2.3".parse().unwrap(), Role::Worker)
+            .unwrap();
+        let facts = CertFacts::of(&cert).unwrap();
+        assert_eq!(facts.lifespan(), Duration::minutes(1));
+        assert_eq!(facts.public_key, key.public_key_raw());
+        let now = u64::try_from(OffsetDateTime::now_utc().unix_timestamp()).unwrap() * 1000;
+        assert!(
+            facts.issued_ms.abs_diff(now) < 5_000,
+            "issued now, backdated by an hour"
         );
         let (_, parsed) = x509_parser::parse_x509_certificate(&cert).unwrap();
         let san = parsed.subject_alternative_name().unwrap().unwrap();

@@ -12,16 +12,21 @@
 //!   whose SHA-256 is the token's pin, and then verify the chain against that certificate. On a
 //!   mismatch nothing (in particular not the token secret) is sent.
 //! - ALPN is fixed to `halley/1`; a peer of another protocol generation fails the handshake.
+//! - This node's certificate and key live in one [`Identity`] that both directions resolve at
+//!   each handshake, so a renewed certificate is used by the next handshake without rebinding
+//!   the endpoint; connections already up keep theirs.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use rustls::client::ResolvesClientCert;
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
-use rustls::server::WebPkiClientVerifier;
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 
 use crate::error::{Error, Result};
@@ -53,6 +58,60 @@ impl Credentials {
         let mut roots = RootCertStore::empty();
         roots.add(self.ca.clone()).map_err(tls)?;
         Ok(Arc::new(roots))
+    }
+}
+
+/// This node's certificate chain and key as both TLS directions present them, replaceable while
+/// the endpoint runs (a renewal).
+#[derive(Debug)]
+pub struct Identity {
+    current: RwLock<Arc<CertifiedKey>>,
+}
+
+impl Identity {
+    /// The identity of `creds`; fails if the key is not the certificate's.
+    pub fn new(creds: &Credentials) -> Result<Arc<Self>> {
+        Ok(Arc::new(Self {
+            current: RwLock::new(Arc::new(certified(creds)?)),
+        }))
+    }
+
+    /// Presents `creds` from the next handshake on; fails (changing nothing) if the key is not
+    /// the certificate's.
+    pub fn replace(&self, creds: &Credentials) -> Result<()> {
+        let next = Arc::new(certified(creds)?);
+        match self.current.write() {
+            Ok(mut g) => *g = next,
+            Err(p) => *p.into_inner() = next,
+        }
+        Ok(())
+    }
+
+    fn get(&self) -> Arc<CertifiedKey> {
+        match self.current.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+}
+
+fn certified(creds: &Credentials) -> Result<CertifiedKey> {
+    CertifiedKey::from_der(creds.chain(), creds.key(), &provider()).map_err(tls)
+}
+
+impl ResolvesServerCert for Identity {
+    fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.get())
+    }
+}
+
+impl ResolvesClientCert for Identity {
+    fn resolve(&self, _: &[&[u8]], _: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        Some(self.get())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
     }
 }
 
@@ -100,8 +159,20 @@ pub fn grant_member_limits(conn: &quinn::Connection) {
     conn.set_receive_window(quinn::VarInt::MAX);
 }
 
-/// The mesh server configuration.
-pub fn server_config(creds: &Credentials) -> Result<quinn::ServerConfig> {
+/// Checks that `cert` is a valid member certificate of the cluster whose CA `creds` hold, as a
+/// peer's verifier would judge it now (chain, validity, usage).
+pub fn verify_member_cert(creds: &Credentials, cert: &CertificateDer<'static>) -> Result<()> {
+    let verifier = WebPkiClientVerifier::builder_with_provider(creds.roots()?, provider())
+        .build()
+        .map_err(tls)?;
+    verifier
+        .verify_client_cert(cert, &[], UnixTime::now())
+        .map(|_| ())
+        .map_err(tls)
+}
+
+/// The mesh server configuration: presents `identity`, verifies clients against the CA.
+pub fn server_config(creds: &Credentials, identity: &Arc<Identity>) -> Result<quinn::ServerConfig> {
     let verifier = WebPkiClientVerifier::builder_with_provider(creds.roots()?, provider())
         .allow_unauthenticated()
         .build()
@@ -110,8 +181,7 @@ pub fn server_config(creds: &Credentials) -> Result<quinn::ServerConfig> {
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(tls)?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(creds.chain(), creds.key())
-        .map_err(tls)?;
+        .with_cert_resolver(identity.clone());
     config.alpn_protocols = vec![ALPN.to_vec()];
     let quic = QuicServerConfig::try_from(config).map_err(tls)?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic));
@@ -123,8 +193,11 @@ pub fn server_config(creds: &Credentials) -> Result<quinn::ServerConfig> {
     Ok(server)
 }
 
-/// The mesh client configuration: verifies servers against the CA, presents this node's certificate.
-pub fn mesh_client_config(creds: &Credentials) -> Result<quinn::ClientConfig> {
+/// The mesh client configuration: verifies servers against the CA, presents `identity`.
+pub fn mesh_client_config(
+    creds: &Credentials,
+    identity: &Arc<Identity>,
+) -> Result<quinn::ClientConfig> {
     let verifier = WebPkiServerVerifier::builder_with_provider(creds.roots()?, provider())
         .build()
         .map_err(tls)?;
@@ -132,8 +205,7 @@ pub fn mesh_client_config(creds: &Credentials) -> Result<quinn::ClientConfig> {
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(tls)?
         .with_webpki_verifier(verifier)
-        .with_client_auth_cert(creds.chain(), creds.key())
-        .map_err(tls)?;
+        .with_client_cert_resolver(identity.clone());
     config.alpn_protocols = vec![ALPN.to_vec()];
     finish_client(config)
 }
