@@ -256,3 +256,60 @@ fn the_command_hooks_round_trip_and_retention_keeps_the_newest() {
     );
     assert_eq!(backups.list(&service).len(), 2);
 }
+
+#[test]
+fn a_link_planted_in_the_service_data_dir_never_makes_a_restore_or_snapshot_leave_it() {
+    use std::os::unix::fs::{PermissionsExt, symlink};
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, outside) = (tmp.path().join("data"), tmp.path().join("outside"));
+    std::fs::create_dir_all(data.join("db")).unwrap();
+    std::fs::create_dir_all(&outside).unwrap();
+    let db = data.join("db/app.db");
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY); INSERT INTO t DEFAULT VALUES;")
+        .unwrap();
+    let (service, node) = (
+        ServiceName::parse("web").unwrap(),
+        NodeName::parse("n1").unwrap(),
+    );
+    let state = spec("sqlite = [\"db/app.db\"]\ndirs = [\"files\"]");
+    std::fs::create_dir_all(data.join("files")).unwrap();
+    std::fs::write(data.join("files/a.txt"), "kept").unwrap();
+    let hooks = hooks(tmp.path());
+    let backups = Backups::new(&tmp.path().join("node"));
+    let m = backups
+        .create(&snapshot(&service, &node, &state, &data, &hooks, 1))
+        .unwrap();
+    // The backup is root's alone.
+    let backup_dir = tmp.path().join("node/backups/web").join(&m.id);
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&backup_dir), 0o700);
+    assert_eq!(mode(&backup_dir.join("sqlite/0.db")), 0o600);
+    assert_eq!(mode(&backup_dir.join("dirs/0.tar")), 0o600);
+
+    // A link at the staged copy's name would have made root write through it.
+    let victim = outside.join("victim");
+    std::fs::write(&victim, "untouched").unwrap();
+    symlink(&victim, data.join("db/.app.db.halley-restoring")).unwrap();
+    backups
+        .restore(&service, &m.id, &state, &data, &hooks)
+        .unwrap();
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "untouched");
+    assert_eq!(count(&db), 1);
+
+    // A directory of the path swapped for a link to elsewhere: refused, nothing written there.
+    std::fs::remove_dir_all(data.join("db")).unwrap();
+    symlink(&outside, data.join("db")).unwrap();
+    let err = backups
+        .restore(&service, &m.id, &state, &data, &hooks)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("is a symbolic link"), "{err}");
+    assert!(!outside.join("app.db").exists(), "the restore wrote outside the data dir");
+    let err = backups
+        .create(&snapshot(&service, &node, &state, &data, &hooks, 2))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("is a symbolic link"), "{err}");
+}

@@ -16,6 +16,10 @@
 //!   with `HALLEY_RESTORED` pointing there.
 //! - A restore replaces each database and directory by rename from a copy made next to it, so a
 //!   failure part-way leaves each item either old or new, never half-written.
+//! - Snapshot sources and restore targets pass [`confined`]: no path in `[state]` reaches through
+//!   a symbolic link the service planted, and a staged copy is a new file (`O_EXCL|O_NOFOLLOW`),
+//!   so root never reads or writes outside the service's data dir for it.
+//! - A backup is root's alone: its directories are 0700 and its files 0600.
 //!
 //! ## Non-goals
 //! Stopping the service's writers (the service host does that around [`Backups::restore`]) and
@@ -35,6 +39,7 @@ use ring::digest;
 use tracing::{info, warn};
 
 use crate::error::{Error, Result};
+use crate::host::confined::{clear, confined, create_new};
 
 const MANIFEST: &str = "manifest.rec";
 
@@ -164,6 +169,7 @@ impl Backups {
     pub fn create(&self, s: &Snapshot<'_>) -> Result<BackupManifest> {
         let parent = self.dir(s.service);
         fs::create_dir_all(&parent).map_err(Error::io("cannot create", &parent))?;
+        seal(&parent)?;
         let id = unique_id(&parent, s.now_ms);
         let partial = parent.join(format!(".partial-{id}"));
         let _ = fs::remove_dir_all(&partial);
@@ -172,6 +178,7 @@ impl Backups {
             let manifest = self.write_snapshot(s, &id, &partial)?;
             let bytes = encode_record(&manifest)?;
             write_synced(&partial.join(MANIFEST), &bytes)?;
+            seal_tree(&partial)?;
             let dest = parent.join(&id);
             fs::rename(&partial, &dest).map_err(Error::io("cannot rename into place", &dest))?;
             Ok(manifest)
@@ -190,8 +197,8 @@ impl Backups {
             fs::create_dir(dir.join("sqlite")).map_err(Error::io("cannot create", dir))?;
         }
         for (i, rel) in s.spec.sqlite.iter().enumerate() {
-            let source = s.service_data.join(rel);
-            if !source.is_file() {
+            let source = confined(s.service_data, rel)?;
+            if !fs::symlink_metadata(&source).is_ok_and(|m| m.is_file()) {
                 return Err(Error::Invalid(format!(
                     "state sqlite database {} does not exist; create it (the service's first start usually does) or remove it from [state] sqlite",
                     source.display()
@@ -205,7 +212,7 @@ impl Backups {
             fs::create_dir(dir.join("dirs")).map_err(Error::io("cannot create", dir))?;
         }
         for (i, rel) in s.spec.dirs.iter().enumerate() {
-            let source = s.service_data.join(rel);
+            let source = confined(s.service_data, rel)?;
             let name = format!("dirs/{i}.tar");
             archive_dir(&source, &dir.join(&name))?;
             files.push(describe(dir, &name)?);
@@ -315,12 +322,11 @@ impl Backups {
         let manifest = self.check(service, id)?;
         let dir = self.dir(service).join(id);
         for (i, rel) in manifest.sqlite.iter().enumerate() {
-            let target = service_data.join(rel);
+            let target = confined(service_data, rel)?;
             make_parent(&target)?;
             let staged = sibling(&target, "restoring");
-            fs::copy(dir.join(format!("sqlite/{i}.db")), &staged)
-                .map_err(Error::io("cannot copy into", &staged))?;
-            sync_file(&staged)?;
+            clear(&staged);
+            copy_new(&dir.join(format!("sqlite/{i}.db")), &staged)?;
             // A leftover journal or WAL would be applied to the restored file.
             for suffix in ["-wal", "-shm", "-journal"] {
                 let _ = fs::remove_file(format!("{}{suffix}", target.display()));
@@ -328,14 +334,14 @@ impl Backups {
             fs::rename(&staged, &target).map_err(Error::io("cannot rename into place", &target))?;
         }
         for (i, rel) in manifest.dirs.iter().enumerate() {
-            let target = service_data.join(rel);
+            let target = confined(service_data, rel)?;
             make_parent(&target)?;
             let staged = sibling(&target, "restoring");
-            let _ = fs::remove_dir_all(&staged);
+            clear(&staged);
             fs::create_dir(&staged).map_err(Error::io("cannot create", &staged))?;
             unarchive(&dir.join(format!("dirs/{i}.tar")), &staged)?;
             let old = sibling(&target, "replaced");
-            let _ = fs::remove_dir_all(&old);
+            clear(&old);
             if target.exists() {
                 fs::rename(&target, &old).map_err(Error::io("cannot move aside", &target))?;
             }
@@ -369,6 +375,41 @@ impl Backups {
         }
         removed
     }
+}
+
+/// Copies `from` to a new file `to` (never through a link at `to`), synced, mode 0600.
+fn copy_new(from: &Path, to: &Path) -> Result<()> {
+    let mut source = File::open(from).map_err(Error::io("cannot read", from))?;
+    let mut dest = create_new(to, 0o600)?;
+    std::io::copy(&mut source, &mut dest).map_err(Error::io("cannot copy into", to))?;
+    dest.sync_all().map_err(Error::io("cannot sync", to))
+}
+
+/// Backups are root's alone: directories 0700.
+fn seal(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+        .map_err(Error::io("cannot set the mode of", dir))
+}
+
+/// A finished backup: directories 0700, files 0600 (SQLite and tar create theirs 0644).
+fn seal_tree(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    seal(dir)?;
+    for entry in fs::read_dir(dir).map_err(Error::io("cannot read", dir))? {
+        let entry = entry.map_err(Error::io("cannot read", dir))?;
+        let path = entry.path();
+        let kind = entry
+            .file_type()
+            .map_err(Error::io("cannot inspect", &path))?;
+        if kind.is_dir() {
+            seal_tree(&path)?;
+        } else if kind.is_file() {
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
+                .map_err(Error::io("cannot set the mode of", &path))?;
+        }
+    }
+    Ok(())
 }
 
 fn read_manifest(dir: &Path) -> Result<BackupManifest> {

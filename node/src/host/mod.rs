@@ -14,6 +14,7 @@
 
 pub mod actor;
 pub mod backups;
+pub mod confined;
 pub mod drains;
 pub mod handle;
 pub mod probe;
