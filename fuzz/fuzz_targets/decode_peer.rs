@@ -1,15 +1,17 @@
-//! What a member can make a node decode: a request frame under the RPC limit. No input may
-//! panic; a decoded peer request has an access rule and a name, and re-encodes to the same.
+//! What a member can make a node decode: a frame under the RPC limit. The input is tried as a
+//! whole frame and, behind a valid header, as the body of every message code (peer requests,
+//! steps, replies, gossip), so each body decoder is reached directly. No input may panic; a
+//! decoded message has an access rule and re-encodes to a frame that decodes the same.
 #![no_main]
 
-use halley_proto::codec::{decode_message, encode_message};
+use halley_proto::codec::{decode_message, decode_message_body, encode_message, Header, PROTOCOL_VERSION};
 use halley_proto::{Limit, Message};
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| {
-    let Ok(message) = decode_message(data, Limit::Rpc) else {
-        return;
-    };
+/// Every code the codec knows lies below this.
+const CODES: u16 = 64;
+
+fn check(message: Message) {
     let _ = message.access();
     if let Message::Peer(request) = &message {
         assert!(!request.kind().is_empty());
@@ -17,4 +19,17 @@ fuzz_target!(|data: &[u8]| {
     }
     let again = encode_message(&message, Limit::Rpc).expect("a decoded message re-encodes");
     assert_eq!(decode_message(&again, Limit::Rpc).ok(), Some(message));
+}
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(message) = decode_message(data, Limit::Rpc) {
+        check(message);
+    }
+    let Ok(len) = u32::try_from(data.len()) else { return };
+    for code in 0..CODES {
+        let header = Header { version: PROTOCOL_VERSION, code, len };
+        if let Ok(message) = decode_message_body(&header, data, Limit::Rpc) {
+            check(message);
+        }
+    }
 });
