@@ -306,7 +306,10 @@ fn a_link_planted_in_the_service_data_dir_never_makes_a_restore_or_snapshot_leav
         .unwrap_err()
         .to_string();
     assert!(err.contains("is a symbolic link"), "{err}");
-    assert!(!outside.join("app.db").exists(), "the restore wrote outside the data dir");
+    assert!(
+        !outside.join("app.db").exists(),
+        "the restore wrote outside the data dir"
+    );
     let err = backups
         .create(&snapshot(&service, &node, &state, &data, &hooks, 2))
         .unwrap_err()

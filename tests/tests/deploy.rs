@@ -739,6 +739,31 @@ fn a_service_runs_as_its_user_when_the_node_is_root() {
     let ours = unsafe { libc::geteuid() };
     if ours == 0 {
         assert_eq!(uid, 65534, "runs as nobody");
+        // Its release is root's, entered by its group only; its data dir is its own alone.
+        use std::os::unix::fs::MetadataExt;
+        let release = host.node.dir.join("services/web/releases/v1");
+        let meta = std::fs::metadata(&release).unwrap();
+        assert_eq!(
+            (meta.mode() & 0o777, meta.uid()),
+            (0o750, 0),
+            "{}",
+            release.display()
+        );
+        let gid: u32 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Gid:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap();
+        assert_eq!(meta.gid(), gid, "the release's group is the service's");
+        let data = host.node.dir.join("services/web/data");
+        let meta = std::fs::metadata(&data).unwrap();
+        assert_eq!(
+            (meta.mode() & 0o777, meta.uid()),
+            (0o700, 65534),
+            "{}",
+            data.display()
+        );
     } else {
         assert_eq!(uid, ours, "without root, `user` is ignored");
     }

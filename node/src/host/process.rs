@@ -273,10 +273,17 @@ fn apply_user(cmd: &mut tokio::process::Command, user: &str, launch: &Launch) ->
             }
         }
     }
-    let path = CString::new(data_dir.as_os_str().as_encoded_bytes())
-        .map_err(|_| Error::Invalid("data dir path contains a NUL byte".into()))?;
-    // SAFETY: chown on a NUL-terminated path we own.
-    unsafe { libc::chown(path.as_ptr(), uid, gid) };
+    // Its release: root's, entered by the user's group only (0750); its data dir: the user's
+    // alone (0700).
+    for (dir, owner, mode) in [(&launch.release_dir, 0, 0o750), (data_dir, uid, 0o700)] {
+        let path = CString::new(dir.as_os_str().as_encoded_bytes())
+            .map_err(|_| Error::Invalid(format!("{} contains a NUL byte", dir.display())))?;
+        // SAFETY: lchown on a NUL-terminated path we own; a link is not followed.
+        if unsafe { libc::lchown(path.as_ptr(), owner, gid) } != 0 {
+            warn!(dir = %dir.display(), error = %std::io::Error::last_os_error(), "cannot hand the directory to the service's user");
+        }
+        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode));
+    }
     cmd.uid(uid).gid(gid);
     Ok(())
 }

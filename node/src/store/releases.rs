@@ -37,6 +37,8 @@ use crate::error::{Error, Result};
 
 /// The largest artifact piece sent in one request: each is an RPC well under the frame limit.
 pub const CHUNK: usize = 1 << 20;
+/// The mode of an unpacked release's directory.
+pub const RELEASE_MODE: u32 = 0o750;
 
 /// The artifact store and the unpacked releases of a node.
 #[derive(Debug, Clone)]
@@ -268,6 +270,10 @@ impl Releases {
             unpack_into(&source, file_name, &tmp)?;
             fs::write(tmp.join(".halley-artifact"), hex::encode(sha256))
                 .map_err(Error::io("cannot write (is the disk full?)", &tmp))?;
+            // Nobody but root and (once a slot of a service with `user` starts) that user's
+            // group enters a release.
+            fs::set_permissions(&tmp, fs::Permissions::from_mode(RELEASE_MODE))
+                .map_err(Error::io("cannot set the mode of", &tmp))?;
             // Everything is on disk before the release is trusted under its name.
             sync_tree(&tmp)?;
             fs::rename(&tmp, &dest).map_err(Error::io("cannot rename into place", &dest))?;
