@@ -256,7 +256,13 @@ pub enum AdminRequest {
     },
     /// Remove a node from the cluster for good (an admin's): every member refuses its
     /// certificate from then on.
-    Remove(NodeName),
+    Remove {
+        /// The node.
+        node: NodeName,
+        /// Remove it even if this node does not know it as a member (a typo is then a name
+        /// that can never join).
+        force: bool,
+    },
 }
 
 /// Work on a service's state on the receiving node (admin socket, or a coordinator's peer call).
@@ -362,6 +368,13 @@ pub enum AdminResponse {
     },
     /// The request failed.
     Error(ErrorReply),
+    /// A node was removed.
+    Removed {
+        /// It heard so itself (and stopped).
+        told: bool,
+        /// It said it held the CA key: it can still sign certificates for other names.
+        held_ca: bool,
+    },
 }
 
 /// The cluster as one node sees it.
@@ -527,6 +540,9 @@ pub enum PeerRequest {
     /// The caller (an admin) removed the receiver from the cluster: it stops and its data dir
     /// refuses to run again.
     Removed,
+    /// The names the receiver (an admin) has removed from the cluster: what a node checks a
+    /// gossiped `removed` list against before acting on it.
+    RemovedList,
 }
 
 impl PeerRequest {
@@ -537,7 +553,8 @@ impl PeerRequest {
         match self {
             PeerRequest::GetRelease { .. }
             | PeerRequest::GetArtifact { .. }
-            | PeerRequest::RenewCertificate { .. } => Access::Member,
+            | PeerRequest::RenewCertificate { .. }
+            | PeerRequest::RemovedList => Access::Member,
             PeerRequest::SetDraining(_)
             | PeerRequest::HoldDrain { .. }
             | PeerRequest::ReleaseDrain { .. }
@@ -567,6 +584,7 @@ impl PeerRequest {
             PeerRequest::State(_) => "state",
             PeerRequest::RenewCertificate { .. } => "renew-certificate",
             PeerRequest::Removed => "removed",
+            PeerRequest::RemovedList => "removed-list",
         }
     }
 }
@@ -610,4 +628,6 @@ pub enum PeerReply {
         /// The certificate.
         cert_der: Vec<u8>,
     },
+    /// The names removed from the cluster, as the receiver knows them.
+    Removed(Vec<NodeName>),
 }

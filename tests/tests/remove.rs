@@ -16,6 +16,8 @@ fn remove_cuts_a_node_off_for_good() {
     let rt = runtime();
     let out = cluster.nodes[0].cli(&["remove", "n3"]);
     assert!(out.status.success(), "remove n3: {}", stderr(&out));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("n3 heard it"), "{said}");
     assert!(
         wait_until(Duration::from_secs(15), || cluster.nodes[2].has_exited()),
         "n3 did not stop:\n{}",
@@ -82,9 +84,14 @@ fn remove_cuts_a_node_off_for_good() {
     let out = cluster.nodes[1].cli(&["remove", "n3"]);
     assert!(stderr(&out).contains("removed already"), "{}", stderr(&out));
     let out = cluster.nodes[0].cli(&["remove", "n9"]);
+    assert!(!out.status.success());
     assert!(
-        stderr(&out).contains("no member of this cluster is named n9"),
+        stderr(&out).contains("knows no member named n9") && stderr(&out).contains("--force"),
         "{}",
         stderr(&out)
     );
+    // One long gone (forgotten by the membership) is removed with --force.
+    let out = cluster.nodes[0].cli(&["remove", "n9", "--force"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("n9 did not answer"));
 }

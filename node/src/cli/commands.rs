@@ -66,6 +66,10 @@ enum Command {
     Remove {
         /// The node to remove.
         node: NodeName,
+        /// Remove it even if this node knows no member of that name (one dead for over an
+        /// hour is forgotten).
+        #[arg(long)]
+        force: bool,
     },
     /// Mark a node as draining (this one, or NODE): gossiped, shown by `status`, and
     /// `GET /.halley/ready` on its entry points answers 503.
@@ -414,12 +418,33 @@ async fn dispatch(cli: Cli) -> Result<()> {
                 _ => bail!("the node answered a token request with something else"),
             }
         }
-        Command::Remove { node } => {
+        Command::Remove { node, force } => {
             require_admin(&data_dir, "remove")?;
-            admin::call(&data_dir, AdminRequest::Remove(node.clone())).await?;
+            let request = AdminRequest::Remove {
+                node: node.clone(),
+                force,
+            };
+            let AdminResponse::Removed { told, held_ca } = admin::call(&data_dir, request).await?
+            else {
+                bail!("the node answered remove with something else");
+            };
             println!(
-                "removed {node}: every member refuses its certificate from now on (as each hears of it, within seconds), and its data dir will not run again"
+                "removed {node}: every member refuses its certificate from now on (as each hears of it, within seconds)"
             );
+            if told {
+                println!(
+                    "{node} heard it: its daemon stopped and its data dir will not run again; its service processes are still running until you stop them"
+                );
+            } else {
+                println!(
+                    "{node} did not answer: it is refused, but if it runs again its data dir does not know it was removed"
+                );
+            }
+            if held_ca {
+                println!(
+                    "warning: {node} held the cluster CA key, which removing it does not take back: if it was stolen, whoever has it can sign certificates for other names; move your services to a new cluster (halley-node init)"
+                );
+            }
         }
         Command::Leave => {
             admin::call(&data_dir, AdminRequest::Leave).await?;

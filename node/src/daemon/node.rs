@@ -45,6 +45,8 @@ pub struct Node {
     pub(crate) coordinator: Arc<Coordinator>,
     leave: Notify,
     certificate: std::sync::RwLock<CertFacts>,
+    /// Held while the list of removed nodes changes (see `daemon::removal`).
+    pub(crate) removals: tokio::sync::Mutex<()>,
 }
 
 impl Node {
@@ -65,6 +67,7 @@ impl Node {
             coordinator,
             leave: Notify::new(),
             certificate: std::sync::RwLock::new(certificate),
+            removals: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -110,7 +113,6 @@ impl Node {
         if !self.cluster.gossip.is_running() {
             return;
         }
-        crate::daemon::removal::absorb(self).await;
         let rows = self.cluster.refresh().await;
         self.services.cluster().update(&self.record.name, &rows);
         let published = self.services.gossip().await;
@@ -376,10 +378,10 @@ impl AdminHandler for Node {
             AdminRequest::History(service) => Ok(AdminResponse::History(
                 crate::rollout::status::history(&self.coordinator, &service).await,
             )),
-            AdminRequest::Remove(name) => {
+            AdminRequest::Remove { node, force } => {
                 async {
                     self.admin_only("remove a node")?;
-                    crate::daemon::removal::remove(self, name).await
+                    crate::daemon::removal::remove(self, node, force).await
                 }
                 .await
             }

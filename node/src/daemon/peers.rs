@@ -87,6 +87,7 @@ pub(crate) async fn answer(
         PeerRequest::State(request) => crate::host::state::answer(&node.services, request)
             .await
             .map(PeerReply::State),
+        PeerRequest::RemovedList => Ok(crate::daemon::removal::list(node)),
         PeerRequest::Removed => {
             crate::daemon::removal::removed_here(node, by)?;
             Ok(PeerReply::Done)

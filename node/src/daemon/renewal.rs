@@ -75,6 +75,7 @@ pub(crate) async fn run(
             tokio::time::sleep(Duration::from_millis(wait)).await;
             continue;
         }
+        let lifespan = facts.expires_ms.saturating_sub(facts.issued_ms);
         match renew_once(&node, &mesh, &data_dir, &creds).await {
             Ok(next) => {
                 let renewed = CertFacts::of(&next.cert);
@@ -87,9 +88,12 @@ pub(crate) async fn run(
                     );
                     node.set_certificate(renewed);
                 }
+                // A signer whose clock is far behind can hand out a certificate due at once:
+                // never renew back to back.
+                tokio::time::sleep(Duration::from_millis(renewal::retry_after(lifespan))).await;
             }
             Err(e) => {
-                let retry = renewal::retry_after(facts.expires_ms.saturating_sub(facts.issued_ms));
+                let retry = renewal::retry_after(lifespan);
                 warn!(error = %e, expires_ms = facts.expires_ms, retry_ms = retry, "cannot renew this node's certificate yet");
                 tokio::time::sleep(Duration::from_millis(retry)).await;
             }

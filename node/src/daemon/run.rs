@@ -71,6 +71,7 @@ pub async fn run(
 ) -> Result<()> {
     let _lock = data_dir.lock_daemon()?;
     crate::daemon::removal::refuse_if_removed(&data_dir)?;
+    let removed = crate::daemon::removal::load(&data_dir)?;
     let record = data_dir.load_node()?;
     crate::daemon::renewal::finish_interrupted(&data_dir)?;
     let ca_pem = data_dir.read_file(CA_CERT)?;
@@ -110,6 +111,8 @@ pub async fn run(
     let handler: Arc<dyn RequestHandler> = service.clone();
     cluster.set_local(Arc::downgrade(&handler));
     let (mesh, gossip_rx) = Mesh::start(record.listen, &creds, handler)?;
+    // Refused before any handshake can finish (an accept takes a round trip at least).
+    mesh.revoke(&removed);
     let transport = QuicGossipTransport::new(mesh.clone(), gossip_rx);
 
     let known_peers: PeersRecord = data_dir.read_record_or_default(PEERS).unwrap_or_default();
@@ -137,10 +140,11 @@ pub async fn run(
         .await
         .map_err(|e| Error::Net(format!("cannot start gossip: {e}")))?;
     cluster.attach(chitchat.chitchat(), mesh.clone());
-    crate::daemon::removal::apply(&service, &crate::daemon::removal::load(&data_dir)).await;
+    crate::daemon::removal::apply(&service, &removed).await;
     crate::rollout::history::republish(&coordinator).await;
     service.services.cluster().attach(mesh.clone());
     let admin_task = admin::serve(&data_dir, service.clone())?;
+    let removal_task = tokio::spawn(crate::daemon::removal::watch(service.clone()));
     let renewal_task = tokio::spawn(crate::daemon::renewal::run(
         service.clone(),
         mesh.clone(),
@@ -195,6 +199,7 @@ pub async fn run(
     save_peers(&data_dir, &cluster, &mut last_saved);
     admin_task.abort();
     renewal_task.abort();
+    removal_task.abort();
     let _ = std::fs::remove_file(data_dir.admin_socket());
     if let Err(e) = chitchat.shutdown().await {
         warn!(error = %e, "gossip did not stop cleanly");
@@ -204,8 +209,6 @@ pub async fn run(
     Ok(())
 }
 
-/// The node's parts, wired: services first (their entry points serve again as soon as possible),
-/// then the cluster client, admission and the coordinator around them.
 /// The node's PKI: the CA key if it holds it, the CA certificate, its own certificate's facts.
 struct Keys {
     ca: Option<ClusterCa>,
@@ -213,6 +216,8 @@ struct Keys {
     certificate: CertFacts,
 }
 
+/// The node's parts, wired: services first (their entry points serve again as soon as possible),
+/// then the cluster client, admission and the coordinator around them.
 fn assemble(
     record: &NodeRecord,
     data_dir: &DataDir,

@@ -331,12 +331,16 @@ impl Mesh {
         Ok((conn, name))
     }
 
-    /// Refuses the certificates of `names` from now on, in both directions, and closes the
+    /// Refuses the certificates of `names` from now on (added to those refused already: a name
+    /// is never taken back), in both directions, forgets the roles they showed, and closes the
     /// connections open to them.
     pub fn revoke(&self, names: &std::collections::BTreeSet<NodeName>) {
         match self.revoked.write() {
-            Ok(mut g) => g.clone_from(names),
-            Err(p) => p.into_inner().clone_from(names),
+            Ok(mut g) => g.extend(names.iter().cloned()),
+            Err(p) => p.into_inner().extend(names.iter().cloned()),
+        }
+        if let Ok(mut roles) = self.roles.lock() {
+            roles.retain(|name, _| !names.contains(name));
         }
         if let Ok(conns) = self.conns.lock() {
             for (conn, name) in conns.values() {

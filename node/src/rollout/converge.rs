@@ -19,6 +19,7 @@ use halley_proto::spec::ServiceName;
 use tracing::{info, warn};
 
 use crate::engine::converge as engine;
+use crate::engine::release_pin::{self, Offerer};
 use crate::rollout::context::Coordinator;
 use crate::rollout::context::LONG;
 use crate::rollout::host_steps::{fetch_release, switch_to, walk};
@@ -48,22 +49,30 @@ pub async fn converge(node: &Coordinator) {
 }
 
 async fn catch_up(node: &Coordinator, state: &RolloutState) -> Result<(), String> {
-    let (spec, sha256, file_name) =
-        match node.services.release(&state.service, &state.version).await {
-            Some(entry) => (entry.spec, entry.sha256, entry.file_name),
-            None => {
-                let committed = engine::sources(state);
-                let (spec, sha256, file_name, _) = fetch_release(node, state, &committed)
-                    .await
-                    .ok_or_else(|| {
-                        format!(
-                            "no reachable host has release {} of {}",
-                            state.version, state.service
-                        )
-                    })?;
-                (spec, sha256, file_name)
-            }
-        };
+    // A release of that version this node holds counts only if it is the one pinned (the same
+    // version string may have been deployed before with another spec).
+    let local = node
+        .services
+        .release(&state.service, &state.version)
+        .await
+        .filter(|e| {
+            release_pin::may_take(state, (&e.spec, &e.sha256, &e.file_name), Offerer::Itself)
+        });
+    let (spec, sha256, file_name) = match local {
+        Some(entry) => (entry.spec, entry.sha256, entry.file_name),
+        None => {
+            let committed = engine::sources(state);
+            let (spec, sha256, file_name, _) = fetch_release(node, state, &committed)
+                .await
+                .ok_or_else(|| {
+                    format!(
+                        "no reachable host has release {} of {}",
+                        state.version, state.service
+                    )
+                })?;
+            (spec, sha256, file_name)
+        }
+    };
     let rollback = state.mode == halley_proto::rollout::Mode::Rollback;
     let mut steps = vec![(
         Step::Prepare {
