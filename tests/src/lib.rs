@@ -355,6 +355,16 @@ impl Node {
         serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
     }
 
+    /// The release of `service` this node has committed, if any.
+    pub fn committed(&self, service: &str) -> Option<String> {
+        self.services()
+            .as_array()?
+            .iter()
+            .find(|s| s["name"] == service)?["committed"]
+            .as_str()
+            .map(str::to_owned)
+    }
+
     /// The status of one slot of a service, looked up by role (`active`, `warm`, ...).
     pub fn slot(&self, service: &str, role: &str) -> Option<Value> {
         let all = self.services();

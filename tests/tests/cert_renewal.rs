@@ -14,15 +14,6 @@ fn expires_ms(node: &Node) -> Option<u64> {
     node.status()?["certificate"]["expires_ms"].as_u64()
 }
 
-fn committed(node: &Node) -> Option<String> {
-    node.services()
-        .as_array()?
-        .iter()
-        .find(|s| s["name"] == "web")?["committed"]
-        .as_str()
-        .map(str::to_owned)
-}
-
 fn deploy(node: &Node, config: &Path, version: &str) -> std::process::Output {
     node.deploy(config, "web", version, Path::new(SERVICE_BIN))
 }
@@ -102,7 +93,12 @@ fn one_minute_certificates_renew_and_the_cluster_still_converges_and_deploys_aft
     assert_ok(&deploy(&nodes[0], &config, "v1"), "deploy v1 from n1");
     assert_ok(&deploy(&nodes[2], &config, "v2"), "deploy v2 from n3");
     for node in &nodes {
-        assert_eq!(committed(node).as_deref(), Some("v2"), "{}", node.name);
+        assert_eq!(
+            node.committed("web").as_deref(),
+            Some("v2"),
+            "{}",
+            node.name
+        );
     }
 }
 

@@ -46,15 +46,6 @@ fn deploy(node: &Node, config: &Path, version: &str, extra: &[&str]) -> std::pro
     node.cli(&args)
 }
 
-fn committed(node: &Node) -> Option<String> {
-    node.services()
-        .as_array()?
-        .iter()
-        .find(|s| s["name"] == "web")?["committed"]
-        .as_str()
-        .map(str::to_owned)
-}
-
 #[test]
 fn a_host_that_missed_a_rollout_refuses_a_doctored_release_and_takes_the_genuine_one() {
     let mut cluster = Cluster::start();
@@ -71,7 +62,7 @@ fn a_host_that_missed_a_rollout_refuses_a_doctored_release_and_takes_the_genuine
         &deploy(&cluster.nodes[0], &config, "v2", &["--skip-unreachable"]),
         "deploy v2 while n3 is down",
     );
-    assert_eq!(committed(&cluster.nodes[1]).as_deref(), Some("v2"));
+    assert_eq!(cluster.nodes[1].committed("web").as_deref(), Some("v2"));
 
     // Someone with n2's disk doctors the spec of v2 it would hand n3.
     cluster.nodes[1].kill9();
@@ -95,10 +86,10 @@ fn a_host_that_missed_a_rollout_refuses_a_doctored_release_and_takes_the_genuine
     let refused = "does not match the rollout's release pin";
     wait_until(Duration::from_secs(30), || {
         cluster.nodes[2].log().contains(refused)
-            || committed(&cluster.nodes[2]).as_deref() == Some("v2")
+            || cluster.nodes[2].committed("web").as_deref() == Some("v2")
     });
     assert_eq!(
-        committed(&cluster.nodes[2]).as_deref(),
+        cluster.nodes[2].committed("web").as_deref(),
         Some("v1"),
         "n3 took n2's release of v2 (MARK={:?})",
         mark_of(&read_record(&record_path(&cluster.nodes[2])), "v2")
@@ -118,7 +109,8 @@ fn a_host_that_missed_a_rollout_refuses_a_doctored_release_and_takes_the_genuine
     std::fs::write(&path, genuine).unwrap();
     cluster.nodes[1].start_with(&["--service-address", "127.0.0.2"]);
     assert!(
-        wait_until(Duration::from_secs(30), || committed(&cluster.nodes[2])
+        wait_until(Duration::from_secs(30), || cluster.nodes[2]
+            .committed("web")
             .as_deref()
             == Some("v2")),
         "n3 did not converge to the genuine v2: {}\n{}",

@@ -10,8 +10,11 @@
 //!   its name fails it rather than being followed.
 //!
 //! ## Non-goals
-//! Races with a process of the service changing the tree between the check and the copy:
-//! snapshots and restores run with the service's slots stopped or (snapshots) only read.
+//! Races with a process of the service changing the tree between the check and the copy.
+//! Restores run with the service's slots stopped, so nothing of the service's races them. A
+//! snapshot runs while the service writes: a service that swaps a checked directory for a link
+//! at the right moment could still make root read through it into the backup (walking by
+//! directory handle, `openat2` with `RESOLVE_NO_SYMLINKS`, would close that; not done yet).
 
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::OpenOptionsExt;
