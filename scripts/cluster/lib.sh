@@ -186,12 +186,23 @@ expect_serving() {
     active=$(grep -A8 '"role": "active"' <<<"$json")
     [[ $active == *'"health": "healthy"'* ]] || fail "$h has no healthy active slot: $active"
     [[ $active == *"\"version\": \"$version\""* ]] || fail "$h's active slot does not run $version"
-    case "$(phase_on "$h")" in
-      running | paused | rolling-back | committing)
-        fail "$h reports an unfinished rollout: $(hn "$h" rollout status web)" ;;
-    esac
+    # Gossip takes a moment to bring the finished state from the node that finished it (a
+    # host may show its own journal's "paused" for a second after another node resumed it).
+    local deadline=$((SECONDS + 10))
+    until finished_on "$h"; do
+      [ "$SECONDS" -lt "$deadline" ] \
+        || fail "$h reports an unfinished rollout: $(hn "$h" rollout status web)"
+      sleep 0.5
+    done
   done
   say "invariant holds on $*: $version committed, served by a healthy active slot, no unfinished rollout"
+}
+
+# Whether HOST sees no rollout of web left unfinished.
+finished_on() {
+  case "$(phase_on "$1")" in
+    running | paused | rolling-back | committing) return 1 ;;
+  esac
 }
 
 # The rollout phase as HOST sees it (from gossip): running, paused, rolled-back, ...
