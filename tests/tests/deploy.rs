@@ -729,12 +729,16 @@ fn a_service_runs_as_its_user_when_the_node_is_root() {
         .as_u64()
         .unwrap();
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let uid: u32 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap();
+    // The effective id of a `/proc/PID/status` line (`Uid:` or `Gid:`: real, effective, ...).
+    let effective = |field: &str| -> u32 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap()
+    };
+    let uid = effective("Uid:");
     // SAFETY: geteuid has no preconditions.
     let ours = unsafe { libc::geteuid() };
     if ours == 0 {
@@ -749,13 +753,11 @@ fn a_service_runs_as_its_user_when_the_node_is_root() {
             "{}",
             release.display()
         );
-        let gid: u32 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("Gid:"))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap();
-        assert_eq!(meta.gid(), gid, "the release's group is the service's");
+        assert_eq!(
+            meta.gid(),
+            effective("Gid:"),
+            "the release's group is the service's"
+        );
         let data = host.node.dir.join("services/web/data");
         let meta = std::fs::metadata(&data).unwrap();
         assert_eq!(

@@ -32,6 +32,7 @@ use tracing::{info, warn};
 
 use crate::clock::wall_ms;
 use crate::daemon::node::Node;
+use crate::engine::gossip_trust;
 use crate::error::{Error, Result, bad_request, internal};
 use crate::store::datadir::DataDir;
 
@@ -161,12 +162,9 @@ pub(crate) async fn watch(node: Arc<Node>) {
             {
                 continue;
             }
-            let known = known(&node);
-            let news = value
-                .split(',')
-                .filter_map(|n| NodeName::parse(n).ok())
-                .any(|n| !known.contains(&n) || &n == node.name());
-            if news && let Err(e) = confirm(&node, &who).await {
+            if gossip_trust::removal_news(&value, &known(&node), node.name())
+                && let Err(e) = confirm(&node, &who).await
+            {
                 warn!(admin = %who, error = %e, "cannot confirm the nodes an admin gossips it removed; will ask again when its list changes");
             }
             checked.insert(who, value);

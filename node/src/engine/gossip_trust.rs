@@ -7,6 +7,8 @@
 //!   cannot publish a rollout in another's name.
 //! - Nothing published by a node whose certificate (seen on a mesh connection) says it is not an
 //!   admin counts: workers coordinate nothing, so a rollout they publish is forged.
+//! - A gossiped `removed` list is never acted on as such: [`removal_news`] only says whether it
+//!   names someone to confirm with its admin directly.
 //!
 //! ## Non-goals
 //! A publisher this node never connected to is judged by name only (in a small cluster every
@@ -27,6 +29,19 @@ pub fn may_speak(certified: Option<Role>) -> bool {
     certified.is_none_or(|r| r == Role::Admin)
 }
 
+/// Whether a `removed` list an admin gossips (`a,b,c`) says something this node must confirm
+/// with that admin: a name it does not refuse yet, or its own.
+pub fn removal_news(
+    listed: &str,
+    refused: &std::collections::BTreeSet<NodeName>,
+    me: &NodeName,
+) -> bool {
+    listed
+        .split(',')
+        .filter_map(|n| NodeName::parse(n).ok())
+        .any(|n| !refused.contains(&n) || &n == me)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -45,5 +60,15 @@ mod tests {
             "a worker coordinates nothing"
         );
         assert!(!may_speak(Some(Role::Worker)) && may_speak(Some(Role::Admin)));
+    }
+
+    #[test]
+    fn a_removal_list_is_news_when_it_names_someone_new_or_this_node() {
+        let name = |n: &str| NodeName::parse(n).unwrap();
+        let refused: std::collections::BTreeSet<NodeName> = [name("n3")].into();
+        assert!(!removal_news("n3", &refused, &name("n1")));
+        assert!(!removal_news("", &refused, &name("n1")));
+        assert!(removal_news("n3,n4", &refused, &name("n1")));
+        assert!(removal_news("n1", &refused, &name("n1")));
     }
 }
