@@ -10,11 +10,12 @@
 //! - A gossiped `removed` list is never acted on as such: [`removal_news`] only says whether it
 //!   names someone to confirm with its admin directly.
 //!
+//! - [`may_speak_for`]: a node's gossiped state counts only from that node itself or from an
+//!   admin relaying it (the mesh's gossip filter applies it to every message).
+//!
 //! ## Non-goals
 //! A publisher this node never connected to is judged by name only (in a small cluster every
-//! member connects to every other within a few gossip rounds). Deltas that one node relays
-//! about another's keys are chitchat's, unsigned: a member that forges another node's deltas
-//! is not caught here.
+//! member connects to every other within a few gossip rounds).
 
 use halley_proto::{NodeName, Role};
 
@@ -22,6 +23,13 @@ use halley_proto::{NodeName, Role};
 /// this node has seen it) about a rollout coordinated by `coordinator` counts.
 pub fn counts(publisher: &NodeName, certified: Option<Role>, coordinator: &NodeName) -> bool {
     publisher == coordinator && certified.is_none_or(|r| r == Role::Admin)
+}
+
+/// Whether gossip from `sender` (as its certificate names it) may carry the state of the node
+/// `about`: a node speaks for itself; only an admin relays others (it holds the CA key, so it
+/// could mint their certificates anyway).
+pub fn may_speak_for(sender: &NodeName, role: Role, about: &str) -> bool {
+    role == Role::Admin || sender.as_str() == about
 }
 
 /// Whether anything `publisher` says about rollouts (history lines included) counts.
@@ -60,6 +68,9 @@ mod tests {
             "a worker coordinates nothing"
         );
         assert!(!may_speak(Some(Role::Worker)) && may_speak(Some(Role::Admin)));
+        assert!(may_speak_for(&n2, Role::Worker, "n2"));
+        assert!(!may_speak_for(&n2, Role::Worker, "n1"), "a worker relays nobody");
+        assert!(may_speak_for(&n1, Role::Admin, "n2"));
     }
 
     #[test]

@@ -83,8 +83,8 @@ pub trait RequestHandler: Send + Sync + 'static {
     );
 }
 
-/// A gossip payload received from a peer.
-pub type InboundGossip = (SocketAddr, Vec<u8>);
+/// A gossip payload received from a peer, with who its certificate says sent it.
+pub type InboundGossip = (SocketAddr, PeerIdentity, Vec<u8>);
 
 /// The node's QUIC endpoint and its connections.
 pub struct Mesh {
@@ -426,7 +426,7 @@ impl Mesh {
     }
 
     /// Whether a warning about `ip` may be logged now (at most once per [`LOG_EVERY`]).
-    fn may_warn(&self, ip: IpAddr) -> bool {
+    pub(crate) fn may_warn(&self, ip: IpAddr) -> bool {
         let Ok(mut warned) = self.warned.lock() else {
             return false;
         };
@@ -622,7 +622,9 @@ async fn receive_gossip(
             }
         }
         Ok(Ok(Some(Message::Gossip(packet)))) => {
-            if mesh.gossip_in.try_send((remote, packet.0)).is_err() {
+            // The access rule admits gossip only from a certified member.
+            let Some(sender) = identity else { return };
+            if mesh.gossip_in.try_send((remote, sender, packet.0)).is_err() {
                 debug!(peer = %remote, "inbound gossip queue full; frame dropped");
             }
         }

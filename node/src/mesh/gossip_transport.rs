@@ -4,14 +4,15 @@
 //! wrapped in a `Gossip` frame by `halley_proto::codec` (limit 64 KiB, as chitchat packs up to 65,507
 //! bytes) and sent on its own QUIC uni stream, never as a datagram (QUIC datagrams fit about 1,200
 //! bytes). `send` only queues (see [`Mesh::send_gossip`]), so a slow handshake with one peer never
-//! holds up the gossip loop.
+//! holds up the gossip loop. Every received message passes the [`GossipFilter`] first, with the
+//! sender its certificate names.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use anyhow::anyhow;
 use chitchat::transport::{Socket, Transport};
-use chitchat::{ChitchatMessage, Deserializable, Serializable};
+use chitchat::{ChitchatMessage, Serializable};
 use halley_proto::codec::encode_message;
 use halley_proto::message::GossipPacket;
 use halley_proto::{Limit, Message};
@@ -19,6 +20,7 @@ use tokio::sync::mpsc;
 use tracing::warn;
 
 use crate::mesh::endpoint::{InboundGossip, Mesh};
+use crate::mesh::gossip_filter::{GossipFilter, Sender};
 
 /// The transport handed to `chitchat::spawn_chitchat`. It can be opened once.
 pub struct QuicGossipTransport {
@@ -49,6 +51,7 @@ impl Transport for QuicGossipTransport {
         Ok(Box::new(QuicGossipSocket {
             mesh: self.mesh.clone(),
             inbound,
+            filter: GossipFilter::default(),
         }))
     }
 }
@@ -56,6 +59,7 @@ impl Transport for QuicGossipTransport {
 struct QuicGossipSocket {
     mesh: Arc<Mesh>,
     inbound: mpsc::Receiver<InboundGossip>,
+    filter: GossipFilter,
 }
 
 #[async_trait::async_trait]
@@ -73,14 +77,21 @@ impl Socket for QuicGossipSocket {
 
     async fn recv(&mut self) -> anyhow::Result<(SocketAddr, ChitchatMessage)> {
         loop {
-            let (from, payload) = self
+            let (from, identity, payload) = self
                 .inbound
                 .recv()
                 .await
                 .ok_or_else(|| anyhow!("the mesh has stopped"))?;
-            match ChitchatMessage::deserialize(&mut payload.as_slice()) {
+            let sender = Sender {
+                name: &identity.name,
+                role: identity.role,
+            };
+            match self.filter.admit(&payload, &sender) {
                 Ok(message) => return Ok((from, message)),
-                Err(e) => warn!(peer = %from, error = %e, "undecodable chitchat message; ignored"),
+                Err(e) if self.mesh.may_warn(from.ip()) => {
+                    warn!(peer = %from, error = %e, "chitchat message dropped");
+                }
+                Err(_) => {}
             }
         }
     }
