@@ -35,6 +35,7 @@ fn snapshot<'a>(
         node,
         spec,
         service_data: data,
+        user: None,
         release: None,
         for_release: None,
         hooks,
@@ -122,7 +123,7 @@ fn a_snapshot_taken_while_a_writer_runs_holds_every_row_committed_before_it() {
     // Restore puts exactly the snapshot back.
     assert!(count(&db) as u64 > rows);
     backups
-        .restore(&service, &manifest.id, &state, &data, &hooks)
+        .restore(&service, &manifest.id, &state, &data, None, &hooks)
         .unwrap();
     assert_eq!(count(&db) as u64, rows);
 }
@@ -148,7 +149,7 @@ fn a_corrupt_backup_is_refused_before_anything_is_restored() {
 
     // Intact: the directory comes back as it was.
     backups
-        .restore(&service, &m.id, &state, &data, &hooks)
+        .restore(&service, &m.id, &state, &data, None, &hooks)
         .unwrap();
     assert_eq!(
         std::fs::read_to_string(data.join("uploads/a/one.txt")).unwrap(),
@@ -167,7 +168,7 @@ fn a_corrupt_backup_is_refused_before_anything_is_restored() {
     std::fs::write(&archive, bytes).unwrap();
     std::fs::write(data.join("uploads/a/one.txt"), "kept").unwrap();
     let err = backups
-        .restore(&service, &m.id, &state, &data, &hooks)
+        .restore(&service, &m.id, &state, &data, None, &hooks)
         .unwrap_err()
         .to_string();
     assert!(
@@ -242,7 +243,7 @@ fn the_command_hooks_round_trip_and_retention_keeps_the_newest() {
     assert_eq!(first.files.len(), 1);
     std::fs::write(data.join("value"), "v2").unwrap();
     backups
-        .restore(&service, &first.id, &state, &data, &hooks)
+        .restore(&service, &first.id, &state, &data, None, &hooks)
         .unwrap();
     assert_eq!(std::fs::read_to_string(data.join("value")).unwrap(), "v1");
     for ms in [2_000, 3_000] {
@@ -293,7 +294,7 @@ fn a_link_planted_in_the_service_data_dir_never_makes_a_restore_or_snapshot_leav
     std::fs::write(&victim, "untouched").unwrap();
     symlink(&victim, data.join("db/.app.db.halley-restoring")).unwrap();
     backups
-        .restore(&service, &m.id, &state, &data, &hooks)
+        .restore(&service, &m.id, &state, &data, None, &hooks)
         .unwrap();
     assert_eq!(std::fs::read_to_string(&victim).unwrap(), "untouched");
     assert_eq!(count(&db), 1);
@@ -302,7 +303,7 @@ fn a_link_planted_in_the_service_data_dir_never_makes_a_restore_or_snapshot_leav
     std::fs::remove_dir_all(data.join("db")).unwrap();
     symlink(&outside, data.join("db")).unwrap();
     let err = backups
-        .restore(&service, &m.id, &state, &data, &hooks)
+        .restore(&service, &m.id, &state, &data, None, &hooks)
         .unwrap_err()
         .to_string();
     assert!(err.contains("is a symbolic link"), "{err}");
@@ -315,4 +316,105 @@ fn a_link_planted_in_the_service_data_dir_never_makes_a_restore_or_snapshot_leav
         .unwrap_err()
         .to_string();
     assert!(err.contains("is a symbolic link"), "{err}");
+}
+
+#[test]
+fn a_snapshot_reads_and_a_restore_writes_the_service_data_as_the_services_user() {
+    use std::os::unix::fs::{PermissionsExt, chown};
+    let Some((uid, gid)) = halley_node::host::process::service_user(Some("nobody")).unwrap() else {
+        eprintln!("not root: a service's `user` is ignored, so there is nothing to prove here");
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(data.join("files/root-only")).unwrap();
+    std::fs::create_dir_all(data.join("db")).unwrap();
+    std::fs::write(data.join("files/a.txt"), "the user's").unwrap();
+    std::fs::write(data.join("files/root-only/secret"), "root's").unwrap();
+    let db = data.join("db/app.db");
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t (id INTEGER PRIMARY KEY); INSERT INTO t DEFAULT VALUES;")
+        .unwrap();
+    // The service's user owns its data dir, except what root put there for itself (a link
+    // swapped in mid-walk would lead to the same kind of place).
+    for p in [
+        &data,
+        &data.join("files"),
+        &data.join("files/a.txt"),
+        &data.join("db"),
+    ] {
+        chown(p, Some(uid), Some(gid)).unwrap();
+    }
+    std::fs::set_permissions(
+        data.join("files/root-only"),
+        std::fs::Permissions::from_mode(0o700),
+    )
+    .unwrap();
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (service, node) = (
+        ServiceName::parse("web").unwrap(),
+        NodeName::parse("n1").unwrap(),
+    );
+    let hooks = hooks(tmp.path());
+    let backups = Backups::new(&tmp.path().join("node"));
+    let as_nobody = |spec: &StateSpec, n: u64| {
+        let mut s = snapshot(&service, &node, spec, &data, &hooks, n);
+        s.user = Some((uid, gid));
+        backups.create(&s).map(|m| m.id)
+    };
+
+    // Root's directory inside the tree: root could read it, the service's user cannot.
+    let dirs = spec("dirs = [\"files\"]");
+    let err = as_nobody(&dirs, 1).unwrap_err().to_string();
+    assert!(err.contains("ermission denied"), "{err}");
+    assert!(
+        backups
+            .create(&snapshot(&service, &node, &dirs, &data, &hooks, 2))
+            .is_ok(),
+        "as root the same tree is read"
+    );
+    std::fs::remove_dir_all(data.join("files/root-only")).unwrap();
+    as_nobody(&dirs, 3).expect("the user's own files are read as the user");
+
+    // A database the user cannot read is not read for it; once it is the user's, it is (WAL
+    // mode: its -wal and -shm are opened as the user too).
+    let sqlite = spec("sqlite = [\"db/app.db\"]");
+    let err = as_nobody(&sqlite, 4).unwrap_err().to_string();
+    assert!(err.contains("cannot snapshot SQLite database"), "{err}");
+    for p in [
+        db.clone(),
+        data.join("db/app.db-wal"),
+        data.join("db/app.db-shm"),
+    ] {
+        if p.exists() {
+            chown(&p, Some(uid), Some(gid)).unwrap();
+        }
+    }
+    let id = as_nobody(&sqlite, 5).expect("the user's database is read as the user");
+    let copy = tmp
+        .path()
+        .join("node/backups/web")
+        .join(&id)
+        .join("sqlite/0.db");
+    assert_eq!(count(&copy), 1);
+
+    // A restore writes as the user: what it puts back is the user's, so the service (running
+    // as that user) can open it.
+    use std::os::unix::fs::MetadataExt;
+    let owner = |p: &Path| std::fs::metadata(p).unwrap().uid();
+    backups
+        .restore(&service, &id, &sqlite, &data, Some((uid, gid)), &hooks)
+        .unwrap();
+    assert_eq!(owner(&db), uid, "the restored database is the user's");
+    assert_eq!(count(&db), 1);
+    let both = spec("sqlite = [\"db/app.db\"]\ndirs = [\"files\"]");
+    let id = as_nobody(&both, 6).unwrap();
+    std::fs::remove_dir_all(data.join("files")).unwrap();
+    backups
+        .restore(&service, &id, &both, &data, Some((uid, gid)), &hooks)
+        .unwrap();
+    assert_eq!(owner(&data.join("files/a.txt")), uid);
+    assert_eq!(owner(&data.join("files")), uid);
 }

@@ -69,7 +69,10 @@ mod tests {
         );
         assert!(!may_speak(Some(Role::Worker)) && may_speak(Some(Role::Admin)));
         assert!(may_speak_for(&n2, Role::Worker, "n2"));
-        assert!(!may_speak_for(&n2, Role::Worker, "n1"), "a worker relays nobody");
+        assert!(
+            !may_speak_for(&n2, Role::Worker, "n1"),
+            "a worker relays nobody"
+        );
         assert!(may_speak_for(&n1, Role::Admin, "n2"));
     }
 

@@ -18,7 +18,10 @@
 //!   failure part-way leaves each item either old or new, never half-written.
 //! - Snapshot sources and restore targets pass [`confined`]: no path in `[state]` reaches through
 //!   a symbolic link the service planted, and a staged copy is a new file (`O_EXCL|O_NOFOLLOW`),
-//!   so root never reads or writes outside the service's data dir for it.
+//!   so root never reads or writes outside the service's data dir for it. For a service with
+//!   `user`, sources are read and targets written with that user's identity
+//!   ([`as_user`]), so even a tree changed mid-copy yields only what the user could read
+//!   itself, and restored files are the user's (the backup itself stays root's).
 //! - A backup is root's alone: its directories are 0700 and its files 0600.
 //!
 //! ## Non-goals
@@ -39,7 +42,7 @@ use ring::digest;
 use tracing::{info, warn};
 
 use crate::error::{Error, Result};
-use crate::host::confined::{clear, confined, create_new};
+use crate::host::confined::{as_user, clear, confined, create_new};
 
 const MANIFEST: &str = "manifest.rec";
 
@@ -53,6 +56,9 @@ pub struct Snapshot<'a> {
     pub spec: &'a StateSpec,
     /// The service data directory (`HALLEY_SERVICE_DATA`).
     pub service_data: &'a Path,
+    /// The uid and gid the service runs as, if not as this node: its `[state]` paths are read
+    /// with that identity ([`crate::host::confined::as_user`]).
+    pub user: Option<(u32, u32)>,
     /// The release serving now.
     pub release: Option<ReleaseVersion>,
     /// The release about to be deployed, if it is taken for a deploy.
@@ -197,24 +203,22 @@ impl Backups {
             fs::create_dir(dir.join("sqlite")).map_err(Error::io("cannot create", dir))?;
         }
         for (i, rel) in s.spec.sqlite.iter().enumerate() {
-            let source = confined(s.service_data, rel)?;
-            if !fs::symlink_metadata(&source).is_ok_and(|m| m.is_file()) {
-                return Err(Error::Invalid(format!(
-                    "state sqlite database {} does not exist; create it (the service's first start usually does) or remove it from [state] sqlite",
-                    source.display()
-                )));
-            }
+            let (source, connection) = as_user(s.user, || open_sqlite(s.service_data, rel))?;
             let name = format!("sqlite/{i}.db");
-            copy_sqlite(&source, &dir.join(&name))?;
+            copy_sqlite(&source, connection, &dir.join(&name))?;
             files.push(describe(dir, &name)?);
         }
         if !s.spec.dirs.is_empty() {
             fs::create_dir(dir.join("dirs")).map_err(Error::io("cannot create", dir))?;
         }
         for (i, rel) in s.spec.dirs.iter().enumerate() {
-            let source = confined(s.service_data, rel)?;
             let name = format!("dirs/{i}.tar");
-            archive_dir(&source, &dir.join(&name))?;
+            let dest = dir.join(&name);
+            // Opened here (the backup dir is root's); filled by the reader as the service user.
+            let file = File::create(&dest).map_err(Error::io("cannot create", &dest))?;
+            as_user(s.user, || {
+                archive_dir(&confined(s.service_data, rel)?, file, &dest)
+            })?;
             files.push(describe(dir, &name)?);
         }
         if let Some(argv) = &s.spec.backup {
@@ -317,36 +321,49 @@ impl Backups {
         id: &str,
         spec: &StateSpec,
         service_data: &Path,
+        user: Option<(u32, u32)>,
         hooks: &Hooks,
     ) -> Result<BackupManifest> {
         let manifest = self.check(service, id)?;
         let dir = self.dir(service).join(id);
+        // Each part is opened here (the backup is root's) and written as the service's user, so
+        // the restored files are the user's and no write lands where the user could not write.
         for (i, rel) in manifest.sqlite.iter().enumerate() {
-            let target = confined(service_data, rel)?;
-            make_parent(&target)?;
-            let staged = sibling(&target, "restoring");
-            clear(&staged);
-            copy_new(&dir.join(format!("sqlite/{i}.db")), &staged)?;
-            // A leftover journal or WAL would be applied to the restored file.
-            for suffix in ["-wal", "-shm", "-journal"] {
-                let _ = fs::remove_file(format!("{}{suffix}", target.display()));
-            }
-            fs::rename(&staged, &target).map_err(Error::io("cannot rename into place", &target))?;
+            let from = dir.join(format!("sqlite/{i}.db"));
+            let source = File::open(&from).map_err(Error::io("cannot read", &from))?;
+            as_user(user, || {
+                let target = confined(service_data, rel)?;
+                make_parent(&target)?;
+                let staged = sibling(&target, "restoring");
+                clear(&staged);
+                copy_new(source, &staged)?;
+                // A leftover journal or WAL would be applied to the restored file.
+                for suffix in ["-wal", "-shm", "-journal"] {
+                    let _ = fs::remove_file(format!("{}{suffix}", target.display()));
+                }
+                fs::rename(&staged, &target).map_err(Error::io("cannot rename into place", &target))
+            })?;
         }
         for (i, rel) in manifest.dirs.iter().enumerate() {
-            let target = confined(service_data, rel)?;
-            make_parent(&target)?;
-            let staged = sibling(&target, "restoring");
-            clear(&staged);
-            fs::create_dir(&staged).map_err(Error::io("cannot create", &staged))?;
-            unarchive(&dir.join(format!("dirs/{i}.tar")), &staged)?;
-            let old = sibling(&target, "replaced");
-            clear(&old);
-            if target.exists() {
-                fs::rename(&target, &old).map_err(Error::io("cannot move aside", &target))?;
-            }
-            fs::rename(&staged, &target).map_err(Error::io("cannot rename into place", &target))?;
-            let _ = fs::remove_dir_all(&old);
+            let from = dir.join(format!("dirs/{i}.tar"));
+            let archive = File::open(&from).map_err(Error::io("cannot open", &from))?;
+            as_user(user, || {
+                let target = confined(service_data, rel)?;
+                make_parent(&target)?;
+                let staged = sibling(&target, "restoring");
+                clear(&staged);
+                fs::create_dir(&staged).map_err(Error::io("cannot create", &staged))?;
+                crate::store::releases::unpack_tar(BufReader::new(archive), &staged)?;
+                let old = sibling(&target, "replaced");
+                clear(&old);
+                if target.exists() {
+                    fs::rename(&target, &old).map_err(Error::io("cannot move aside", &target))?;
+                }
+                fs::rename(&staged, &target)
+                    .map_err(Error::io("cannot rename into place", &target))?;
+                let _ = fs::remove_dir_all(&old);
+                Ok(())
+            })?;
         }
         if manifest.hook
             && let Some(argv) = &spec.restore
@@ -377,9 +394,8 @@ impl Backups {
     }
 }
 
-/// Copies `from` to a new file `to` (never through a link at `to`), synced, mode 0600.
-fn copy_new(from: &Path, to: &Path) -> Result<()> {
-    let mut source = File::open(from).map_err(Error::io("cannot read", from))?;
+/// Copies `source` to a new file `to` (never through a link at `to`), synced, mode 0600.
+fn copy_new(mut source: File, to: &Path) -> Result<()> {
     let mut dest = create_new(to, 0o600)?;
     std::io::copy(&mut source, &mut dest).map_err(Error::io("cannot copy into", to))?;
     dest.sync_all().map_err(Error::io("cannot sync", to))
@@ -446,18 +462,39 @@ fn unique_id(parent: &Path, now_ms: u64) -> String {
     id
 }
 
-fn copy_sqlite(source: &Path, dest: &Path) -> Result<()> {
-    let fail = |e: rusqlite::Error| {
-        Error::Invalid(format!(
-            "cannot snapshot SQLite database {}: {e}",
+fn sqlite_error(source: &Path, e: rusqlite::Error) -> Error {
+    Error::Invalid(format!(
+        "cannot snapshot SQLite database {}: {e}",
+        source.display()
+    ))
+}
+
+/// Opens `[state] sqlite` entry `rel` read-only and reads its schema, so that SQLite has opened
+/// every file it reads (the database, and in WAL mode its `-wal` and `-shm`) by the time this
+/// returns: run as the service's user, everything the copy reads was opened with its identity.
+fn open_sqlite(service_data: &Path, rel: &str) -> Result<(PathBuf, rusqlite::Connection)> {
+    let source = confined(service_data, rel)?;
+    if !fs::symlink_metadata(&source).is_ok_and(|m| m.is_file()) {
+        return Err(Error::Invalid(format!(
+            "state sqlite database {} does not exist; create it (the service's first start usually does) or remove it from [state] sqlite",
             source.display()
-        ))
-    };
+        )));
+    }
+    let fail = |e| sqlite_error(&source, e);
     let src = rusqlite::Connection::open_with_flags(
-        source,
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        &source,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
+            | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | rusqlite::OpenFlags::SQLITE_OPEN_NOFOLLOW,
     )
     .map_err(fail)?;
+    src.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(()))
+        .map_err(fail)?;
+    Ok((source, src))
+}
+
+fn copy_sqlite(source: &Path, src: rusqlite::Connection, dest: &Path) -> Result<()> {
+    let fail = |e| sqlite_error(source, e);
     let mut dst = rusqlite::Connection::open(dest).map_err(fail)?;
     {
         let backup = rusqlite::backup::Backup::new(&src, &mut dst).map_err(fail)?;
@@ -501,14 +538,13 @@ fn integrity_check(path: &Path) -> Result<()> {
     Ok(())
 }
 
-fn archive_dir(source: &Path, dest: &Path) -> Result<()> {
+fn archive_dir(source: &Path, file: File, dest: &Path) -> Result<()> {
     if !source.is_dir() {
         return Err(Error::Invalid(format!(
             "state directory {} does not exist; create it or remove it from [state] dirs",
             source.display()
         )));
     }
-    let file = File::create(dest).map_err(Error::io("cannot create", dest))?;
     let mut builder = tar::Builder::new(BufWriter::new(file));
     builder.follow_symlinks(false);
     builder

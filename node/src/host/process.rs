@@ -232,33 +232,10 @@ fn describe(status: std::process::ExitStatus) -> String {
 
 fn apply_user(cmd: &mut tokio::process::Command, user: &str, launch: &Launch) -> Result<()> {
     let data_dir = &launch.data_dir;
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    let Some((uid, gid)) = service_user(Some(user))? else {
         debug!(user, "not running as root; `user` is ignored");
         return Ok(());
-    }
-    let name = CString::new(user)
-        .map_err(|_| Error::Invalid(format!("user {user:?} contains a NUL byte")))?;
-    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
-    let mut buf = vec![0 as libc::c_char; 16 * 1024];
-    let mut result: *mut libc::passwd = std::ptr::null_mut();
-    // SAFETY: getpwnam_r writes into `pwd` and `buf`, both owned here and large enough; `result`
-    // is set to null or to `&pwd`.
-    let rc = unsafe {
-        libc::getpwnam_r(
-            name.as_ptr(),
-            &mut pwd,
-            buf.as_mut_ptr(),
-            buf.len(),
-            &mut result,
-        )
     };
-    if rc != 0 || result.is_null() {
-        return Err(Error::Invalid(format!(
-            "user {user:?} does not exist on this host; create it (useradd --system {user}) or change `user` in halley.toml"
-        )));
-    }
-    let (uid, gid) = (pwd.pw_uid, pwd.pw_gid);
     // The data dir is 0700; the user needs to pass through it (not list it) to reach its release.
     for dir in launch
         .release_dir
@@ -286,6 +263,38 @@ fn apply_user(cmd: &mut tokio::process::Command, user: &str, launch: &Launch) ->
     }
     cmd.uid(uid).gid(gid);
     Ok(())
+}
+
+/// The uid and primary gid a service with `user` runs as, or `None` when it runs as this
+/// process does (no `user`, or this node is not root, so `user` is ignored).
+pub fn service_user(user: Option<&str>) -> Result<Option<(u32, u32)>> {
+    // SAFETY: geteuid has no preconditions.
+    let Some(user) = user.filter(|_| unsafe { libc::geteuid() } == 0) else {
+        return Ok(None);
+    };
+    let name = CString::new(user)
+        .map_err(|_| Error::Invalid(format!("user {user:?} contains a NUL byte")))?;
+    // SAFETY: an all-zero passwd is a valid value for getpwnam_r to fill.
+    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    let mut result: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: getpwnam_r writes into `pwd` and `buf`, both owned here and large enough; `result`
+    // is set to null or to `&pwd`.
+    let rc = unsafe {
+        libc::getpwnam_r(
+            name.as_ptr(),
+            &mut pwd,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut result,
+        )
+    };
+    if rc != 0 || result.is_null() {
+        return Err(Error::Invalid(format!(
+            "user {user:?} does not exist on this host; create it (useradd --system {user}) or change `user` in halley.toml"
+        )));
+    }
+    Ok(Some((pwd.pw_uid, pwd.pw_gid)))
 }
 
 /// The start time of a process in clock ticks after boot, or `None` if it is gone (or a zombie).

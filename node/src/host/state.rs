@@ -37,6 +37,8 @@ struct Context {
     record: ServiceRecord,
     spec: ServiceSpec,
     data: PathBuf,
+    /// The uid and gid the service runs as (its `user`), when not as this node.
+    user: Option<(u32, u32)>,
     hooks: Hooks,
 }
 
@@ -140,10 +142,13 @@ impl State<'_> {
             )
         })?;
         let secrets = entry.spec.env.values().map(|v| v.0.clone()).collect();
+        let user = crate::host::process::service_user(entry.spec.user.as_deref())
+            .map_err(|e| error_reply(ErrorKind::BadRequest, e.to_string()))?;
         Ok(Some(Context {
             record,
             spec: entry.spec,
             data,
+            user,
             hooks: Hooks {
                 cwd: release_dir,
                 env,
@@ -188,6 +193,7 @@ impl State<'_> {
                     node: &node,
                     spec: &state,
                     service_data: &ctx.data,
+                    user: ctx.user,
                     release,
                     for_release,
                     hooks: &ctx.hooks,
@@ -320,10 +326,11 @@ impl State<'_> {
             }
         }
         let (b, s, i) = (backups.clone(), service.clone(), id.to_owned());
-        let restored =
-            tokio::task::spawn_blocking(move || b.restore(&s, &i, &state, &ctx.data, &ctx.hooks))
-                .await
-                .map_err(|e| error_reply(ErrorKind::Internal, format!("restore task failed: {e}")));
+        let restored = tokio::task::spawn_blocking(move || {
+            b.restore(&s, &i, &state, &ctx.data, ctx.user, &ctx.hooks)
+        })
+        .await
+        .map_err(|e| error_reply(ErrorKind::Internal, format!("restore task failed: {e}")));
         // Whatever happened, the committed release serves again.
         let woke = handle.step(None, Step::Revert).await;
         let manifest = restored?.map_err(|e| {

@@ -287,18 +287,30 @@ mod tests {
         };
         let mut filter = GossipFilter::default();
         let (digest, delta) = shown(&filter.admit(&syn_ack(&[&n2, &n3]), &worker).unwrap());
-        assert!(!digest.contains("n2:1:") && digest.contains("n3:1:"), "{digest}");
-        assert!(!delta.contains("value-0") && delta.contains("value-1"), "{delta}");
+        assert!(
+            !digest.contains("n2:1:") && digest.contains("n3:1:"),
+            "{digest}"
+        );
+        assert!(
+            !delta.contains("value-0") && delta.contains("value-1"),
+            "{delta}"
+        );
 
         // An admin relays n2 (the message passes unchanged); from then on a worker's digest may
         // say which versions of n2 it holds, but its heartbeat for n2 never counts.
         let (digest, delta) = shown(&filter.admit(&syn_ack(&[&n1, &n2]), &admin).unwrap());
-        assert!(digest.contains("n2:1:") && delta.contains("value-1"), "{delta}");
+        assert!(
+            digest.contains("n2:1:") && delta.contains("value-1"),
+            "{delta}"
+        );
         let (digest, delta) = shown(&filter.admit(&syn_ack(&[&n2, &n3]), &worker).unwrap());
         let n2_entry = digest.split("n2:1:").nth(1).unwrap_or_default();
         let n2_entry = n2_entry.split("n3:1:").next().unwrap_or_default();
         assert!(n2_entry.contains("Heartbeat(0)"), "{digest}");
-        assert!(!delta.contains("value-0") && delta.contains("value-1"), "{delta}");
+        assert!(
+            !delta.contains("value-0") && delta.contains("value-1"),
+            "{delta}"
+        );
     }
 
     #[test]
