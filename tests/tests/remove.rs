@@ -1,6 +1,7 @@
 //! `remove NODE` on real processes: the removed node is told and stops, its data dir refuses to
 //! run, every member (the one that removed it, another, and one restarted since) refuses its
-//! certificate, `status` shows it `removed`, and its name cannot join again.
+//! certificate, `status` shows it `removed`, and its name cannot join again. A node removed while
+//! it was down is told by the first admin that refuses it, and stops for good too.
 
 use std::time::Duration;
 
@@ -8,7 +9,7 @@ use halley_proto::Message;
 use halley_proto::message::PeerRequest;
 use halley_tests::cluster::Cluster;
 use halley_tests::thief::stolen_identity;
-use halley_tests::{Node, runtime, stderr, wait_until};
+use halley_tests::{Node, runtime, start_cluster, stderr, wait_converged, wait_until};
 
 #[test]
 fn remove_cuts_a_node_off_for_good() {
@@ -94,4 +95,43 @@ fn remove_cuts_a_node_off_for_good() {
     let out = cluster.nodes[0].cli(&["remove", "n9", "--force"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("n9 did not answer"));
+}
+
+#[test]
+fn a_node_removed_while_down_is_told_when_it_comes_back() {
+    let root = tempfile::tempdir().unwrap();
+    let (mut nodes, _) = start_cluster(root.path(), &["n1", "n2"]);
+    wait_converged(&nodes);
+    nodes[1].kill9();
+    let out = nodes[0].cli(&["remove", "n2"]);
+    assert!(out.status.success(), "remove n2: {}", stderr(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("n2 did not answer"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    // Back up, it dials n1 (its seed), which refuses it as removed: it records that and stops.
+    nodes[1].spawn(&[], None);
+    assert!(
+        wait_until(Duration::from_secs(30), || nodes[1].has_exited()),
+        "n2, removed while down, kept running:\n{}",
+        nodes[1].log()
+    );
+    assert!(
+        nodes[1]
+            .log()
+            .contains("this node was removed from the cluster"),
+        "{}",
+        nodes[1].log()
+    );
+    nodes[1].spawn(&[], None);
+    assert!(
+        wait_until(Duration::from_secs(10), || nodes[1].has_exited()),
+        "a removed node's data dir ran"
+    );
+    let log = nodes[1].log();
+    assert!(log.contains("was removed from its cluster by n1"), "{log}");
+    // n1 carries on.
+    assert_eq!(nodes[0].state_of("n2").as_deref(), Some("removed"));
 }

@@ -12,13 +12,17 @@
 //! - The removed node is told first when it is reachable: it records that it was removed
 //!   (`removed.rec`), its daemon stops (its service processes are left running, for the
 //!   operator to stop), and its data dir refuses to `run` again. One that hears it confirmed by
-//!   an admin does the same.
+//!   an admin does the same, and so does one removed while it was down: the first admin that
+//!   closes its connection as "removed" (close code 5, from a certificate that says admin;
+//!   [`crate::mesh::endpoint::Mesh::told_removed`]) tells it.
 //! - Changes to the list are made one at a time ([`Node::removals`]), so none is lost.
 //!
 //! ## Non-goals
-//! Telling a node removed while it was down: it finds every member refusing it, and its own
-//! data dir learns nothing until an operator looks. Removing an admin does not take back the CA
-//! key it holds: a thief with it can sign certificates for other names (make a new cluster).
+//! A node whose certificate expired while it was down is refused in the TLS handshake, before
+//! anyone can tell it why: it keeps trying until an operator looks (`status` shows the expiry).
+//! A removed node that only reaches workers keeps trying too, since a worker's word does not
+//! count. Removing an admin does not take back the CA key it holds: a thief with it can sign
+//! certificates for other names (make a new cluster).
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -155,6 +159,12 @@ pub(crate) async fn watch(node: Arc<Node>) {
         rounds = rounds.wrapping_add(1);
         if rounds.is_multiple_of(30) {
             checked.clear();
+        }
+        if let Some(by) = node.cluster.mesh().and_then(|m| m.told_removed()) {
+            if let Err(e) = record_removal(&node, &by) {
+                warn!(admin = %by, error = %e, "cannot record this node's removal");
+            }
+            return;
         }
         for (who, _, key, value) in node.cluster.gossip.values(KEY_REMOVED).await {
             let role = node.cluster.mesh().and_then(|m| m.certified_role(&who));

@@ -98,6 +98,8 @@ pub struct Mesh {
     roles: Mutex<HashMap<NodeName, Role>>,
     /// Names removed from the cluster: their certificates are refused both ways.
     revoked: std::sync::RwLock<std::collections::BTreeSet<NodeName>>,
+    /// The admin whose connection was closed as "removed": this node itself was removed.
+    removed_by: Mutex<Option<NodeName>>,
     senders: Mutex<HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>>,
     gossip_in: mpsc::Sender<InboundGossip>,
     handler: Arc<dyn RequestHandler>,
@@ -135,6 +137,7 @@ impl Mesh {
             conns: Mutex::default(),
             roles: Mutex::default(),
             revoked: std::sync::RwLock::default(),
+            removed_by: Mutex::default(),
             senders: Mutex::default(),
             gossip_in,
             handler,
@@ -380,6 +383,25 @@ impl Mesh {
         self.roles.lock().ok()?.get(name).copied()
     }
 
+    /// The admin that closed a connection saying this node was removed, if one did. Only an
+    /// admin's word counts (an admin may remove nodes); a worker's close says nothing.
+    pub fn told_removed(&self) -> Option<NodeName> {
+        self.removed_by.lock().ok()?.clone()
+    }
+
+    /// Notes who closed `conn` as "removed", when its certificate said admin.
+    fn closed_as_removed(&self, conn: &quinn::Connection, identity: Option<&PeerIdentity>) {
+        let Some(identity) = identity.filter(|i| i.role == Role::Admin) else {
+            return;
+        };
+        if let Some(quinn::ConnectionError::ApplicationClosed(close)) = conn.close_reason()
+            && close.error_code == quinn::VarInt::from_u32(REMOVED_CODE)
+            && let Ok(mut by) = self.removed_by.lock()
+        {
+            by.get_or_insert_with(|| identity.name.clone());
+        }
+    }
+
     fn certified(&self, identity: &PeerIdentity) {
         if let Ok(mut roles) = self.roles.lock() {
             roles.insert(identity.name.clone(), identity.role);
@@ -603,6 +625,7 @@ async fn serve_connection(
     }
     if let Some(m) = mesh.upgrade() {
         m.forget(remote, &conn);
+        m.closed_as_removed(&conn, identity.as_ref());
     }
 }
 
