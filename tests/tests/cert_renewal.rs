@@ -1,6 +1,7 @@
 //! Certificate lifecycle on real processes: a cluster whose node certificates live one minute
 //! renews them (each node through an admin, a worker included) and is still converged and
-//! deploying after five minutes, across a restart that loads a renewed certificate; `status`
+//! deploying after five minutes, across restarts that load a renewed certificate, one of them
+//! from the middle of saving a renewal and one with a key whose certificate never came; `status`
 //! reports each node's expiry; `init --cert-validity` refuses what cannot work.
 
 use std::path::Path;
@@ -59,9 +60,12 @@ fn one_minute_certificates_renew_and_the_cluster_still_converges_and_deploys_aft
     .unwrap();
 
     // Five minutes: five lifetimes of the first certificates. Every half minute every node
-    // still sees every node alive; halfway, the worker restarts on a renewed certificate.
+    // still sees every node alive. Halfway, the worker restarts on a renewed certificate, killed
+    // as if in the middle of saving a renewal: the certificate written, its key not yet renamed
+    // into place. A minute later n3 restarts with a waiting key that never got its certificate.
     let start = Instant::now();
-    let mut restarted = false;
+    let (mut restarted, mut restarted_n3) = (false, false);
+    let first_key = std::fs::read(nodes[1].dir.join("node.key")).unwrap();
     while start.elapsed() < Duration::from_secs(300) {
         std::thread::sleep(Duration::from_secs(30));
         assert!(
@@ -76,9 +80,26 @@ fn one_minute_certificates_renew_and_the_cluster_still_converges_and_deploys_aft
         if !restarted && start.elapsed() > Duration::from_secs(150) {
             restarted = true;
             nodes[1].kill9();
+            let dir = nodes[1].dir.clone();
+            let renewed_key = std::fs::read(dir.join("node.key")).unwrap();
+            assert_ne!(renewed_key, first_key, "n2 renewed its key by now");
+            std::fs::rename(dir.join("node.key"), dir.join("node.key.next")).unwrap();
+            std::fs::write(dir.join("node.key"), &first_key).unwrap();
             nodes[1].start_with(&["--service-address", "127.0.0.2"]);
+            assert!(!dir.join("node.key.next").exists());
+            assert_eq!(std::fs::read(dir.join("node.key")).unwrap(), renewed_key);
+        } else if restarted && !restarted_n3 && start.elapsed() > Duration::from_secs(210) {
+            restarted_n3 = true;
+            nodes[2].kill9();
+            let dir = nodes[2].dir.clone();
+            let key = std::fs::read(dir.join("node.key")).unwrap();
+            std::fs::copy(nodes[0].dir.join("node.key"), dir.join("node.key.next")).unwrap();
+            nodes[2].start_with(&["--service-address", "127.0.0.3"]);
+            assert!(!dir.join("node.key.next").exists());
+            assert_eq!(std::fs::read(dir.join("node.key")).unwrap(), key);
         }
     }
+    assert!(restarted && restarted_n3);
     for (i, node) in nodes.iter().enumerate() {
         let now = expires_ms(node).unwrap();
         assert!(
