@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use halley_node::host::backups::{Backups, Hooks, Snapshot};
+use halley_node::host::view::Confinement;
 use halley_proto::NodeName;
 use halley_proto::spec::{ServiceName, StateSpec};
 
@@ -19,6 +20,7 @@ fn hooks(cwd: &Path) -> Hooks {
         cwd: cwd.to_path_buf(),
         env: vec![("PATH".into(), std::env::var("PATH").unwrap_or_default())],
         secrets: Vec::new(),
+        user: None,
     }
 }
 
@@ -35,7 +37,6 @@ fn snapshot<'a>(
         node,
         spec,
         service_data: data,
-        user: None,
         release: None,
         for_release: None,
         hooks,
@@ -123,7 +124,7 @@ fn a_snapshot_taken_while_a_writer_runs_holds_every_row_committed_before_it() {
     // Restore puts exactly the snapshot back.
     assert!(count(&db) as u64 > rows);
     backups
-        .restore(&service, &manifest.id, &state, &data, None, &hooks)
+        .restore(&service, &manifest.id, &state, &data, &hooks)
         .unwrap();
     assert_eq!(count(&db) as u64, rows);
 }
@@ -149,7 +150,7 @@ fn a_corrupt_backup_is_refused_before_anything_is_restored() {
 
     // Intact: the directory comes back as it was.
     backups
-        .restore(&service, &m.id, &state, &data, None, &hooks)
+        .restore(&service, &m.id, &state, &data, &hooks)
         .unwrap();
     assert_eq!(
         std::fs::read_to_string(data.join("uploads/a/one.txt")).unwrap(),
@@ -168,7 +169,7 @@ fn a_corrupt_backup_is_refused_before_anything_is_restored() {
     std::fs::write(&archive, bytes).unwrap();
     std::fs::write(data.join("uploads/a/one.txt"), "kept").unwrap();
     let err = backups
-        .restore(&service, &m.id, &state, &data, None, &hooks)
+        .restore(&service, &m.id, &state, &data, &hooks)
         .unwrap_err()
         .to_string();
     assert!(
@@ -243,7 +244,7 @@ fn the_command_hooks_round_trip_and_retention_keeps_the_newest() {
     assert_eq!(first.files.len(), 1);
     std::fs::write(data.join("value"), "v2").unwrap();
     backups
-        .restore(&service, &first.id, &state, &data, None, &hooks)
+        .restore(&service, &first.id, &state, &data, &hooks)
         .unwrap();
     assert_eq!(std::fs::read_to_string(data.join("value")).unwrap(), "v1");
     for ms in [2_000, 3_000] {
@@ -294,7 +295,7 @@ fn a_link_planted_in_the_service_data_dir_never_makes_a_restore_or_snapshot_leav
     std::fs::write(&victim, "untouched").unwrap();
     symlink(&victim, data.join("db/.app.db.halley-restoring")).unwrap();
     backups
-        .restore(&service, &m.id, &state, &data, None, &hooks)
+        .restore(&service, &m.id, &state, &data, &hooks)
         .unwrap();
     assert_eq!(std::fs::read_to_string(&victim).unwrap(), "untouched");
     assert_eq!(count(&db), 1);
@@ -303,7 +304,7 @@ fn a_link_planted_in_the_service_data_dir_never_makes_a_restore_or_snapshot_leav
     std::fs::remove_dir_all(data.join("db")).unwrap();
     symlink(&outside, data.join("db")).unwrap();
     let err = backups
-        .restore(&service, &m.id, &state, &data, None, &hooks)
+        .restore(&service, &m.id, &state, &data, &hooks)
         .unwrap_err()
         .to_string();
     assert!(err.contains("is a symbolic link"), "{err}");
@@ -327,8 +328,13 @@ fn a_snapshot_reads_and_a_restore_writes_the_service_data_as_the_services_user()
     };
     let tmp = tempfile::tempdir().unwrap();
     std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let data = tmp.path().join("data");
+    // The node's data dir is root's alone (0700), as halley-node keeps it: the user reaches its
+    // data dir only through its view.
+    let root = tmp.path().join("node");
+    let data = root.join("services/web/data");
     std::fs::create_dir_all(data.join("files/root-only")).unwrap();
+    std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::write(root.join("node.key"), "the node's").unwrap();
     std::fs::create_dir_all(data.join("db")).unwrap();
     std::fs::write(data.join("files/a.txt"), "the user's").unwrap();
     std::fs::write(data.join("files/root-only/secret"), "root's").unwrap();
@@ -358,10 +364,13 @@ fn a_snapshot_reads_and_a_restore_writes_the_service_data_as_the_services_user()
         NodeName::parse("n1").unwrap(),
     );
     let hooks = hooks(tmp.path());
-    let backups = Backups::new(&tmp.path().join("node"));
+    let confined = Hooks {
+        user: Some(Confinement::new(uid, gid, &root, &[&data])),
+        ..hooks.clone()
+    };
+    let backups = Backups::new(&root);
     let as_nobody = |spec: &StateSpec, n: u64| {
-        let mut s = snapshot(&service, &node, spec, &data, &hooks, n);
-        s.user = Some((uid, gid));
+        let s = snapshot(&service, &node, spec, &data, &confined, n);
         backups.create(&s).map(|m| m.id)
     };
 
@@ -405,7 +414,7 @@ fn a_snapshot_reads_and_a_restore_writes_the_service_data_as_the_services_user()
     use std::os::unix::fs::MetadataExt;
     let owner = |p: &Path| std::fs::metadata(p).unwrap().uid();
     backups
-        .restore(&service, &id, &sqlite, &data, Some((uid, gid)), &hooks)
+        .restore(&service, &id, &sqlite, &data, &confined)
         .unwrap();
     assert_eq!(owner(&db), uid, "the restored database is the user's");
     assert_eq!(count(&db), 1);
@@ -413,8 +422,95 @@ fn a_snapshot_reads_and_a_restore_writes_the_service_data_as_the_services_user()
     let id = as_nobody(&both, 6).unwrap();
     std::fs::remove_dir_all(data.join("files")).unwrap();
     backups
-        .restore(&service, &id, &both, &data, Some((uid, gid)), &hooks)
+        .restore(&service, &id, &both, &data, &confined)
         .unwrap();
     assert_eq!(owner(&data.join("files/a.txt")), uid);
     assert_eq!(owner(&data.join("files")), uid);
+
+    // The hooks run as the user too, in the same view: they write their dump into the backup's
+    // hook dir (theirs while they run, root's after), and see nothing else of the node's.
+    let hooked = spec(
+        "backup = [\"sh\", \"-c\", \"id -u > $HALLEY_BACKUP_DIR/uid; cat ../../../node.key > $HALLEY_BACKUP_DIR/key 2>&1 || echo hidden > $HALLEY_BACKUP_DIR/key\"]\nrestore = [\"sh\", \"-c\", \"cp $HALLEY_BACKUP_DIR/uid $HALLEY_SERVICE_DATA/restored-by\"]\nverify = [\"sh\", \"-c\", \"test $(id -u) = $(cat $HALLEY_BACKUP_DIR/uid) && test $(id -u) != 0 && ls $HALLEY_RESTORED\"]",
+    );
+    let confined = Hooks {
+        env: vec![
+            ("PATH".into(), std::env::var("PATH").unwrap_or_default()),
+            ("HALLEY_SERVICE_DATA".into(), data.display().to_string()),
+        ],
+        cwd: data.clone(),
+        ..confined
+    };
+    let s = snapshot(&service, &node, &hooked, &data, &confined, 7);
+    let m = backups.create(&s).unwrap();
+    let hook_dir = root.join("backups/web").join(&m.id).join("hook");
+    assert_eq!(
+        std::fs::read_to_string(hook_dir.join("uid"))
+            .unwrap()
+            .trim(),
+        uid.to_string()
+    );
+    assert_eq!(
+        std::fs::read_to_string(hook_dir.join("key"))
+            .unwrap()
+            .trim(),
+        "hidden"
+    );
+    assert_eq!(
+        owner(&hook_dir.join("uid")),
+        0,
+        "the dump is root's once taken"
+    );
+    backups
+        .verify(&service, &m.id, &hooked, &confined)
+        .expect("verify runs as the user, seeing the dump and the scratch restore");
+    backups
+        .restore(&service, &m.id, &hooked, &data, &confined)
+        .unwrap();
+    assert_eq!(
+        std::fs::read_to_string(data.join("restored-by"))
+            .unwrap()
+            .trim(),
+        uid.to_string()
+    );
+    assert_eq!(
+        owner(&hook_dir.join("uid")),
+        0,
+        "root's again after the restore"
+    );
+
+    // What a backup command leaves is taken back by file descriptor: a link in it fails the
+    // backup and is never followed; a restore command cannot change a finished backup.
+    let victim = tmp.path().join("victim");
+    std::fs::write(&victim, "root's").unwrap();
+    std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let linking = spec(&format!(
+        "backup = [\"sh\", \"-c\", \"echo dump > $HALLEY_BACKUP_DIR/dump; ln -s {} $HALLEY_BACKUP_DIR/evil\"]\nrestore = [\"true\"]",
+        victim.display()
+    ));
+    let err = backups
+        .create(&snapshot(&service, &node, &linking, &data, &confined, 8))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("is a symbolic link"), "{err}");
+    let meta = std::fs::metadata(&victim).unwrap();
+    assert_eq!((meta.uid(), meta.permissions().mode() & 0o777), (0, 0o644));
+    let planting = spec(
+        "backup = [\"sh\", \"-c\", \"id -u > $HALLEY_BACKUP_DIR/uid\"]\nrestore = [\"sh\", \"-c\", \"touch $HALLEY_BACKUP_DIR/planted\"]",
+    );
+    let m = backups
+        .create(&snapshot(&service, &node, &planting, &data, &confined, 9))
+        .unwrap();
+    let err = backups
+        .restore(&service, &m.id, &planting, &data, &confined)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("Read-only file system"), "{err}");
+    let hook_dir = root.join("backups/web").join(&m.id).join("hook");
+    assert!(!hook_dir.join("planted").exists());
+    let mode = std::fs::metadata(hook_dir.join("uid"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!((owner(&hook_dir.join("uid")), mode), (0, 0o600));
 }

@@ -766,6 +766,36 @@ fn a_service_runs_as_its_user_when_the_node_is_root() {
             "{}",
             data.display()
         );
+        // The node's data dir stays root's alone, and the service sees of it only its release
+        // and its data dir: it writes its data, and cannot even find the node's certificate.
+        let meta = std::fs::metadata(&host.node.dir).unwrap();
+        assert_eq!((meta.mode() & 0o777, meta.uid()), (0o700, 0));
+        let rt = runtime();
+        let visit = rt.block_on(http::get(host.entry, "/visit")).unwrap();
+        assert_eq!(visit.status, 200, "{}", visit.body);
+        assert_eq!(std::fs::metadata(data.join("visits")).unwrap().uid(), 65534);
+        let cert = host.node.dir.join("node.pem");
+        let read = rt
+            .block_on(http::get(
+                host.entry,
+                &format!("/read?path={}", cert.display()),
+            ))
+            .unwrap();
+        assert_eq!(read.status, 403, "{}", read.body);
+        assert!(read.body.contains("No such file"), "{}", read.body);
+        // Its `exec` checks run as it does: one that passes only as nobody makes v2 healthy.
+        let exec = host
+            .config("exec-as-user", &[], "user = \"nobody\"")
+            .to_string_lossy()
+            .into_owned();
+        let text = std::fs::read_to_string(&exec)
+            .unwrap()
+            .replace("http = \"/health\"", "exec = [\"sh\", \"-c\", \"test $(id -u) = 65534 && test -w $HALLEY_SERVICE_DATA && ! test -e $HALLEY_SERVICE_DATA/../../../node.pem\"]");
+        std::fs::write(&exec, text).unwrap();
+        assert_ok(
+            &host.deploy(Path::new(&exec), "v2"),
+            "deploy with an exec check as the user",
+        );
     } else {
         assert_eq!(uid, ours, "without root, `user` is ignored");
     }

@@ -74,6 +74,7 @@ pub async fn run(
     let removed = crate::daemon::removal::load(&data_dir)?;
     let record = data_dir.load_node()?;
     crate::daemon::renewal::finish_interrupted(&data_dir)?;
+    warn_if_loose(&data_dir);
     let ca_pem = data_dir.read_file(CA_CERT)?;
     let creds = Credentials {
         ca: cert_from_pem(&ca_pem)?,
@@ -316,5 +317,18 @@ fn save_peers(data_dir: &DataDir, cluster: &ClusterClient, last_saved: &mut Vec<
     ) {
         Ok(()) => *last_saved = addrs,
         Err(e) => warn!(error = %e, "cannot save known peers"),
+    }
+}
+
+/// Warns about a data dir others may enter. It is not tightened here: a service that an
+/// earlier version started with `user` may still reach its files through it until its slots
+/// restart.
+fn warn_if_loose(data_dir: &DataDir) {
+    if let Some(mode) = data_dir.loose_mode() {
+        warn!(
+            dir = %data_dir.root().display(),
+            mode = format!("{mode:o}"),
+            "the data dir may be entered by others; once every service with `user` has restarted (deploy or 'halley-node rollback' it), run 'chmod 0700' on it"
+        );
     }
 }

@@ -30,6 +30,7 @@
 
 use std::fs::{self, File};
 use std::io::{BufReader, BufWriter, Read, Write};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -43,6 +44,8 @@ use tracing::{info, warn};
 
 use crate::error::{Error, Result};
 use crate::host::confined::{as_user, clear, confined, create_new};
+use crate::host::handover;
+use crate::host::view::Confinement;
 
 const MANIFEST: &str = "manifest.rec";
 
@@ -56,9 +59,6 @@ pub struct Snapshot<'a> {
     pub spec: &'a StateSpec,
     /// The service data directory (`HALLEY_SERVICE_DATA`).
     pub service_data: &'a Path,
-    /// The uid and gid the service runs as, if not as this node: its `[state]` paths are read
-    /// with that identity ([`crate::host::confined::as_user`]).
-    pub user: Option<(u32, u32)>,
     /// The release serving now.
     pub release: Option<ReleaseVersion>,
     /// The release about to be deployed, if it is taken for a deploy.
@@ -69,7 +69,21 @@ pub struct Snapshot<'a> {
     pub now_ms: u64,
 }
 
-/// How state commands run: from `cwd` (a release directory), with the service's environment.
+/// How a state command may use a directory named in its environment, when it runs as the
+/// service's user ([`crate::host::handover`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// It writes its output there (a backup's fresh dump dir): the user's while it runs, taken
+    /// back (checked, root's) after.
+    Write,
+    /// It reads there (a finished backup's dump): lent to the user's group, shown read-only.
+    Read,
+    /// It may do anything there (a scratch restore, removed by the caller after).
+    Scratch,
+}
+
+/// How state commands run: from `cwd` (a release directory), with the service's environment,
+/// as the service's user if it has one.
 #[derive(Debug, Clone)]
 pub struct Hooks {
     /// The working directory.
@@ -79,24 +93,74 @@ pub struct Hooks {
     /// The service's `env` values, redacted from what a command prints before it is returned
     /// (its output goes to the coordinator, the CLI and, on failure, rollout reasons).
     pub secrets: Vec<String>,
+    /// The service's user and view ([`crate::host::process::confinement`]): commands run so,
+    /// and the service's files are read and written so; `None` runs them as this node.
+    pub user: Option<Confinement>,
 }
 
 impl Hooks {
-    /// Runs `argv` with `extra` variables added; returns its output, or an error that names the
-    /// command (`what`) and shows the end of its output.
-    pub fn run(&self, what: &str, argv: &[String], extra: &[(&str, &Path)]) -> Result<String> {
+    /// Runs `argv` with `extra` variables added (each a directory, and how the command may use
+    /// it); returns its output, or an error that names the command (`what`) and shows the end of
+    /// its output.
+    ///
+    /// With a user, each `extra` directory that exists is shown in the command's view and
+    /// handed over as its [`Access`] says; whatever the command left running in its process
+    /// group is killed when it exits.
+    pub fn run(
+        &self,
+        what: &str,
+        argv: &[String],
+        extra: &[(&str, &Path, Access)],
+    ) -> Result<String> {
         let program = crate::host::process::program(&self.cwd, &argv[0])?;
         let mut cmd = Command::new(&program);
         cmd.args(&argv[1..])
             .current_dir(&self.cwd)
             .env_clear()
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .stdin(Stdio::null());
-        for (k, v) in extra {
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        for (k, v, _) in extra {
             cmd.env(k, v);
         }
-        let out = cmd
-            .output()
+        let (mut lent, mut written) = (Vec::new(), Vec::new());
+        if let Some(user) = &self.user {
+            let mut view = user.clone();
+            for (_, dir, access) in extra.iter().filter(|(_, dir, _)| dir.exists()) {
+                view = match access {
+                    Access::Read => {
+                        lent.push(handover::lend(dir, user.gid)?);
+                        view.showing_read_only(dir)
+                    }
+                    Access::Write | Access::Scratch => {
+                        handover::give(dir, user.uid, user.gid)?;
+                        if *access == Access::Write {
+                            written.push(*dir);
+                        }
+                        view.showing(dir)
+                    }
+                };
+            }
+            let enter = view.pre_exec(&self.cwd)?;
+            // SAFETY: the closure only makes system calls on memory prepared before the fork.
+            unsafe {
+                cmd.pre_exec(enter);
+            }
+        }
+        let out = cmd.spawn().and_then(|child| {
+            let group = child.id() as libc::pid_t;
+            let out = child.wait_with_output();
+            // SAFETY: signalling the process group this command led; it may be gone already.
+            unsafe { libc::killpg(group, libc::SIGKILL) };
+            out
+        });
+        drop(lent);
+        for dir in written {
+            handover::take_back(dir)?;
+        }
+        let out = out
             .map_err(|e| Error::Process(format!("cannot run the {what} command {argv:?}: {e}")))?;
         let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
         text.push_str(&String::from_utf8_lossy(&out.stderr));
@@ -203,7 +267,8 @@ impl Backups {
             fs::create_dir(dir.join("sqlite")).map_err(Error::io("cannot create", dir))?;
         }
         for (i, rel) in s.spec.sqlite.iter().enumerate() {
-            let (source, connection) = as_user(s.user, || open_sqlite(s.service_data, rel))?;
+            let (source, connection) =
+                as_user(s.hooks.user.as_ref(), || open_sqlite(s.service_data, rel))?;
             let name = format!("sqlite/{i}.db");
             copy_sqlite(&source, connection, &dir.join(&name))?;
             files.push(describe(dir, &name)?);
@@ -216,7 +281,7 @@ impl Backups {
             let dest = dir.join(&name);
             // Opened here (the backup dir is root's); filled by the reader as the service user.
             let file = File::create(&dest).map_err(Error::io("cannot create", &dest))?;
-            as_user(s.user, || {
+            as_user(s.hooks.user.as_ref(), || {
                 archive_dir(&confined(s.service_data, rel)?, file, &dest)
             })?;
             files.push(describe(dir, &name)?);
@@ -224,8 +289,11 @@ impl Backups {
         if let Some(argv) = &s.spec.backup {
             let hook = dir.join("hook");
             fs::create_dir(&hook).map_err(Error::io("cannot create", &hook))?;
-            s.hooks
-                .run("backup", argv, &[("HALLEY_BACKUP_DIR", &hook)])?;
+            s.hooks.run(
+                "backup",
+                argv,
+                &[("HALLEY_BACKUP_DIR", &hook, Access::Write)],
+            )?;
             for name in walk_files(dir, &hook)? {
                 files.push(describe(dir, &name)?);
             }
@@ -301,8 +369,8 @@ impl Backups {
                     "verify",
                     argv,
                     &[
-                        ("HALLEY_RESTORED", &scratch),
-                        ("HALLEY_BACKUP_DIR", &dir.join("hook")),
+                        ("HALLEY_RESTORED", &scratch, Access::Scratch),
+                        ("HALLEY_BACKUP_DIR", &dir.join("hook"), Access::Read),
                     ],
                 )?;
                 checked.push("verify command passed".into());
@@ -321,9 +389,9 @@ impl Backups {
         id: &str,
         spec: &StateSpec,
         service_data: &Path,
-        user: Option<(u32, u32)>,
         hooks: &Hooks,
     ) -> Result<BackupManifest> {
+        let user = hooks.user.as_ref();
         let manifest = self.check(service, id)?;
         let dir = self.dir(service).join(id);
         // Each part is opened here (the backup is root's) and written as the service's user, so
@@ -368,7 +436,11 @@ impl Backups {
         if manifest.hook
             && let Some(argv) = &spec.restore
         {
-            hooks.run("restore", argv, &[("HALLEY_BACKUP_DIR", &dir.join("hook"))])?;
+            hooks.run(
+                "restore",
+                argv,
+                &[("HALLEY_BACKUP_DIR", &dir.join("hook"), Access::Read)],
+            )?;
         }
         info!(%service, %id, "backup restored");
         Ok(manifest)
@@ -660,6 +732,7 @@ mod tests {
             cwd: dir.path().to_path_buf(),
             env: vec![("DB_PASSWORD".into(), secret.clone())],
             secrets: vec![secret.clone()],
+            user: None,
         };
         let argv = |script: &str| vec!["sh".to_owned(), "-c".to_owned(), script.to_owned()];
         let ok = hooks

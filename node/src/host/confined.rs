@@ -8,21 +8,22 @@
 //!   stays inside the service's data dir.
 //! - [`create_new`] makes a file that did not exist (`O_EXCL`, `O_NOFOLLOW`): a link planted at
 //!   its name fails it rather than being followed.
-//! - [`as_user`] runs a read of the service's files with the service user's file-system identity
-//!   (fsuid, fsgid and groups, on a thread of its own), so what it opens is only what that user
-//!   could open itself: a directory swapped for a link between [`confined`]'s check and the read
-//!   (the service writes while a snapshot runs) leads nowhere the service could not read already.
+//! - [`as_user`] reads and writes the service's files with the service user's file-system
+//!   identity, seeing only its data dir of the node's ([`Confinement::run`]), so what it opens is
+//!   only what that user could open itself: a directory swapped for a link between
+//!   [`confined`]'s check and the read (the service writes while a snapshot runs) leads nowhere
+//!   the service could not reach already, and what a restore writes is the user's.
 //!
 //! ## Non-goals
 //! A service without `user` runs as root and could read anything anyway, so its paths are read
-//! as root. Restores write as root: they run with the service's slots stopped, so nothing of
-//! the service's races them (a process of the user's outside Halley still could).
+//! and written as root.
 
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Component, Path, PathBuf};
 
 use crate::error::{Error, Result};
+use crate::host::view::Confinement;
 
 /// `root/rel`, checked to stay inside `root` (see the module's guarantees).
 pub fn confined(root: &Path, rel: &str) -> Result<PathBuf> {
@@ -56,50 +57,16 @@ pub fn confined(root: &Path, rel: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
-/// Runs `read` on a new thread whose file-system identity is `user` (uid, gid), or here as this
-/// process when `user` is `None`. Linux keeps fsuid, fsgid and groups per thread when set by
-/// raw syscalls, and drops root's file capabilities while the fsuid is not 0; the thread ends
-/// with `read`, so its identity never leaks into other work.
+/// Runs `read` confined to `user` ([`Confinement::run`]: a thread of its own that sees only
+/// the directories `user` shows of the node's data dir, with the user's file-system identity),
+/// or here as this process when `user` is `None`.
 pub fn as_user<T: Send>(
-    user: Option<(u32, u32)>,
+    user: Option<&Confinement>,
     read: impl FnOnce() -> Result<T> + Send,
 ) -> Result<T> {
-    let Some((uid, gid)) = user else {
-        return read();
-    };
-    std::thread::scope(|scope| {
-        scope
-            .spawn(move || {
-                assume(uid, gid)?;
-                read()
-            })
-            .join()
-            .unwrap_or_else(|_| Err(Error::Process("the snapshot reader panicked".into())))
-    })
-}
-
-/// Sets this thread's groups, fsgid and fsuid (never the process's: glibc's wrappers would set
-/// every thread's, so these are raw syscalls).
-fn assume(uid: u32, gid: u32) -> Result<()> {
-    let groups = [gid];
-    // SAFETY: setgroups reads `groups.len()` gids from a live array; setfsgid and setfsuid take
-    // plain ids and return the previous one.
-    let set = unsafe {
-        libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) == 0 && {
-            libc::syscall(libc::SYS_setfsgid, gid);
-            libc::syscall(libc::SYS_setfsuid, uid);
-            // Called again, each returns the id now in force.
-            libc::syscall(libc::SYS_setfsgid, gid) == i64::from(gid)
-                && libc::syscall(libc::SYS_setfsuid, uid) == i64::from(uid)
-        }
-    };
-    if set {
-        Ok(())
-    } else {
-        Err(Error::Process(format!(
-            "cannot take the service user's identity (uid {uid}, gid {gid}) to read its files: {}",
-            std::io::Error::last_os_error()
-        )))
+    match user {
+        None => read(),
+        Some(user) => user.run(read),
     }
 }
 

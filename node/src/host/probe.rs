@@ -23,6 +23,10 @@ pub struct ExecContext<'a> {
     pub dir: &'a Path,
     /// The slot's environment.
     pub env: &'a [(String, String)],
+    /// The service's user and view, when the slot runs confined: its checks run the same way.
+    /// An error (the user cannot be resolved) fails every `exec` check rather than run it as
+    /// this node.
+    pub user: std::result::Result<Option<&'a crate::host::view::Confinement>, &'a str>,
 }
 
 /// The result of one check.
@@ -149,8 +153,8 @@ async fn command(argv: &[String], port: u16, ctx: &ExecContext<'_>) -> Outcome {
         Ok(p) => p,
         Err(e) => return fail(e.to_string()),
     };
-    let child = tokio::process::Command::new(program)
-        .args(&argv[1..])
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(&argv[1..])
         .current_dir(ctx.dir)
         .env_clear()
         .envs(ctx.env.iter().map(|(k, v)| (k, v)))
@@ -158,8 +162,21 @@ async fn command(argv: &[String], port: u16, ctx: &ExecContext<'_>) -> Outcome {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
-        .process_group(0)
-        .spawn();
+        .process_group(0);
+    let user = match ctx.user {
+        Ok(user) => user,
+        Err(e) => return fail(format!("not run: {e}")),
+    };
+    if let Some(user) = user {
+        match user.pre_exec(ctx.dir) {
+            // SAFETY: the closure only makes system calls on memory prepared before the fork.
+            Ok(enter) => unsafe {
+                cmd.pre_exec(enter);
+            },
+            Err(e) => return fail(e.to_string()),
+        }
+    }
+    let child = cmd.spawn();
     let mut child = match child {
         Ok(c) => c,
         Err(e) => return fail(format!("cannot run health command {:?}: {e}", argv[0])),
@@ -240,6 +257,7 @@ mod tests {
         let ctx = ExecContext {
             dir: Path::new("/"),
             env: &[],
+            user: Ok(None),
         };
         let t = Duration::from_millis(300);
         assert!(probe(&check, port, t, &ctx).await.passed);
@@ -263,6 +281,7 @@ mod tests {
         let ctx = ExecContext {
             dir: Path::new("/"),
             env: &[("PATH".into(), "/usr/bin:/bin".into())],
+            user: Ok(None),
         };
         let t = Duration::from_secs(5);
         let ok = HealthCheck::Exec(vec!["true".into()]);

@@ -11,6 +11,9 @@
 //! - The environment is built from scratch: `PATH`, `HOME`, `LANG`, `TZ` from the node, then the
 //!   spec's `env`, then `PORT` and the `HALLEY_*` variables. Env values are never logged.
 //! - stdout and stderr go to `services/NAME/logs/SLOT.log` (appended), which outlives the node.
+//! - A service with `user` (on a node that runs as root) runs as that user and sees of the
+//!   node's data dir only its release and its data dir ([`confinement`], [`crate::host::view`]);
+//!   the node's data dir stays 0700.
 //!
 //! ## Non-goals
 //! No log rotation; no cgroup limits.
@@ -28,6 +31,7 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use crate::error::{Error, Result};
+use crate::host::view::Confinement;
 
 /// What a slot process needs to start.
 #[derive(Debug, Clone)]
@@ -48,7 +52,8 @@ pub struct Launch {
     pub log: PathBuf,
     /// The spec the release runs with.
     pub spec: ServiceSpec,
-    /// The node's data dir (made traversable for a service that runs as another `user`).
+    /// The node's data dir (hidden, but for the release and the data dir, from a service that
+    /// runs as its own `user`).
     pub node_root: PathBuf,
     /// The node's name (`HALLEY_NODE`).
     pub node: halley_proto::NodeName,
@@ -183,8 +188,17 @@ pub fn spawn(launch: &Launch, launch_id: &str) -> Result<Process> {
         .stderr(Stdio::from(log2))
         .process_group(0)
         .kill_on_drop(false);
-    if let Some(user) = &launch.spec.user {
-        apply_user(&mut cmd, user, launch)?;
+    if let Some(confinement) = confinement(launch)? {
+        hand_over(launch, &confinement)?;
+        // Tried on a thread first: a node that cannot build the view says so by name here,
+        // where a child's failure would only read "cannot start".
+        confinement.run(|| Ok(()))?;
+        let enter = confinement.pre_exec(&launch.release_dir)?;
+        // SAFETY: the closure only makes system calls on memory prepared before the fork
+        // (see `host::view`), which is what may run between fork and exec.
+        unsafe {
+            cmd.pre_exec(enter);
+        }
     }
     // SAFETY: the closure runs in the forked child before exec and only calls signal(2), which is
     // async-signal-safe. It gives the service the default SIGXFSZ the node itself ignores.
@@ -230,38 +244,39 @@ fn describe(status: std::process::ExitStatus) -> String {
     }
 }
 
-fn apply_user(cmd: &mut tokio::process::Command, user: &str, launch: &Launch) -> Result<()> {
-    let data_dir = &launch.data_dir;
-    let Some((uid, gid)) = service_user(Some(user))? else {
-        debug!(user, "not running as root; `user` is ignored");
-        return Ok(());
-    };
-    // The data dir is 0700; the user needs to pass through it (not list it) to reach its release.
-    for dir in launch
-        .release_dir
-        .ancestors()
-        .filter(|d| d.starts_with(&launch.node_root))
-    {
-        if let Ok(meta) = std::fs::metadata(dir) {
-            let mode = meta.permissions().mode();
-            if mode & 0o011 != 0o011 {
-                let _ =
-                    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode | 0o011));
-            }
+/// How a launch's processes (the slot, its `exec` checks, its state hooks) are confined: as the
+/// service's `user`, seeing of the node's data dir only the release and the service's data dir
+/// ([`crate::host::view`]); `None` when they run as this node does.
+pub fn confinement(launch: &Launch) -> Result<Option<Confinement>> {
+    let Some((uid, gid)) = service_user(launch.spec.user.as_deref())? else {
+        if launch.spec.user.is_some() {
+            debug!(user = ?launch.spec.user, "not running as root; `user` is ignored");
         }
-    }
-    // Its release: root's, entered by the user's group only (0750); its data dir: the user's
-    // alone (0700).
-    for (dir, owner, mode) in [(&launch.release_dir, 0, 0o750), (data_dir, uid, 0o700)] {
+        return Ok(None);
+    };
+    Ok(Some(Confinement::new(
+        uid,
+        gid,
+        &launch.node_root,
+        &[&launch.release_dir, &launch.data_dir],
+    )))
+}
+
+/// Gives the user what it may touch: its release stays root's, entered by the user's group
+/// only (0750); its data dir is the user's alone (0700). The node's data dir keeps 0700.
+pub fn hand_over(launch: &Launch, user: &Confinement) -> Result<()> {
+    for (dir, owner, mode) in [
+        (&launch.release_dir, 0, 0o750),
+        (&launch.data_dir, user.uid, 0o700),
+    ] {
         let path = CString::new(dir.as_os_str().as_encoded_bytes())
             .map_err(|_| Error::Invalid(format!("{} contains a NUL byte", dir.display())))?;
         // SAFETY: lchown on a NUL-terminated path we own; a link is not followed.
-        if unsafe { libc::lchown(path.as_ptr(), owner, gid) } != 0 {
+        if unsafe { libc::lchown(path.as_ptr(), owner, user.gid) } != 0 {
             warn!(dir = %dir.display(), error = %std::io::Error::last_os_error(), "cannot hand the directory to the service's user");
         }
         let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode));
     }
-    cmd.uid(uid).gid(gid);
     Ok(())
 }
 

@@ -101,9 +101,12 @@ pub(crate) fn watch(
     tokio::spawn(async move {
         // An `exec` check runs with the slot's own environment.
         let env = process::environment(&launch);
+        // Confined as the slot is; never run as this node instead.
+        let user = process::confinement(&launch).map_err(|e| e.to_string());
         let ctx = ExecContext {
             dir: &launch.release_dir,
             env: &env,
+            user: user.as_ref().map(Option::as_ref).map_err(String::as_str),
         };
         let (spec, port) = (&launch.spec, launch.port);
         let interval = spec.health.interval.as_duration();

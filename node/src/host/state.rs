@@ -4,7 +4,7 @@
 //! ## Guarantees
 //! - Commands (`backup`, `restore`, `verify`, `migrate`, `contract`) run from the release's
 //!   directory with the environment its slots get (`env`, `HALLEY_SERVICE_DATA`, ...), as the
-//!   node's user.
+//!   service's `user` if it has one, seeing what its slots see ([`crate::host::view`]).
 //! - `migrate` and `contract` run at most once per release on a node: a record in the service's
 //!   directory says which releases already ran them, so a retried deploy does not migrate twice.
 //!   The check, the run and the record happen under one node-wide guard, and the record is
@@ -37,8 +37,6 @@ struct Context {
     record: ServiceRecord,
     spec: ServiceSpec,
     data: PathBuf,
-    /// The uid and gid the service runs as (its `user`), when not as this node.
-    user: Option<(u32, u32)>,
     hooks: Hooks,
 }
 
@@ -142,17 +140,21 @@ impl State<'_> {
             )
         })?;
         let secrets = entry.spec.env.values().map(|v| v.0.clone()).collect();
-        let user = crate::host::process::service_user(entry.spec.user.as_deref())
+        let user = crate::host::process::confinement(&launch)
             .map_err(|e| error_reply(ErrorKind::BadRequest, e.to_string()))?;
+        if let Some(user) = &user {
+            crate::host::process::hand_over(&launch, user)
+                .map_err(|e| error_reply(ErrorKind::Internal, e.to_string()))?;
+        }
         Ok(Some(Context {
             record,
             spec: entry.spec,
             data,
-            user,
             hooks: Hooks {
                 cwd: release_dir,
                 env,
                 secrets,
+                user,
             },
         }))
     }
@@ -193,7 +195,6 @@ impl State<'_> {
                     node: &node,
                     spec: &state,
                     service_data: &ctx.data,
-                    user: ctx.user,
                     release,
                     for_release,
                     hooks: &ctx.hooks,
@@ -326,11 +327,10 @@ impl State<'_> {
             }
         }
         let (b, s, i) = (backups.clone(), service.clone(), id.to_owned());
-        let restored = tokio::task::spawn_blocking(move || {
-            b.restore(&s, &i, &state, &ctx.data, ctx.user, &ctx.hooks)
-        })
-        .await
-        .map_err(|e| error_reply(ErrorKind::Internal, format!("restore task failed: {e}")));
+        let restored =
+            tokio::task::spawn_blocking(move || b.restore(&s, &i, &state, &ctx.data, &ctx.hooks))
+                .await
+                .map_err(|e| error_reply(ErrorKind::Internal, format!("restore task failed: {e}")));
         // Whatever happened, the committed release serves again.
         let woke = handle.step(None, Step::Revert).await;
         let manifest = restored?.map_err(|e| {

@@ -98,6 +98,13 @@ impl DataDir {
         Ok(())
     }
 
+    /// The dir's mode when others than its owner may enter it (an earlier version made it
+    /// 0711 for services with `user`; they now reach their directories through a private view).
+    pub fn loose_mode(&self) -> Option<u32> {
+        let mode = fs::metadata(&self.root).ok()?.permissions().mode() & 0o777;
+        (mode & 0o077 != 0).then_some(mode)
+    }
+
     /// Loads the node record, with a clear error when the dir was never initialised.
     pub fn load_node(&self) -> Result<NodeRecord> {
         if !self.file(NODE_RECORD).exists() {

@@ -16,6 +16,7 @@
 //!
 //! HTTP endpoints: `/health`; `/` answers `version=V slot=S pid=P node=N`; `/sleep?ms=N`; `/echo` streams
 //! the request body back; `/headers` lists the request headers; `/env?name=X` shows a variable;
+//! `/read?path=P` answers the file at P (403 with the error if it cannot be read);
 //! `/visit` counts calls in `$HALLEY_SERVICE_DATA/visits`; `/ws` upgrades (WebSocket handshake)
 //! and then echoes raw bytes; `/stop-listening` closes the listener (new connections are refused,
 //! open ones still served); `/crash` reads the request, counts it in
@@ -216,6 +217,18 @@ async fn handle(mut req: Request<Incoming>, k: &Knobs) -> Response<Body> {
                 .and_then(|q| q.strip_prefix("name="))
                 .unwrap_or("");
             text(StatusCode::OK, std::env::var(name).unwrap_or_default())
+        }
+        "/read" => {
+            // What this process can read at a path: a confined service's view is tested so.
+            let path = req
+                .uri()
+                .query()
+                .and_then(|q| q.strip_prefix("path="))
+                .unwrap_or("");
+            match std::fs::read_to_string(path) {
+                Ok(body) => text(StatusCode::OK, body),
+                Err(e) => text(StatusCode::FORBIDDEN, format!("{e}\n")),
+            }
         }
         "/visit" => {
             // Counts visits in a file under HALLEY_SERVICE_DATA, which outlives releases.
