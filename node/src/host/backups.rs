@@ -119,61 +119,86 @@ impl Hooks {
             .env_clear()
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
             .process_group(0);
         for (k, v, _) in extra {
             cmd.env(k, v);
         }
+        let shown: Vec<&(&str, &Path, Access)> =
+            extra.iter().filter(|(_, dir, _)| dir.exists()).collect();
         let (mut lent, mut written) = (Vec::new(), Vec::new());
         if let Some(user) = &self.user {
-            let mut view = user.clone();
-            for (_, dir, access) in extra.iter().filter(|(_, dir, _)| dir.exists()) {
-                view = match access {
-                    Access::Read => {
-                        lent.push(handover::lend(dir, user.gid)?);
-                        view.showing_read_only(dir)
-                    }
-                    Access::Write | Access::Scratch => {
-                        handover::give(dir, user.uid, user.gid)?;
-                        if *access == Access::Write {
-                            written.push(*dir);
-                        }
-                        view.showing(dir)
-                    }
-                };
-            }
+            let view = shown.iter().fold(user.clone(), |view, (_, dir, access)| {
+                if *access == Access::Read {
+                    view.showing_read_only(dir)
+                } else {
+                    view.showing(dir)
+                }
+            });
             let enter = view.pre_exec(&self.cwd)?;
             // SAFETY: the closure only makes system calls on memory prepared before the fork.
             unsafe {
                 cmd.pre_exec(enter);
             }
+            for (_, dir, access) in &shown {
+                if *access == Access::Read {
+                    lent.push(handover::lend(dir, user.gid)?);
+                } else {
+                    if *access == Access::Write {
+                        written.push((*dir, user.uid));
+                    }
+                    handover::give(dir, user.uid, user.gid)?;
+                }
+            }
         }
-        let out = cmd.spawn().and_then(|child| {
-            let group = child.id() as libc::pid_t;
-            let out = child.wait_with_output();
-            // SAFETY: signalling the process group this command led; it may be gone already.
-            unsafe { libc::killpg(group, libc::SIGKILL) };
-            out
-        });
+        let out = run_to_exit(&mut cmd);
         drop(lent);
-        for dir in written {
-            handover::take_back(dir)?;
+        for (dir, uid) in written {
+            handover::take_back(dir, uid)?;
         }
-        let out = out
+        let (status, output) = out
             .map_err(|e| Error::Process(format!("cannot run the {what} command {argv:?}: {e}")))?;
-        let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
-        text.push_str(&String::from_utf8_lossy(&out.stderr));
+        let text = String::from_utf8_lossy(&output);
         let text = crate::host::slot::redact(&text, &self.secrets);
-        if !out.status.success() {
+        if !status.success() {
             return Err(Error::Process(format!(
-                "the {what} command {argv:?} failed ({}); its output:\n{}",
-                out.status,
+                "the {what} command {argv:?} failed ({status}); its output:\n{}",
                 tail(&text)
             )));
         }
         Ok(text)
     }
+}
+
+/// The most of a command's output kept (its end).
+const MAX_OUTPUT: u64 = 1 << 20;
+
+/// Runs `cmd` (which leads its own process group) until it exits, then kills whatever it left
+/// running in that group; returns its status and the end of its output. The output goes to an
+/// unlinked file, not a pipe, so a child left holding it cannot keep this waiting.
+fn run_to_exit(cmd: &mut Command) -> std::io::Result<(std::process::ExitStatus, Vec<u8>)> {
+    use std::io::{Seek, SeekFrom};
+    let mut log = tempfile::tempfile()?;
+    cmd.stdout(log.try_clone()?).stderr(log.try_clone()?);
+    let mut child = cmd.spawn()?;
+    let pid = child.id() as libc::pid_t;
+    // Waited for without reaping, so the group's id cannot be reused before the kill.
+    // SAFETY: waitid fills a zeroed siginfo_t for our own child.
+    unsafe {
+        let mut info: libc::siginfo_t = std::mem::zeroed();
+        libc::waitid(
+            libc::P_PID,
+            pid as libc::id_t,
+            &mut info,
+            libc::WEXITED | libc::WNOWAIT,
+        );
+        libc::killpg(pid, libc::SIGKILL);
+    }
+    let status = child.wait()?;
+    let len = log.seek(SeekFrom::End(0))?;
+    log.seek(SeekFrom::Start(len.saturating_sub(MAX_OUTPUT)))?;
+    let mut output = Vec::new();
+    log.read_to_end(&mut output)?;
+    Ok((status, output))
 }
 
 fn tail(text: &str) -> String {
@@ -346,9 +371,19 @@ impl Backups {
         let manifest = self.check(service, id)?;
         let dir = self.dir(service).join(id);
         let scratch = self.dir(service).join(format!(".verify-{id}"));
-        let _ = fs::remove_dir_all(&scratch);
+        // Made afresh or not at all: a `verify` command of the user's had the last one, and
+        // what it left there is never reused.
+        match fs::remove_dir_all(&scratch) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(Error::io(
+                    "cannot remove the last scratch restore",
+                    &scratch,
+                )(e));
+            }
+            _ => {}
+        }
         let result: Result<String> = (|| {
-            fs::create_dir_all(&scratch).map_err(Error::io("cannot create", &scratch))?;
+            fs::create_dir(&scratch).map_err(Error::io("cannot create", &scratch))?;
             let mut checked = Vec::new();
             for (i, rel) in manifest.sqlite.iter().enumerate() {
                 let target = scratch.join(rel);
@@ -723,6 +758,34 @@ fn sibling(path: &Path, what: &str) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_command_that_leaves_a_child_behind_returns_when_it_exits_and_the_child_is_killed() {
+        let dir = tempfile::tempdir().unwrap();
+        let hooks = Hooks {
+            cwd: dir.path().to_path_buf(),
+            env: vec![("PATH".into(), std::env::var("PATH").unwrap_or_default())],
+            secrets: Vec::new(),
+            user: None,
+        };
+        let pid_file = dir.path().join("pid");
+        let script = format!("sleep 600 & echo $! > {}; echo done", pid_file.display());
+        let out = hooks
+            .run("backup", &["sh".into(), "-c".into(), script], &[])
+            .unwrap();
+        assert_eq!(out.trim(), "done");
+        let pid = fs::read_to_string(&pid_file).unwrap().trim().to_owned();
+        let gone = (0..100).any(|_| {
+            let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let state = stat.rsplit(')').next().unwrap_or("").trim_start();
+            if stat.is_empty() || state.starts_with('Z') {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            false
+        });
+        assert!(gone, "the child left behind (pid {pid}) still runs");
+    }
 
     #[test]
     fn a_hook_that_prints_a_secret_does_not_return_it() {

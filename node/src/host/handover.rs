@@ -43,16 +43,32 @@ pub fn give(dir: &Path, uid: u32, gid: u32) -> Result<()> {
     Ok(())
 }
 
-/// Takes back the tree at `dir` that the user wrote, making it root's (dirs 0700, files 0600),
-/// or refuses it, naming what is wrong; see the module's guarantees.
-pub fn take_back(dir: &Path) -> Result<()> {
+/// How deep a tree handed back may be.
+const MAX_DEPTH: usize = 32;
+
+/// Takes back the tree at `dir` that user `uid` wrote, making it root's (dirs 0700, files
+/// 0600), or refuses it, naming what is wrong; see the module's guarantees.
+pub fn take_back(dir: &Path, uid: u32) -> Result<()> {
     let top = open_entry(None, dir, dir)?;
-    take(top, dir)
+    take(top, dir, uid, 0)
 }
 
-fn take(file: File, path: &Path) -> Result<()> {
+fn take(file: File, path: &Path, uid: u32, depth: usize) -> Result<()> {
     let meta = file.metadata().map_err(Error::io("cannot inspect", path))?;
     let kind = meta.file_type();
+    if meta.uid() != uid && meta.uid() != 0 {
+        return Err(Error::Invalid(format!(
+            "{} belongs to uid {}, not to the service's user: a backup command may leave only its own files in HALLEY_BACKUP_DIR",
+            path.display(),
+            meta.uid()
+        )));
+    }
+    if depth > MAX_DEPTH {
+        return Err(Error::Invalid(format!(
+            "{} is nested over {MAX_DEPTH} directories deep in HALLEY_BACKUP_DIR; keep a backup command's output flatter",
+            path.display()
+        )));
+    }
     if kind.is_file() && meta.nlink() > 1 {
         return Err(Error::Invalid(format!(
             "{} has other names (a hard link): a backup command must write its own files into HALLEY_BACKUP_DIR, not link others",
@@ -76,7 +92,12 @@ fn take(file: File, path: &Path) -> Result<()> {
         for entry in fs::read_dir(&listing).map_err(Error::io("cannot read", path))? {
             let name = entry.map_err(Error::io("cannot read", path))?.file_name();
             let child = path.join(&name);
-            take(open_entry(Some(&file), Path::new(&name), &child)?, &child)?;
+            take(
+                open_entry(Some(&file), Path::new(&name), &child)?,
+                &child,
+                uid,
+                depth + 1,
+            )?;
         }
     }
     Ok(())
@@ -169,7 +190,7 @@ mod tests {
         let dump = tmp.path().join("hook");
         fs::create_dir_all(dump.join("sub")).unwrap();
         fs::write(dump.join("sub/dump.sql"), "data").unwrap();
-        take_back(&dump).unwrap();
+        take_back(&dump, 0).unwrap();
         let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&dump.join("sub")), 0o700);
         assert_eq!(mode(&dump.join("sub/dump.sql")), 0o600);
@@ -178,13 +199,13 @@ mod tests {
         fs::write(&victim, "someone else's").unwrap();
         fs::set_permissions(&victim, fs::Permissions::from_mode(0o644)).unwrap();
         symlink(&victim, dump.join("sub/link")).unwrap();
-        let err = take_back(&dump).unwrap_err().to_string();
+        let err = take_back(&dump, 0).unwrap_err().to_string();
         assert!(err.contains("is a symbolic link"), "{err}");
         assert_eq!(mode(&victim), 0o644, "a link is never followed");
         fs::remove_file(dump.join("sub/link")).unwrap();
 
         fs::hard_link(&victim, dump.join("linked")).unwrap();
-        let err = take_back(&dump).unwrap_err().to_string();
+        let err = take_back(&dump, 0).unwrap_err().to_string();
         assert!(err.contains("hard link"), "{err}");
         assert_eq!(mode(&victim), 0o644);
         fs::remove_file(dump.join("linked")).unwrap();
@@ -193,7 +214,7 @@ mod tests {
             std::ffi::CString::new(dump.join("fifo").as_os_str().as_encoded_bytes()).unwrap();
         // SAFETY: mkfifo on a NUL-terminated path.
         assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
-        let err = take_back(&dump).unwrap_err().to_string();
+        let err = take_back(&dump, 0).unwrap_err().to_string();
         assert!(err.contains("not a regular file"), "{err}");
     }
 

@@ -370,8 +370,8 @@ fn take_fs_identity(uid: u32, gid: u32) -> Result<()> {
             libc::syscall(ids::SETFSGID, gid);
             libc::syscall(ids::SETFSUID, uid);
             // Called again, each returns the id now in force.
-            libc::syscall(ids::SETFSGID, gid) == i64::from(gid)
-                && libc::syscall(ids::SETFSUID, uid) == i64::from(uid)
+            libc::syscall(ids::SETFSGID, gid) == gid as libc::c_long
+                && libc::syscall(ids::SETFSUID, uid) == uid as libc::c_long
         }
     };
     if set {
