@@ -174,10 +174,18 @@ const MAX_OUTPUT: u64 = 1 << 20;
 
 /// Runs `cmd` (which leads its own process group) until it exits, then kills whatever it left
 /// running in that group; returns its status and the end of its output. The output goes to an
-/// unlinked file, not a pipe, so a child left holding it cannot keep this waiting.
+/// anonymous in-memory file (`memfd`: no `/tmp` needed, which a `FROM scratch` host lacks), not
+/// a pipe, so a child left holding it cannot keep this waiting.
 fn run_to_exit(cmd: &mut Command) -> std::io::Result<(std::process::ExitStatus, Vec<u8>)> {
     use std::io::{Seek, SeekFrom};
-    let mut log = tempfile::tempfile()?;
+    use std::os::fd::FromRawFd;
+    // SAFETY: memfd_create with a NUL-terminated name; the fd is owned by the File from here.
+    let fd = unsafe { libc::memfd_create(c"halley-state-command".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just created and is owned by nothing else.
+    let mut log = unsafe { File::from_raw_fd(fd) };
     cmd.stdout(log.try_clone()?).stderr(log.try_clone()?);
     let mut child = cmd.spawn()?;
     let pid = child.id() as libc::pid_t;
