@@ -37,6 +37,7 @@ impl ReleaseVersion {
             Ok(Self(text.to_owned()))
         } else {
             Err(Error::BadName {
+                kind: "release version",
                 name: text.chars().take(80).collect(),
                 why: "a version is 1-64 characters of A-Z, a-z, 0-9, '.', '_', '-', '+' and may not start with '.' or '-'",
             })

@@ -60,9 +60,11 @@ pub enum Error {
     /// A join token could not be parsed.
     #[error("invalid join token: {0}")]
     BadToken(String),
-    /// A node name breaks the naming rules.
-    #[error("invalid node name {name:?}: {why}")]
+    /// A node name, service name or release version breaks its naming rules.
+    #[error("invalid {kind} {name:?}: {why}")]
     BadName {
+        /// What kind of name: "node name", "service name", "release version".
+        kind: &'static str,
         /// The rejected name.
         name: String,
         /// Which rule it breaks.

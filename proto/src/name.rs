@@ -17,7 +17,13 @@ pub struct NodeName(String);
 impl NodeName {
     /// Parses a name, saying which rule a bad one breaks.
     pub fn parse(name: &str) -> Result<Self, Error> {
+        Self::parse_as("node name", name)
+    }
+
+    /// Parses a name by the node naming rules, calling it `kind` in the error.
+    pub fn parse_as(kind: &'static str, name: &str) -> Result<Self, Error> {
         let bad = |why| Error::BadName {
+            kind,
             name: name.chars().take(80).collect(),
             why,
         };

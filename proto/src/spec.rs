@@ -38,7 +38,7 @@ pub struct ServiceName(NodeName);
 impl ServiceName {
     /// Parses a service name.
     pub fn parse(name: &str) -> Result<Self, Error> {
-        NodeName::parse(name).map(Self)
+        NodeName::parse_as("service name", name).map(Self)
     }
 
     /// The name as text.

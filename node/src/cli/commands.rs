@@ -28,6 +28,9 @@ use crate::store::datadir::DataDir;
 /// The default mesh port.
 pub const DEFAULT_PORT: u16 = 7946;
 
+/// `run`'s default `--service-address`, as the start hints of `init` and `join` print it.
+const SERVICE_ADDRESS_HINT: &str = "0.0.0.0";
+
 /// Halley: a zero-downtime deploy mesh for small stacks.
 #[derive(Debug, Parser)]
 #[command(name = "halley-node", version, about, long_about = None)]
@@ -122,6 +125,11 @@ enum Command {
         /// Print JSON for scripts.
         #[arg(long)]
         json: bool,
+    },
+    /// Print a shell completion script: `halley-node completions bash > /etc/bash_completion.d/halley-node`.
+    Completions {
+        /// The shell: bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
     },
     /// A throwaway 3-node cluster on loopback: deploy, roll out a good release under load, then
     /// a regressing one that the cluster rolls back; ends with a summary.
@@ -355,18 +363,37 @@ pub fn main() -> ExitCode {
     match runtime.block_on(dispatch(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", describe(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes on one line, each cause once: the library's errors already name
+/// their source (`cannot read PATH: No such file…`), so anyhow's chain would repeat it.
+fn describe(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain() {
+        let part = cause.to_string();
+        if text.contains(&part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text
 }
 
 fn init_logging(is_daemon: bool) {
     let default = if is_daemon { "info" } else { "warn" };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // Colour codes only for a person at a terminal: a log file or journald gets plain text.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .try_init();
 }
@@ -491,6 +518,11 @@ async fn dispatch(cli: Cli) -> Result<()> {
         }
         Command::History { service } => {
             let list = deploy::history(&data_dir, &service).await?;
+            if list.is_empty() {
+                bail!(
+                    "no rollout of service {service} is known to this node: check the name ('halley-node services' lists the services here, 'halley-node rollout status' every rollout this node knows of)"
+                );
+            }
             print!("{}", deploy::history_table(&list));
         }
         Command::Services { json } => {
@@ -500,6 +532,15 @@ async fn dispatch(cli: Cli) -> Result<()> {
             } else {
                 print!("{}", deploy::table(&list));
             }
+        }
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "halley-node",
+                &mut std::io::stdout(),
+            );
         }
         Command::Demo => demo::run().await?,
         Command::DemoService => crate::cli::demo::service::run().await?,
@@ -526,8 +567,12 @@ fn init_command(data_dir: &DataDir, args: InitArgs) -> Result<()> {
         opts.name.as_str()
     );
     println!(
-        "start it:        halley-node run --data-dir {}",
-        data_dir.root().display()
+        "start it:        halley-node run --data-dir {} --service-address {}",
+        data_dir.root().display(),
+        SERVICE_ADDRESS_HINT
+    );
+    println!(
+        "                 (--service-address: where entry points bind; 0.0.0.0 serves every interface, 127.0.0.1 only this machine)"
     );
     println!("add a machine:   halley-node join TOKEN --name NAME");
     println!(
@@ -601,8 +646,9 @@ async fn join_command(data_dir: &DataDir, args: JoinArgs) -> Result<()> {
         record.advertise
     );
     println!(
-        "start it: halley-node run --data-dir {}",
-        data_dir.root().display()
+        "start it: halley-node run --data-dir {} --service-address {}",
+        data_dir.root().display(),
+        SERVICE_ADDRESS_HINT
     );
     Ok(())
 }
@@ -698,5 +744,25 @@ fn human_secs(secs: u64) -> String {
         s if s % 3600 == 0 => format!("{}h", s / 3600),
         s if s % 60 == 0 => format!("{}m", s / 60),
         s => format!("{s}s"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_os_error_is_shown_once() {
+        let path = std::path::Path::new("/nonexistent/halley-describe-test");
+        let error = std::fs::read(path)
+            .map_err(crate::error::Error::io("cannot read", path))
+            .context("init failed")
+            .unwrap_err();
+        let text = describe(&error);
+        assert_eq!(text.matches("os error 2").count(), 1, "{text}");
+        assert!(
+            text.starts_with("init failed: cannot read /nonexistent"),
+            "{text}"
+        );
     }
 }

@@ -82,6 +82,9 @@ pub async fn services(data_dir: &DataDir) -> Result<Vec<ServiceStatus>> {
 pub async fn deploy(data_dir: &DataDir, opts: &DeployOptions, out: &mut impl Write) -> Result<()> {
     let artifact = std::fs::canonicalize(&opts.artifact)
         .map_err(Error::io("cannot find artifact", &opts.artifact))?;
+    if artifact.is_dir() {
+        return Err(crate::store::releases::not_a_file(&opts.artifact));
+    }
     let request = RolloutRequest {
         service: opts.service.clone(),
         kind: RolloutKind::Deploy {
@@ -444,6 +447,19 @@ pub fn table(list: &[ServiceStatus]) -> String {
                 s.committed.as_ref().map_or("-", |v| v.as_str()),
             ));
         }
+        let shown = |v: &Option<ReleaseVersion>| v.as_ref().map_or("-", |v| v.as_str()).to_owned();
+        let on_disk: Vec<&str> = s.releases.iter().map(|v| v.as_str()).collect();
+        out.push_str(&format!(
+            "{:<12} releases: committed {}, previous {}, on disk {}\n",
+            "",
+            shown(&s.committed),
+            shown(&s.previous),
+            if on_disk.is_empty() {
+                "none".to_owned()
+            } else {
+                on_disk.join(", ")
+            }
+        ));
         let r = &s.routing;
         out.push_str(&format!(
             "{:<12} routing {}; peers serving: {}; forwarded {}, retried {}, ejected {}\n",

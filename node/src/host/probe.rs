@@ -137,14 +137,72 @@ async fn http(port: u16, path: &str, statuses: &[u16]) -> Outcome {
     if ok {
         return pass();
     }
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.trim())
-        .unwrap_or("");
-    fail(format!(
-        "GET {url} answered {status}: {}",
-        body.chars().take(300).collect::<String>()
-    ))
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    match excerpt(body) {
+        words if words.is_empty() => fail(format!("GET {url} answered {status}")),
+        words => fail(format!("GET {url} answered {status}: {words}")),
+    }
+}
+
+/// Longest body excerpt a failed check reports: enough to show an error's first line, short
+/// enough for one line of `services` and `history`.
+const EXCERPT: usize = 120;
+
+/// The words of a failed check's body on one line: markup, styles and scripts dropped (an
+/// error page's HTML is noise in a deploy's error and in `history`), whitespace collapsed, cut
+/// at [`EXCERPT`].
+fn excerpt(body: &str) -> String {
+    let body = without_elements(body, &["style", "script"]);
+    let mut text = String::new();
+    let mut in_tag = false;
+    for c in body.chars() {
+        match c {
+            '<' => in_tag = true,
+            '>' if in_tag => {
+                in_tag = false;
+                text.push(' ');
+            }
+            _ if in_tag => {}
+            c if c.is_whitespace() || c.is_control() => text.push(' '),
+            c => text.push(c),
+        }
+    }
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let mut out = String::new();
+    for word in words {
+        if out.chars().count() + word.chars().count() + 1 > EXCERPT {
+            out.push('…');
+            break;
+        }
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        out.push_str(word);
+    }
+    out
+}
+
+/// `html` without the named elements and what they hold (ASCII case-insensitive).
+fn without_elements(html: &str, names: &[&str]) -> String {
+    let lower = html.to_ascii_lowercase();
+    let mut out = String::with_capacity(html.len());
+    let mut at = 0;
+    'outer: while at < html.len() {
+        for name in names {
+            let open = format!("<{name}");
+            if lower[at..].starts_with(&open) {
+                let close = format!("</{name}>");
+                at = lower[at..]
+                    .find(&close)
+                    .map_or(html.len(), |i| at + i + close.len());
+                continue 'outer;
+            }
+        }
+        let next = html[at..].chars().next().map_or(1, char::len_utf8);
+        out.push_str(&html[at..at + next]);
+        at += next;
+    }
+    out
 }
 
 async fn command(argv: &[String], port: u16, ctx: &ExecContext<'_>) -> Outcome {
@@ -218,6 +276,26 @@ async fn command(argv: &[String], port: u16, ctx: &ExecContext<'_>) -> Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failed_check_shows_an_error_pages_words_not_its_markup() {
+        let page = "<!DOCTYPE html>\n<html><head><title>Error 500</title><style>body { color: red }</style>\n<script>let x = 1 < 2;</script></head>\n<body><h1>Internal   Server Error</h1><p>database is locked</p></body></html>";
+        assert_eq!(
+            excerpt(page),
+            "Error 500 Internal Server Error database is locked"
+        );
+        let long = "word ".repeat(100);
+        let cut = excerpt(&long);
+        assert!(
+            cut.ends_with('…') && cut.chars().count() <= EXCERPT + 1,
+            "{cut}"
+        );
+        assert_eq!(
+            excerpt("plain text\r\nsecond line"),
+            "plain text second line"
+        );
+        assert_eq!(excerpt(""), "");
+    }
 
     #[tokio::test]
     async fn http_probe_reads_status_and_times_out_on_a_hang() {

@@ -511,15 +511,37 @@ async fn accept_loop(mesh: Weak<Mesh>, endpoint: quinn::Endpoint) {
             drop(handshake);
             match connected {
                 Ok(conn) => accept_connection(mesh, conn).await,
-                Err(e) => {
-                    if let Some(m) = mesh.upgrade()
-                        && m.may_warn(remote.ip())
-                    {
-                        warn!(peer = %remote, error = %e, "refused a connection (handshake failed: no valid cluster certificate, or another protocol); further refusals from this IP are not logged for a minute");
+                Err(e) => match handshake_refusal(&e) {
+                    Some(what) => {
+                        if let Some(m) = mesh.upgrade()
+                            && m.may_warn(remote.ip())
+                        {
+                            warn!(peer = %remote, error = %e, "refused a connection ({what}); further refusals from this IP are not logged for a minute");
+                        }
                     }
-                }
+                    // A member that restarted, gave up or dialled twice: not a refusal.
+                    None => debug!(peer = %remote, error = %e, "a handshake did not finish"),
+                },
             }
         });
+    }
+}
+
+/// What a failed handshake says about the certificates, when it was TLS that failed: a peer
+/// that went away mid-handshake (it restarted, or dropped a duplicate dial) is no refusal.
+fn handshake_refusal(error: &quinn::ConnectionError) -> Option<&'static str> {
+    let is_tls = |code: quinn::TransportErrorCode| (0x100..0x200).contains(&u64::from(code));
+    match error {
+        quinn::ConnectionError::TransportError(e) if is_tls(e.code) => {
+            Some("handshake failed: no valid cluster certificate, or another protocol")
+        }
+        quinn::ConnectionError::ConnectionClosed(close) if is_tls(close.error_code) => {
+            Some("the peer refused this node's certificate during the handshake")
+        }
+        quinn::ConnectionError::TransportError(_) | quinn::ConnectionError::VersionMismatch => {
+            Some("handshake failed: not a QUIC peer of this version")
+        }
+        _ => None,
     }
 }
 

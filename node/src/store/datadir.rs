@@ -41,8 +41,12 @@ pub struct DataDir {
 
 impl DataDir {
     /// The data dir at `root` (not checked or created yet).
+    /// A relative `root` is made absolute against the working directory now: slots, hooks and
+    /// checks run in their release dir, where a relative path would name something else.
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into() }
+        let root = root.into();
+        let root = std::path::absolute(&root).unwrap_or(root);
+        Self { root }
     }
 
     /// The default when neither `--data-dir` nor `HALLEY_DATA_DIR` is given: `/var/lib/halley` as

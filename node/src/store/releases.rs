@@ -89,6 +89,9 @@ impl Releases {
         let dir = self.artifacts();
         fs::create_dir_all(&dir).map_err(Error::io("cannot create", &dir))?;
         let mut source = File::open(path).map_err(Error::io("cannot open artifact", path))?;
+        if source.metadata().is_ok_and(|m| m.is_dir()) {
+            return Err(not_a_file(path));
+        }
         let tmp = dir.join(format!(".incoming-{}", std::process::id()));
         let result = (|| {
             let mut out = fs::OpenOptions::new()
@@ -396,13 +399,7 @@ pub(crate) fn unpack_tar(reader: impl Read, dest: &Path) -> Result<()> {
                     .ok_or_else(|| escape(&shown, "it is a symlink without a target"))?;
                 let base = path.parent().unwrap_or(Path::new(""));
                 if target.is_absolute() || !is_inside(&base.join(&target)) {
-                    return Err(escape(
-                        &shown,
-                        &format!(
-                            "it is a symlink to {}, outside the release directory",
-                            target.display()
-                        ),
-                    ));
+                    return Err(escaping_link(&shown, &target));
                 }
             }
             T::Link => {
@@ -442,6 +439,24 @@ pub(crate) fn unpack_tar(reader: impl Read, dest: &Path) -> Result<()> {
 fn escape(entry: &str, why: &str) -> Error {
     Error::Artifact(format!(
         "refused archive entry {entry:?}: {why}. Nothing was deployed; rebuild the archive from inside the release directory (tar czf app.tar.gz -C DIR .)"
+    ))
+}
+
+/// A symlink out of the release: the host it lands on may not have its target, and a service
+/// must not reach outside its release through one.
+fn escaping_link(entry: &str, target: &Path) -> Error {
+    Error::Artifact(format!(
+        "refused archive entry {entry:?}: it is a symlink to {}, outside the release directory. Nothing was deployed. A release may link only to its own files; a Python virtualenv links to this machine's interpreter, so vendor the packages into the release instead (pip install --target DIR/vendor -r requirements.txt, and PYTHONPATH=vendor in env), or replace the link with the file (tar --dereference); docs/packaging.md shows how",
+        target.display()
+    ))
+}
+
+/// A directory given as the artifact.
+pub fn not_a_file(path: &Path) -> Error {
+    Error::Artifact(format!(
+        "the artifact {} is a directory; deploy takes an archive of it or a single executable: tar czf app.tar.gz -C {} . and give --artifact app.tar.gz",
+        path.display(),
+        path.display()
     ))
 }
 
