@@ -25,7 +25,7 @@ use crate::message::Message;
 /// The first four bytes of every frame.
 pub const MAGIC: [u8; 4] = *b"HLEY";
 /// The wire protocol this build speaks.
-pub const PROTOCOL_VERSION: u16 = 5;
+pub const PROTOCOL_VERSION: u16 = 6;
 /// The data-dir record format this build reads and writes.
 pub const DISK_FORMAT_VERSION: u16 = 2;
 /// Bytes in a frame header.

@@ -390,6 +390,9 @@ pub struct StatusReport {
     pub mesh: MeshStats,
     /// The answering node's certificate.
     pub certificate: CertificateStatus,
+    /// Bytes its data dir takes on disk (releases, artifacts, logs, backups, state), as last
+    /// measured (a few seconds old, a minute at most where the walk is slow).
+    pub data_dir_bytes: u64,
 }
 
 /// When a node's certificate expires and when it renews it (unix ms).
@@ -410,6 +413,10 @@ pub struct MeshStats {
     pub udp_rx_bytes: u64,
     /// Connections open now.
     pub connections: u64,
+    /// Streams this node opened since start (requests, proxied connections, gossip).
+    pub streams_opened: u64,
+    /// Streams peers opened to this node since start.
+    pub streams_accepted: u64,
 }
 
 /// One node in a [`StatusReport`].

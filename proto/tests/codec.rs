@@ -78,11 +78,14 @@ fn samples() -> Vec<Message> {
                 udp_tx_bytes: 1,
                 udp_rx_bytes: 2,
                 connections: 3,
+                streams_opened: 4,
+                streams_accepted: 5,
             },
             certificate: halley_proto::message::CertificateStatus {
                 expires_ms: 7,
                 renews_ms: 6,
             },
+            data_dir_bytes: 8,
         })),
     ]
 }

@@ -319,6 +319,9 @@ struct RunArgs {
     /// on one machine).
     #[arg(long, default_value = "0.0.0.0")]
     service_address: IpAddr,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464); off by default.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -407,6 +410,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
             let opts = RunOptions {
                 gossip_interval: args.gossip_interval,
                 service_address: args.service_address,
+                metrics_listen: args.metrics_listen,
             };
             if opts.gossip_interval < Duration::from_millis(10) {
                 bail!("--gossip-interval must be at least 10ms");

@@ -47,6 +47,10 @@ pub fn table(report: &StatusReport) -> String {
         utc(report.certificate.expires_ms),
         utc(report.certificate.renews_ms)
     );
+    out.push_str(&format!(
+        "this node's data dir takes {} on disk\n",
+        human_bytes(report.data_dir_bytes)
+    ));
     let mut line = |cells: &[&str]| {
         let text: Vec<String> = cells
             .iter()
@@ -72,7 +76,10 @@ pub fn json(report: &StatusReport) -> serde_json::Value {
             "udp_tx_bytes": report.mesh.udp_tx_bytes,
             "udp_rx_bytes": report.mesh.udp_rx_bytes,
             "connections": report.mesh.connections,
+            "streams_opened": report.mesh.streams_opened,
+            "streams_accepted": report.mesh.streams_accepted,
         },
+        "data_dir_bytes": report.data_dir_bytes,
         "certificate": {
             "expires_ms": report.certificate.expires_ms,
             "renews_ms": report.certificate.renews_ms,
@@ -121,6 +128,21 @@ fn member_json(m: &MemberRow) -> serde_json::Value {
     })
 }
 
+/// Bytes in binary units, one decimal: `41.2 MiB`.
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
 fn human_ms(ms: u64) -> String {
     match ms {
         0..1_000 => format!("{ms}ms"),
@@ -160,6 +182,7 @@ mod tests {
                 expires_ms: 1_827_720_000_000,
                 renews_ms: 1_817_000_000_000,
             },
+            data_dir_bytes: 43_200_000,
         };
         let text = table(&report);
         assert!(
@@ -176,7 +199,13 @@ mod tests {
                 && text.contains("worker"),
             "{text}"
         );
+        assert!(
+            text.contains("this node's data dir takes 41.2 MiB on disk"),
+            "{text}"
+        );
+        assert_eq!(human_bytes(1023), "1023 B");
         let value = json(&report);
+        assert_eq!(value["data_dir_bytes"], 43_200_000u64);
         assert_eq!(value["certificate"]["expires_ms"], 1_827_720_000_000u64);
         assert_eq!(value["members"][0]["state"], "dead");
         assert_eq!(value["members"][0]["role"], "worker");

@@ -2,7 +2,8 @@
 //!
 //! `halley-node run` ([`run`]) wires every layer together; [`node::Node`] is the one dispatcher
 //! of requests from peers, from this node itself and from the CLI's admin socket ([`admin`]),
-//! with peers' requests answered in [`peers`]; [`renewal`] keeps its certificate current.
+//! with peers' requests answered in [`peers`]; [`renewal`] keeps its certificate current;
+//! [`metrics`] serves `/metrics` ([`exposition`] says what it contains).
 //!
 //! ## Guarantees
 //! - One daemon per data dir; each start uses a new, larger generation; a graceful stop
@@ -13,6 +14,8 @@
 //! `proxy`, `host`, `rollout`.
 
 pub mod admin;
+pub mod exposition;
+pub mod metrics;
 pub mod node;
 pub mod peers;
 pub mod removal;

@@ -47,7 +47,21 @@ pub struct Node {
     certificate: std::sync::RwLock<CertFacts>,
     /// Held while the list of removed nodes changes (see `daemon::removal`).
     pub(crate) removals: tokio::sync::Mutex<()>,
+    /// The data dir's last measured use and free space, and until when it is reused.
+    disk_use: tokio::sync::Mutex<Option<(std::time::Instant, DiskUse)>>,
 }
+
+/// Bytes a data dir takes, and bytes free on its file system if known.
+type DiskUse = (u64, Option<u64>);
+
+/// How long a measure of the data dir's disk use is reused, as a multiple of the time the walk
+/// took, within [`DISK_USE_REUSE`]: walking a large data dir on an SD card takes a while and
+/// scrapes come every 15 s or so, but a small one is measured afresh every few seconds.
+const DISK_USE_REUSE_FACTOR: u32 = 20;
+const DISK_USE_REUSE: (std::time::Duration, std::time::Duration) = (
+    std::time::Duration::from_secs(3),
+    std::time::Duration::from_secs(60),
+);
 
 impl Node {
     /// The node, with its parts made by the daemon.
@@ -68,6 +82,7 @@ impl Node {
             leave: Notify::new(),
             certificate: std::sync::RwLock::new(certificate),
             removals: tokio::sync::Mutex::new(()),
+            disk_use: tokio::sync::Mutex::new(None),
         }
     }
 
@@ -77,6 +92,38 @@ impl Node {
             Ok(g) => g.clone(),
             Err(p) => p.into_inner().clone(),
         }
+    }
+
+    /// When this node's certificate expires and when it renews it.
+    pub(crate) fn certificate_status(&self) -> CertificateStatus {
+        let c = self.certificate();
+        CertificateStatus {
+            expires_ms: c.expires_ms,
+            renews_ms: crate::engine::renewal::due(c.issued_ms, c.expires_ms),
+        }
+    }
+
+    /// Bytes the data dir takes on disk and bytes free on its file system, reused for a while
+    /// (see [`DISK_USE_REUSE_FACTOR`]; one caller measures, the others wait for its figure).
+    pub(crate) async fn disk_use(&self) -> DiskUse {
+        let mut last = self.disk_use.lock().await;
+        if let Some((until, figures)) = *last
+            && std::time::Instant::now() < until
+        {
+            return figures;
+        }
+        let started = std::time::Instant::now();
+        let root = self.data_dir().root().to_path_buf();
+        let figures = tokio::task::spawn_blocking(move || {
+            use crate::store::disk_use;
+            (disk_use::bytes_used(&root), disk_use::bytes_free(&root))
+        })
+        .await
+        .unwrap_or((0, None));
+        let reuse =
+            (started.elapsed() * DISK_USE_REUSE_FACTOR).clamp(DISK_USE_REUSE.0, DISK_USE_REUSE.1);
+        *last = Some((std::time::Instant::now() + reuse, figures));
+        figures
     }
 
     /// Records a renewed certificate.
@@ -179,13 +226,8 @@ impl Node {
             self_name: self.record.name.clone(),
             members: self.cluster.members(),
             mesh: self.cluster.mesh().map(|m| m.stats()).unwrap_or_default(),
-            certificate: {
-                let c = self.certificate();
-                CertificateStatus {
-                    expires_ms: c.expires_ms,
-                    renews_ms: crate::engine::renewal::due(c.issued_ms, c.expires_ms),
-                }
-            },
+            certificate: self.certificate_status(),
+            data_dir_bytes: self.disk_use().await.0,
         })
     }
 

@@ -52,6 +52,8 @@ pub struct RunOptions {
     pub gossip_interval: Duration,
     /// Where a service's `listen = ":PORT"` binds.
     pub service_address: IpAddr,
+    /// Where `/metrics` is served, if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Default for RunOptions {
@@ -59,6 +61,7 @@ impl Default for RunOptions {
         Self {
             gossip_interval: DEFAULT_GOSSIP_INTERVAL,
             service_address: IpAddr::from([0, 0, 0, 0]),
+            metrics_listen: None,
         }
     }
 }
@@ -111,6 +114,11 @@ pub async fn run(
     let (cluster, coordinator) = (service.cluster.clone(), service.coordinator.clone());
     let handler: Arc<dyn RequestHandler> = service.clone();
     cluster.set_local(Arc::downgrade(&handler));
+    // Bound before the node shows itself to the cluster, so a bad address fails the start cleanly.
+    let mut tasks = Vec::new();
+    if let Some(addr) = opts.metrics_listen {
+        tasks.push(crate::daemon::metrics::serve(addr, service.clone()).await?);
+    }
     let (mesh, gossip_rx) = Mesh::start(record.listen, &creds, handler)?;
     // Refused before any handshake can finish (an accept takes a round trip at least).
     mesh.revoke(&removed);
@@ -144,14 +152,11 @@ pub async fn run(
     crate::daemon::removal::apply(&service, &removed).await;
     crate::rollout::history::republish(&coordinator).await;
     service.services.cluster().attach(mesh.clone());
-    let admin_task = admin::serve(&data_dir, service.clone())?;
-    let removal_task = tokio::spawn(crate::daemon::removal::watch(service.clone()));
-    let renewal_task = tokio::spawn(crate::daemon::renewal::run(
-        service.clone(),
-        mesh.clone(),
-        data_dir.clone(),
-        creds,
-    ));
+    tasks.push(admin::serve(&data_dir, service.clone())?);
+    tasks.push(tokio::spawn(crate::daemon::removal::watch(service.clone())));
+    let renewal =
+        crate::daemon::renewal::run(service.clone(), mesh.clone(), data_dir.clone(), creds);
+    tasks.push(tokio::spawn(renewal));
     info!(
         name = %record.name,
         cluster = %record.cluster_id,
@@ -198,9 +203,7 @@ pub async fn run(
     tokio::time::sleep((interval * 2).clamp(Duration::from_millis(300), Duration::from_secs(2)))
         .await;
     save_peers(&data_dir, &cluster, &mut last_saved);
-    admin_task.abort();
-    renewal_task.abort();
-    removal_task.abort();
+    tasks.iter().for_each(tokio::task::JoinHandle::abort);
     let _ = std::fs::remove_file(data_dir.admin_socket());
     if let Err(e) = chitchat.shutdown().await {
         warn!(error = %e, "gossip did not stop cleanly");
@@ -239,6 +242,7 @@ fn assemble(
         service_address: opts.service_address,
         drains: Arc::default(),
         cluster: Arc::default(),
+        meters: Arc::default(),
     });
     let services = Arc::new(services);
     let cluster = Arc::new(ClusterClient::new(

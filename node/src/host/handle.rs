@@ -43,6 +43,8 @@ pub struct HostContext {
     pub drains: Arc<crate::host::drains::NodeDrain>,
     /// Every service's routing table, and the mesh that reaches peers' instances.
     pub cluster: Arc<crate::proxy::routes::Cluster>,
+    /// Every slot's cumulative request meters (the metrics endpoint reads them).
+    pub meters: Arc<crate::proxy::meters::Meters>,
 }
 
 pub(crate) type StepResult = Result<StepReply, ErrorReply>;

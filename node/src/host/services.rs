@@ -157,6 +157,11 @@ impl Services {
         &self.ctx.cluster
     }
 
+    /// Every slot's cumulative request meters.
+    pub fn meters(&self) -> &crate::proxy::meters::Meters {
+        &self.ctx.meters
+    }
+
     /// A coordinator watching `service`: its status, and contact for its `orphan_timeout`.
     pub async fn watch(&self, service: &ServiceName) -> Option<ServiceStatus> {
         let handle = self.handle(service).await?;

@@ -106,6 +106,9 @@ pub struct Mesh {
     warned: Mutex<HashMap<IpAddr, Instant>>,
     closed_tx_bytes: AtomicU64,
     closed_rx_bytes: AtomicU64,
+    /// Streams this node opened (requests, proxied connections, gossip) and accepted.
+    streams_opened: AtomicU64,
+    streams_accepted: AtomicU64,
     gate: Mutex<HandshakeGate<IpAddr>>,
     /// Handshakes under way (accepted by the gate, not yet finished).
     handshaking: Arc<AtomicUsize>,
@@ -144,6 +147,8 @@ impl Mesh {
             warned: Mutex::default(),
             closed_tx_bytes: AtomicU64::new(0),
             closed_rx_bytes: AtomicU64::new(0),
+            streams_opened: AtomicU64::new(0),
+            streams_accepted: AtomicU64::new(0),
             gate: Mutex::new(HandshakeGate::new(Limits::default())),
             handshaking: Arc::default(),
             unauthenticated: Arc::default(),
@@ -259,6 +264,7 @@ impl Mesh {
             .open_bi()
             .await
             .map_err(|e| Error::Net(format!("cannot open a stream to {to}: {e}")))?;
+        self.streams_opened.fetch_add(1, Ordering::Relaxed);
         write_message(&mut send, request, Limit::Rpc).await?;
         Ok((send, recv))
     }
@@ -278,6 +284,8 @@ impl Mesh {
             udp_tx_bytes: tx + self.closed_tx_bytes.load(Ordering::Relaxed),
             udp_rx_bytes: rx + self.closed_rx_bytes.load(Ordering::Relaxed),
             connections,
+            streams_opened: self.streams_opened.load(Ordering::Relaxed),
+            streams_accepted: self.streams_accepted.load(Ordering::Relaxed),
         }
     }
 
@@ -611,11 +619,12 @@ async fn serve_join_only(mesh: Weak<Mesh>, conn: quinn::Connection) {
         );
         return;
     }
-    drop(m);
     let Ok(Ok((send, recv))) = tokio::time::timeout(STREAM_TIMEOUT, conn.accept_bi()).await else {
         conn.close(quinn::VarInt::from_u32(3), b"expected a join request");
         return;
     };
+    m.streams_accepted.fetch_add(1, Ordering::Relaxed);
+    drop(m);
     serve_request(mesh, None, remote, send, recv).await;
     // Give the reply time to reach the client before closing.
     let _ = tokio::time::timeout(STREAM_TIMEOUT, conn.closed()).await;
@@ -629,16 +638,23 @@ async fn serve_connection(
     identity: Option<PeerIdentity>,
 ) {
     let remote = conn.remote_address();
+    let accepted = |m: &Weak<Mesh>| {
+        if let Some(m) = m.upgrade() {
+            m.streams_accepted.fetch_add(1, Ordering::Relaxed);
+        }
+    };
     loop {
         tokio::select! {
             uni = conn.accept_uni() => match uni {
                 Ok(recv) => {
+                    accepted(&mesh);
                     tokio::spawn(receive_gossip(mesh.clone(), identity.clone(), remote, recv));
                 }
                 Err(_) => break,
             },
             bi = conn.accept_bi() => match bi {
                 Ok((send, recv)) => {
+                    accepted(&mesh);
                     tokio::spawn(serve_request(mesh.clone(), identity.clone(), remote, send, recv));
                 }
                 Err(_) => break,
@@ -765,9 +781,14 @@ async fn peer_sender(mesh: Weak<Mesh>, to: SocketAddr, mut rx: mpsc::Receiver<Ve
                 continue;
             }
         };
-        if let Err(e) = send_uni(&conn, &frame).await {
-            debug!(peer = %to, error = %e, "gossip send failed; dropping connection");
-            mesh.forget(to, &conn);
+        match send_uni(&conn, &frame).await {
+            Ok(()) => {
+                mesh.streams_opened.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                debug!(peer = %to, error = %e, "gossip send failed; dropping connection");
+                mesh.forget(to, &conn);
+            }
         }
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! The HTTP/1.1 ([`http`]) and TCP ([`tcp`]) entry points of each service, the routing table
 //! that knows this node's slot and peers' instances ([`routes`]), per-slot upstreams with
-//! in-flight counts and signals ([`upstream`], [`histogram`]), forwarding headers
+//! in-flight counts and signals ([`upstream`], [`histogram`]), cumulative meters per slot for
+//! the metrics endpoint ([`meters`]), forwarding headers
 //! ([`headers`]), and the mesh hop to a peer's instance: the sending side ([`hop`]) and the
 //! receiving side ([`hop_server`]).
 //!
@@ -18,6 +19,7 @@ pub mod histogram;
 pub mod hop;
 pub mod hop_server;
 pub mod http;
+pub mod meters;
 pub mod routes;
 pub mod tcp;
 pub mod upstream;

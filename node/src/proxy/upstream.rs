@@ -19,6 +19,7 @@ use halley_proto::deploy::{Color, ReleaseVersion, Signals};
 use tokio_util::sync::CancellationToken;
 
 use crate::proxy::histogram::{Histogram, Snapshot};
+use crate::proxy::meters::SlotMeters;
 
 /// One running slot as the proxy sees it.
 #[derive(Debug)]
@@ -35,11 +36,18 @@ pub struct Upstream {
     requests: AtomicU64,
     errors: AtomicU64,
     latency: Histogram,
+    meters: Arc<SlotMeters>,
 }
 
 impl Upstream {
-    /// An upstream for a slot process on `port`.
-    pub fn new(slot: Color, version: ReleaseVersion, port: u16) -> Arc<Self> {
+    /// An upstream for a slot process on `port`, recording also into the slot's cumulative
+    /// `meters`.
+    pub fn new(
+        slot: Color,
+        version: ReleaseVersion,
+        port: u16,
+        meters: Arc<SlotMeters>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             slot,
             version,
@@ -50,6 +58,7 @@ impl Upstream {
             requests: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             latency: Histogram::default(),
+            meters,
         })
     }
 
@@ -103,6 +112,7 @@ impl Upstream {
             self.errors.fetch_add(1, Ordering::Relaxed);
         }
         self.latency.record(latency.as_micros() as u64);
+        self.meters.record(error, latency);
     }
 
     /// A copy of the counters, for windowed signals.
@@ -188,7 +198,12 @@ mod tests {
 
     #[tokio::test]
     async fn flights_are_counted_and_cut_tokens_renew() {
-        let up = Upstream::new(Color::Blue, ReleaseVersion::parse("1").unwrap(), 1);
+        let up = Upstream::new(
+            Color::Blue,
+            ReleaseVersion::parse("1").unwrap(),
+            1,
+            Arc::default(),
+        );
         let (a, cut_a) = up.begin();
         let (b, _) = up.begin();
         assert_eq!(up.inflight(), 2);

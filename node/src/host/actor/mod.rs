@@ -189,7 +189,8 @@ impl Host {
             }
             versions[color.index()] = Some(version.clone());
             let rt = &mut self.slots[color.index()];
-            rt.upstream = Some(Upstream::new(color, version.clone(), rec.port));
+            let meters = self.ctx.meters.slot(&self.record.name, color);
+            rt.upstream = Some(Upstream::new(color, version.clone(), rec.port, meters));
             rt.supervisor = Supervisor::new(RestartPolicy::default());
             match alive {
                 Some(p) => {
@@ -547,8 +548,9 @@ impl Host {
             .version
             .clone()
             .ok_or_else(|| crate::Error::Process("no release for the slot".into()))?;
+        let meters = self.ctx.meters.slot(&self.record.name, slot);
         let rt = &mut self.slots[slot.index()];
-        rt.upstream = Some(Upstream::new(slot, version, port));
+        rt.upstream = Some(Upstream::new(slot, version, port, meters));
         rt.supervisor = Supervisor::new(RestartPolicy::default());
         rt.history.clear();
         rt.signals = Signals::default();
