@@ -96,6 +96,8 @@ pub async fn run(
     };
     let tokens: TokenBook = data_dir.load_tokens()?;
     let generation = next_generation(&data_dir)?;
+    // Nothing copies or unpacks yet: whatever is half done was cut off by the last stop.
+    crate::store::sweep::sweep_and_log(&data_dir, Duration::ZERO);
 
     let interval = opts.gossip_interval;
     let suspect_after = (interval * 4).max(Duration::from_secs(1));

@@ -1,8 +1,8 @@
 //! # store: the data dir and everything on disk
 //!
 //! The data dir's layout, modes and crash-safe writes ([`datadir`]), the artifact store and
-//! unpacked releases ([`releases`]), rollout journals and history books ([`journal`]), and the data dir's disk use
-//! ([`disk_use`]).
+//! unpacked releases ([`releases`]), rollout journals and history books ([`journal`]), the data dir's disk use
+//! ([`disk_use`]), and the sweep that keeps the artifact store bounded ([`sweep`]).
 //!
 //! ## Guarantees
 //! - Records are written temp, fsync, rename: a crash leaves the old or the new record, never a
@@ -17,3 +17,4 @@ pub mod datadir;
 pub mod disk_use;
 pub mod journal;
 pub mod releases;
+pub mod sweep;

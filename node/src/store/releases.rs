@@ -262,6 +262,11 @@ impl Releases {
                 }
             )));
         }
+        // A sweep beside this unpack keeps an artifact touched within its grace.
+        let stored = self.artifact_path(sha256);
+        if let Ok(f) = File::open(&stored) {
+            let _ = f.set_modified(std::time::SystemTime::now());
+        }
         self.verify_stored(sha256)?;
         let parent = dest.parent().unwrap_or(&self.root).to_path_buf();
         fs::create_dir_all(&parent).map_err(Error::io("cannot create", &parent))?;

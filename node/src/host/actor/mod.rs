@@ -869,6 +869,7 @@ impl Host {
         }
         if !pruned.is_empty() {
             let _ = self.save();
+            crate::store::sweep::sweep_and_log(&self.ctx.data_dir, crate::store::sweep::GRACE);
         }
         pruned
     }
