@@ -31,7 +31,7 @@ use std::net::SocketAddr;
 use serde::{Deserialize, Serialize};
 
 use crate::NodeName;
-use crate::deploy::{ReleaseVersion, ServiceStatus, StepReply, StepRequest};
+use crate::deploy::{Color, ReleaseVersion, ServiceStatus, StepReply, StepRequest};
 use crate::disk::BackupManifest;
 use crate::role::{Access, Role};
 use crate::rollout::{HistoryEntry, RolloutRequest, RolloutState};
@@ -263,6 +263,62 @@ pub enum AdminRequest {
         /// that can never join).
         force: bool,
     },
+    /// A service's slot logs, on this node or on `node` over the mesh.
+    Logs {
+        /// The node; `None` for this one.
+        node: Option<NodeName>,
+        /// Which lines.
+        request: LogsRequest,
+    },
+}
+
+/// `logs`: which lines of a service's slot logs to read. Each release and slot has its own log
+/// (`services/NAME/logs/VERSION-SLOT.log`, rotated by size to `.1`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogsRequest {
+    /// The service.
+    pub service: ServiceName,
+    /// The release; `None` for the one the active slot runs (else the committed one).
+    pub release: Option<ReleaseVersion>,
+    /// Lines from the end of each log, when there is no cursor for it.
+    pub lines: u32,
+    /// Where the last answer ended, per log file: only what was written since is sent.
+    pub after: Vec<LogCursor>,
+}
+
+/// How far a log was read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogCursor {
+    /// The log's file name (`VERSION-SLOT.log`).
+    pub file: String,
+    /// Bytes of it read.
+    pub offset: u64,
+}
+
+/// Lines of one slot's log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogChunk {
+    /// The release.
+    pub release: ReleaseVersion,
+    /// The slot.
+    pub slot: Color,
+    /// The text (env values redacted); whole lines except perhaps the last.
+    pub text: String,
+    /// Where to go on from (pass it back in [`LogsRequest::after`]).
+    pub cursor: LogCursor,
+    /// Output the reader may have missed: the log was rotated past the cursor.
+    pub skipped: bool,
+}
+
+/// The answer to a [`LogsRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogsReply {
+    /// The node whose logs these are.
+    pub node: NodeName,
+    /// The release read.
+    pub release: ReleaseVersion,
+    /// One per slot that has a log of it.
+    pub chunks: Vec<LogChunk>,
 }
 
 /// Work on a service's state on the receiving node (admin socket, or a coordinator's peer call).
@@ -375,6 +431,8 @@ pub enum AdminResponse {
         /// It said it held the CA key: it can still sign certificates for other names.
         held_ca: bool,
     },
+    /// Slot logs.
+    Logs(LogsReply),
 }
 
 /// The cluster as one node sees it.
@@ -550,6 +608,8 @@ pub enum PeerRequest {
     /// The names the receiver (an admin) has removed from the cluster: what a node checks a
     /// gossiped `removed` list against before acting on it.
     RemovedList,
+    /// A service's slot logs on the receiver.
+    Logs(LogsRequest),
 }
 
 impl PeerRequest {
@@ -571,6 +631,7 @@ impl PeerRequest {
             | PeerRequest::PutArtifact { .. }
             | PeerRequest::Rollout(_)
             | PeerRequest::State(_)
+            | PeerRequest::Logs(_)
             | PeerRequest::Removed => Access::Admin,
         }
     }
@@ -592,6 +653,7 @@ impl PeerRequest {
             PeerRequest::RenewCertificate { .. } => "renew-certificate",
             PeerRequest::Removed => "removed",
             PeerRequest::RemovedList => "removed-list",
+            PeerRequest::Logs(_) => "logs",
         }
     }
 }
@@ -637,4 +699,6 @@ pub enum PeerReply {
     },
     /// The names removed from the cluster, as the receiver knows them.
     Removed(Vec<NodeName>),
+    /// Slot logs.
+    Logs(LogsReply),
 }

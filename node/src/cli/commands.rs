@@ -120,6 +120,9 @@ enum Command {
         /// The service.
         service: ServiceName,
     },
+    /// A service's slot logs (stdout and stderr) on this node or --node: the serving release's,
+    /// or --release's.
+    Logs(crate::cli::logs::LogsArgs),
     /// Show this node's services: slots, releases, health and request signals.
     Services {
         /// Print JSON for scripts.
@@ -401,22 +404,25 @@ fn init_logging(is_daemon: bool) {
         .try_init();
 }
 
+async fn run_command(data_dir: DataDir, args: RunArgs) -> Result<()> {
+    let opts = RunOptions {
+        gossip_interval: args.gossip_interval,
+        service_address: args.service_address,
+        metrics_listen: args.metrics_listen,
+    };
+    if opts.gossip_interval < Duration::from_millis(10) {
+        bail!("--gossip-interval must be at least 10ms");
+    }
+    daemon::run(data_dir, opts, stop_signal()).await?;
+    Ok(())
+}
+
 async fn dispatch(cli: Cli) -> Result<()> {
     let data_dir = DataDir::new(cli.data_dir.clone().unwrap_or_else(DataDir::default_root));
     match cli.command {
         Command::Init(args) => init_command(&data_dir, args)?,
         Command::Join(args) => join_command(&data_dir, args).await?,
-        Command::Run(args) => {
-            let opts = RunOptions {
-                gossip_interval: args.gossip_interval,
-                service_address: args.service_address,
-                metrics_listen: args.metrics_listen,
-            };
-            if opts.gossip_interval < Duration::from_millis(10) {
-                bail!("--gossip-interval must be at least 10ms");
-            }
-            daemon::run(data_dir, opts, stop_signal()).await?;
-        }
+        Command::Run(args) => run_command(data_dir, args).await?,
         Command::Status { json } => {
             let AdminResponse::Status(report) =
                 admin::call(&data_dir, AdminRequest::Status).await?
@@ -528,6 +534,9 @@ async fn dispatch(cli: Cli) -> Result<()> {
                 );
             }
             print!("{}", deploy::history_table(&list));
+        }
+        Command::Logs(args) => {
+            crate::cli::logs::run(&data_dir, args, &mut std::io::stdout()).await?;
         }
         Command::Services { json } => {
             let list = deploy::services(&data_dir).await?;

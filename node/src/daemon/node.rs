@@ -231,20 +231,19 @@ impl Node {
         })
     }
 
-    /// A state request for another node, forwarded over the mesh.
-    async fn state_on(
+    /// A request of the CLI's for another node, forwarded over the mesh; `answer` turns the
+    /// peer's reply into the CLI's (`None`: an answer of the wrong kind).
+    async fn forward(
         &self,
         node: &NodeName,
-        request: halley_proto::message::StateRequest,
+        request: PeerRequest,
+        timeout: std::time::Duration,
+        answer: impl FnOnce(PeerReply) -> Option<AdminResponse>,
     ) -> Result<AdminResponse, ErrorReply> {
-        let timeout = std::time::Duration::from_secs(3600);
-        match self
-            .cluster
-            .peer(node, PeerRequest::State(request), timeout)
-            .await
-        {
-            Ok(PeerReply::State(reply)) => Ok(AdminResponse::State(reply)),
-            Ok(_) => Err(internal("unexpected answer to a state request")),
+        let kind = request.kind();
+        match self.cluster.peer(node, request, timeout).await {
+            Ok(reply) => answer(reply)
+                .ok_or_else(|| internal(&format!("unexpected answer to a {kind} request"))),
             Err(Error::Remote(reply)) => Err(reply),
             Err(e) => Err(ErrorReply {
                 kind: ErrorKind::Unavailable,
@@ -397,7 +396,34 @@ impl AdminHandler for Node {
             } => {
                 async {
                     self.admin_only_unless_self(&node, "work on another node's state")?;
-                    self.state_on(&node, request).await
+                    // A backup or restore of a large service takes a while.
+                    let timeout = std::time::Duration::from_secs(3600);
+                    self.forward(&node, PeerRequest::State(request), timeout, |r| match r {
+                        PeerReply::State(s) => Some(AdminResponse::State(s)),
+                        _ => None,
+                    })
+                    .await
+                }
+                .await
+            }
+            AdminRequest::Logs {
+                node: None,
+                request,
+            } => crate::host::logs::answer(&self.services, request)
+                .await
+                .map(AdminResponse::Logs),
+            AdminRequest::Logs {
+                node: Some(node),
+                request,
+            } => {
+                async {
+                    self.admin_only_unless_self(&node, "read another node's logs")?;
+                    let timeout = std::time::Duration::from_secs(30);
+                    self.forward(&node, PeerRequest::Logs(request), timeout, |r| match r {
+                        PeerReply::Logs(l) => Some(AdminResponse::Logs(l)),
+                        _ => None,
+                    })
+                    .await
                 }
                 .await
             }

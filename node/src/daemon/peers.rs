@@ -87,6 +87,9 @@ pub(crate) async fn answer(
         PeerRequest::State(request) => crate::host::state::answer(&node.services, request)
             .await
             .map(PeerReply::State),
+        PeerRequest::Logs(request) => crate::host::logs::answer(&node.services, request)
+            .await
+            .map(PeerReply::Logs),
         PeerRequest::RemovedList => Ok(crate::daemon::removal::list(node)),
         PeerRequest::Removed => {
             crate::daemon::removal::removed_here(node, by)?;

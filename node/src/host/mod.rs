@@ -18,6 +18,7 @@ pub mod confined;
 pub mod drains;
 pub mod handle;
 pub mod handover;
+pub mod logs;
 pub mod probe;
 pub mod process;
 pub mod services;

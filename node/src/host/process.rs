@@ -10,7 +10,8 @@
 //!   time in `/proc/PID/stat` matches), so a recycled pid is never signalled.
 //! - The environment is built from scratch: `PATH`, `HOME`, `LANG`, `TZ` from the node, then the
 //!   spec's `env`, then `PORT` and the `HALLEY_*` variables. Env values are never logged.
-//! - stdout and stderr go to `services/NAME/logs/SLOT.log` (appended), which outlives the node.
+//! - stdout and stderr go to `services/NAME/logs/VERSION-SLOT.log` (appended, rotated by
+//!   [`crate::host::logs`]), which outlives the node.
 //! - A service with `user` (on a node that runs as root) runs as that user and sees of the
 //!   node's data dir only its release and its data dir ([`confinement`], [`crate::host::view`]);
 //!   the node's data dir stays 0700.

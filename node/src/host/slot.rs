@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::engine::health::HealthTracker;
 use crate::engine::supervise::Supervisor;
+use crate::host::logs;
 use crate::host::probe::{self, ExecContext};
 use crate::host::process::{self, Launch};
 use crate::proxy::upstream::{StatsSnapshot, Upstream};
@@ -92,6 +93,7 @@ pub(crate) fn watch(
 ) {
     let exit_events = events.clone();
     let exit_token = token.clone();
+    tokio::spawn(rotate_while_running(launch.log.clone(), token.clone()));
     tokio::spawn(async move {
         tokio::select! {
             how = p.exited() => { let _ = exit_events.send(Event::Exited { slot, run_id, how }); }
@@ -132,6 +134,23 @@ pub(crate) fn watch(
             wait = interval;
         }
     });
+}
+
+/// Checks the slot's log every second and rotates it past [`logs::LOG_MAX`], until the slot's
+/// tasks are cancelled.
+async fn rotate_while_running(log: std::path::PathBuf, token: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = token.cancelled() => return,
+        }
+        let path = log.clone();
+        let rotated =
+            tokio::task::spawn_blocking(move || logs::rotate_if_over(&path, logs::LOG_MAX)).await;
+        if let Ok(Err(e)) = rotated {
+            tracing::warn!(log = %log.display(), error = %e, "cannot rotate a slot's log");
+        }
+    }
 }
 
 /// Lines of a slot's log that go into an error message (and from there into rollout reasons,
@@ -183,6 +202,15 @@ pub(crate) fn log_tail(path: &std::path::Path, secrets: &[String]) -> String {
     } else {
         tail.join(" | ")
     }
+}
+
+/// The values to redact from a service's output: every `env` value of its spec and of every
+/// release it keeps.
+pub(crate) fn env_secrets(record: &halley_proto::disk::ServiceRecord) -> Vec<String> {
+    std::iter::once(&record.spec)
+        .chain(record.releases.iter().map(|r| &r.spec))
+        .flat_map(|spec| spec.env.values().map(|v| v.0.clone()))
+        .collect()
 }
 
 /// [`redact`] for a window cut out of longer output (a log's end, a probe's first 4 KiB): a

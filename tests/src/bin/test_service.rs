@@ -13,6 +13,7 @@
 //! | `TS_ERRORS_AFTER_MS` | only answer errors (`TS_ERROR_RATE`) after this long            |
 //! | `TS_HEALTH_FAIL_AFTER_MS` | `/health` answers 503 from this long after start           |
 //! | `TS_PRINT_ENV`       | name of an env variable to print (with its value) at start      |
+//! | `TS_NOISE_BYTES`     | print this many bytes of numbered lines to stdout, 4 MiB a second |
 //!
 //! HTTP endpoints: `/health`; `/` answers `version=V slot=S pid=P node=N`; `/sleep?ms=N`; `/echo` streams
 //! the request body back; `/headers` lists the request headers; `/env?name=X` shows a variable;
@@ -82,6 +83,12 @@ async fn main() {
             "test-service: {name}={}",
             std::env::var(&name).unwrap_or_default()
         );
+    }
+    if let Some(total) = std::env::var("TS_NOISE_BYTES")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        tokio::spawn(noise(total));
     }
     if let Some(d) = env_ms("TS_CRASH_AFTER_MS") {
         tokio::spawn(async move {
@@ -176,6 +183,24 @@ async fn echo(io: &mut (impl AsyncReadExt + AsyncWriteExt + Unpin)) {
 }
 
 type Body = BoxBody<Bytes, hyper::Error>;
+
+/// `TS_NOISE_BYTES`: numbered 100-byte lines, 64 KiB every 16 ms (about 4 MiB a second).
+async fn noise(total: u64) {
+    use std::io::Write;
+    let mut written = 0u64;
+    let mut n = 0u64;
+    while written < total {
+        let mut burst = String::with_capacity(64 << 10);
+        while burst.len() < (64 << 10) && written + (burst.len() as u64) < total {
+            n += 1;
+            burst.push_str(&format!("noise {n:>12} {}\n", "x".repeat(80)));
+        }
+        written += burst.len() as u64;
+        let _ = std::io::stdout().write_all(burst.as_bytes());
+        tokio::time::sleep(Duration::from_millis(16)).await;
+    }
+    eprintln!("test-service: noise done, {n} lines");
+}
 
 fn text(status: StatusCode, body: String) -> Response<Body> {
     let mut r = Response::new(Full::new(Bytes::from(body)).map_err(|n| match n {}).boxed());

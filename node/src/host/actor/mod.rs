@@ -597,7 +597,7 @@ impl Host {
         Some(Launch {
             release_dir: self.ctx.releases.release_dir(&name, &upstream.version),
             data_dir: service_dir.join("data"),
-            log: service_dir.join("logs").join(format!("{slot}.log")),
+            log: crate::host::logs::path(&service_dir, &upstream.version, slot),
             node_root: self.ctx.data_dir.root().to_path_buf(),
             node: self.ctx.node.clone(),
             service: name,
@@ -653,17 +653,16 @@ impl Host {
                 self.engine.set_health(slot, health);
             }
             Event::Exited { slot, run_id, how } => {
-                let name = self.record.name.clone();
-                let log = self
-                    .ctx
-                    .releases
-                    .service_dir(&name)
-                    .join("logs")
-                    .join(format!("{slot}.log"));
                 let rt = &mut self.slots[slot.index()];
                 if rt.run_id != run_id {
                     return;
                 }
+                let service_dir = self.ctx.releases.service_dir(&self.record.name);
+                let log = rt.upstream.as_ref().map_or_else(
+                    || service_dir.join("logs"),
+                    |up| crate::host::logs::path(&service_dir, &up.version, slot),
+                );
+                let rt = &mut self.slots[slot.index()];
                 rt.pid = None;
                 let ran = now.saturating_sub(rt.since_ms);
                 let restart = rt.supervisor.exited(now, ran);
@@ -678,7 +677,7 @@ impl Host {
                     t.set_crash_loop(restart.crash_loop);
                     self.engine.set_health(slot, t.health());
                 }
-                warn!(service = %name, %slot, %how, restart_in_ms = restart.delay_ms, crash_loop = restart.crash_loop, "slot process exited");
+                warn!(service = %self.record.name, %slot, %how, restart_in_ms = restart.delay_ms, crash_loop = restart.crash_loop, "slot process exited");
             }
         }
     }
@@ -686,11 +685,7 @@ impl Host {
     /// Every `env` value of the service's specs (committed and prepared), to redact from what
     /// leaves this host.
     fn env_values(&self) -> Vec<String> {
-        let specs =
-            std::iter::once(&self.record.spec).chain(self.record.releases.iter().map(|r| &r.spec));
-        specs
-            .flat_map(|spec| spec.env.values().map(|v| v.0.clone()))
-            .collect()
+        slot::env_secrets(&self.record)
     }
 
     fn tick(&mut self) {
@@ -865,6 +860,8 @@ impl Host {
             {
                 warn!(service = %self.record.name, version = %entry.version, error = %e, "cannot remove old release");
             }
+            let service_dir = self.ctx.releases.service_dir(&self.record.name);
+            crate::host::logs::remove_release(&service_dir, &entry.version);
             pruned.push(entry.version);
         }
         if !pruned.is_empty() {
