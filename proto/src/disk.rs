@@ -241,6 +241,18 @@ impl Record for RevokedBook {
     const CODE: u16 = 105;
 }
 
+/// `forgotten.rec`: nodes `forget` dropped from this node's view, each up to a generation (a
+/// newer generation of the name shows again).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForgottenBook {
+    /// Name and the newest generation forgotten, sorted by name.
+    pub nodes: Vec<(NodeName, u64)>,
+}
+
+impl Record for ForgottenBook {
+    const CODE: u16 = 107;
+}
+
 /// `removed.rec`: this node was removed from its cluster; its data dir refuses to run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RemovalRecord {

@@ -263,6 +263,12 @@ pub enum AdminRequest {
         /// that can never join).
         force: bool,
     },
+    /// Drop a dead, left or removed node from `status` on this node and every live member
+    /// (an admin's).
+    Forget {
+        /// The node.
+        node: NodeName,
+    },
     /// A service's slot logs, on this node or on `node` over the mesh.
     Logs {
         /// The node; `None` for this one.
@@ -433,6 +439,16 @@ pub enum AdminResponse {
     },
     /// Slot logs.
     Logs(LogsReply),
+    /// A node was forgotten here, up to `generation`; `told` members did so too, `refused`
+    /// ones did not (with why).
+    Forgotten {
+        /// The generation forgotten.
+        generation: u64,
+        /// Members that forgot it as well.
+        told: Vec<NodeName>,
+        /// Members that did not, and why.
+        refused: Vec<(NodeName, String)>,
+    },
 }
 
 /// The cluster as one node sees it.
@@ -610,6 +626,14 @@ pub enum PeerRequest {
     RemovedList,
     /// A service's slot logs on the receiver.
     Logs(LogsRequest),
+    /// Drop `node` up to `generation` from the receiver's view (it refuses if it sees that
+    /// generation running).
+    Forget {
+        /// The node.
+        node: NodeName,
+        /// Its newest generation to forget.
+        generation: u64,
+    },
 }
 
 impl PeerRequest {
@@ -632,6 +656,7 @@ impl PeerRequest {
             | PeerRequest::Rollout(_)
             | PeerRequest::State(_)
             | PeerRequest::Logs(_)
+            | PeerRequest::Forget { .. }
             | PeerRequest::Removed => Access::Admin,
         }
     }
@@ -654,6 +679,7 @@ impl PeerRequest {
             PeerRequest::Removed => "removed",
             PeerRequest::RemovedList => "removed-list",
             PeerRequest::Logs(_) => "logs",
+            PeerRequest::Forget { .. } => "forget",
         }
     }
 }

@@ -74,6 +74,11 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Drop a dead, left or removed NODE from `status` (admin), here and on every live member.
+    Forget {
+        /// The node to forget.
+        node: NodeName,
+    },
     /// Mark a node as draining (this one, or NODE): gossiped, shown by `status`, and
     /// `GET /.halley/ready` on its entry points answers 503.
     Drain {
@@ -483,6 +488,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
                 );
             }
         }
+        Command::Forget { node } => forget_command(&data_dir, node).await?,
         Command::Leave => {
             admin::call(&data_dir, AdminRequest::Leave).await?;
             println!("leaving; the node announces it to its peers and stops");
@@ -599,6 +605,35 @@ fn init_command(data_dir: &DataDir, args: InitArgs) -> Result<()> {
 
 /// Stops a command only an admin may run on a worker before it reads or checks anything (the
 /// node refuses it too; this saves a dry run that would pass, or a prompt, first).
+async fn forget_command(data_dir: &DataDir, node: NodeName) -> Result<()> {
+    let request = AdminRequest::Forget { node: node.clone() };
+    let AdminResponse::Forgotten {
+        generation,
+        told,
+        refused,
+    } = admin::call(data_dir, request).await?
+    else {
+        bail!("the node answered forget with something else");
+    };
+    let told: Vec<String> = told.iter().map(ToString::to_string).collect();
+    println!(
+        "forgot {node} (generation {generation}) here{}; if it starts again it shows again",
+        if told.is_empty() {
+            String::new()
+        } else {
+            format!(" and on {}", told.join(", "))
+        }
+    );
+    if !refused.is_empty() {
+        let why: Vec<String> = refused.iter().map(|(n, e)| format!("{n}: {e}")).collect();
+        bail!(
+            "{node} is still shown by: {}; run 'halley-node forget {node}' again once they see it gone",
+            why.join("; ")
+        );
+    }
+    Ok(())
+}
+
 fn require_admin(data_dir: &DataDir, command: &str) -> Result<()> {
     let record = data_dir.load_node()?;
     if record.role != Role::Admin {

@@ -29,7 +29,7 @@ use halley_proto::{Message, NodeName};
 
 use crate::clock::wall_ms;
 use crate::cluster::gossip::Gossip;
-use crate::engine::membership::MembershipView;
+use crate::engine::membership::{MembershipView, Unforgettable};
 use crate::error::{Error, Result, internal};
 use crate::mesh::endpoint::{Mesh, RequestHandler};
 
@@ -196,6 +196,32 @@ impl ClusterClient {
             }
         }
         rows
+    }
+
+    /// Drops a dead, left or removed member from the view; returns the generation forgotten.
+    pub fn forget(&self, name: &NodeName) -> std::result::Result<u64, Unforgettable> {
+        let removed = self.mesh().is_some_and(|m| m.is_revoked(name));
+        let now = self.mono_ms();
+        match self.view.lock() {
+            Ok(mut view) => view.forget(name, removed, now),
+            Err(p) => p.into_inner().forget(name, removed, now),
+        }
+    }
+
+    /// Leaves `name` out up to `generation` (a forget loaded from disk).
+    pub fn remember_forgotten(&self, name: NodeName, generation: u64) {
+        match self.view.lock() {
+            Ok(mut view) => view.remember_forgotten(name, generation),
+            Err(p) => p.into_inner().remember_forgotten(name, generation),
+        }
+    }
+
+    /// Every name forgotten here, with its newest forgotten generation.
+    pub fn forgotten(&self) -> Vec<(NodeName, u64)> {
+        match self.view.lock() {
+            Ok(view) => view.forgotten(),
+            Err(p) => p.into_inner().forgotten(),
+        }
     }
 
     /// The mesh address of a member that is not dead or gone.

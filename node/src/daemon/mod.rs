@@ -3,7 +3,8 @@
 //! `halley-node run` ([`run`]) wires every layer together; [`node::Node`] is the one dispatcher
 //! of requests from peers, from this node itself and from the CLI's admin socket ([`admin`]),
 //! with peers' requests answered in [`peers`]; [`renewal`] keeps its certificate current;
-//! [`metrics`] serves `/metrics` ([`exposition`] says what it contains).
+//! [`metrics`] serves `/metrics` ([`exposition`] says what it contains); [`forget`] drops a gone
+//! node from `status`.
 //!
 //! ## Guarantees
 //! - One daemon per data dir; each start uses a new, larger generation; a graceful stop
@@ -15,6 +16,7 @@
 
 pub mod admin;
 pub mod exposition;
+pub mod forget;
 pub mod metrics;
 pub mod node;
 pub mod peers;

@@ -406,6 +406,13 @@ impl AdminHandler for Node {
                 }
                 .await
             }
+            AdminRequest::Forget { node } => {
+                async {
+                    self.admin_only("forget a node")?;
+                    crate::daemon::forget::forget(self, &node).await
+                }
+                .await
+            }
             AdminRequest::Logs {
                 node: None,
                 request,

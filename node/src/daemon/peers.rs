@@ -87,6 +87,10 @@ pub(crate) async fn answer(
         PeerRequest::State(request) => crate::host::state::answer(&node.services, request)
             .await
             .map(PeerReply::State),
+        PeerRequest::Forget {
+            node: name,
+            generation,
+        } => crate::daemon::forget::forget_here(node, &name, generation),
         PeerRequest::Logs(request) => crate::host::logs::answer(&node.services, request)
             .await
             .map(PeerReply::Logs),

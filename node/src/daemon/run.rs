@@ -114,6 +114,7 @@ pub async fn run(
         suspect_after,
     );
     let (cluster, coordinator) = (service.cluster.clone(), service.coordinator.clone());
+    crate::daemon::forget::load(&service);
     let handler: Arc<dyn RequestHandler> = service.clone();
     cluster.set_local(Arc::downgrade(&handler));
     // Bound before the node shows itself to the cluster, so a bad address fails the start cleanly.

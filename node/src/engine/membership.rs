@@ -8,6 +8,9 @@
 //!   draining); failure detector says dead → dead; heartbeat not advanced for `suspect_after`, or
 //!   not yet judged → suspect; draining flag → draining; else alive.
 //! - "Last heard" is the time since the node's heartbeat last advanced in our copy of its state.
+//! - A node that is dead, left or removed can be forgotten (`forget NODE`): its generation and
+//!   every older one are left out from then on, though chitchat keeps reporting them for an
+//!   hour; a newer generation (the node started again) shows as before.
 //!
 //! ## Non-goals
 //! It does not judge liveness itself: that is chitchat's phi-accrual detector.
@@ -69,6 +72,19 @@ pub struct MembershipView {
     suspect_after_ms: u64,
     heard: HashMap<(NodeName, u64), Heard>,
     newest: HashMap<NodeName, Observation>,
+    /// Per name, the newest generation forgotten.
+    forgotten: HashMap<NodeName, u64>,
+}
+
+/// Why a node cannot be forgotten.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unforgettable {
+    /// No member has that name.
+    Unknown,
+    /// It is the answering node.
+    Itself,
+    /// It may still be running (alive, suspect or draining).
+    Running(MemberState),
 }
 
 impl MembershipView {
@@ -79,7 +95,55 @@ impl MembershipView {
             suspect_after_ms,
             heard: HashMap::new(),
             newest: HashMap::new(),
+            forgotten: HashMap::new(),
         }
+    }
+
+    /// Leaves `name` out of the view, if it is dead or left (or `removed` by an admin); returns
+    /// the generation forgotten.
+    pub fn forget(
+        &mut self,
+        name: &NodeName,
+        removed: bool,
+        now_ms: u64,
+    ) -> Result<u64, Unforgettable> {
+        if name == &self.self_name {
+            return Err(Unforgettable::Itself);
+        }
+        let row = self
+            .rows(now_ms, 0)
+            .into_iter()
+            .find(|r| &r.name == name)
+            .ok_or(Unforgettable::Unknown)?;
+        if !removed && !matches!(row.state, MemberState::Dead | MemberState::Left) {
+            return Err(Unforgettable::Running(row.state));
+        }
+        self.remember_forgotten(name.clone(), row.generation);
+        Ok(row.generation)
+    }
+
+    /// Leaves `name` out up to `generation` (a forget made earlier, or by another admin).
+    pub fn remember_forgotten(&mut self, name: NodeName, generation: u64) {
+        let newest = self.forgotten.entry(name.clone()).or_insert(generation);
+        *newest = (*newest).max(generation);
+        if self
+            .newest
+            .get(&name)
+            .is_some_and(|o| o.generation <= *newest)
+        {
+            self.newest.remove(&name);
+        }
+    }
+
+    /// Every name forgotten, with the newest generation forgotten, sorted by name.
+    pub fn forgotten(&self) -> Vec<(NodeName, u64)> {
+        let mut list: Vec<(NodeName, u64)> = self
+            .forgotten
+            .iter()
+            .map(|(n, g)| (n.clone(), *g))
+            .collect();
+        list.sort();
+        list
     }
 
     /// Takes in a full snapshot of chitchat's state at monotonic time `now_ms`.
@@ -87,6 +151,13 @@ impl MembershipView {
         let mut newest: HashMap<NodeName, Observation> = HashMap::new();
         let mut keys = Vec::with_capacity(snapshot.len());
         for obs in snapshot {
+            if self
+                .forgotten
+                .get(&obs.name)
+                .is_some_and(|g| obs.generation <= *g)
+            {
+                continue;
+            }
             let key = (obs.name.clone(), obs.generation);
             keys.push(key.clone());
             let heard = self.heard.entry(key).or_insert(Heard {
@@ -194,7 +265,8 @@ mod tests {
     //! Scenario scripts in `node/tests/scenarios/membership/*.txt`. Commands:
     //! `self NAME`, `suspect-after MS`, `at MS` (applies the observations since the last `at`),
     //! `observe NAME gen=G hb=H live|dead|unknown [draining] [left] [started=MS]`, and
-    //! `rows WALL_MS` followed by the expected rows, each `> name state heard uptime gen`.
+    //! `rows WALL_MS` followed by the expected rows, each `> name state heard uptime gen`, and
+    //! `forget NAME` followed by `> forgot gen=G` or `> refused WHY`.
     //! `UPDATE_GOLDENFILES=1` rewrites the expectations.
     use super::*;
 
@@ -258,6 +330,16 @@ mod tests {
                     }
                 }
                 pending.push(obs);
+            }
+            ["forget", name] => {
+                apply(&mut view, &mut pending, now, &self_name, suspect_after);
+                let name = NodeName::parse(name).unwrap();
+                let said = match view.as_mut().map(|v| v.forget(&name, false, now)) {
+                    Some(Ok(generation)) => format!("forgot gen={generation}"),
+                    Some(Err(why)) => format!("refused {why:?}"),
+                    None => "no view".into(),
+                };
+                out.push_str(&format!("> {said}\n"));
             }
             ["rows", wall] => {
                 apply(&mut view, &mut pending, now, &self_name, suspect_after);

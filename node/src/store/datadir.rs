@@ -291,6 +291,8 @@ pub const TOKENS: &str = "tokens.rec";
 pub const GENERATION: &str = "generation.rec";
 /// Known peers.
 pub const PEERS: &str = "peers.rec";
+/// Nodes `forget` dropped from the view.
+pub const FORGOTTEN: &str = "forgotten.rec";
 /// Admin socket.
 pub const ADMIN_SOCKET: &str = "admin.sock";
 /// Daemon lock.
