@@ -152,18 +152,27 @@ impl Hooks {
         }
         let out = run_to_exit(&mut cmd);
         drop(lent);
+        // Every dir is taken back even if one is refused; the command's own failure is told
+        // first, since a refusal after a failed command is most often its leftovers.
+        let mut refused = None;
         for (dir, uid) in written {
-            handover::take_back(dir, uid)?;
+            if let Err(e) = handover::take_back(dir, uid) {
+                refused.get_or_insert(e);
+            }
         }
         let (status, output) = out
             .map_err(|e| Error::Process(format!("cannot run the {what} command {argv:?}: {e}")))?;
         let text = String::from_utf8_lossy(&output);
         let text = crate::host::slot::redact(&text, &self.secrets);
         if !status.success() {
+            let also = refused.map_or_else(String::new, |e| format!("\n(also: {e})"));
             return Err(Error::Process(format!(
-                "the {what} command {argv:?} failed ({status}); its output:\n{}",
+                "the {what} command {argv:?} failed ({status}); its output:\n{}{also}",
                 tail(&text)
             )));
+        }
+        if let Some(e) = refused {
+            return Err(e);
         }
         Ok(text)
     }
@@ -189,16 +198,26 @@ fn run_to_exit(cmd: &mut Command) -> std::io::Result<(std::process::ExitStatus, 
     cmd.stdout(log.try_clone()?).stderr(log.try_clone()?);
     let mut child = cmd.spawn()?;
     let pid = child.id() as libc::pid_t;
-    // Waited for without reaping, so the group's id cannot be reused before the kill.
-    // SAFETY: waitid fills a zeroed siginfo_t for our own child.
+    // Waited for without reaping, so the group's id cannot be reused before the kill. A signal
+    // interrupting the wait must not kill a command that is still running: wait again.
+    loop {
+        // SAFETY: waitid fills a zeroed siginfo_t for our own child.
+        let waited = unsafe {
+            let mut info: libc::siginfo_t = std::mem::zeroed();
+            libc::waitid(
+                libc::P_PID,
+                pid as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOWAIT,
+            )
+        };
+        if waited == 0 || std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted
+        {
+            break;
+        }
+    }
+    // SAFETY: signalling the process group of our own child, which has exited but is not reaped.
     unsafe {
-        let mut info: libc::siginfo_t = std::mem::zeroed();
-        libc::waitid(
-            libc::P_PID,
-            pid as libc::id_t,
-            &mut info,
-            libc::WEXITED | libc::WNOWAIT,
-        );
         libc::killpg(pid, libc::SIGKILL);
     }
     let status = child.wait()?;

@@ -9,7 +9,8 @@
 //! - [`create_new`] makes a file that did not exist (`O_EXCL`, `O_NOFOLLOW`): a link planted at
 //!   its name fails it rather than being followed.
 //! - [`as_user`] reads and writes the service's files with the service user's file-system
-//!   identity, seeing only its data dir of the node's ([`Confinement::run`]), so what it opens is
+//!   identity, seeing of the node's data dir only what the service's hooks see, its release and
+//!   its data dir ([`Confinement::run`]), so what it opens is
 //!   only what that user could open itself: a directory swapped for a link between
 //!   [`confined`]'s check and the read (the service writes while a snapshot runs) leads nowhere
 //!   the service could not reach already, and what a restore writes is the user's.
