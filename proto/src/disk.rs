@@ -241,12 +241,12 @@ impl Record for RevokedBook {
     const CODE: u16 = 105;
 }
 
-/// `forgotten.rec`: nodes `forget` dropped from this node's view, each up to a generation (a
-/// newer generation of the name shows again).
+/// `forgotten.rec`: nodes `forget` dropped from this node's view, each at a generation and
+/// heartbeat (a newer generation, or that one's heartbeat advancing, shows again).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ForgottenBook {
-    /// Name and the newest generation forgotten, sorted by name.
-    pub nodes: Vec<(NodeName, u64)>,
+    /// Name, the newest generation forgotten and its heartbeat then, sorted by name.
+    pub nodes: Vec<(NodeName, u64, u64)>,
 }
 
 impl Record for ForgottenBook {

@@ -301,6 +301,16 @@ pub struct LogCursor {
     pub offset: u64,
 }
 
+impl LogCursor {
+    /// The start of the log of `release` in `slot`.
+    pub fn start_of(release: &ReleaseVersion, slot: Color) -> Self {
+        Self {
+            file: format!("{release}-{slot}.log"),
+            offset: 0,
+        }
+    }
+}
+
 /// Lines of one slot's log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogChunk {
@@ -633,6 +643,9 @@ pub enum PeerRequest {
         node: NodeName,
         /// Its newest generation to forget.
         generation: u64,
+        /// That generation's heartbeat when the admin forgot it: once it advances, the node
+        /// shows again.
+        heartbeat: u64,
     },
 }
 

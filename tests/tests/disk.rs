@@ -55,13 +55,13 @@ fn artifacts_are_pruned_with_releases_and_leftovers_removed_at_start() {
         let out = node.deploy(&config, "web", &v.to_string(), &build);
         assert_ok(&out, &format!("deploy web {v}"));
     }
-    // A sweep beside deploys leaves what was touched in the last 10 minutes (a deploy may be
+    // A sweep beside deploys leaves what was touched in the last 2 hours (a deploy may be
     // between storing and unpacking it); these six deploys took seconds, so they age first.
     assert_eq!(names(&artifacts).len(), 6);
-    let an_hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    let hours_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3 * 3600);
     for name in names(&artifacts) {
         let f = std::fs::File::open(artifacts.join(name)).unwrap();
-        f.set_modified(an_hour_ago).unwrap();
+        f.set_modified(hours_ago).unwrap();
     }
     let build = distinct_build(root.path(), 7);
     assert_ok(&node.deploy(&config, "web", "7", &build), "deploy web 7");

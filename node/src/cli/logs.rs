@@ -2,7 +2,7 @@
 //! like `tail` and `tail -f`.
 //!
 //! ## Guarantees
-//! - What is printed is the service's own output, byte for byte (env values redacted by the
+//! - What is printed is the service's own output as text (env values redacted by the
 //!   node), with a `==> … <==` header naming the release and slot whenever the output switches
 //!   between the two slots' logs, as `tail` does with several files.
 //! - `--follow` asks again every half second from where the last answer ended, so it survives
@@ -12,7 +12,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use halley_proto::NodeName;
-use halley_proto::deploy::ReleaseVersion;
+use halley_proto::deploy::{Color, ReleaseVersion};
 use halley_proto::message::{AdminRequest, AdminResponse, LogCursor, LogsReply, LogsRequest};
 use halley_proto::spec::ServiceName;
 
@@ -70,12 +70,19 @@ pub async fn run(data_dir: &DataDir, mut args: LogsArgs, out: &mut impl Write) -
     if !args.follow {
         return Ok(());
     }
+    // A slot's log that does not exist yet (the other slot starting the release) is followed
+    // from its first line.
+    for slot in Color::BOTH {
+        let start = LogCursor::start_of(&first.release, slot);
+        if !cursors.iter().any(|c| c.file == start.file) {
+            cursors.push(start);
+        }
+    }
     loop {
         tokio::time::sleep(POLL).await;
         match ask(data_dir, &args, cursors.clone()).await {
             Ok(reply) => {
                 let next = printer.print(&reply, out)?;
-                // A log that appeared since (the other slot started) is read from its start.
                 for c in next {
                     match cursors.iter_mut().find(|old| old.file == c.file) {
                         Some(old) => *old = c,

@@ -199,7 +199,7 @@ impl ClusterClient {
     }
 
     /// Drops a dead, left or removed member from the view; returns the generation forgotten.
-    pub fn forget(&self, name: &NodeName) -> std::result::Result<u64, Unforgettable> {
+    pub fn forget(&self, name: &NodeName) -> std::result::Result<(u64, u64), Unforgettable> {
         let removed = self.mesh().is_some_and(|m| m.is_revoked(name));
         let now = self.mono_ms();
         match self.view.lock() {
@@ -208,16 +208,19 @@ impl ClusterClient {
         }
     }
 
-    /// Leaves `name` out up to `generation` (a forget loaded from disk).
-    pub fn remember_forgotten(&self, name: NodeName, generation: u64) {
+    /// Leaves `name` out at `generation` up to `heartbeat` (a forget loaded from disk, or an
+    /// admin's).
+    pub fn remember_forgotten(&self, name: NodeName, generation: u64, heartbeat: u64) {
         match self.view.lock() {
-            Ok(mut view) => view.remember_forgotten(name, generation),
-            Err(p) => p.into_inner().remember_forgotten(name, generation),
+            Ok(mut view) => view.remember_forgotten(name, generation, heartbeat),
+            Err(p) => p
+                .into_inner()
+                .remember_forgotten(name, generation, heartbeat),
         }
     }
 
-    /// Every name forgotten here, with its newest forgotten generation.
-    pub fn forgotten(&self) -> Vec<(NodeName, u64)> {
+    /// Every name forgotten here, with its newest forgotten generation and heartbeat.
+    pub fn forgotten(&self) -> Vec<(NodeName, u64, u64)> {
         match self.view.lock() {
             Ok(view) => view.forgotten(),
             Err(p) => p.into_inner().forgotten(),

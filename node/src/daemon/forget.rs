@@ -33,14 +33,14 @@ pub fn load(node: &Node) {
         .data_dir()
         .read_record_or_default(FORGOTTEN)
         .unwrap_or_default();
-    for (name, generation) in book.nodes {
-        node.cluster.remember_forgotten(name, generation);
+    for (name, generation, heartbeat) in book.nodes {
+        node.cluster.remember_forgotten(name, generation, heartbeat);
     }
 }
 
 /// The operator's `forget NODE`, on an admin.
 pub async fn forget(node: &Node, name: &NodeName) -> Result<AdminResponse, ErrorReply> {
-    let generation = node
+    let (generation, heartbeat) = node
         .cluster
         .forget(name)
         .map_err(|why| refusal(node.name(), name, why))?;
@@ -64,6 +64,7 @@ pub async fn forget(node: &Node, name: &NodeName) -> Result<AdminResponse, Error
         let request = PeerRequest::Forget {
             node: name.clone(),
             generation,
+            heartbeat,
         };
         match node.cluster.peer(&peer, request, ASK).await {
             Ok(_) => told.push(peer),
@@ -77,13 +78,19 @@ pub async fn forget(node: &Node, name: &NodeName) -> Result<AdminResponse, Error
     })
 }
 
-/// An admin's word to forget `name` up to `generation`.
-pub fn forget_here(node: &Node, name: &NodeName, generation: u64) -> Result<PeerReply, ErrorReply> {
+/// An admin's word to forget `name` at `generation` up to `heartbeat`.
+pub fn forget_here(
+    node: &Node,
+    name: &NodeName,
+    generation: u64,
+    heartbeat: u64,
+) -> Result<PeerReply, ErrorReply> {
     match node.cluster.forget(name) {
         Ok(_) | Err(Unforgettable::Unknown) => {}
         Err(why) => return Err(refusal(node.name(), name, why)),
     }
-    node.cluster.remember_forgotten(name.clone(), generation);
+    node.cluster
+        .remember_forgotten(name.clone(), generation, heartbeat);
     save(node);
     Ok(PeerReply::Done)
 }

@@ -6,8 +6,10 @@
 //!   start with an error naming the address (a typo must not go unnoticed).
 //! - OpenMetrics when the request's `Accept` names `application/openmetrics-text` (Prometheus
 //!   asks for it), Prometheus text 0.0.4 otherwise (curl, `promtool check metrics`).
-//! - A scrape reads counters and states; it changes nothing and takes no lock a deploy holds
-//!   for long. The data dir's size is measured at most once a minute, off the async workers.
+//! - A scrape reads counters and states and takes no lock a deploy holds for long; like
+//!   `status`, it first pulls gossip into the membership view (which also publishes this node's
+//!   own summaries). The data dir's size is measured again every few seconds at most (every
+//!   minute where the walk is slow), off the async workers.
 //!
 //! ## Non-goals
 //! No TLS and no authentication: bind it to loopback or a private network, as node exporters are.

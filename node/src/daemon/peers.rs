@@ -90,7 +90,8 @@ pub(crate) async fn answer(
         PeerRequest::Forget {
             node: name,
             generation,
-        } => crate::daemon::forget::forget_here(node, &name, generation),
+            heartbeat,
+        } => crate::daemon::forget::forget_here(node, &name, generation, heartbeat),
         PeerRequest::Logs(request) => crate::host::logs::answer(&node.services, request)
             .await
             .map(PeerReply::Logs),

@@ -10,7 +10,9 @@
 //! - "Last heard" is the time since the node's heartbeat last advanced in our copy of its state.
 //! - A node that is dead, left or removed can be forgotten (`forget NODE`): its generation and
 //!   every older one are left out from then on, though chitchat keeps reporting them for an
-//!   hour; a newer generation (the node started again) shows as before.
+//!   hour. It shows again as soon as it proves alive: a newer generation (it started again),
+//!   or its forgotten generation's heartbeat advancing past the one it was forgotten at (it was
+//!   only cut off).
 //!
 //! ## Non-goals
 //! It does not judge liveness itself: that is chitchat's phi-accrual detector.
@@ -72,8 +74,8 @@ pub struct MembershipView {
     suspect_after_ms: u64,
     heard: HashMap<(NodeName, u64), Heard>,
     newest: HashMap<NodeName, Observation>,
-    /// Per name, the newest generation forgotten.
-    forgotten: HashMap<NodeName, u64>,
+    /// Per name, the newest generation forgotten and its heartbeat then.
+    forgotten: HashMap<NodeName, (u64, u64)>,
 }
 
 /// Why a node cannot be forgotten.
@@ -100,13 +102,13 @@ impl MembershipView {
     }
 
     /// Leaves `name` out of the view, if it is dead or left (or `removed` by an admin); returns
-    /// the generation forgotten.
+    /// the generation forgotten and its heartbeat.
     pub fn forget(
         &mut self,
         name: &NodeName,
         removed: bool,
         now_ms: u64,
-    ) -> Result<u64, Unforgettable> {
+    ) -> Result<(u64, u64), Unforgettable> {
         if name == &self.self_name {
             return Err(Unforgettable::Itself);
         }
@@ -118,29 +120,45 @@ impl MembershipView {
         if !removed && !matches!(row.state, MemberState::Dead | MemberState::Left) {
             return Err(Unforgettable::Running(row.state));
         }
-        self.remember_forgotten(name.clone(), row.generation);
-        Ok(row.generation)
+        // A node that left stopped for good in this generation (its last heartbeats may still be
+        // spreading); only a dead one can come back in the same generation.
+        let heartbeat = match row.state {
+            MemberState::Left => u64::MAX,
+            _ => self.newest.get(name).map_or(0, |o| o.heartbeat),
+        };
+        self.remember_forgotten(name.clone(), row.generation, heartbeat);
+        Ok((row.generation, heartbeat))
     }
 
-    /// Leaves `name` out up to `generation` (a forget made earlier, or by another admin).
-    pub fn remember_forgotten(&mut self, name: NodeName, generation: u64) {
-        let newest = self.forgotten.entry(name.clone()).or_insert(generation);
-        *newest = (*newest).max(generation);
-        if self
-            .newest
-            .get(&name)
-            .is_some_and(|o| o.generation <= *newest)
-        {
+    /// Leaves `name` out at `generation` up to `heartbeat`, and older generations (a forget made
+    /// earlier, or by another admin).
+    pub fn remember_forgotten(&mut self, name: NodeName, generation: u64, heartbeat: u64) {
+        let entry = self
+            .forgotten
+            .entry(name.clone())
+            .or_insert((generation, heartbeat));
+        *entry = (*entry).max((generation, heartbeat));
+        if self.newest.get(&name).is_some_and(|o| self.hidden(o)) {
             self.newest.remove(&name);
         }
     }
 
-    /// Every name forgotten, with the newest generation forgotten, sorted by name.
-    pub fn forgotten(&self) -> Vec<(NodeName, u64)> {
-        let mut list: Vec<(NodeName, u64)> = self
+    /// Whether an observation is of a forgotten node that has not proved alive since.
+    fn hidden(&self, obs: &Observation) -> bool {
+        // Only a heartbeat proves it: a node that just left can still count as live for the
+        // failure detector for a few seconds.
+        self.forgotten.get(&obs.name).is_some_and(|(g, hb)| {
+            obs.generation < *g || (obs.generation == *g && obs.heartbeat <= *hb)
+        })
+    }
+
+    /// Every name forgotten, with the newest generation forgotten and its heartbeat then,
+    /// sorted by name.
+    pub fn forgotten(&self) -> Vec<(NodeName, u64, u64)> {
+        let mut list: Vec<(NodeName, u64, u64)> = self
             .forgotten
             .iter()
-            .map(|(n, g)| (n.clone(), *g))
+            .map(|(n, (g, hb))| (n.clone(), *g, *hb))
             .collect();
         list.sort();
         list
@@ -151,11 +169,7 @@ impl MembershipView {
         let mut newest: HashMap<NodeName, Observation> = HashMap::new();
         let mut keys = Vec::with_capacity(snapshot.len());
         for obs in snapshot {
-            if self
-                .forgotten
-                .get(&obs.name)
-                .is_some_and(|g| obs.generation <= *g)
-            {
+            if self.hidden(&obs) {
                 continue;
             }
             let key = (obs.name.clone(), obs.generation);
@@ -266,7 +280,7 @@ mod tests {
     //! `self NAME`, `suspect-after MS`, `at MS` (applies the observations since the last `at`),
     //! `observe NAME gen=G hb=H live|dead|unknown [draining] [left] [started=MS]`, and
     //! `rows WALL_MS` followed by the expected rows, each `> name state heard uptime gen`, and
-    //! `forget NAME` followed by `> forgot gen=G` or `> refused WHY`.
+    //! `forget NAME` followed by `> forgot gen=G hb=H` or `> refused WHY`.
     //! `UPDATE_GOLDENFILES=1` rewrites the expectations.
     use super::*;
 
@@ -335,7 +349,7 @@ mod tests {
                 apply(&mut view, &mut pending, now, &self_name, suspect_after);
                 let name = NodeName::parse(name).unwrap();
                 let said = match view.as_mut().map(|v| v.forget(&name, false, now)) {
-                    Some(Ok(generation)) => format!("forgot gen={generation}"),
+                    Some(Ok((generation, hb))) => format!("forgot gen={generation} hb={hb}"),
                     Some(Err(why)) => format!("refused {why:?}"),
                     None => "no view".into(),
                 };

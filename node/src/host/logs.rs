@@ -37,7 +37,7 @@ pub fn path(service_dir: &Path, version: &ReleaseVersion, slot: Color) -> PathBu
 }
 
 fn file_name(version: &ReleaseVersion, slot: Color) -> String {
-    format!("{version}-{slot}.log")
+    LogCursor::start_of(version, slot).file
 }
 
 fn rotated(path: &Path) -> PathBuf {
@@ -58,11 +58,25 @@ pub fn rotate_if_over(path: &Path, max: u64) -> io::Result<bool> {
     }
     let old = rotated(path);
     let tmp = path.with_extension("log.rotating");
-    fs::copy(path, &tmp)?;
-    fs::rename(&tmp, &old)?;
-    // The writer holds the file `O_APPEND`: its next write lands at the new end, 0.
+    let copied = fs::copy(path, &tmp).and_then(|_| fs::rename(&tmp, &old));
+    if copied.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    // Truncated even when the copy failed (a full disk): losing old output beats filling the
+    // card. The writer holds the file `O_APPEND`: its next write lands at the new end, 0.
     fs::OpenOptions::new().write(true).open(path)?.set_len(0)?;
-    Ok(true)
+    copied.map(|()| true)
+}
+
+/// Renames the log an earlier version of halley-node kept per slot (`logs/SLOT.log`, shared by
+/// every release) to this release's name, for a slot process adopted from it: the process's
+/// open file follows the rename, so its output is read, followed and rotated as any other.
+pub fn adopt_legacy(service_dir: &Path, version: &ReleaseVersion, slot: Color) {
+    let legacy = service_dir.join("logs").join(format!("{slot}.log"));
+    let current = path(service_dir, version, slot);
+    if legacy.exists() && !current.exists() {
+        let _ = fs::rename(&legacy, &current);
+    }
 }
 
 /// Removes the logs of a pruned release.
@@ -173,16 +187,32 @@ pub fn read(
 /// Output written after `offset` (at most [`MAX_ANSWER`] bytes), whether some was missed (a
 /// log shorter than the offset was rotated, and is read from its start), and where it ends.
 fn since(path: &Path, offset: u64, len: u64) -> (Vec<u8>, bool, u64) {
-    let (from, rotated) = if len < offset {
+    let mut bytes = Vec::new();
+    let (from, was_rotated) = if len < offset {
+        // What was written after the cursor before the rotation is the end of `.1`, if only
+        // one rotation passed.
+        let old = rotated(path);
+        let old_len = fs::metadata(&old).map_or(0, |m| m.len());
+        if old_len > offset {
+            let want = (old_len - offset).min(MAX_ANSWER / 2);
+            bytes = read_range(&old, old_len - want, want).unwrap_or_default();
+        }
         (0, true)
     } else {
         (offset, false)
     };
     let want = (len - from).min(MAX_ANSWER);
-    let bytes = read_range(path, from, want).unwrap_or_default();
-    let end = from + bytes.len() as u64;
-    // Held back by the answer's limit: the rest comes with the next request.
-    (bytes, rotated, end)
+    let mut fresh = read_range(path, from, want).unwrap_or_default();
+    // Whole lines only: a line (and a secret in it) is never split between two answers. A
+    // line longer than an answer goes as it is.
+    if let Some(last) = fresh.iter().rposition(|b| *b == b'\n') {
+        fresh.truncate(last + 1);
+    } else if (fresh.len() as u64) < MAX_ANSWER {
+        fresh.clear();
+    }
+    let end = from + fresh.len() as u64;
+    bytes.extend_from_slice(&fresh);
+    (bytes, was_rotated, end)
 }
 
 /// The last `lines` lines of the log (reaching into its rotated file when the log holds
@@ -277,9 +307,15 @@ mod tests {
         let cursor = chunks[0].cursor.clone();
 
         writeln!(writer, "line 100").unwrap();
+        write!(writer, "half a li").unwrap();
         let next = read(dir.path(), &v, &request(3, vec![cursor.clone()]), &[]);
-        assert_eq!(next[0].text, "line 100\n");
+        assert_eq!(
+            next[0].text, "line 100\n",
+            "a line being written waits for its end"
+        );
         assert!(!next[0].skipped);
+        writeln!(writer, "ne").unwrap();
+        writeln!(writer, "missed by the reader").unwrap();
 
         assert!(rotate_if_over(&log, 1000).unwrap());
         assert_eq!(fs::metadata(&log).unwrap().len(), 0);
@@ -290,11 +326,14 @@ mod tests {
             &request(3, vec![next[0].cursor.clone()]),
             &[],
         );
-        assert_eq!(after[0].text, "after rotation\n");
+        assert_eq!(
+            after[0].text, "half a line\nmissed by the reader\nafter rotation\n",
+            "what came after the cursor before the rotation is read from .1"
+        );
         assert!(after[0].skipped, "the reader is told the log was rotated");
         // A tail reaches into the rotated file.
         let tail = read(dir.path(), &v, &request(2, vec![]), &[]);
-        assert_eq!(tail[0].text, "line 100\nafter rotation\n");
+        assert_eq!(tail[0].text, "missed by the reader\nafter rotation\n");
         assert!(!rotate_if_over(&log, 1000).unwrap());
 
         remove_release(dir.path(), &v);

@@ -17,7 +17,7 @@
 //!   the node's data dir stays 0700.
 //!
 //! ## Non-goals
-//! No log rotation; no cgroup limits.
+//! No cgroup limits (logs are rotated by [`crate::host::logs`]).
 
 use std::ffi::CString;
 use std::fs::OpenOptions;

@@ -320,5 +320,11 @@ impl Driver {
             }
         }
         crate::rollout::history::record(&self.node, &state.service, entry).await;
+        // A coordinator that hosts nothing prunes no release, so its store is swept here.
+        let data_dir = self.node.data_dir.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            crate::store::sweep::sweep_and_log(&data_dir, crate::store::sweep::GRACE)
+        })
+        .await;
     }
 }

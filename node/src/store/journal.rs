@@ -20,7 +20,8 @@ use crate::store::datadir::DataDir;
 /// How many rollouts a node's history book keeps per service.
 pub const HISTORY_KEPT: usize = 50;
 
-fn journal_name(service: &ServiceName) -> String {
+/// The journal file of a service, relative to the data dir.
+pub fn journal_name(service: &ServiceName) -> String {
     format!("rollouts/{service}.rec")
 }
 

@@ -131,9 +131,15 @@ impl Releases {
             .join(format!(".part-{}", hex::encode(sha256)))
     }
 
-    /// How much of an artifact is here: `(bytes, complete)`.
+    /// How much of an artifact is here: `(bytes, complete)`. A complete one is touched: it is
+    /// asked about because a deploy is about to use it, and a sweep leaves what was touched
+    /// recently ([`crate::store::sweep::GRACE`]).
     pub fn artifact_received(&self, sha256: &[u8; 32]) -> (u64, bool) {
-        if let Ok(meta) = fs::metadata(self.artifact_path(sha256)) {
+        let stored = self.artifact_path(sha256);
+        if let Ok(meta) = fs::metadata(&stored) {
+            if let Ok(f) = File::open(&stored) {
+                let _ = f.set_modified(std::time::SystemTime::now());
+            }
             return (meta.len(), true);
         }
         let partial = fs::metadata(self.partial_path(sha256)).map_or(0, |m| m.len());

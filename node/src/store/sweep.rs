@@ -38,10 +38,10 @@ pub struct Swept {
     pub failed: Vec<(PathBuf, String)>,
 }
 
-/// How long a sweep beside running deploys leaves what was just touched: far longer than an
-/// artifact takes from its store to its unpack, short enough that a node deploying every few
-/// minutes does not pile up artifacts.
-pub const GRACE: Duration = Duration::from_secs(600);
+/// How long a sweep beside running deploys leaves what was touched: longer than a deploy takes
+/// from storing its artifact to its journal or unpack (snapshots before a deploy may take up to
+/// an hour), short enough that a node deploying every few minutes keeps a couple of hours' worth.
+pub const GRACE: Duration = Duration::from_secs(2 * 3600);
 
 /// [`sweep`] now, with what it did logged.
 pub fn sweep_and_log(data_dir: &DataDir, grace: Duration) -> Swept {
@@ -64,6 +64,7 @@ const LEFTOVERS: [&str; 3] = [".part-", ".incoming-", ".partial-"];
 
 /// Removes unneeded artifacts and leftovers not touched within `grace` of `now`.
 pub fn sweep(data_dir: &DataDir, grace: Duration, now: SystemTime) -> Swept {
+    // What cannot be read cannot be judged unneeded: no artifact goes then.
     let needed = needed(data_dir);
     let mut swept = Swept::default();
     let stale = |path: &Path| {
@@ -76,7 +77,8 @@ pub fn sweep(data_dir: &DataDir, grace: Duration, now: SystemTime) -> Swept {
     for entry in entries(&artifacts) {
         let name = entry.file_name().to_string_lossy().into_owned();
         let leftover = LEFTOVERS.iter().any(|p| name.starts_with(p));
-        let unneeded = parse_sha(&name).is_some_and(|sha| !needed.contains(&sha));
+        let unneeded =
+            parse_sha(&name).is_some_and(|sha| needed.as_ref().is_some_and(|n| !n.contains(&sha)));
         if (leftover || unneeded) && stale(&entry.path()) {
             remove(&entry.path(), &mut swept);
         }
@@ -92,26 +94,39 @@ pub fn sweep(data_dir: &DataDir, grace: Duration, now: SystemTime) -> Swept {
     swept
 }
 
-/// Artifacts an unpacked release or a rollout journal of this node names.
-fn needed(data_dir: &DataDir) -> HashSet<[u8; 32]> {
+/// Artifacts an unpacked release or a rollout journal of this node names; `None` if a marker,
+/// a directory or a journal could not be read.
+fn needed(data_dir: &DataDir) -> Option<HashSet<[u8; 32]>> {
     let mut needed = HashSet::new();
-    for service in entries(&data_dir.file("services")) {
-        for release in entries(&service.path().join("releases")) {
-            let marker = release.path().join(".halley-artifact");
-            if let Some(sha) = fs::read_to_string(marker)
-                .ok()
-                .and_then(|s| parse_sha(s.trim()))
-            {
-                needed.insert(sha);
+    for service in listed(&data_dir.file("services"))? {
+        for release in listed(&service.path().join("releases"))? {
+            if release.file_name().to_string_lossy().starts_with('.') {
+                continue;
             }
+            let marker = release.path().join(".halley-artifact");
+            match fs::read_to_string(marker) {
+                Ok(s) => needed.insert(parse_sha(s.trim())?),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(_) => return None,
+            };
         }
     }
     for service in journal::recorded_services(data_dir) {
-        if let Ok(j) = journal::read_journal(data_dir, &service) {
-            needed.insert(j.sha256);
+        if !data_dir.file(&journal::journal_name(&service)).exists() {
+            continue;
         }
+        needed.insert(journal::read_journal(data_dir, &service).ok()?.sha256);
     }
-    needed
+    Some(needed)
+}
+
+/// A directory's entries; empty if it does not exist, `None` if it cannot be read.
+fn listed(dir: &Path) -> Option<Vec<fs::DirEntry>> {
+    match fs::read_dir(dir) {
+        Ok(it) => it.collect::<Result<Vec<_>, _>>().ok(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(Vec::new()),
+        Err(_) => None,
+    }
 }
 
 fn parse_sha(name: &str) -> Option<[u8; 32]> {
@@ -131,19 +146,16 @@ fn remove(path: &Path, swept: &mut Swept) {
     let Ok(meta) = fs::symlink_metadata(path) else {
         return;
     };
-    let result = if meta.is_dir() {
-        fs::remove_dir_all(path)
+    let (result, bytes) = if meta.is_dir() {
+        let bytes = crate::store::disk_use::bytes_used(path);
+        (fs::remove_dir_all(path), bytes)
     } else {
-        fs::remove_file(path)
+        (fs::remove_file(path), meta.len())
     };
     match result {
         Ok(()) => {
             swept.removed.push(path.to_path_buf());
-            swept.bytes += if meta.is_dir() {
-                crate::store::disk_use::bytes_used(path)
-            } else {
-                meta.len()
-            };
+            swept.bytes += bytes;
         }
         Err(e) => swept.failed.push((path.to_path_buf(), e.to_string())),
     }

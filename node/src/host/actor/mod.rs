@@ -190,6 +190,8 @@ impl Host {
             versions[color.index()] = Some(version.clone());
             let rt = &mut self.slots[color.index()];
             let meters = self.ctx.meters.slot(&self.record.name, color);
+            let service_dir = self.ctx.releases.service_dir(&self.record.name);
+            crate::host::logs::adopt_legacy(&service_dir, &version, color);
             rt.upstream = Some(Upstream::new(color, version.clone(), rec.port, meters));
             rt.supervisor = Supervisor::new(RestartPolicy::default());
             match alive {
