@@ -383,6 +383,29 @@ impl Drop for Node {
     }
 }
 
+/// One running node `n1` under `root` (its services bind 127.0.0.1).
+pub fn single_node(root: &Path) -> Node {
+    let mut node = Node::new(root, "n1");
+    node.init();
+    node.start_with(&["--service-address", "127.0.0.1"]);
+    node
+}
+
+/// Writes `DIR/halley-PORT.toml`: service `web` (the test service) on `:PORT` with `service`
+/// as extra `[service.web]` lines (`keep_releases = 2`, `env = { .. }`), health checked every
+/// 100 ms, no drain wait and no bake.
+pub fn web_config(dir: &Path, port: u16, service: &str) -> PathBuf {
+    let path = dir.join(format!("halley-{port}.toml"));
+    std::fs::write(
+        &path,
+        format!(
+            "[service.web]\ncommand = [\"./halley-test-service\"]\nlisten = \":{port}\"\n{service}\n[service.web.health]\nhttp = \"/health\"\ninterval = \"100ms\"\n[service.web.rollout]\ndrain_wait = \"0s\"\nbake = \"0s\"\n"
+        ),
+    )
+    .expect("write halley.toml");
+    path
+}
+
 /// A free TCP (and UDP) port on 127.0.0.1, released before use; see [`TEST_PORTS`].
 pub fn free_tcp_port() -> u16 {
     next_test_port()

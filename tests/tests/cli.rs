@@ -4,7 +4,7 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use halley_tests::{Node, assert_ok, binary, free_tcp_port, stderr, wait_until};
+use halley_tests::{assert_ok, binary, free_tcp_port, single_node, stderr, wait_until, web_config};
 
 const SERVICE_BIN: &str = env!("CARGO_BIN_EXE_halley-test-service");
 
@@ -33,18 +33,9 @@ fn bash_completion_completes_subcommands() {
 #[test]
 fn bad_input_is_named_and_a_relative_data_dir_deploys() {
     let root = tempfile::tempdir().unwrap();
-    let mut node = Node::new(root.path(), "n1");
-    node.init();
-    node.start_with(&["--service-address", "127.0.0.1"]);
+    let node = single_node(root.path());
     let port = free_tcp_port();
-    let config = root.path().join("halley.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[service.web]\ncommand = [\"./halley-test-service\"]\nlisten = \":{port}\"\n[service.web.health]\nhttp = \"/health\"\ninterval = \"100ms\"\n[service.web.rollout]\ndrain_wait = \"0s\"\nbake = \"0s\"\n"
-        ),
-    )
-    .unwrap();
+    let config = web_config(root.path(), port, "");
     let config_arg = config.display().to_string();
 
     let out = node.cli(&["history", "nosuch"]);
@@ -109,7 +100,14 @@ fn bad_input_is_named_and_a_relative_data_dir_deploys() {
     // where the relative path would not resolve (it failed with "No such file" before).
     let out = Command::new(binary())
         .current_dir(root.path())
-        .args(["deploy", "web", "-c", "halley.toml", "--version", "v1"])
+        .args([
+            "deploy",
+            "web",
+            "-c",
+            &format!("halley-{port}.toml"),
+            "--version",
+            "v1",
+        ])
         .args(["--artifact", SERVICE_BIN, "--data-dir", "n1"])
         .stdin(Stdio::null())
         .output()

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use halley_tests::{Node, assert_ok, free_tcp_port};
+use halley_tests::{assert_ok, free_tcp_port, single_node, web_config};
 
 const SERVICE_BIN: &str = env!("CARGO_BIN_EXE_halley-test-service");
 
@@ -36,18 +36,8 @@ fn distinct_build(dir: &Path, n: usize) -> PathBuf {
 #[test]
 fn artifacts_are_pruned_with_releases_and_leftovers_removed_at_start() {
     let root = tempfile::tempdir().unwrap();
-    let mut node = Node::new(root.path(), "n1");
-    node.init();
-    node.start_with(&["--service-address", "127.0.0.1"]);
-    let port = free_tcp_port();
-    let config = root.path().join("halley.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[service.web]\ncommand = [\"./halley-test-service\"]\nlisten = \":{port}\"\nkeep_releases = 2\n[service.web.health]\nhttp = \"/health\"\ninterval = \"100ms\"\n[service.web.rollout]\ndrain_wait = \"0s\"\nbake = \"0s\"\n"
-        ),
-    )
-    .unwrap();
+    let mut node = single_node(root.path());
+    let config = web_config(root.path(), free_tcp_port(), "keep_releases = 2");
     let artifacts = node.dir.join("artifacts");
     let releases = node.dir.join("services/web/releases");
     for v in 1..=6 {

@@ -12,15 +12,10 @@ const SERVICE_BIN: &str = env!("CARGO_BIN_EXE_halley-test-service");
 const SECRET: &str = "averysecretvalue123";
 
 fn config(root: &Path, port: u16, extra_env: &str) -> std::path::PathBuf {
-    let path = root.join(format!("halley-{port}.toml"));
-    std::fs::write(
-        &path,
-        format!(
-            "[service.web]\ncommand = [\"./halley-test-service\"]\nlisten = \":{port}\"\nenv = {{ SECRET_TOKEN = \"{SECRET}\", TS_PRINT_ENV = \"SECRET_TOKEN\"{extra_env} }}\n[service.web.health]\nhttp = \"/health\"\ninterval = \"100ms\"\n[service.web.rollout]\ndrain_wait = \"0s\"\nbake = \"0s\"\n"
-        ),
-    )
-    .unwrap();
-    path
+    let env = format!(
+        "env = {{ SECRET_TOKEN = \"{SECRET}\", TS_PRINT_ENV = \"SECRET_TOKEN\"{extra_env} }}"
+    );
+    halley_tests::web_config(root, port, &env)
 }
 
 fn stdout(out: &std::process::Output) -> String {
@@ -161,9 +156,7 @@ fn logs_by_release_from_another_node_followed_and_refused_to_a_worker() {
 #[test]
 fn a_noisy_service_keeps_two_bounded_log_files() {
     let root = tempfile::tempdir().unwrap();
-    let mut node = Node::new(root.path(), "n1");
-    node.init();
-    node.start_with(&["--service-address", "127.0.0.1"]);
+    let node = halley_tests::single_node(root.path());
     let port = free_tcp_port();
     // 24 MiB at about 4 MiB a second, against the 8 MiB rotation size.
     let noise: u64 = 24 << 20;

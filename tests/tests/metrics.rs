@@ -93,14 +93,7 @@ fn metrics_pass_promtool_and_move_with_traffic() {
     ]);
 
     let port = free_tcp_port();
-    let config = root.path().join("halley.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[service.web]\ncommand = [\"./halley-test-service\"]\nlisten = \":{port}\"\nenv = {{ TS_ERROR_RATE = \"0.25\" }}\n[service.web.health]\nhttp = \"/health\"\ninterval = \"100ms\"\n[service.web.rollout]\ndrain_wait = \"0s\"\nbake = \"0s\"\n"
-        ),
-    )
-    .unwrap();
+    let config = halley_tests::web_config(root.path(), port, "env = { TS_ERROR_RATE = \"0.25\" }");
     let out = node.deploy(&config, "web", "1", SERVICE_BIN.as_ref());
     assert_ok(&out, "deploy web 1");
 
