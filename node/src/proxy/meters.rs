@@ -94,12 +94,6 @@ impl Meters {
             .map(|((service, slot), m)| (service.clone(), *slot, m.read()))
             .collect()
     }
-
-    /// Drops a removed service's meters.
-    pub fn forget(&self, service: &ServiceName) {
-        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-        slots.retain(|(s, _), _| s != service);
-    }
 }
 
 #[cfg(test)]
@@ -120,7 +114,5 @@ mod tests {
         assert_eq!(r.buckets[BUCKETS_US.len()], 1, "over 30 s is +Inf");
         assert_eq!(r.sum_us, 60_002_001);
         assert_eq!(meters.read().len(), 1);
-        meters.forget(&name);
-        assert!(meters.read().is_empty());
     }
 }
