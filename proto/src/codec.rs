@@ -28,6 +28,11 @@ pub const MAGIC: [u8; 4] = *b"HLEY";
 pub const PROTOCOL_VERSION: u16 = 6;
 /// The data-dir record format this build reads and writes.
 pub const DISK_FORMAT_VERSION: u16 = 2;
+/// The version of [`Handover`](crate::handover::Handover) frames: fixed for good, so that
+/// any two builds can hand a node over (see [`crate::handover`]).
+pub const HANDOVER_VERSION: u16 = 0xFF01;
+/// The code of a handover frame.
+const HANDOVER_CODE: u16 = 1;
 /// Bytes in a frame header.
 pub const HEADER_LEN: usize = 12;
 
@@ -156,6 +161,30 @@ pub fn decode_message(bytes: &[u8], limit: Limit) -> Result<Message, Error> {
 /// bytes (bincode's standard configuration has no maps of unordered keys or padding).
 pub fn digest_bytes<T: Serialize>(value: &T) -> Result<Vec<u8>, Error> {
     encode_body(value, Limit::Disk)
+}
+
+/// Encodes an upgrade step into one frame (see [`HANDOVER_VERSION`]).
+pub fn encode_handover(message: &crate::handover::Handover) -> Result<Vec<u8>, Error> {
+    let body = encode_body(message, Limit::Join)?;
+    Ok(frame(HANDOVER_VERSION, HANDOVER_CODE, body))
+}
+
+/// Decodes the body of a handover frame whose header was already parsed.
+pub fn decode_handover_body(
+    header: &Header,
+    body: &[u8],
+) -> Result<crate::handover::Handover, Error> {
+    if header.code != HANDOVER_CODE {
+        return Err(Error::UnknownCode(header.code));
+    }
+    check_body_len(header, body)?;
+    decode_body(body, Limit::Join)
+}
+
+/// Decodes one whole handover frame.
+pub fn decode_handover(bytes: &[u8]) -> Result<crate::handover::Handover, Error> {
+    let header = Header::parse(bytes, HANDOVER_VERSION, Limit::Join)?;
+    decode_handover_body(&header, &bytes[HEADER_LEN..])
 }
 
 /// A type stored as a record in the data dir.

@@ -19,6 +19,7 @@ pub mod deploy;
 pub mod disk;
 pub mod error;
 pub mod gossip;
+pub mod handover;
 pub mod hex;
 pub mod message;
 pub mod name;

@@ -23,6 +23,8 @@ pub struct Answer {
     pub status: u16,
     /// The body as text.
     pub body: String,
+    /// The server ends the connection after this answer (`Connection: close`).
+    pub close: bool,
 }
 
 impl Answer {
@@ -102,6 +104,11 @@ where
         .await
         .map_err(|e| format!("request: {e}"))?;
     let status = resp.status().as_u16();
+    let close = resp
+        .headers()
+        .get_all(hyper::header::CONNECTION)
+        .iter()
+        .any(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
     let body = resp
         .into_body()
         .collect()
@@ -111,6 +118,7 @@ where
     Ok(Answer {
         status,
         body: String::from_utf8_lossy(&body).into_owned(),
+        close,
     })
 }
 

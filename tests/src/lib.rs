@@ -98,6 +98,8 @@ pub struct Node {
     /// Extra environment for the daemon (`run`), e.g. a preloaded fake clock.
     pub env: Vec<(String, String)>,
     child: Option<Child>,
+    /// Daemons that `upgrade` started in place of the first (not this process's children).
+    successors: Vec<u32>,
 }
 
 impl Node {
@@ -109,6 +111,7 @@ impl Node {
             addr: free_addr(),
             env: Vec::new(),
             child: None,
+            successors: Vec::new(),
         }
     }
 
@@ -234,12 +237,40 @@ impl Node {
         self.child = Some(child);
     }
 
-    /// SIGKILL the daemon and reap it.
+    /// SIGKILL the daemon (and any daemon an upgrade started) and reap it.
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
+        for pid in self.successors.drain(..) {
+            // SAFETY: a daemon this node's upgrade started; its pid was read from the answer.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+    }
+
+    /// Runs `upgrade` with `args`; on success, remembers the new daemon's pid (the answer's
+    /// "(pid N) serves") so that the node can be stopped later.
+    pub fn upgrade(&mut self, args: &[&str]) -> Output {
+        let out = self.cli(&[&["upgrade"], args].concat());
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let pid = text
+            .split("(pid ")
+            .nth(1)
+            .and_then(|rest| rest.split(')').next())
+            .and_then(|p| p.parse::<u32>().ok());
+        if let (true, Some(pid)) = (out.status.success(), pid) {
+            self.successors.push(pid);
+        }
+        out
+    }
+
+    /// The pid of the daemon serving now: the last one an upgrade started, or the first.
+    pub fn daemon_pid(&self) -> u32 {
+        self.successors
+            .last()
+            .copied()
+            .unwrap_or_else(|| self.pid())
     }
 
     /// SIGTERM the daemon and wait for it to exit (up to 10 s).

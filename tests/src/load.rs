@@ -129,7 +129,9 @@ impl Load {
                     }
                     let Some(c) = conn.as_mut() else { continue };
                     let result = c.get(path).await;
-                    if result.is_err() {
+                    // A server that says it closes the connection gets the next request on a
+                    // new one, as HTTP/1.1 clients do.
+                    if result.as_ref().map_or(true, |a| a.close) {
                         conn = None;
                     }
                     stats.note(result);

@@ -128,12 +128,18 @@ enum Command {
     /// A service's slot logs (stdout and stderr) on this node or --node: the serving release's,
     /// or --release's.
     Logs(crate::cli::logs::LogsArgs),
+    /// Replace this node's daemon with a new binary without a refused request: its sockets and
+    /// services are handed over, the old daemon finishes its requests and exits.
+    Upgrade(crate::cli::upgrade::UpgradeArgs),
     /// Show this node's services: slots, releases, health and request signals.
     Services {
         /// Print JSON for scripts.
         #[arg(long)]
         json: bool,
     },
+    /// Print this build's version, wire protocol, disk format and architecture on one line
+    /// (`upgrade` reads it from the new binary: keep its shape).
+    Version,
     /// Print a shell completion script: `halley-node completions bash > /etc/bash_completion.d/halley-node`.
     Completions {
         /// The shell: bash, zsh, fish, elvish or powershell.
@@ -544,6 +550,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
         Command::Logs(args) => {
             crate::cli::logs::run(&data_dir, args, &mut std::io::stdout()).await?;
         }
+        Command::Upgrade(args) => println!("{}", crate::cli::upgrade::run(&data_dir, args).await?),
         Command::Services { json } => {
             let list = deploy::services(&data_dir).await?;
             if json {
@@ -561,6 +568,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
                 &mut std::io::stdout(),
             );
         }
+        Command::Version => println!("{}", crate::daemon::upgrade::Build::ours()),
         Command::Demo => demo::run().await?,
         Command::DemoService => crate::cli::demo::service::run().await?,
     }

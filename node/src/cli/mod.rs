@@ -2,7 +2,7 @@
 //!
 //! clap commands and their dispatch ([`commands`]), talking to the local daemon over its admin
 //! socket: deploys, rollbacks and status ([`deploy`], [`progress`], [`render`]), backups
-//! ([`backup`]), slot logs ([`logs`]), `halley.toml` ([`config`]), durations ([`duration`]), and the demo
+//! ([`backup`]), slot logs ([`logs`]), replacing the daemon ([`upgrade`]), `halley.toml` ([`config`]), durations ([`duration`]), and the demo
 //! ([`demo`]). The only place that uses anyhow.
 //!
 //! ## May import
@@ -18,4 +18,5 @@ pub mod duration;
 pub mod logs;
 pub mod progress;
 pub mod render;
+pub mod upgrade;
 pub use commands::{Cli, DEFAULT_PORT, main};

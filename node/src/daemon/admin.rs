@@ -11,15 +11,20 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::sync::Arc;
 use std::time::Duration;
 
+use halley_proto::codec::{self, HANDOVER_VERSION, Header, PROTOCOL_VERSION};
+use halley_proto::handover::Handover;
 use halley_proto::message::{AdminRequest, AdminResponse, ErrorKind, ErrorReply};
 use halley_proto::{Limit, Message};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{UnixListener, UnixStream};
 use tracing::{debug, warn};
 
 use crate::error::{Error, Result};
-use crate::mesh::framing::{read_message, write_message};
+use crate::mesh::framing::{read_body, read_header, read_message, write_message};
 use crate::store::datadir::DataDir;
 
+/// How long an upgrade may take: the new daemon's start, its takeover and the old one's drain.
+const UPGRADE_TIMEOUT: Duration = Duration::from_secs(180);
 /// How long a CLI request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long a client may take to send its request after connecting.
@@ -30,6 +35,8 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 pub trait AdminHandler: Send + Sync + 'static {
     /// Answers one request.
     async fn admin(&self, request: AdminRequest) -> AdminResponse;
+    /// Takes an `upgrade` to `binary`, answering on `cli` when it is over.
+    async fn upgrade(&self, binary: Option<String>, cli: UnixStream);
 }
 
 /// Binds the admin socket (replacing a stale one: the caller holds the daemon lock) and serves it.
@@ -78,10 +85,15 @@ async fn serve_one(mut stream: UnixStream, handler: Arc<dyn AdminHandler>, owner
         let _ = write_message(&mut stream, &Message::AdminResponse(reply), Limit::Rpc).await;
         return;
     }
-    let read = tokio::time::timeout(IDLE_TIMEOUT, read_message(&mut stream, Limit::Rpc)).await;
+    let read = tokio::time::timeout(IDLE_TIMEOUT, read_request(&mut stream)).await;
     let Ok(read) = read else {
         debug!("admin client sent no request in time; dropped");
         return;
+    };
+    let read = match read {
+        Ok(Request::Upgrade(binary)) => return handler.upgrade(binary, stream).await,
+        Ok(Request::Admin(message)) => Ok(message.map(|m| *m)),
+        Err(e) => Err(e),
     };
     let reply = match read {
         Ok(Some(Message::AdminRequest(request))) => handler.admin(request).await,
@@ -98,6 +110,75 @@ async fn serve_one(mut stream: UnixStream, handler: Arc<dyn AdminHandler>, owner
     if let Err(e) = write_message(&mut stream, &Message::AdminResponse(reply), Limit::Rpc).await {
         debug!(error = %e, "admin reply not delivered");
     }
+}
+
+/// What a CLI sent: a wire-protocol request, or an upgrade (whose frames every build reads).
+enum Request {
+    Admin(Option<Box<Message>>),
+    Upgrade(Option<String>),
+}
+
+async fn read_request(stream: &mut UnixStream) -> Result<Request> {
+    let Some(header) = read_header(stream).await? else {
+        return Ok(Request::Admin(None));
+    };
+    // Peeked without a limit's check: each kind's own parse checks it.
+    let version = u16::from_be_bytes([header[4], header[5]]);
+    if version == HANDOVER_VERSION {
+        let parsed = Header::parse(&header, HANDOVER_VERSION, Limit::Join)?;
+        let body = read_body(stream, &parsed).await?;
+        return match codec::decode_handover_body(&parsed, &body)? {
+            Handover::Upgrade { binary } => Ok(Request::Upgrade(binary)),
+            other => Err(Error::Protocol(format!(
+                "the admin socket takes 'upgrade' of the upgrade steps, not {other:?}"
+            ))),
+        };
+    }
+    let parsed = Header::parse(&header, PROTOCOL_VERSION, Limit::Rpc)?;
+    let body = read_body(stream, &parsed).await?;
+    Ok(Request::Admin(Some(Box::new(codec::decode_message_body(
+        &parsed,
+        &body,
+        Limit::Rpc,
+    )?))))
+}
+
+/// Asks the node running on `data_dir` to replace itself with `binary` (see
+/// [`crate::daemon::upgrade`]) and returns its answer: `Upgraded` or `Failed`.
+pub async fn call_upgrade(data_dir: &DataDir, binary: Option<String>) -> Result<Handover> {
+    let socket = data_dir.admin_socket();
+    if !socket.exists() {
+        data_dir.load_node()?;
+    }
+    let mut stream = UnixStream::connect(&socket)
+        .await
+        .map_err(|source| Error::NotRunning {
+            data_dir: data_dir.root().to_path_buf(),
+            socket: socket.clone(),
+            source,
+        })?;
+    let exchange = async {
+        let bytes = codec::encode_handover(&Handover::Upgrade { binary })?;
+        stream
+            .write_all(&bytes)
+            .await
+            .map_err(|e| Error::Net(format!("write failed: {e}")))?;
+        let header = read_header(&mut stream).await?.ok_or_else(|| {
+            Error::Net("the node closed the admin socket without an answer; see its log".into())
+        })?;
+        let parsed = Header::parse(&header, HANDOVER_VERSION, Limit::Join)?;
+        let body = read_body(&mut stream, &parsed).await?;
+        Ok(codec::decode_handover_body(&parsed, &body)?)
+    };
+    tokio::time::timeout(UPGRADE_TIMEOUT, exchange)
+        .await
+        .map_err(|_| {
+            Error::Net(format!(
+                "the node on {} did not finish the upgrade within {}s; see its log",
+                socket.display(),
+                UPGRADE_TIMEOUT.as_secs()
+            ))
+        })?
 }
 
 /// Sends one request to the node running on `data_dir` and returns its answer.

@@ -32,15 +32,31 @@ use crate::error::{Error, Result};
 /// The only path served.
 pub const PATH: &str = "/metrics";
 
-/// Binds `addr` and serves metrics of `node` until the task is aborted.
-pub async fn serve(addr: SocketAddr, node: Arc<Node>) -> Result<tokio::task::JoinHandle<()>> {
-    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+/// Binds `addr` (or takes `handed`, the listener an upgrade handed over) and serves metrics of
+/// `node` until the task is aborted. Returns the task and a second descriptor of the listener
+/// (for the next upgrade).
+pub async fn serve(
+    addr: SocketAddr,
+    handed: Option<std::net::TcpListener>,
+    node: Arc<Node>,
+) -> Result<(tokio::task::JoinHandle<()>, std::os::fd::OwnedFd)> {
+    let cannot = |e: std::io::Error| {
         Error::Net(format!(
             "cannot listen for metrics on {addr}: {e}; pick another address with --metrics-listen"
         ))
-    })?;
+    };
+    let listener = match handed.filter(|l| l.local_addr().is_ok_and(|a| a == addr)) {
+        Some(l) => {
+            l.set_nonblocking(true).map_err(cannot)?;
+            tokio::net::TcpListener::from_std(l).map_err(cannot)?
+        }
+        None => tokio::net::TcpListener::bind(addr).await.map_err(cannot)?,
+    };
+    let fd = std::os::fd::AsFd::as_fd(&listener)
+        .try_clone_to_owned()
+        .map_err(cannot)?;
     info!(%addr, "serving metrics at http://{addr}{PATH}");
-    Ok(tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         loop {
             let Ok((stream, remote)) = listener.accept().await else {
                 continue;
@@ -60,7 +76,8 @@ pub async fn serve(addr: SocketAddr, node: Arc<Node>) -> Result<tokio::task::Joi
                 }
             });
         }
-    }))
+    });
+    Ok((task, fd))
 }
 
 async fn answer(node: &Node, req: &Request<Incoming>) -> Response<Full<Bytes>> {

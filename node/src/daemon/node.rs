@@ -49,6 +49,8 @@ pub struct Node {
     pub(crate) removals: tokio::sync::Mutex<()>,
     /// The data dir's last measured use and free space, and until when it is reused.
     disk_use: tokio::sync::Mutex<Option<(std::time::Instant, DiskUse)>>,
+    /// An `upgrade` asked, for the run loop.
+    pub(crate) upgrades: crate::daemon::upgrade::Upgrades,
 }
 
 /// Bytes a data dir takes, and bytes free on its file system if known.
@@ -83,6 +85,7 @@ impl Node {
             certificate: std::sync::RwLock::new(certificate),
             removals: tokio::sync::Mutex::new(()),
             disk_use: tokio::sync::Mutex::new(None),
+            upgrades: crate::daemon::upgrade::Upgrades::default(),
         }
     }
 
@@ -345,6 +348,10 @@ impl RequestHandler for Node {
 
 #[async_trait::async_trait]
 impl AdminHandler for Node {
+    async fn upgrade(&self, binary: Option<String>, cli: tokio::net::UnixStream) {
+        crate::daemon::upgrade::ask(&self.upgrades, binary, cli).await;
+    }
+
     async fn admin(&self, request: AdminRequest) -> AdminResponse {
         let done = |r: Result<(), ErrorReply>| r.map(|()| AdminResponse::Done);
         let result = match request {

@@ -28,6 +28,7 @@ use crate::clock::wall_ms;
 use crate::cluster::admission::Admission;
 use crate::cluster::client::ClusterClient;
 use crate::daemon::node::Node;
+use crate::daemon::upgrade::{self, Inherit, OnServing};
 use crate::error::{Error, Result};
 use crate::host::handle::HostContext;
 use crate::host::services::Services;
@@ -40,6 +41,7 @@ use crate::rollout::context::Coordinator;
 use crate::store::datadir::{CA_CERT, CA_KEY, DataDir, GENERATION, NODE_CERT, NODE_KEY, PEERS};
 use crate::store::releases::Releases;
 use crate::{VERSION, daemon::admin};
+use halley_proto::handover::Handover;
 
 /// Default time between gossip rounds. With chitchat's phi threshold of 8 (about 8 mean heartbeat
 /// intervals) a killed node is declared dead about 2 s after its last heartbeat.
@@ -66,45 +68,71 @@ impl Default for RunOptions {
     }
 }
 
-/// Runs the node until `shutdown` resolves or a `leave` is requested.
+/// Runs the node until `shutdown` resolves, a `leave` is requested or an `upgrade` replaced
+/// it. A daemon started by an upgrade first takes the old one's sockets
+/// ([`crate::daemon::takeover`]).
 pub async fn run(
     data_dir: DataDir,
     opts: RunOptions,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
-    let _lock = data_dir.lock_daemon()?;
-    crate::daemon::removal::refuse_if_removed(&data_dir)?;
-    let removed = crate::daemon::removal::load(&data_dir)?;
-    let record = data_dir.load_node()?;
-    crate::daemon::renewal::finish_interrupted(&data_dir)?;
-    warn_if_loose(&data_dir);
-    let ca_pem = data_dir.read_file(CA_CERT)?;
-    let creds = Credentials {
-        ca: cert_from_pem(&ca_pem)?,
-        cert: cert_from_pem(&data_dir.read_file(NODE_CERT)?)?,
-        key_pkcs8: key_from_pem(&read_text(&data_dir, NODE_KEY)?)?.serialize_der(),
-    };
-    let certificate = CertFacts::of(&creds.cert)?;
-    let ca = if data_dir.file(CA_KEY).exists() {
-        // The cluster's node validity is the one `init` chose: this node's own lifespan.
-        Some(
-            ClusterCa::from_pem(&ca_pem, &read_text(&data_dir, CA_KEY)?)?
-                .with_node_validity(certificate.lifespan()),
-        )
-    } else {
-        None
-    };
-    let tokens: TokenBook = data_dir.load_tokens()?;
-    let generation = next_generation(&data_dir)?;
+    // Found before anything can replace the file.
+    upgrade::own_binary();
+    let mut inherit = tokio::task::spawn_blocking(crate::daemon::takeover::from_env)
+        .await
+        .map_err(|e| Error::Net(format!("the takeover did not finish: {e}")))??
+        .unwrap_or_default();
+    tokio::pin!(shutdown);
+    loop {
+        match run_once(&data_dir, &opts, shutdown.as_mut(), inherit).await? {
+            Outcome::Done => return Ok(()),
+            Outcome::Again(next) => {
+                info!("starting again on the same sockets");
+                inherit = next;
+            }
+        }
+    }
+}
+
+/// How one run of the daemon ended.
+enum Outcome {
+    /// Stopped, left, or replaced by a new daemon.
+    Done,
+    /// An upgrade failed after this run had let go: run again on the same sockets.
+    Again(Inherit),
+}
+
+/// Why the run loop ended.
+enum Exit {
+    Stop,
+    Upgrade(upgrade::NewDaemon, upgrade::Request),
+}
+
+async fn run_once<F: Future<Output = ()>>(
+    data_dir: &DataDir,
+    opts: &RunOptions,
+    shutdown: std::pin::Pin<&mut F>,
+    mut inherit: Inherit,
+) -> Result<Outcome> {
+    let lock = data_dir.lock_daemon()?;
+    let Opened {
+        removed,
+        record,
+        creds,
+        certificate,
+        ca,
+        tokens,
+    } = open(data_dir)?;
+    let generation = next_generation(data_dir)?;
     // Nothing copies or unpacks yet: whatever is half done was cut off by the last stop.
-    crate::store::sweep::sweep_and_log(&data_dir, Duration::ZERO);
+    crate::store::sweep::sweep_and_log(data_dir, Duration::ZERO);
 
     let interval = opts.gossip_interval;
     let suspect_after = (interval * 4).max(Duration::from_secs(1));
     let service = assemble(
         &record,
-        &data_dir,
-        &opts,
+        data_dir,
+        opts,
         Keys {
             ca,
             ca_der: creds.ca.clone(),
@@ -112,17 +140,30 @@ pub async fn run(
         },
         tokens,
         suspect_after,
+        std::mem::take(&mut inherit.entry_points),
     );
+    service.services.drop_unclaimed();
     let (cluster, coordinator) = (service.cluster.clone(), service.coordinator.clone());
     crate::daemon::forget::load(&service);
     let handler: Arc<dyn RequestHandler> = service.clone();
     cluster.set_local(Arc::downgrade(&handler));
     // Bound before the node shows itself to the cluster, so a bad address fails the start cleanly.
     let mut tasks = Vec::new();
+    let mut metrics_fd = None;
     if let Some(addr) = opts.metrics_listen {
-        tasks.push(crate::daemon::metrics::serve(addr, service.clone()).await?);
+        let (task, fd) =
+            crate::daemon::metrics::serve(addr, inherit.metrics.take(), service.clone()).await?;
+        tasks.push(task);
+        metrics_fd = Some(fd);
     }
-    let (mesh, gossip_rx) = Mesh::start(record.listen, &creds, handler)?;
+    let socket = match inherit.mesh.take() {
+        Some(s) => s,
+        None => Mesh::bind(record.listen)?,
+    };
+    let mesh_socket = socket
+        .try_clone()
+        .map_err(|e| Error::Net(format!("cannot keep the mesh's socket: {e}")))?;
+    let (mesh, gossip_rx) = Mesh::start_on(socket, &creds, handler)?;
     // Refused before any handshake can finish (an accept takes a round trip at least).
     mesh.revoke(&removed);
     let transport = QuicGossipTransport::new(mesh.clone(), gossip_rx);
@@ -155,7 +196,7 @@ pub async fn run(
     crate::daemon::removal::apply(&service, &removed).await;
     crate::rollout::history::republish(&coordinator).await;
     service.services.cluster().attach(mesh.clone());
-    tasks.push(admin::serve(&data_dir, service.clone())?);
+    tasks.push(admin::serve(data_dir, service.clone())?);
     tasks.push(tokio::spawn(crate::daemon::removal::watch(service.clone())));
     let renewal =
         crate::daemon::renewal::run(service.clone(), mesh.clone(), data_dir.clone(), creds);
@@ -169,17 +210,65 @@ pub async fn run(
         seeds = seeds.len(),
         "halley-node running"
     );
+    if let Some(on_serving) = inherit.on_serving.take() {
+        on_serving.serving().await;
+    }
+    crate::daemon::notify::ready();
 
+    let mut last_saved: Vec<SocketAddr> = known_peers.addrs.clone();
+    let exit = serve(&service, data_dir, interval, shutdown, &mut last_saved).await;
+    save_peers(data_dir, &cluster, &mut last_saved);
+    let Exit::Upgrade(new, request) = exit else {
+        cluster.announce_leave().await;
+        for peer in cluster.peer_addrs() {
+            let _ = chitchat.gossip(peer);
+        }
+        // Long enough for a syn / syn-ack / ack exchange to finish with every peer.
+        tokio::time::sleep(
+            (interval * 2).clamp(Duration::from_millis(300), Duration::from_secs(2)),
+        )
+        .await;
+        save_peers(data_dir, &cluster, &mut last_saved);
+        stop(&tasks, chitchat).await;
+        let _ = std::fs::remove_file(data_dir.admin_socket());
+        mesh.close().await;
+        info!("halley-node stopped");
+        return Ok(Outcome::Done);
+    };
+    // Everything but the entry points stops, and the data dir is let go of.
+    stop(&tasks, chitchat).await;
+    let frozen = service.services.freeze().await;
+    if let Err(e) = mesh.close_and_let_go().await {
+        warn!(error = %e, "the mesh may still read its socket");
+    }
+    drop(lock);
+    let handed = Handed {
+        frozen,
+        mesh: mesh_socket,
+        metrics: metrics_fd,
+    };
+    Ok(hand_over(handed, new, request).await)
+}
+
+/// The daemon's loop: gossip rounds, catching up on rollouts, saving peers, until a stop, a
+/// leave or an upgrade that started.
+async fn serve<F: Future<Output = ()>>(
+    service: &Arc<Node>,
+    data_dir: &DataDir,
+    interval: Duration,
+    mut shutdown: std::pin::Pin<&mut F>,
+    last_saved: &mut Vec<SocketAddr>,
+) -> Exit {
+    let (cluster, coordinator) = (&service.cluster, &service.coordinator);
     let mut ticker = tokio::time::interval(interval);
     // Known peers are saved as seeds for the next start when they change, within a second: a
     // node killed soon after it met its peers must still know, once restarted, whom to wait
     // for before it plans a rollout (see `ClusterClient::settled`).
     let mut save_tick = tokio::time::interval(Duration::from_secs(1));
-    let mut last_saved: Vec<SocketAddr> = known_peers.addrs.clone();
     // A node that missed a rollout while it was away catches up.
     let mut converge_tick = tokio::time::interval(Duration::from_secs(3));
     let converging = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    tokio::pin!(shutdown);
+    let (started_tx, mut started_rx) = tokio::sync::mpsc::channel(1);
     loop {
         tokio::select! {
             _ = ticker.tick() => service.refresh().await,
@@ -192,28 +281,139 @@ pub async fn run(
                     });
                 }
             }
-            _ = save_tick.tick() => save_peers(&data_dir, &cluster, &mut last_saved),
-            _ = &mut shutdown => { info!("stop signal received; leaving the cluster"); break; }
-            _ = service.leave_requested() => { info!("leave requested; leaving the cluster"); break; }
+            _ = save_tick.tick() => save_peers(data_dir, cluster, last_saved),
+            () = shutdown.as_mut() => { info!("stop signal received; leaving the cluster"); break Exit::Stop; }
+            _ = service.leave_requested() => { info!("leave requested; leaving the cluster"); break Exit::Stop; }
+            request = service.upgrades.next() => {
+                info!(binary = %request.binary.display(), version = %request.version, "upgrade asked; starting the new daemon");
+                let started = started_tx.clone();
+                tokio::spawn(async move {
+                    let new = upgrade::NewDaemon::start(&request.binary).await;
+                    let _ = started.send((request, new)).await;
+                });
+            }
+            Some((mut request, new)) = started_rx.recv() => match new {
+                Ok(new) => break Exit::Upgrade(new, request),
+                Err(e) => {
+                    warn!(error = %e, "the upgrade did not start; serving on");
+                    service.upgrades.done();
+                    let message = format!("{e}; this daemon ({VERSION}) serves on");
+                    upgrade::answer(&mut request.cli, &Handover::Failed { message }).await;
+                }
+            },
         }
     }
+}
 
-    cluster.announce_leave().await;
-    for peer in cluster.peer_addrs() {
-        let _ = chitchat.gossip(peer);
-    }
-    // Long enough for a syn / syn-ack / ack exchange to finish with every peer.
-    tokio::time::sleep((interval * 2).clamp(Duration::from_millis(300), Duration::from_secs(2)))
-        .await;
-    save_peers(&data_dir, &cluster, &mut last_saved);
+/// Stops the run's tasks and its gossip.
+async fn stop(tasks: &[tokio::task::JoinHandle<()>], chitchat: chitchat::ChitchatHandle) {
     tasks.iter().for_each(tokio::task::JoinHandle::abort);
-    let _ = std::fs::remove_file(data_dir.admin_socket());
     if let Err(e) = chitchat.shutdown().await {
         warn!(error = %e, "gossip did not stop cleanly");
     }
-    mesh.close().await;
-    info!("halley-node stopped");
-    Ok(())
+}
+
+/// What a run reads from the data dir before it starts anything.
+struct Opened {
+    removed: std::collections::BTreeSet<halley_proto::NodeName>,
+    record: NodeRecord,
+    creds: Credentials,
+    certificate: CertFacts,
+    ca: Option<ClusterCa>,
+    tokens: TokenBook,
+}
+
+fn open(data_dir: &DataDir) -> Result<Opened> {
+    crate::daemon::removal::refuse_if_removed(data_dir)?;
+    let removed = crate::daemon::removal::load(data_dir)?;
+    let record = data_dir.load_node()?;
+    crate::daemon::renewal::finish_interrupted(data_dir)?;
+    warn_if_loose(data_dir);
+    let ca_pem = data_dir.read_file(CA_CERT)?;
+    let creds = Credentials {
+        ca: cert_from_pem(&ca_pem)?,
+        cert: cert_from_pem(&data_dir.read_file(NODE_CERT)?)?,
+        key_pkcs8: key_from_pem(&read_text(data_dir, NODE_KEY)?)?.serialize_der(),
+    };
+    let certificate = CertFacts::of(&creds.cert)?;
+    let ca = if data_dir.file(CA_KEY).exists() {
+        // The cluster's node validity is the one `init` chose: this node's own lifespan.
+        Some(
+            ClusterCa::from_pem(&ca_pem, &read_text(data_dir, CA_KEY)?)?
+                .with_node_validity(certificate.lifespan()),
+        )
+    } else {
+        None
+    };
+    let tokens: TokenBook = data_dir.load_tokens()?;
+    Ok(Opened {
+        removed,
+        record,
+        creds,
+        certificate,
+        ca,
+        tokens,
+    })
+}
+
+/// What this daemon hands the new one.
+struct Handed {
+    frozen: Vec<crate::host::actor::Frozen>,
+    mesh: std::net::UdpSocket,
+    metrics: Option<std::os::fd::OwnedFd>,
+}
+
+/// Offers the sockets to the new daemon; once it serves, finishes this one's connections and
+/// answers the CLI. If it does not take over, kills it and runs again on the same sockets.
+async fn hand_over(
+    handed: Handed,
+    mut new: upgrade::NewDaemon,
+    mut request: upgrade::Request,
+) -> Outcome {
+    use std::os::fd::AsFd;
+    let entry_points: Vec<_> = handed
+        .frozen
+        .iter()
+        .filter_map(|f| f.listener.as_ref().map(|fd| (f.addr, fd.as_fd())))
+        .collect();
+    let metrics = handed.metrics.as_ref().map(AsFd::as_fd);
+    let taken = new
+        .take_over(&entry_points, Some(handed.mesh.as_fd()), metrics)
+        .await;
+    drop(entry_points);
+    match taken {
+        Ok(()) => {
+            let new_pid = new.pid();
+            info!(
+                new_pid,
+                "the new daemon serves; finishing this one's connections"
+            );
+            upgrade::finish(handed.frozen).await;
+            let done = Handover::Upgraded {
+                from_version: VERSION.to_owned(),
+                old_pid: std::process::id(),
+                to_version: new.version.clone(),
+                new_pid,
+            };
+            upgrade::answer(&mut request.cli, &done).await;
+            info!("halley-node replaced by pid {new_pid}");
+            Outcome::Done
+        }
+        Err(why) => {
+            let e = new.give_up(why);
+            tracing::error!(error = %e, "the upgrade failed; starting this daemon again");
+            Outcome::Again(Inherit {
+                entry_points: upgrade::listeners_of(&handed.frozen),
+                mesh: Some(handed.mesh),
+                metrics: handed.metrics.map(std::net::TcpListener::from),
+                on_serving: Some(OnServing::Finish {
+                    frozen: handed.frozen,
+                    cli: request.cli,
+                    message: format!("{e}; this daemon ({VERSION}) serves on"),
+                }),
+            })
+        }
+    }
 }
 
 /// The node's PKI: the CA key if it holds it, the CA certificate, its own certificate's facts.
@@ -232,6 +432,7 @@ fn assemble(
     keys: Keys,
     tokens: TokenBook,
     suspect_after: Duration,
+    inherited: std::collections::BTreeMap<SocketAddr, std::net::TcpListener>,
 ) -> Arc<Node> {
     let Keys {
         ca,
@@ -246,6 +447,7 @@ fn assemble(
         drains: Arc::default(),
         cluster: Arc::default(),
         meters: Arc::default(),
+        inherited: std::sync::Mutex::new(inherited),
     });
     let services = Arc::new(services);
     let cluster = Arc::new(ClusterClient::new(

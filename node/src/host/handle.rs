@@ -45,6 +45,17 @@ pub struct HostContext {
     pub cluster: Arc<crate::proxy::routes::Cluster>,
     /// Every slot's cumulative request meters (the metrics endpoint reads them).
     pub meters: Arc<crate::proxy::meters::Meters>,
+    /// Entry point sockets an upgrade handed over, by address, until a service takes its own.
+    pub inherited: std::sync::Mutex<std::collections::BTreeMap<SocketAddr, std::net::TcpListener>>,
+}
+
+impl HostContext {
+    /// The handed-over listening socket of `addr`, if there is one.
+    pub(crate) fn take_inherited(&self, addr: SocketAddr) -> Option<TcpListener> {
+        let std = self.inherited.lock().ok()?.remove(&addr)?;
+        std.set_nonblocking(true).ok()?;
+        TcpListener::from_std(std).ok()
+    }
 }
 
 pub(crate) type StepResult = Result<StepReply, ErrorReply>;
@@ -66,6 +77,10 @@ pub(crate) enum Command {
     /// Stop every slot (before a data restore); answers with the processes being stopped.
     Quiesce {
         reply: oneshot::Sender<Vec<(u32, u64)>>,
+    },
+    /// Stop deciding and give up the entry point (an upgrade); the actor ends.
+    Freeze {
+        reply: oneshot::Sender<crate::host::actor::Frozen>,
     },
 }
 
@@ -115,7 +130,12 @@ impl ServiceHandle {
         spec: ServiceSpec,
     ) -> Result<Self, ErrorReply> {
         let addr = spec.listen.resolve(ctx.service_address);
-        let listener = bind(addr).await.map_err(|e| {
+        let handed = ctx.take_inherited(addr);
+        let listener = match handed {
+            Some(l) => Ok(l),
+            None => bind(addr).await,
+        };
+        let listener = listener.map_err(|e| {
             error_reply(
                 ErrorKind::Conflict,
                 format!(
@@ -208,6 +228,16 @@ impl ServiceHandle {
         self.send(Command::Step { step, fence, reply }).await?;
         rx.await
             .map_err(|_| error_reply(ErrorKind::Internal, "the service host stopped"))?
+    }
+
+    /// Stops the host's decisions for an upgrade; its entry point serves on (see [`Frozen`]).
+    ///
+    /// [`Frozen`]: crate::host::actor::Frozen
+    pub async fn freeze(&self) -> Result<crate::host::actor::Frozen, ErrorReply> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Freeze { reply }).await?;
+        rx.await
+            .map_err(|_| error_reply(ErrorKind::Internal, "the service host stopped"))
     }
 
     /// Takes every route away and stops every slot, so nothing writes the service's data.

@@ -142,6 +142,37 @@ impl Services {
         info!(service = %service, "the first prepare failed; the service is not kept");
     }
 
+    /// Freezes every service for an upgrade (see [`crate::host::actor::Frozen`]): no host
+    /// decides or writes from now on; their entry points serve on. Entry points not bound yet
+    /// (their address still taken) are not handed over: the new daemon binds them itself.
+    pub async fn freeze(&self) -> Vec<crate::host::actor::Frozen> {
+        let hosts = std::mem::take(&mut *self.hosts.lock().await);
+        let mut frozen = Vec::new();
+        for (name, handle) in hosts {
+            match handle.freeze().await {
+                Ok(f) => frozen.push(f),
+                Err(e) => {
+                    error!(service = %name, error = %e.message, "cannot freeze the service's host")
+                }
+            }
+        }
+        frozen
+    }
+
+    /// Handed-over entry points no service took (its record could not be read): closed here,
+    /// so the address is not held by nobody.
+    pub fn drop_unclaimed(&self) {
+        let left = self
+            .ctx
+            .inherited
+            .lock()
+            .map(|mut m| std::mem::take(&mut *m))
+            .unwrap_or_default();
+        for addr in left.keys() {
+            info!(%addr, "a handed-over entry point belongs to no service here; closed");
+        }
+    }
+
     /// A service's host, if the service runs here.
     pub async fn handle(&self, service: &ServiceName) -> Option<Arc<ServiceHandle>> {
         self.hosts.lock().await.get(service).cloned()

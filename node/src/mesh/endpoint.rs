@@ -124,14 +124,37 @@ impl Mesh {
         creds: &Credentials,
         handler: Arc<dyn RequestHandler>,
     ) -> Result<(Arc<Self>, mpsc::Receiver<InboundGossip>)> {
-        let identity = tls::Identity::new(creds)?;
-        let server = tls::server_config(creds, &identity)?;
-        let client = tls::mesh_client_config(creds, &identity)?;
-        let endpoint = quinn::Endpoint::server(server, listen).map_err(|e| {
+        Self::start_on(Self::bind(listen)?, creds, handler)
+    }
+
+    /// Binds the mesh's UDP socket.
+    pub fn bind(listen: SocketAddr) -> Result<std::net::UdpSocket> {
+        std::net::UdpSocket::bind(listen).map_err(|e| {
             Error::Net(format!(
                 "cannot listen on {listen}/udp: {e}; is another halley-node using that port? Pick another with --listen"
             ))
-        })?;
+        })
+    }
+
+    /// Starts the mesh on a bound UDP socket (this daemon's own, or one an upgrade handed over).
+    pub fn start_on(
+        socket: std::net::UdpSocket,
+        creds: &Credentials,
+        handler: Arc<dyn RequestHandler>,
+    ) -> Result<(Arc<Self>, mpsc::Receiver<InboundGossip>)> {
+        let identity = tls::Identity::new(creds)?;
+        let server = tls::server_config(creds, &identity)?;
+        let client = tls::mesh_client_config(creds, &identity)?;
+        socket
+            .set_nonblocking(true)
+            .map_err(|e| Error::Net(format!("cannot set up the mesh's socket: {e}")))?;
+        let endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            Some(server),
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )
+        .map_err(|e| Error::Net(format!("cannot start the mesh endpoint: {e}")))?;
         let (gossip_in, gossip_rx) = mpsc::channel(INBOUND_QUEUE);
         let mesh = Arc::new(Self {
             endpoint,
@@ -294,6 +317,18 @@ impl Mesh {
         self.endpoint
             .close(quinn::VarInt::from_u32(0), b"node stopping");
         let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+    }
+
+    /// Closes the mesh and moves the endpoint off its UDP socket (onto a throwaway one), so
+    /// that this process reads no more of its packets: an upgrade hands the socket over while
+    /// parts of this process still hold the mesh.
+    pub async fn close_and_let_go(&self) -> Result<()> {
+        self.close().await;
+        let throwaway = std::net::UdpSocket::bind((std::net::Ipv4Addr::LOCALHOST, 0))
+            .map_err(|e| Error::Net(format!("cannot open a UDP socket: {e}")))?;
+        self.endpoint
+            .rebind(throwaway)
+            .map_err(|e| Error::Net(format!("cannot move the mesh off its socket: {e}")))
     }
 
     /// A connection to `to` and the node its certificate names, reusing a live one or dialling.

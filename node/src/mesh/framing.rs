@@ -18,6 +18,17 @@ pub async fn read_message<R: AsyncRead + Unpin>(
     reader: &mut R,
     limit: Limit,
 ) -> Result<Option<Message>> {
+    let Some(header) = read_header(reader).await? else {
+        return Ok(None);
+    };
+    let parsed = Header::parse(&header, PROTOCOL_VERSION, limit)?;
+    let body = read_body(reader, &parsed).await?;
+    Ok(Some(codec::decode_message_body(&parsed, &body, limit)?))
+}
+
+/// Reads a frame's header, unchecked (the caller picks the version it expects). Returns `None`
+/// if the stream ended cleanly before any byte.
+pub async fn read_header<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Option<[u8; HEADER_LEN]>> {
     let mut header = [0u8; HEADER_LEN];
     let mut got = 0;
     while got < HEADER_LEN {
@@ -37,7 +48,11 @@ pub async fn read_message<R: AsyncRead + Unpin>(
         }
         got += n;
     }
-    let parsed = Header::parse(&header, PROTOCOL_VERSION, limit)?;
+    Ok(Some(header))
+}
+
+/// Reads the body a checked header announced.
+pub async fn read_body<R: AsyncRead + Unpin>(reader: &mut R, parsed: &Header) -> Result<Vec<u8>> {
     let mut body = Vec::with_capacity((parsed.len as usize).min(FIRST_CHUNK));
     let got = reader
         .take(u64::from(parsed.len))
@@ -50,7 +65,7 @@ pub async fn read_message<R: AsyncRead + Unpin>(
             parsed.len
         )));
     }
-    Ok(Some(codec::decode_message_body(&parsed, &body, limit)?))
+    Ok(body)
 }
 
 /// Writes one frame.

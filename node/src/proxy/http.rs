@@ -65,6 +65,9 @@ pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
 const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(300);
 const MAX_HEAD: usize = 64 * 1024;
+/// How long a keep-alive connection of a process handing over may wait for its next request,
+/// whose answer then closes it, before it is closed idle.
+const IDLE_GRACE: Duration = Duration::from_secs(2);
 
 /// The path a load balancer polls: 200 while the node takes work, 503 while it is draining.
 pub const READY_PATH: &str = "/.halley/ready";
@@ -96,13 +99,19 @@ pub async fn serve(listener: TcpListener, routes: Arc<ServiceRoutes>) {
             }
         };
         let _ = stream.set_nodelay(true);
-        tokio::spawn(serve_connection(
-            TokioIo::new(stream),
-            routes.clone(),
-            remote,
-            Mode::Entry,
-            Some(pool.clone()),
-        ));
+        let open = routes.connections.track();
+        let (routes, pool) = (routes.clone(), pool.clone());
+        tokio::spawn(async move {
+            serve_connection(
+                TokioIo::new(stream),
+                routes,
+                remote,
+                Mode::Entry,
+                Some(pool),
+            )
+            .await;
+            drop(open);
+        });
     }
 }
 
@@ -126,14 +135,22 @@ async fn serve_connection<I>(
         pinned: Mutex::new(None),
         pool,
     });
+    let connections = routes.connections.clone();
     let svc = service_fn(move |req: Request<Incoming>| {
         let routes = routes.clone();
         let pinned = pinned.clone();
         async move {
-            if mode == Mode::Entry && req.uri().path() == READY_PATH {
-                return Ok::<_, Infallible>(ready(routes.draining()));
+            let mut resp = if mode == Mode::Entry && req.uri().path() == READY_PATH {
+                ready(routes.draining())
+            } else {
+                handle(req, &routes, remote, mode, &pinned).await
+            };
+            if mode == Mode::Entry && routes.connections.closing() {
+                // The next request goes to the process that took the entry point over.
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
-            Ok(handle(req, &routes, remote, mode, &pinned).await)
+            Ok::<_, Infallible>(resp)
         }
     });
     let conn = hyper::server::conn::http1::Builder::new()
@@ -143,7 +160,26 @@ async fn serve_connection<I>(
         .keep_alive(true)
         .serve_connection(io, svc)
         .with_upgrades();
-    if let Err(e) = conn.await {
+    tokio::pin!(conn);
+    let ended = if mode == Mode::Entry {
+        tokio::select! {
+            ended = conn.as_mut() => ended,
+            () = connections.closed() => {
+                // A busy client's next answer closes the connection; one that stays quiet this
+                // long is closed while idle (a request it sends at that very moment is cut).
+                match tokio::time::timeout(IDLE_GRACE, conn.as_mut()).await {
+                    Ok(ended) => ended,
+                    Err(_) => {
+                        conn.as_mut().graceful_shutdown();
+                        conn.await
+                    }
+                }
+            }
+        }
+    } else {
+        conn.await
+    };
+    if let Err(e) = ended {
         debug!(error = %e, %remote, "client connection ended with an error");
     }
 }

@@ -3,7 +3,8 @@
 //! The HTTP/1.1 ([`http`]) and TCP ([`tcp`]) entry points of each service, the routing table
 //! that knows this node's slot and peers' instances ([`routes`]), per-slot upstreams with
 //! in-flight counts and signals ([`upstream`], [`histogram`]), cumulative meters per slot for
-//! the metrics endpoint ([`meters`]), forwarding headers
+//! the metrics endpoint ([`meters`]), the open connections an `upgrade` lets finish
+//! ([`closing`]), forwarding headers
 //! ([`headers`]), and the mesh hop to a peer's instance: the sending side ([`hop`]) and the
 //! receiving side ([`hop_server`]).
 //!
@@ -14,6 +15,7 @@
 //! ## May import
 //! `error`, `clock`, `random`, `engine`, `store`, `mesh`, `cluster`.
 
+pub mod closing;
 pub mod headers;
 pub mod histogram;
 pub mod hop;

@@ -132,6 +132,8 @@ pub struct ServiceRoutes {
     mesh: Arc<OnceLock<Arc<Mesh>>>,
     /// Decision counters.
     pub counters: RouteCounters,
+    /// The entry point's open client connections.
+    pub connections: Arc<crate::proxy::closing::Connections>,
 }
 
 fn routing_code(r: Routing) -> u8 {
@@ -176,6 +178,11 @@ impl ServiceRoutes {
     /// Whether this host's slot may take work (routed and not unhealthy), as its host judges.
     pub fn set_local_ok(&self, ok: bool) {
         self.local_ok.store(ok, Ordering::Relaxed);
+    }
+
+    /// Whether the local slot serves (as its host last said).
+    pub fn local_ok(&self) -> bool {
+        self.local_ok.load(Ordering::Relaxed)
     }
 
     /// Whether this node drains.
@@ -402,6 +409,7 @@ impl Cluster {
                     clock: Instant::now(),
                     mesh: self.mesh.clone(),
                     counters: RouteCounters::default(),
+                    connections: Arc::default(),
                 })
             })
             .clone()

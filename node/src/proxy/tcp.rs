@@ -37,7 +37,12 @@ pub async fn serve(listener: TcpListener, routes: Arc<ServiceRoutes>) {
             }
         };
         let _ = client.set_nodelay(true);
-        tokio::spawn(proxy(client, routes.clone(), remote, false));
+        let open = routes.connections.track();
+        let routes = routes.clone();
+        tokio::spawn(async move {
+            proxy(client, routes, remote, false).await;
+            drop(open);
+        });
     }
 }
 

@@ -45,8 +45,10 @@ use crate::proxy;
 use crate::proxy::routes::ServiceRoutes;
 use crate::proxy::upstream::Upstream;
 
+mod freeze;
 mod recovery;
 mod waiters;
+pub use freeze::Frozen;
 use waiters::{CheckWaiter, DrainWaiter};
 
 const TICK: Duration = Duration::from_millis(50);
@@ -59,6 +61,8 @@ pub(crate) struct Host {
     engine: Slots,
     routes: Arc<ServiceRoutes>,
     listener: Option<JoinHandle<()>>,
+    /// A second descriptor of the entry point's listening socket, once bound (for an upgrade).
+    entry_fd: Arc<std::sync::Mutex<Option<std::os::fd::OwnedFd>>>,
     slots: [SlotRuntime; 2],
     events_tx: mpsc::UnboundedSender<Event>,
     events_rx: mpsc::UnboundedReceiver<Event>,
@@ -135,6 +139,7 @@ impl Host {
             engine,
             routes,
             listener: None,
+            entry_fd: Arc::default(),
             slots: Default::default(),
             events_tx,
             events_rx,
@@ -240,8 +245,10 @@ impl Host {
         let routes = self.routes.clone();
         let protocol = self.record.spec.protocol;
         let name = self.record.name.to_string();
+        let entry_fd = self.entry_fd.clone();
+        let handed = self.ctx.take_inherited(addr);
         self.listener = Some(tokio::spawn(async move {
-            let listener = match listener {
+            let listener = match listener.or(handed) {
                 Some(l) => l,
                 None => {
                     let mut warned = false;
@@ -259,6 +266,12 @@ impl Host {
                     }
                 }
             };
+            if let (Ok(fd), Ok(mut slot)) = (
+                std::os::fd::AsFd::as_fd(&listener).try_clone_to_owned(),
+                entry_fd.lock(),
+            ) {
+                *slot = Some(fd);
+            }
             info!(service = %name, %addr, "entry point listening");
             match protocol {
                 Protocol::Http => proxy::http::serve(listener, routes).await,
@@ -273,6 +286,10 @@ impl Host {
         loop {
             tokio::select! {
                 command = commands.recv() => match command {
+                    Some(Command::Freeze { reply }) => {
+                        let _ = reply.send(self.freeze());
+                        return;
+                    }
                     Some(c) => self.command(c),
                     None => break,
                 },
@@ -321,6 +338,8 @@ impl Host {
                     .and_then(|()| self.register(*entry, unpacked));
                 let _ = reply.send(result);
             }
+            // Taken by `run`, which ends the actor with it.
+            Command::Freeze { .. } => {}
             Command::Quiesce { reply } => {
                 let stopping: Vec<(u32, u64)> = self.slots.iter().filter_map(|rt| rt.pid).collect();
                 warn!(service = %self.record.name, "stopping every slot for a data restore");

@@ -1,0 +1,225 @@
+//! `halley-node upgrade`: the daemon replaced three times under load from keep-alive and
+//! fresh-connection clients with no refused and no failed request, the service's process
+//! adopted (same pid), metrics served on by the new daemon, systemd told the new main pid; and
+//! a binary that cannot take over leaves the old daemon serving, with the reason.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use halley_tests::load::Load;
+use halley_tests::{Node, assert_ok, free_tcp_port, runtime, stderr, wait_until};
+
+const SERVICE_BIN: &str = env!("CARGO_BIN_EXE_halley-test-service");
+const BROKEN_BIN: &str = env!("CARGO_BIN_EXE_halley-failed-takeover");
+
+#[test]
+fn three_upgrades_under_load_refuse_and_fail_nothing_and_keep_the_service_process() {
+    let root = tempfile::tempdir().unwrap();
+    let notify_path = root.path().join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut node = Node::new(root.path(), "n1");
+    node.init();
+    node.env
+        .push(("NOTIFY_SOCKET".into(), notify_path.display().to_string()));
+    let metrics: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()).parse().unwrap();
+    let metrics_arg = metrics.to_string();
+    node.start_with(&[
+        "--service-address",
+        "127.0.0.1",
+        "--metrics-listen",
+        &metrics_arg,
+    ]);
+    let first = read_notify(&notify);
+    assert_eq!(first, format!("READY=1\nMAINPID={}\n", node.pid()));
+
+    let port = free_tcp_port();
+    let config = halley_tests::web_config(root.path(), port, "");
+    assert_ok(
+        &node.deploy(&config, "web", "1", SERVICE_BIN.as_ref()),
+        "deploy web 1",
+    );
+    let service_pid = node.slot("web", "active").unwrap()["pid"].as_u64();
+    assert!(service_pid.is_some());
+    let entry: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+
+    let rt = runtime();
+    let load = rt.block_on(async { Load::start(entry, 4, 4, "/", Duration::from_millis(2)) });
+    std::thread::sleep(Duration::from_millis(500));
+    let mut daemons = vec![node.daemon_pid()];
+    for round in 1..=3 {
+        let before = load.stats.totals().0;
+        let out = node.upgrade(&[]);
+        assert_ok(&out, &format!("upgrade {round}"));
+        let said = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(said.starts_with("upgraded: halley-node "), "{said}");
+        let new = node.daemon_pid();
+        assert!(
+            !daemons.contains(&new),
+            "a new daemon each time: {daemons:?} {new}"
+        );
+        daemons.push(new);
+        // systemd hears which process is the service's main one now.
+        assert_eq!(read_notify(&notify), format!("READY=1\nMAINPID={new}\n"));
+        // The old daemon is gone, the new one answers, the service process is the same.
+        let old = daemons[daemons.len() - 2];
+        assert!(
+            wait_until(Duration::from_secs(10), || !alive(old)),
+            "the old daemon {old} exited"
+        );
+        assert!(alive(new));
+        assert_eq!(
+            node.slot("web", "active").unwrap()["pid"].as_u64(),
+            service_pid,
+            "the service was adopted, not restarted"
+        );
+        assert!(
+            wait_until(Duration::from_secs(5), || load.stats.totals().0
+                > before + 50),
+            "traffic flows after upgrade {round}: {}",
+            load.stats.summary()
+        );
+    }
+    let metrics_body = scrape(metrics);
+    assert!(
+        metrics_body.contains("halley_slot_requests_total"),
+        "the new daemon serves metrics on the handed-over listener: {metrics_body}"
+    );
+    let stats = load.stats.clone();
+    rt.block_on(load.stop());
+    let (ok, failed, errors) = stats.totals();
+    assert!(ok > 500, "{}", stats.summary());
+    assert_eq!(
+        (failed, errors),
+        (0, 0),
+        "no request failed or was refused: {}",
+        stats.summary()
+    );
+    let log = node.log();
+    assert!(log.contains("took over from the old daemon"), "{log}");
+    node.kill_services();
+}
+
+#[test]
+fn a_binary_that_cannot_take_over_leaves_the_old_daemon_serving_and_says_why() {
+    let root = tempfile::tempdir().unwrap();
+    let mut node = halley_tests::single_node(root.path());
+    let port = free_tcp_port();
+    let config = halley_tests::web_config(root.path(), port, "");
+    assert_ok(
+        &node.deploy(&config, "web", "1", SERVICE_BIN.as_ref()),
+        "deploy web 1",
+    );
+    let entry: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let rt = runtime();
+    let load = rt.block_on(async { Load::start(entry, 2, 2, "/", Duration::from_millis(5)) });
+
+    // Not a halley-node at all.
+    let out = node.upgrade(&["--binary", "/bin/true"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("/bin/true is not a halley-node"), "{err}");
+
+    // A binary for another architecture, or another wire protocol, is refused up front.
+    let fake = root.path().join("fake-halley-node");
+    let script = |line: &str| {
+        format!(
+            "#!/bin/sh\nif [ \"$1\" = version ]; then echo '{line}'; exit 0; fi\necho 'cannot start' >&2\nexit 3\n"
+        )
+    };
+    let ours = halley_node::daemon::upgrade::Build::ours();
+    let other_arch = halley_node::daemon::upgrade::Build {
+        arch: "riscv64".into(),
+        ..ours.clone()
+    };
+    let other_protocol = halley_node::daemon::upgrade::Build {
+        protocol: ours.protocol + 1,
+        ..ours.clone()
+    };
+    for (build, says) in [
+        (other_arch, "built for riscv64"),
+        (other_protocol, "wire protocol"),
+    ] {
+        std::fs::write(&fake, script(&build.to_string())).unwrap();
+        std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let out = node.upgrade(&["--binary", fake.to_str().unwrap()]);
+        assert!(!out.status.success());
+        let err = stderr(&out);
+        assert!(
+            err.contains("will not hand this node over") && err.contains(says),
+            "{err}"
+        );
+    }
+
+    // One that passes the check and dies before it says hello.
+    std::fs::write(&fake, script(&ours.to_string())).unwrap();
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let out = node.upgrade(&["--binary", fake.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("did not take over") && err.contains("serves on"),
+        "{err}"
+    );
+    assert!(!node.has_exited(), "the old daemon serves on");
+    assert!(node.status().is_some());
+
+    // One that says hello and takes the sockets, then exits: the old daemon has let go of
+    // everything by then, and starts itself again on the same sockets.
+    let out = node.upgrade(&["--binary", BROKEN_BIN]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("did not take over") && err.contains("exited") && err.contains("serves on"),
+        "{err}"
+    );
+    assert!(!node.has_exited(), "the old daemon serves on");
+    assert!(node.status().is_some(), "its admin socket answers again");
+    assert_eq!(node.committed("web").as_deref(), Some("1"));
+    let log = node.log();
+    assert!(log.contains("starting again on the same sockets"), "{log}");
+    // It can still be upgraded.
+    assert_ok(&node.upgrade(&[]), "upgrade after a failed one");
+
+    let stats = load.stats.clone();
+    rt.block_on(load.stop());
+    let (ok, failed, errors) = stats.totals();
+    assert!(ok > 50, "{}", stats.summary());
+    assert_eq!((failed, errors), (0, 0), "{}", stats.summary());
+    node.kill_services();
+}
+
+fn read_notify(socket: &std::os::unix::net::UnixDatagram) -> String {
+    let mut buf = [0u8; 256];
+    let n = socket.recv(&mut buf).expect("a notification within 20 s");
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+fn alive(pid: u32) -> bool {
+    // A zombie (an exited daemon its parent has not reaped yet) counts as gone.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            s.rsplit_once(") ")
+                .is_some_and(|(_, rest)| !rest.starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
+
+fn scrape(addr: SocketAddr) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect to metrics");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).unwrap();
+    raw
+}
