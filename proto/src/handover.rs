@@ -62,4 +62,15 @@ pub enum Handover {
     /// New → old: the new daemon serves (admin socket, mesh, services adopted, entry points
     /// accepting); the old one may stop accepting and finish.
     Serving,
+    /// CLI → daemon (an admin's): upgrade every live member, one at a time, this node last,
+    /// shipping `binary` over the mesh.
+    UpgradeAll {
+        /// An absolute path (`None`: the daemon's own binary).
+        binary: Option<String>,
+    },
+    /// Daemon → CLI, before the last answer: how far `UpgradeAll` got.
+    Progress {
+        /// One line for the operator.
+        line: String,
+    },
 }

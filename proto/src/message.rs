@@ -647,6 +647,14 @@ pub enum PeerRequest {
         /// shows again.
         heartbeat: u64,
     },
+    /// Replace the receiver's daemon with the halley-node binary it holds as artifact
+    /// `sha256` (`upgrade --all`); answered once the new daemon has started to take over.
+    Upgrade {
+        /// The binary's SHA-256, as stored.
+        sha256: [u8; 32],
+    },
+    /// Which binary the receiver's daemon runs.
+    Binary,
 }
 
 impl PeerRequest {
@@ -670,6 +678,8 @@ impl PeerRequest {
             | PeerRequest::State(_)
             | PeerRequest::Logs(_)
             | PeerRequest::Forget { .. }
+            | PeerRequest::Upgrade { .. }
+            | PeerRequest::Binary
             | PeerRequest::Removed => Access::Admin,
         }
     }
@@ -693,6 +703,8 @@ impl PeerRequest {
             PeerRequest::RemovedList => "removed-list",
             PeerRequest::Logs(_) => "logs",
             PeerRequest::Forget { .. } => "forget",
+            PeerRequest::Upgrade { .. } => "upgrade",
+            PeerRequest::Binary => "binary",
         }
     }
 }
@@ -740,4 +752,13 @@ pub enum PeerReply {
     Removed(Vec<NodeName>),
     /// Slot logs.
     Logs(LogsReply),
+    /// The binary the receiver's daemon runs, and why its last upgrade failed if it did.
+    Binary {
+        /// SHA-256 of the running binary.
+        sha256: [u8; 32],
+        /// Its version.
+        version: String,
+        /// The reason the last upgrade asked of it did not take over, if one did not.
+        last_failure: Option<String>,
+    },
 }

@@ -442,6 +442,10 @@ fn handover_samples() -> Vec<halley_proto::handover::Handover> {
             metrics: false,
         },
         Handover::Serving,
+        Handover::UpgradeAll { binary: None },
+        Handover::Progress {
+            line: "n2 runs 0.2.0".into(),
+        },
     ]
 }
 

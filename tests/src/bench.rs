@@ -15,6 +15,10 @@ pub struct Wrk {
     pub p50_us: f64,
     /// 99th percentile latency, microseconds.
     pub p99_us: f64,
+    /// Socket errors (connect, read, write, timeout), summed.
+    pub socket_errors: u64,
+    /// Answers that were not 2xx or 3xx.
+    pub non_2xx: u64,
 }
 
 /// The benchmark drivers' runtime: two worker threads, like the machines they run on.
@@ -76,10 +80,27 @@ pub fn run_wrk(wrk: &str, url: &str, secs: u64) -> Wrk {
             .map(|v| micros(v.trim()))
             .unwrap_or(f64::NAN)
     };
+    // `Socket errors: connect 0, read 765, write 0, timeout 0`, printed only when there are.
+    let socket_errors = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Socket errors:"))
+        .map(|rest| {
+            rest.split(',')
+                .filter_map(|part| part.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .sum()
+        })
+        .unwrap_or(0);
+    let non_2xx = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Non-2xx or 3xx responses:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
     Wrk {
         rps,
         p50_us: pct("50%"),
         p99_us: pct("99%"),
+        socket_errors,
+        non_2xx,
     }
 }
 

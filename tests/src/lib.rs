@@ -243,10 +243,35 @@ impl Node {
             let _ = child.kill();
             let _ = child.wait();
         }
-        for pid in self.successors.drain(..) {
-            // SAFETY: a daemon this node's upgrade started; its pid was read from the answer.
+        self.successors.clear();
+        // Daemons an upgrade started (here or by `upgrade --all` elsewhere) are no child of
+        // this process: found by their command line.
+        for pid in self.daemons() {
+            // SAFETY: a `halley-node run` on this node's data dir, found just now.
             unsafe { libc::kill(pid as i32, libc::SIGKILL) };
         }
+    }
+
+    /// Pids of the `halley-node run` processes on this node's data dir.
+    pub fn daemons(&self) -> Vec<u32> {
+        let dir = self.dir.as_os_str().as_encoded_bytes().to_vec();
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| {
+                let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+                    return false;
+                };
+                let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+                args.contains(&b"run".as_slice())
+                    && args
+                        .windows(2)
+                        .any(|w| w[0] == b"--data-dir" && w[1] == dir.as_slice())
+            })
+            .collect()
     }
 
     /// Runs `upgrade` with `args`; on success, remembers the new daemon's pid (the answer's

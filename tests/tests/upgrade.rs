@@ -223,3 +223,83 @@ fn scrape(addr: SocketAddr) -> String {
     stream.read_to_string(&mut raw).unwrap();
     raw
 }
+
+#[test]
+fn upgrade_all_rolls_the_binary_across_three_nodes_under_load() {
+    let cluster = halley_tests::cluster::Cluster::start();
+    let rt = runtime();
+    let config = cluster.config("web", &[], "");
+    assert_ok(
+        &cluster.nodes[0].deploy(&config, "web", "v1", SERVICE_BIN.as_ref()),
+        "deploy v1",
+    );
+    let pids: Vec<_> = cluster
+        .nodes
+        .iter()
+        .map(|n| n.slot("web", "active").unwrap()["pid"].as_u64())
+        .collect();
+    let before: Vec<_> = ["n1", "n2", "n3"]
+        .iter()
+        .map(|n| cluster.generation(0, n).unwrap())
+        .collect();
+    let daemons: Vec<Vec<u32>> = cluster.nodes.iter().map(Node::daemons).collect();
+
+    // The new build: this one without its debug info (a seventh of the size to ship).
+    let new_binary = cluster.dir.join("halley-node-new");
+    std::fs::copy(halley_tests::binary(), &new_binary).unwrap();
+    let stripped = std::process::Command::new("strip")
+        .arg(&new_binary)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !stripped {
+        eprintln!("strip did not run: the whole debug binary is shipped");
+    }
+    let loads = cluster.load(&rt);
+    std::thread::sleep(Duration::from_millis(300));
+    let out = cluster.nodes[0].cli(&["upgrade", "--all", "--binary", new_binary.to_str().unwrap()]);
+    assert_ok(&out, "upgrade --all");
+    let progress = stderr(&out);
+    for line in ["n2: runs", "n3: runs", "now this node"] {
+        assert!(progress.contains(line), "{progress}");
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let (ok, failed, errors, summary) = halley_tests::cluster::stop_all(&rt, loads);
+    assert_eq!((failed, errors), (0, 0), "{summary}");
+    assert!(ok > 300, "{summary}");
+
+    for (i, node) in cluster.nodes.iter().enumerate() {
+        let now = node.daemons();
+        assert_eq!(now.len(), 1, "{}: one daemon runs: {now:?}", node.name);
+        assert!(
+            !daemons[i].contains(&now[0]),
+            "{}: a new daemon runs ({:?} before, {now:?} now)",
+            node.name,
+            daemons[i]
+        );
+        assert_eq!(
+            node.slot("web", "active").unwrap()["pid"].as_u64(),
+            pids[i],
+            "{}: the service was adopted",
+            node.name
+        );
+    }
+    // Every member shows the new generations.
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            ["n1", "n2", "n3"]
+                .iter()
+                .enumerate()
+                .all(|(i, n)| cluster.generation(1, n).is_some_and(|g| g > before[i]))
+        }),
+        "{:?}",
+        cluster.nodes[1].status()
+    );
+    // The shipped binary sits in the members' data dirs, checked and executable.
+    let shipped: Vec<_> = std::fs::read_dir(cluster.nodes[1].dir.join("binaries"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(shipped.len(), 1, "{shipped:?}");
+    assert!(shipped[0].starts_with("halley-node-"), "{shipped:?}");
+}

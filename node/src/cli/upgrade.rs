@@ -1,6 +1,7 @@
-//! `halley-node upgrade [--binary PATH]`: replaces this node's daemon with another binary (by
-//! default the one at the daemon's own path, as it is on disk now) without a refused or failed
-//! request: see [`crate::daemon::upgrade`].
+//! `halley-node upgrade [--binary PATH] [--all]`: replaces this node's daemon with another
+//! binary (by default the one at the daemon's own path, as it is on disk now) without a refused
+//! or failed request (see [`crate::daemon::upgrade`]); with `--all`, every live member's, one
+//! at a time ([`crate::daemon::upgrade_all`]).
 //!
 //! ## Guarantees
 //! - The CLI speaks the handover frames every build reads, so a new binary's CLI can upgrade
@@ -23,6 +24,10 @@ pub struct UpgradeArgs {
     /// it]. An absolute path on this machine.
     #[arg(long, value_name = "PATH")]
     pub binary: Option<PathBuf>,
+    /// Upgrade every live member, one at a time and this node last, shipping the binary over
+    /// the mesh (from an admin node).
+    #[arg(long)]
+    pub all: bool,
 }
 
 /// Runs `upgrade` and returns the line to print.
@@ -36,7 +41,8 @@ pub async fn run(data_dir: &DataDir, args: UpgradeArgs) -> Result<String> {
             Some(absolute.to_string_lossy().into_owned())
         }
     };
-    match admin::call_upgrade(data_dir, binary).await? {
+    let progress = |line: &str| eprintln!("{line}");
+    match admin::call_upgrade(data_dir, binary, args.all, progress).await? {
         Handover::Upgraded {
             from_version,
             old_pid,

@@ -35,8 +35,9 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 pub trait AdminHandler: Send + Sync + 'static {
     /// Answers one request.
     async fn admin(&self, request: AdminRequest) -> AdminResponse;
-    /// Takes an `upgrade` to `binary`, answering on `cli` when it is over.
-    async fn upgrade(&self, binary: Option<String>, cli: UnixStream);
+    /// Takes an `upgrade` (of every member if `all`) to `binary`, answering on `cli` as it goes
+    /// and when it is over.
+    async fn upgrade(&self, binary: Option<String>, all: bool, cli: UnixStream);
 }
 
 /// Binds the admin socket (replacing a stale one: the caller holds the daemon lock) and serves it.
@@ -91,7 +92,7 @@ async fn serve_one(mut stream: UnixStream, handler: Arc<dyn AdminHandler>, owner
         return;
     };
     let read = match read {
-        Ok(Request::Upgrade(binary)) => return handler.upgrade(binary, stream).await,
+        Ok(Request::Upgrade { binary, all }) => return handler.upgrade(binary, all, stream).await,
         Ok(Request::Admin(message)) => Ok(message.map(|m| *m)),
         Err(e) => Err(e),
     };
@@ -115,7 +116,7 @@ async fn serve_one(mut stream: UnixStream, handler: Arc<dyn AdminHandler>, owner
 /// What a CLI sent: a wire-protocol request, or an upgrade (whose frames every build reads).
 enum Request {
     Admin(Option<Box<Message>>),
-    Upgrade(Option<String>),
+    Upgrade { binary: Option<String>, all: bool },
 }
 
 async fn read_request(stream: &mut UnixStream) -> Result<Request> {
@@ -128,7 +129,8 @@ async fn read_request(stream: &mut UnixStream) -> Result<Request> {
         let parsed = Header::parse(&header, HANDOVER_VERSION, Limit::Join)?;
         let body = read_body(stream, &parsed).await?;
         return match codec::decode_handover_body(&parsed, &body)? {
-            Handover::Upgrade { binary } => Ok(Request::Upgrade(binary)),
+            Handover::Upgrade { binary } => Ok(Request::Upgrade { binary, all: false }),
+            Handover::UpgradeAll { binary } => Ok(Request::Upgrade { binary, all: true }),
             other => Err(Error::Protocol(format!(
                 "the admin socket takes 'upgrade' of the upgrade steps, not {other:?}"
             ))),
@@ -143,9 +145,15 @@ async fn read_request(stream: &mut UnixStream) -> Result<Request> {
     )?))))
 }
 
-/// Asks the node running on `data_dir` to replace itself with `binary` (see
-/// [`crate::daemon::upgrade`]) and returns its answer: `Upgraded` or `Failed`.
-pub async fn call_upgrade(data_dir: &DataDir, binary: Option<String>) -> Result<Handover> {
+/// Asks the node running on `data_dir` to replace itself (or, with `all`, every live member,
+/// this node last) with `binary` (see [`crate::daemon::upgrade`]); `progress` gets each line
+/// the node reports on the way. Returns the last answer: `Upgraded` or `Failed`.
+pub async fn call_upgrade(
+    data_dir: &DataDir,
+    binary: Option<String>,
+    all: bool,
+    mut progress: impl FnMut(&str),
+) -> Result<Handover> {
     let socket = data_dir.admin_socket();
     if !socket.exists() {
         data_dir.load_node()?;
@@ -157,28 +165,38 @@ pub async fn call_upgrade(data_dir: &DataDir, binary: Option<String>) -> Result<
             socket: socket.clone(),
             source,
         })?;
-    let exchange = async {
-        let bytes = codec::encode_handover(&Handover::Upgrade { binary })?;
-        stream
-            .write_all(&bytes)
-            .await
-            .map_err(|e| Error::Net(format!("write failed: {e}")))?;
-        let header = read_header(&mut stream).await?.ok_or_else(|| {
-            Error::Net("the node closed the admin socket without an answer; see its log".into())
-        })?;
-        let parsed = Header::parse(&header, HANDOVER_VERSION, Limit::Join)?;
-        let body = read_body(&mut stream, &parsed).await?;
-        Ok(codec::decode_handover_body(&parsed, &body)?)
+    let request = match all {
+        false => Handover::Upgrade { binary },
+        true => Handover::UpgradeAll { binary },
     };
-    tokio::time::timeout(UPGRADE_TIMEOUT, exchange)
+    stream
+        .write_all(&codec::encode_handover(&request)?)
         .await
-        .map_err(|_| {
-            Error::Net(format!(
-                "the node on {} did not finish the upgrade within {}s; see its log",
-                socket.display(),
-                UPGRADE_TIMEOUT.as_secs()
-            ))
-        })?
+        .map_err(|e| Error::Net(format!("write failed: {e}")))?;
+    loop {
+        let next = async {
+            let header = read_header(&mut stream).await?.ok_or_else(|| {
+                Error::Net("the node closed the admin socket without an answer; see its log".into())
+            })?;
+            let parsed = Header::parse(&header, HANDOVER_VERSION, Limit::Join)?;
+            let body = read_body(&mut stream, &parsed).await?;
+            Ok::<_, Error>(codec::decode_handover_body(&parsed, &body)?)
+        };
+        // Each member's step may take a while; the wait starts again with every line.
+        let frame = tokio::time::timeout(UPGRADE_TIMEOUT, next)
+            .await
+            .map_err(|_| {
+                Error::Net(format!(
+                    "the node on {} said nothing of the upgrade for {}s; see its log",
+                    socket.display(),
+                    UPGRADE_TIMEOUT.as_secs()
+                ))
+            })??;
+        match frame {
+            Handover::Progress { line } => progress(&line),
+            last => return Ok(last),
+        }
+    }
 }
 
 /// Sends one request to the node running on `data_dir` and returns its answer.

@@ -5,7 +5,8 @@
 //! with peers' requests answered in [`peers`]; [`renewal`] keeps its certificate current;
 //! [`metrics`] serves `/metrics` ([`exposition`] says what it contains); [`forget`] drops a gone
 //! node from `status`; [`upgrade`] and [`takeover`] replace the daemon with another binary,
-//! handing its sockets over ([`fd_pass`]) without refusing a request.
+//! handing its sockets over ([`fd_pass`]) without refusing a request, and [`upgrade_all`]
+//! rolls a binary across the cluster.
 //!
 //! ## Guarantees
 //! - One daemon per data dir; each start uses a new, larger generation; a graceful stop
@@ -28,3 +29,4 @@ pub mod renewal;
 pub mod run;
 pub mod takeover;
 pub mod upgrade;
+pub mod upgrade_all;

@@ -348,8 +348,12 @@ impl RequestHandler for Node {
 
 #[async_trait::async_trait]
 impl AdminHandler for Node {
-    async fn upgrade(&self, binary: Option<String>, cli: tokio::net::UnixStream) {
-        crate::daemon::upgrade::ask(&self.upgrades, binary, cli).await;
+    async fn upgrade(&self, binary: Option<String>, all: bool, cli: tokio::net::UnixStream) {
+        if all {
+            crate::daemon::upgrade_all::coordinate(self, binary, cli).await;
+        } else {
+            crate::daemon::upgrade::ask(&self.upgrades, binary, Some(cli)).await;
+        }
     }
 
     async fn admin(&self, request: AdminRequest) -> AdminResponse {

@@ -95,6 +95,8 @@ pub(crate) async fn answer(
         PeerRequest::Logs(request) => crate::host::logs::answer(&node.services, request)
             .await
             .map(PeerReply::Logs),
+        PeerRequest::Upgrade { sha256 } => crate::daemon::upgrade_all::receive(node, sha256).await,
+        PeerRequest::Binary => crate::daemon::upgrade_all::binary(node).await,
         PeerRequest::RemovedList => Ok(crate::daemon::removal::list(node)),
         PeerRequest::Removed => {
             crate::daemon::removal::removed_here(node, by)?;

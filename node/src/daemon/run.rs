@@ -143,6 +143,9 @@ async fn run_once<F: Future<Output = ()>>(
         std::mem::take(&mut inherit.entry_points),
     );
     service.services.drop_unclaimed();
+    if let Some(why) = inherit.failed_upgrade.take() {
+        service.upgrades.failed(why);
+    }
     let (cluster, coordinator) = (service.cluster.clone(), service.coordinator.clone());
     crate::daemon::forget::load(&service);
     let handler: Arc<dyn RequestHandler> = service.clone();
@@ -296,8 +299,8 @@ async fn serve<F: Future<Output = ()>>(
                 Ok(new) => break Exit::Upgrade(new, request),
                 Err(e) => {
                     warn!(error = %e, "the upgrade did not start; serving on");
-                    service.upgrades.done();
                     let message = format!("{e}; this daemon ({VERSION}) serves on");
+                    service.upgrades.failed(message.clone());
                     upgrade::answer(&mut request.cli, &Handover::Failed { message }).await;
                 }
             },
@@ -400,16 +403,18 @@ async fn hand_over(
             Outcome::Done
         }
         Err(why) => {
-            let e = new.give_up(why);
+            let e = new.give_up(why).await;
             tracing::error!(error = %e, "the upgrade failed; starting this daemon again");
+            let message = format!("{e}; this daemon ({VERSION}) serves on");
             Outcome::Again(Inherit {
                 entry_points: upgrade::listeners_of(&handed.frozen),
                 mesh: Some(handed.mesh),
                 metrics: handed.metrics.map(std::net::TcpListener::from),
+                failed_upgrade: Some(message.clone()),
                 on_serving: Some(OnServing::Finish {
                     frozen: handed.frozen,
                     cli: request.cli,
-                    message: format!("{e}; this daemon ({VERSION}) serves on"),
+                    message,
                 }),
             })
         }

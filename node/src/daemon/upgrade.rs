@@ -67,6 +67,8 @@ pub struct Inherit {
     pub metrics: Option<std::net::TcpListener>,
     /// Told once the daemon serves.
     pub on_serving: Option<OnServing>,
+    /// Why the upgrade this run starts again from failed.
+    pub failed_upgrade: Option<String>,
 }
 
 /// Who waits for a daemon to serve.
@@ -78,8 +80,8 @@ pub enum OnServing {
     Finish {
         /// The entry points that served meanwhile.
         frozen: Vec<Frozen>,
-        /// The CLI's connection.
-        cli: UnixStream,
+        /// The CLI's connection (`None`: asked by a peer, `upgrade --all`).
+        cli: Option<UnixStream>,
         /// Why the upgrade failed.
         message: String,
     },
@@ -120,13 +122,13 @@ pub struct Request {
     pub binary: PathBuf,
     /// Its version.
     pub version: String,
-    /// The CLI's connection.
-    pub cli: UnixStream,
+    /// The CLI's connection (`None`: asked by a peer, `upgrade --all`).
+    pub cli: Option<UnixStream>,
 }
 
-/// Writes one handover frame to the CLI.
-pub async fn answer(cli: &mut UnixStream, message: &Handover) {
-    let Ok(bytes) = halley_proto::codec::encode_handover(message) else {
+/// Writes one handover frame to the CLI, if a CLI asked.
+pub async fn answer(cli: &mut Option<UnixStream>, message: &Handover) {
+    let (Some(cli), Ok(bytes)) = (cli, halley_proto::codec::encode_handover(message)) else {
         return;
     };
     if let Err(e) = cli.write_all(&bytes).await {
@@ -324,8 +326,10 @@ impl NewDaemon {
                 new.version = version;
                 Ok(new)
             }
-            Ok(other) => Err(new.give_up(format!("it answered {other:?} instead of hello"))),
-            Err(e) => Err(new.give_up(e)),
+            Ok(other) => Err(new
+                .give_up(format!("it answered {other:?} instead of hello"))
+                .await),
+            Err(e) => Err(new.give_up(e).await),
         }
     }
 
@@ -361,9 +365,18 @@ impl NewDaemon {
     }
 
     /// Kills the new daemon (its whole session) and says why it was given up.
-    pub fn give_up(mut self, why: String) -> Error {
+    pub async fn give_up(mut self, why: String) -> Error {
         let pid = self.child.id() as i32;
-        let status = match self.child.try_wait() {
+        // One that closed the socket is usually exiting: given a moment, it says how.
+        let mut exited = self.child.try_wait();
+        for _ in 0..20 {
+            if !matches!(exited, Ok(None)) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            exited = self.child.try_wait();
+        }
+        let status = match exited {
             Ok(Some(status)) => format!("it exited ({status})"),
             _ => {
                 // SAFETY: signalling the process group this daemon started and has not reaped.
@@ -429,6 +442,10 @@ pub fn listeners_of(
 /// The upgrade asked of this daemon, waiting for its run loop (one at a time).
 pub struct Upgrades {
     busy: std::sync::atomic::AtomicBool,
+    /// Why the last upgrade asked of this node did not take over.
+    last_failure: std::sync::Mutex<Option<String>>,
+    /// SHA-256 of the running binary, once hashed.
+    own_sha: tokio::sync::OnceCell<[u8; 32]>,
     tx: tokio::sync::mpsc::Sender<Request>,
     rx: tokio::sync::Mutex<tokio::sync::mpsc::Receiver<Request>>,
 }
@@ -438,6 +455,8 @@ impl Default for Upgrades {
         let (tx, rx) = tokio::sync::mpsc::channel(1);
         Self {
             busy: std::sync::atomic::AtomicBool::new(false),
+            last_failure: std::sync::Mutex::new(None),
+            own_sha: tokio::sync::OnceCell::new(),
             tx,
             rx: tokio::sync::Mutex::new(rx),
         }
@@ -457,9 +476,36 @@ impl Upgrades {
         })
     }
 
-    /// The upgrade under way ended here (it did not start); another may be asked.
-    pub fn done(&self) {
+    /// The upgrade under way failed with `why` (this daemon serves on); another may be asked.
+    pub fn failed(&self, why: String) {
+        if let Ok(mut last) = self.last_failure.lock() {
+            *last = Some(why);
+        }
         self.busy.store(false, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Why the last upgrade asked of this daemon (or of the one it started again from) failed.
+    pub fn last_failure(&self) -> Option<String> {
+        self.last_failure.lock().ok().and_then(|l| l.clone())
+    }
+
+    /// SHA-256 of the binary this process runs (the running file, even if it was replaced on
+    /// disk since), hashed once.
+    pub async fn own_sha(&self) -> Result<[u8; 32]> {
+        self.own_sha
+            .get_or_try_init(|| async {
+                tokio::task::spawn_blocking(|| {
+                    let path = Path::new("/proc/self/exe");
+                    let mut file =
+                        std::fs::File::open(path).map_err(Error::io("cannot read", path))?;
+                    crate::store::releases::copy_hashing(&mut file, &mut std::io::sink())
+                        .map_err(Error::io("cannot read", path))
+                })
+                .await
+                .map_err(|e| Error::Net(format!("hashing task failed: {e}")))?
+            })
+            .await
+            .copied()
     }
 
     /// The next upgrade asked.
@@ -481,7 +527,7 @@ pub fn own_binary() -> &'static Path {
 }
 
 /// Checks an asked upgrade and queues it for the run loop, or answers the CLI why not.
-pub async fn ask(upgrades: &Upgrades, binary: Option<String>, mut cli: UnixStream) {
+pub async fn ask(upgrades: &Upgrades, binary: Option<String>, mut cli: Option<UnixStream>) {
     let checked = async {
         let binary = resolve(binary, own_binary())?;
         let build = check_binary(&binary).await?;
@@ -489,25 +535,37 @@ pub async fn ask(upgrades: &Upgrades, binary: Option<String>, mut cli: UnixStrea
     };
     match checked.await {
         Err(e) => {
-            answer(
-                &mut cli,
-                &Handover::Failed {
-                    message: e.to_string(),
-                },
-            )
-            .await;
+            let message = e.to_string();
+            answer(&mut cli, &Handover::Failed { message }).await;
         }
         Ok((binary, version)) => {
-            if let Err(mut back) = upgrades.ask(Request {
-                binary,
-                version,
-                cli,
-            }) {
-                let message = "an upgrade of this node is already under way; wait for it".into();
+            if let Err(mut back) = ask_checked(upgrades, binary, version, cli) {
+                let message = BUSY.into();
                 answer(&mut back.cli, &Handover::Failed { message }).await;
             }
         }
     }
+}
+
+/// Why a second upgrade is refused.
+pub const BUSY: &str = "an upgrade of this node is already under way; wait for it";
+
+/// Queues an upgrade to a checked binary; gives it back if one is under way.
+pub fn ask_checked(
+    upgrades: &Upgrades,
+    binary: PathBuf,
+    version: String,
+    cli: Option<UnixStream>,
+) -> std::result::Result<(), Request> {
+    upgrades.ask(Request {
+        binary,
+        version,
+        cli,
+    })?;
+    if let Ok(mut last) = upgrades.last_failure.lock() {
+        *last = None;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -305,62 +305,72 @@ impl HostCtx {
         if &self.host == self.node.cluster.name() {
             return Ok(());
         }
-        let sha256 = self.journal.sha256;
-        let releases = self.node.services.releases().clone();
-        let mut failures = 0;
-        let mut held = match self
-            .node
-            .cluster
-            .peer(&self.host, PeerRequest::ArtifactStatus { sha256 }, SHORT)
-            .await?
-        {
-            PeerReply::Artifact { complete: true, .. } => return Ok(()),
-            PeerReply::Artifact { received, .. } => received,
-            _ => 0,
+        push_artifact(&self.node, &self.host, self.journal.sha256)
+            .await
+            .map_err(|e| match e {
+                e @ Error::Remote(_) => e.into(),
+                other => Failure::Failed(other.to_string()),
+            })
+    }
+}
+
+/// Streams artifact `sha256` from this node's store to `host` in 1 MiB pieces, resuming from
+/// what it holds.
+pub(crate) async fn push_artifact(
+    node: &Coordinator,
+    host: &NodeName,
+    sha256: [u8; 32],
+) -> Result<(), Error> {
+    let releases = node.services.releases().clone();
+    let mut failures = 0;
+    let mut held = match node
+        .cluster
+        .peer(host, PeerRequest::ArtifactStatus { sha256 }, SHORT)
+        .await?
+    {
+        PeerReply::Artifact { complete: true, .. } => return Ok(()),
+        PeerReply::Artifact { received, .. } => received,
+        _ => 0,
+    };
+    loop {
+        let r = releases.clone();
+        let (total, data) = tokio::task::spawn_blocking(move || r.read_chunk(&sha256, held, CHUNK))
+            .await
+            .map_err(|e| Error::Net(format!("storage task failed: {e}")))??;
+        let request = PeerRequest::PutArtifact {
+            sha256,
+            total,
+            offset: held,
+            data,
         };
-        loop {
-            let r = releases.clone();
-            let (total, data) =
-                tokio::task::spawn_blocking(move || r.read_chunk(&sha256, held, CHUNK))
+        match node.cluster.peer(host, request, SHORT * 3).await {
+            Ok(PeerReply::Artifact { complete: true, .. }) => return Ok(()),
+            Ok(PeerReply::Artifact { received, .. }) => {
+                held = received;
+                failures = 0;
+            }
+            Ok(_) => {
+                return Err(Error::Protocol(
+                    "unexpected answer to an artifact piece".into(),
+                ));
+            }
+            Err(e @ Error::Remote(_)) => return Err(e),
+            Err(e) => {
+                // A dropped connection: ask what arrived and go on from there.
+                failures += 1;
+                if failures > 5 {
+                    return Err(Error::Net(format!("sending the artifact failed: {e}")));
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                if let Ok(PeerReply::Artifact { received, complete }) = node
+                    .cluster
+                    .peer(host, PeerRequest::ArtifactStatus { sha256 }, SHORT)
                     .await
-                    .map_err(|e| Failure::Failed(format!("storage task failed: {e}")))?
-                    .map_err(|e| Failure::Failed(e.to_string()))?;
-            let request = PeerRequest::PutArtifact {
-                sha256,
-                total,
-                offset: held,
-                data,
-            };
-            match self.node.cluster.peer(&self.host, request, SHORT * 3).await {
-                Ok(PeerReply::Artifact { complete: true, .. }) => return Ok(()),
-                Ok(PeerReply::Artifact { received, .. }) => {
+                {
+                    if complete {
+                        return Ok(());
+                    }
                     held = received;
-                    failures = 0;
-                }
-                Ok(_) => {
-                    return Err(Failure::Failed(
-                        "unexpected answer to an artifact piece".into(),
-                    ));
-                }
-                Err(e @ Error::Remote(_)) => return Err(e.into()),
-                Err(e) => {
-                    // A dropped connection: ask what arrived and go on from there.
-                    failures += 1;
-                    if failures > 5 {
-                        return Err(Failure::Failed(format!("sending the artifact failed: {e}")));
-                    }
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    if let Ok(PeerReply::Artifact { received, complete }) = self
-                        .node
-                        .cluster
-                        .peer(&self.host, PeerRequest::ArtifactStatus { sha256 }, SHORT)
-                        .await
-                    {
-                        if complete {
-                            return Ok(());
-                        }
-                        held = received;
-                    }
                 }
             }
         }

@@ -11,7 +11,8 @@
 //! Then, under a steady paced load of about 2,000 req/s (keep-alive and fresh-connection clients),
 //! it flips the service 100 times (rollbacks between two warm slots, through the node's deploy
 //! steps) and reports each flip's route switch inside the node, the flip RPC's round trip, and
-//! every failed request. Last, the entry point's gap across three node restarts.
+//! every failed request. Then the entry point's gap across three node restarts, and last what
+//! three restarts and three `upgrade`s each cost clients under wrk.
 //!
 //! Environment: `HALLEY_BIN` (node), `HALLEY_TEST_SERVICE`, `WRK`, `NGINX_BIN` (paths),
 //! `HALLEY_BENCH_QUICK=1` for short runs.
@@ -226,7 +227,60 @@ fn main() {
         min(&gaps),
         max(&gaps)
     );
+    println!();
+    restart_vs_upgrade(&rt, &mut node, entry, &wrk, quick);
     node.kill_services();
+}
+
+/// Three daemon restarts, then three `upgrade`s, each under wrk (64 keep-alive connections) and
+/// 4 fresh-connection clients: what each costs the clients, side by side.
+fn restart_vs_upgrade(
+    rt: &tokio::runtime::Runtime,
+    node: &mut Node,
+    entry: SocketAddr,
+    wrk: &str,
+    quick: bool,
+) {
+    let rounds = 3;
+    let spacing = Duration::from_secs(if quick { 2 } else { 4 });
+    let secs = spacing.as_secs() * (rounds + 1);
+    let url = format!("http://{entry}/");
+    println!(
+        "| under load, 3 times each | wrk requests/s | wrk socket errors | wrk non-2xx | fresh-connection requests ok | refused or failed |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for method in ["restart (SIGTERM, run)", "upgrade"] {
+        let fresh = rt.block_on(async { Load::start(entry, 0, 4, "/", Duration::from_millis(5)) });
+        let wrk_run = {
+            let (wrk, url) = (wrk.to_owned(), url.clone());
+            std::thread::spawn(move || run_wrk(&wrk, &url, secs))
+        };
+        for _ in 0..rounds {
+            std::thread::sleep(spacing);
+            if method == "upgrade" {
+                assert_ok(&node.upgrade(&[]), "upgrade");
+            } else {
+                assert!(node.terminate());
+                node.spawn(&["--service-address", "127.0.0.1"], None);
+                wait_for(rt, entry);
+            }
+        }
+        let figures = wrk_run.join().expect("wrk thread");
+        let stats = rt.block_on(fresh.stop());
+        let (ok, failed, errors) = stats.totals();
+        println!(
+            "| {method} | {:.0} | {} | {} | {ok} | {} |",
+            figures.rps,
+            figures.socket_errors,
+            figures.non_2xx,
+            failed + errors
+        );
+    }
+    println!();
+    println!(
+        "wrk: 2 threads, 64 keep-alive connections, {secs} s per method, a restart or upgrade every {} s; the fresh-connection clients send one request per 5 ms each.",
+        spacing.as_secs()
+    );
 }
 
 fn start_nginx(nginx: &str, dir: &Path, slot: u16, plain: u16, pooled: u16) -> Child {
