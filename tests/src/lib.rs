@@ -216,6 +216,9 @@ impl Node {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
+            // Not a systemd service, whatever runs the tests (`upgrade` checks for one).
+            .env_remove("INVOCATION_ID")
+            .env_remove("NOTIFY_SOCKET")
             .envs(self.env.iter().map(|(k, v)| (k, v)));
         if let Some(limit) = max_file_bytes {
             use std::os::unix::process::CommandExt;

@@ -303,3 +303,62 @@ fn upgrade_all_rolls_the_binary_across_three_nodes_under_load() {
     assert_eq!(shipped.len(), 1, "{shipped:?}");
     assert!(shipped[0].starts_with("halley-node-"), "{shipped:?}");
 }
+
+#[test]
+fn a_node_that_drives_a_rollout_is_not_upgraded_until_it_ends() {
+    let root = tempfile::tempdir().unwrap();
+    let node = halley_tests::single_node(root.path());
+    let port = free_tcp_port();
+    // A long bake keeps the rollout running while the upgrade is asked.
+    let config = halley_tests::web_config(root.path(), port, "")
+        .to_string_lossy()
+        .into_owned();
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("bake = \"0s\"", "bake = \"60s\"");
+    std::fs::write(&config, text).unwrap();
+    let _deploy = halley_tests::deploy_in_background(
+        &node,
+        config.as_ref(),
+        "web",
+        "1",
+        SERVICE_BIN.as_ref(),
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            let out = node.cli(&["rollout", "status", "web"]);
+            String::from_utf8_lossy(&out.stdout).contains("running")
+        }),
+        "the rollout runs"
+    );
+    let daemon = node.daemon_pid();
+    let mut node = node;
+    let out = node.upgrade(&[]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("coordinates the rollout of web") && err.contains("serves on"),
+        "{err}"
+    );
+    assert_eq!(node.daemons(), vec![daemon], "the old daemon alone runs");
+    node.kill_services();
+}
+
+#[test]
+fn under_a_systemd_unit_without_type_notify_the_upgrade_is_refused_with_the_fix() {
+    let root = tempfile::tempdir().unwrap();
+    let mut node = Node::new(root.path(), "n1");
+    node.init();
+    node.env
+        .push(("INVOCATION_ID".into(), "0123456789abcdef".into()));
+    node.start_with(&["--service-address", "127.0.0.1"]);
+    let daemon = node.daemon_pid();
+    let out = node.upgrade(&[]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("without Type=notify") && err.contains("NotifyAccess=all"),
+        "{err}"
+    );
+    assert_eq!(node.daemons(), vec![daemon]);
+}

@@ -23,8 +23,9 @@ use crate::error::{Error, Result};
 use crate::mesh::framing::{read_body, read_header, read_message, write_message};
 use crate::store::datadir::DataDir;
 
-/// How long an upgrade may take: the new daemon's start, its takeover and the old one's drain.
-const UPGRADE_TIMEOUT: Duration = Duration::from_secs(180);
+/// How long an upgrade may go without a word: the new daemon's start, its takeover and the old
+/// one's drain; with `--all`, one member's shipping and takeover.
+const UPGRADE_TIMEOUT: Duration = Duration::from_secs(600);
 /// How long a CLI request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long a client may take to send its request after connecting.

@@ -241,15 +241,18 @@ async fn run_once<F: Future<Output = ()>>(
     // Everything but the entry points stops, and the data dir is let go of.
     stop(&tasks, chitchat).await;
     let frozen = service.services.freeze().await;
-    if let Err(e) = mesh.close_and_let_go().await {
-        warn!(error = %e, "the mesh may still read its socket");
-    }
+    let let_go = mesh.close_and_let_go().await;
     drop(lock);
     let handed = Handed {
         frozen,
         mesh: mesh_socket,
         metrics: metrics_fd,
     };
+    if let Err(e) = let_go {
+        // Two endpoints must never read one socket: this daemon starts again instead.
+        let why = format!("this daemon's mesh could not let go of its socket: {e}");
+        return Ok(again(handed, new.give_up(why).await, request));
+    }
     Ok(hand_over(handed, new, request).await)
 }
 
@@ -295,7 +298,7 @@ async fn serve<F: Future<Output = ()>>(
                     let _ = started.send((request, new)).await;
                 });
             }
-            Some((mut request, new)) = started_rx.recv() => match new {
+            Some((mut request, new)) = started_rx.recv() => match new.and_then(|new| refuse_if_driving(coordinator, new)) {
                 Ok(new) => break Exit::Upgrade(new, request),
                 Err(e) => {
                     warn!(error = %e, "the upgrade did not start; serving on");
@@ -306,6 +309,31 @@ async fn serve<F: Future<Output = ()>>(
             },
         }
     }
+}
+
+/// The new daemon, unless this one drives a rollout: its driver would go on writing the
+/// journal beside the new daemon (checked last, right before this daemon lets go).
+fn refuse_if_driving(
+    coordinator: &Coordinator,
+    new: upgrade::NewDaemon,
+) -> Result<upgrade::NewDaemon> {
+    let driving = coordinator.driving();
+    let state_ops = coordinator.services.state_ops();
+    let why = if !driving.is_empty() {
+        let names: Vec<String> = driving.iter().map(ToString::to_string).collect();
+        format!(
+            "this node coordinates the rollout of {}; upgrade once it has ended ('halley-node rollout status')",
+            names.join(", ")
+        )
+    } else if state_ops > 0 {
+        format!(
+            "{state_ops} state operation(s) (snapshot, restore, migration, backup) run on this node; upgrade once they have ended"
+        )
+    } else {
+        return Ok(new);
+    };
+    new.kill();
+    Err(Error::Invalid(why))
 }
 
 /// Stops the run's tasks and its gossip.
@@ -402,23 +430,26 @@ async fn hand_over(
             info!("halley-node replaced by pid {new_pid}");
             Outcome::Done
         }
-        Err(why) => {
-            let e = new.give_up(why).await;
-            tracing::error!(error = %e, "the upgrade failed; starting this daemon again");
-            let message = format!("{e}; this daemon ({VERSION}) serves on");
-            Outcome::Again(Inherit {
-                entry_points: upgrade::listeners_of(&handed.frozen),
-                mesh: Some(handed.mesh),
-                metrics: handed.metrics.map(std::net::TcpListener::from),
-                failed_upgrade: Some(message.clone()),
-                on_serving: Some(OnServing::Finish {
-                    frozen: handed.frozen,
-                    cli: request.cli,
-                    message,
-                }),
-            })
-        }
+        Err(why) => again(handed, new.give_up(why).await, request),
     }
+}
+
+/// After a failed handover: this daemon's start again, on its own sockets, its frozen entry
+/// points serving until it serves.
+fn again(handed: Handed, e: Error, request: upgrade::Request) -> Outcome {
+    tracing::error!(error = %e, "the upgrade failed; starting this daemon again");
+    let message = format!("{e}; this daemon ({VERSION}) serves on");
+    Outcome::Again(Inherit {
+        entry_points: upgrade::listeners_of(&handed.frozen),
+        mesh: Some(handed.mesh),
+        metrics: handed.metrics.map(std::net::TcpListener::from),
+        failed_upgrade: Some(message.clone()),
+        on_serving: Some(OnServing::Finish {
+            frozen: handed.frozen,
+            cli: request.cli,
+            message,
+        }),
+    })
 }
 
 /// The node's PKI: the CA key if it holds it, the CA certificate, its own certificate's facts.

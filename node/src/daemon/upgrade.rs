@@ -212,6 +212,12 @@ impl Build {
                 new.arch, self.arch, self.arch
             ));
         }
+        if new.disk != self.disk {
+            return Some(format!(
+                "it keeps its data dir in format {}, this node in {}: once it had written there, this daemon could not start again if it failed. Stop the node, replace the binary, and start it",
+                new.disk, self.disk
+            ));
+        }
         if new.protocol != self.protocol {
             return Some(format!(
                 "it speaks wire protocol {}, this node and its peers {}: an upgraded node could not talk to the others. Stop every node, replace the binary on each, and start them again",
@@ -222,9 +228,21 @@ impl Build {
     }
 }
 
+/// Under systemd without `NOTIFY_SOCKET` (a unit without `Type=notify`), the old daemon's exit
+/// ends the unit, and systemd would stop the new daemon and every service with it.
+pub fn refuse_without_notify() -> Result<()> {
+    if std::env::var_os("INVOCATION_ID").is_some() && std::env::var_os("NOTIFY_SOCKET").is_none() {
+        return Err(Error::Invalid(
+            "this daemon runs under systemd without Type=notify: systemd would take its exit for the service's end. Add 'Type=notify' and 'NotifyAccess=all' to the unit (README), 'systemctl daemon-reload', restart once, then upgrade".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// Checks that `binary` is a halley-node this node may hand over to, and returns its build.
 pub async fn check_binary(binary: &Path) -> Result<Build> {
     use std::os::unix::fs::PermissionsExt;
+    refuse_without_notify()?;
     let meta = std::fs::metadata(binary).map_err(|e| {
         Error::Invalid(format!(
             "cannot use {} as the new halley-node: {e}",
@@ -362,6 +380,14 @@ impl NewDaemon {
             Ok(other) => Err(format!("it answered {other:?} instead of serving")),
             Err(e) => Err(e),
         }
+    }
+
+    /// Kills the new daemon (its whole session) before it was offered anything.
+    pub fn kill(mut self) {
+        let pid = self.child.id() as i32;
+        // SAFETY: signalling the process group this daemon started and has not reaped.
+        unsafe { libc::kill(-pid, libc::SIGKILL) };
+        let _ = self.child.wait();
     }
 
     /// Kills the new daemon (its whole session) and says why it was given up.
@@ -587,10 +613,9 @@ mod tests {
             disk: ours.disk + 1,
             ..ours.clone()
         };
-        assert_eq!(
-            ours.refuses(&newer),
-            None,
-            "a new disk format is the new build's to read"
+        assert!(
+            ours.refuses(&newer).unwrap().contains("format"),
+            "a daemon that failed to take over must be able to start again on what it wrote"
         );
         let arm = Build {
             arch: "aarch64-not-ours".into(),

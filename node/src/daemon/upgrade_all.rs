@@ -112,6 +112,16 @@ async fn peers_first(
 
 /// Ships the binary to `host`, asks it to upgrade, and waits until it runs it.
 async fn upgrade_one(node: &Node, host: &NodeName, sha256: [u8; 32]) -> Result<(), String> {
+    // A member that runs it already (a roll started again after a failure) is left alone: its
+    // answer could not tell its takeover's end from its start.
+    if let Ok(PeerReply::Binary { sha256: runs, .. }) = node
+        .cluster
+        .peer(host, PeerRequest::Binary, Duration::from_secs(3))
+        .await
+        && runs == sha256
+    {
+        return Ok(());
+    }
     crate::rollout::host_steps::push_artifact(&node.coordinator, host, sha256)
         .await
         .map_err(|e| format!("cannot send the binary: {e}"))?;

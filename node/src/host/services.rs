@@ -26,6 +26,28 @@ pub struct Services {
     hosts: tokio::sync::Mutex<BTreeMap<ServiceName, Arc<ServiceHandle>>>,
     /// Held while a run-once command (migrate, contract) checks, runs and records itself.
     ledgers: tokio::sync::Mutex<()>,
+    /// Set by [`Services::freeze`]: no step or state work is taken from then on.
+    frozen: std::sync::atomic::AtomicBool,
+    /// State requests (snapshots, restores, migrations, backups) being answered.
+    state_ops: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// One state request being answered, counted while it lives.
+pub struct StateOp(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for StateOp {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+fn handing_over() -> ErrorReply {
+    ErrorReply {
+        kind: ErrorKind::Unavailable,
+        message:
+            "this node's daemon is handing over to a new one (upgrade); try again in a few seconds"
+                .into(),
+    }
 }
 
 impl Services {
@@ -63,6 +85,8 @@ impl Services {
             ctx,
             hosts: tokio::sync::Mutex::new(hosts),
             ledgers: tokio::sync::Mutex::new(()),
+            frozen: std::sync::atomic::AtomicBool::new(false),
+            state_ops: Arc::default(),
         }
     }
 
@@ -82,6 +106,9 @@ impl Services {
         }
         let (handle, created) = {
             let mut hosts = self.hosts.lock().await;
+            if self.frozen.load(std::sync::atomic::Ordering::Acquire) {
+                return Err(handing_over());
+            }
             match (hosts.get(&request.service), &request.step) {
                 (Some(h), _) => (h.clone(), false),
                 (None, Step::Prepare { spec, .. }) => {
@@ -146,7 +173,12 @@ impl Services {
     /// decides or writes from now on; their entry points serve on. Entry points not bound yet
     /// (their address still taken) are not handed over: the new daemon binds them itself.
     pub async fn freeze(&self) -> Vec<crate::host::actor::Frozen> {
-        let hosts = std::mem::take(&mut *self.hosts.lock().await);
+        let hosts = {
+            let mut hosts = self.hosts.lock().await;
+            self.frozen
+                .store(true, std::sync::atomic::Ordering::Release);
+            std::mem::take(&mut *hosts)
+        };
         let mut frozen = Vec::new();
         for (name, handle) in hosts {
             match handle.freeze().await {
@@ -157,6 +189,22 @@ impl Services {
             }
         }
         frozen
+    }
+
+    /// Counts a state request while the guard lives; refused once the services are frozen.
+    pub fn state_op(&self) -> Result<StateOp, ErrorReply> {
+        self.state_ops
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        let op = StateOp(self.state_ops.clone());
+        if self.frozen.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(handing_over());
+        }
+        Ok(op)
+    }
+
+    /// State requests being answered now.
+    pub fn state_ops(&self) -> usize {
+        self.state_ops.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Handed-over entry points no service took (its record could not be read): closed here,

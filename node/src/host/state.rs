@@ -60,6 +60,8 @@ struct State<'a> {
 
 /// Answers a state request for a service on this node.
 pub async fn answer(services: &Services, request: StateRequest) -> Reply<StateReply> {
+    // An upgrade waits for state work to end, and takes none once it has begun.
+    let _op = services.state_op()?;
     State { services }.answer(request).await
 }
 

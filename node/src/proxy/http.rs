@@ -145,7 +145,10 @@ async fn serve_connection<I>(
             } else {
                 handle(req, &routes, remote, mode, &pinned).await
             };
-            if mode == Mode::Entry && routes.connections.closing() {
+            if mode == Mode::Entry
+                && routes.connections.closing()
+                && resp.status() != StatusCode::SWITCHING_PROTOCOLS
+            {
                 // The next request goes to the process that took the entry point over.
                 resp.headers_mut()
                     .insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -660,8 +663,11 @@ async fn upgrade(
         return Response::from_parts(parts, guarded(body, hold, cut));
     }
     let upstream_side = hyper::upgrade::on(&mut resp);
+    // The tunnel outlives the HTTP connection: it counts as open on its own.
+    let open = (mode == Mode::Entry).then(|| routes.connections.track());
     tokio::spawn(async move {
         let _hold = hold;
+        let _open = open;
         let (client, server) = match tokio::try_join!(client_side, upstream_side) {
             Ok(pair) => pair,
             Err(e) => {

@@ -69,6 +69,21 @@ impl Drop for Starting<'_> {
 }
 
 impl Coordinator {
+    /// Services whose rollout this node is starting or driving now.
+    pub fn driving(&self) -> Vec<ServiceName> {
+        let mut names: Vec<ServiceName> = self
+            .active
+            .lock()
+            .map(|a| a.keys().cloned().collect())
+            .unwrap_or_default();
+        if let Ok(starting) = self.starting.lock() {
+            names.extend(starting.iter().cloned());
+        }
+        names.sort();
+        names.dedup();
+        names
+    }
+
     /// The coordinator of this node.
     pub fn new(cluster: Arc<ClusterClient>, services: Arc<Services>, data_dir: DataDir) -> Self {
         Self {
