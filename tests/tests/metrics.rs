@@ -1,40 +1,14 @@
 //! `run --metrics-listen`: a real node's `/metrics`, checked by Prometheus's own `promtool`, with
 //! counters that move with the traffic sent through the entry point.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use halley_tests::{Node, assert_ok, free_tcp_port, runtime, wait_until};
+use halley_tests::{Node, assert_ok, free_tcp_port, runtime, scrape_metrics as scrape, wait_until};
 
 const SERVICE_BIN: &str = env!("CARGO_BIN_EXE_halley-test-service");
-
-/// One GET of `/metrics` with the given `Accept`; returns the content type and the body.
-fn scrape(addr: SocketAddr, accept: &str) -> (String, String) {
-    let mut stream = TcpStream::connect(addr).expect("connect to the metrics listener");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    write!(
-        stream,
-        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nAccept: {accept}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut raw = String::new();
-    stream.read_to_string(&mut raw).unwrap();
-    let (head, body) = raw.split_once("\r\n\r\n").expect("an HTTP answer");
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    let content_type = head
-        .lines()
-        .find_map(|l| {
-            l.to_ascii_lowercase()
-                .strip_prefix("content-type: ")
-                .map(str::to_owned)
-        })
-        .unwrap_or_default();
-    (content_type, body.to_owned())
-}
 
 /// The sum of every sample of `name` whose labels contain each of `labels`.
 fn value(body: &str, name: &str, labels: &[&str]) -> f64 {

@@ -82,7 +82,7 @@ fn three_upgrades_under_load_refuse_and_fail_nothing_and_keep_the_service_proces
             load.stats.summary()
         );
     }
-    let metrics_body = scrape(metrics);
+    let (_, metrics_body) = halley_tests::scrape_metrics(metrics, "*/*");
     assert!(
         metrics_body.contains("halley_slot_requests_total"),
         "the new daemon serves metrics on the handed-over listener: {metrics_body}"
@@ -117,12 +117,13 @@ fn a_binary_that_cannot_take_over_leaves_the_old_daemon_serving_and_says_why() {
     let load = rt.block_on(async { Load::start(entry, 2, 2, "/", Duration::from_millis(5)) });
 
     // Not a halley-node at all.
-    let out = node.upgrade(&["--binary", "/bin/true"]);
-    assert!(!out.status.success());
-    let err = stderr(&out);
-    assert!(err.contains("/bin/true is not a halley-node"), "{err}");
+    refused(
+        &mut node,
+        &["--binary", "/bin/true"],
+        &["/bin/true is not a halley-node"],
+    );
 
-    // A binary for another architecture, or another wire protocol, is refused up front.
+    // A binary for another architecture, wire protocol or disk format is refused up front.
     let fake = root.path().join("fake-halley-node");
     let script = |line: &str| {
         format!(
@@ -138,44 +139,34 @@ fn a_binary_that_cannot_take_over_leaves_the_old_daemon_serving_and_says_why() {
         protocol: ours.protocol + 1,
         ..ours.clone()
     };
+    let other_disk = halley_node::daemon::upgrade::Build {
+        disk: ours.disk + 1,
+        ..ours.clone()
+    };
     for (build, says) in [
         (other_arch, "built for riscv64"),
         (other_protocol, "wire protocol"),
+        (other_disk, "data dir in format"),
     ] {
         std::fs::write(&fake, script(&build.to_string())).unwrap();
         std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755))
             .unwrap();
-        let out = node.upgrade(&["--binary", fake.to_str().unwrap()]);
-        assert!(!out.status.success());
-        let err = stderr(&out);
-        assert!(
-            err.contains("will not hand this node over") && err.contains(says),
-            "{err}"
-        );
+        let args = ["--binary", fake.to_str().unwrap()];
+        refused(&mut node, &args, &["will not hand this node over", says]);
     }
 
     // One that passes the check and dies before it says hello.
     std::fs::write(&fake, script(&ours.to_string())).unwrap();
     std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let out = node.upgrade(&["--binary", fake.to_str().unwrap()]);
-    assert!(!out.status.success());
-    let err = stderr(&out);
-    assert!(
-        err.contains("did not take over") && err.contains("serves on"),
-        "{err}"
-    );
+    let args = ["--binary", fake.to_str().unwrap()];
+    refused(&mut node, &args, &["did not take over", "serves on"]);
     assert!(!node.has_exited(), "the old daemon serves on");
     assert!(node.status().is_some());
 
     // One that says hello and takes the sockets, then exits: the old daemon has let go of
     // everything by then, and starts itself again on the same sockets.
-    let out = node.upgrade(&["--binary", BROKEN_BIN]);
-    assert!(!out.status.success());
-    let err = stderr(&out);
-    assert!(
-        err.contains("did not take over") && err.contains("exited") && err.contains("serves on"),
-        "{err}"
-    );
+    let says = ["did not take over", "exited", "serves on"];
+    refused(&mut node, &["--binary", BROKEN_BIN], &says);
     assert!(!node.has_exited(), "the old daemon serves on");
     assert!(node.status().is_some(), "its admin socket answers again");
     assert_eq!(node.committed("web").as_deref(), Some("1"));
@@ -206,22 +197,6 @@ fn alive(pid: u32) -> bool {
                 .is_some_and(|(_, rest)| !rest.starts_with('Z'))
         })
         .unwrap_or(false)
-}
-
-fn scrape(addr: SocketAddr) -> String {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr).expect("connect to metrics");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    write!(
-        stream,
-        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut raw = String::new();
-    stream.read_to_string(&mut raw).unwrap();
-    raw
 }
 
 #[test]
@@ -333,12 +308,10 @@ fn a_node_that_drives_a_rollout_is_not_upgraded_until_it_ends() {
     );
     let daemon = node.daemon_pid();
     let mut node = node;
-    let out = node.upgrade(&[]);
-    assert!(!out.status.success());
-    let err = stderr(&out);
-    assert!(
-        err.contains("coordinates the rollout of web") && err.contains("serves on"),
-        "{err}"
+    refused(
+        &mut node,
+        &[],
+        &["coordinates the rollout of web", "serves on"],
     );
     assert_eq!(node.daemons(), vec![daemon], "the old daemon alone runs");
     node.kill_services();
@@ -353,12 +326,14 @@ fn under_a_systemd_unit_without_type_notify_the_upgrade_is_refused_with_the_fix(
         .push(("INVOCATION_ID".into(), "0123456789abcdef".into()));
     node.start_with(&["--service-address", "127.0.0.1"]);
     let daemon = node.daemon_pid();
-    let out = node.upgrade(&[]);
-    assert!(!out.status.success());
-    let err = stderr(&out);
-    assert!(
-        err.contains("without Type=notify") && err.contains("NotifyAccess=all"),
-        "{err}"
-    );
+    refused(&mut node, &[], &["without Type=notify", "NotifyAccess=all"]);
     assert_eq!(node.daemons(), vec![daemon]);
+}
+
+/// Runs `upgrade ARGS`, which must fail saying each of `says`.
+fn refused(node: &mut Node, args: &[&str], says: &[&str]) {
+    let out = node.upgrade(args);
+    assert!(!out.status.success(), "upgrade {args:?} was refused");
+    let err = stderr(&out);
+    assert!(says.iter().all(|s| err.contains(s)), "{err}");
 }

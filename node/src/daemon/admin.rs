@@ -155,17 +155,7 @@ pub async fn call_upgrade(
     all: bool,
     mut progress: impl FnMut(&str),
 ) -> Result<Handover> {
-    let socket = data_dir.admin_socket();
-    if !socket.exists() {
-        data_dir.load_node()?;
-    }
-    let mut stream = UnixStream::connect(&socket)
-        .await
-        .map_err(|source| Error::NotRunning {
-            data_dir: data_dir.root().to_path_buf(),
-            socket: socket.clone(),
-            source,
-        })?;
+    let (socket, mut stream) = connect(data_dir).await?;
     let request = match all {
         false => Handover::Upgrade { binary },
         true => Handover::UpgradeAll { binary },
@@ -200,6 +190,23 @@ pub async fn call_upgrade(
     }
 }
 
+/// Connects to the admin socket of the node running on `data_dir`.
+async fn connect(data_dir: &DataDir) -> Result<(std::path::PathBuf, UnixStream)> {
+    let socket = data_dir.admin_socket();
+    if !socket.exists() {
+        // Say "not initialised" rather than "not running" when that is the real problem.
+        data_dir.load_node()?;
+    }
+    let stream = UnixStream::connect(&socket)
+        .await
+        .map_err(|source| Error::NotRunning {
+            data_dir: data_dir.root().to_path_buf(),
+            socket: socket.clone(),
+            source,
+        })?;
+    Ok((socket, stream))
+}
+
 /// Sends one request to the node running on `data_dir` and returns its answer.
 pub async fn call(data_dir: &DataDir, request: AdminRequest) -> Result<AdminResponse> {
     call_within(data_dir, request, REQUEST_TIMEOUT).await
@@ -212,18 +219,7 @@ pub async fn call_within(
     request: AdminRequest,
     timeout: Duration,
 ) -> Result<AdminResponse> {
-    let socket = data_dir.admin_socket();
-    if !socket.exists() {
-        // Say "not initialised" rather than "not running" when that is the real problem.
-        data_dir.load_node()?;
-    }
-    let mut stream = UnixStream::connect(&socket)
-        .await
-        .map_err(|source| Error::NotRunning {
-            data_dir: data_dir.root().to_path_buf(),
-            socket: socket.clone(),
-            source,
-        })?;
+    let (socket, mut stream) = connect(data_dir).await?;
     let exchange = async {
         write_message(&mut stream, &Message::AdminRequest(request), Limit::Rpc).await?;
         read_message(&mut stream, Limit::Rpc).await

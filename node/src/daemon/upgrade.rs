@@ -21,8 +21,16 @@
 //! - Nothing of the handover depends on the two builds' wire protocol or disk format: its
 //!   frames are [`halley_proto::handover`]'s.
 //!
+//! - Refused while this node drives a rollout or answers state requests (their tasks would go
+//!   on writing beside the new daemon), to a build of another data-dir format (this daemon
+//!   could not start again on what that build wrote), and under systemd without `Type=notify`.
+//!
 //! ## Non-goals
 //! - A connection still open after [`DRAIN_DEADLINE`] (a WebSocket, a long TCP session) is cut.
+//! - The operator's drain and rollouts' drain holds live in memory: like a restart, an upgrade
+//!   ends them.
+//! - If the start again after a failed handover fails too, the process exits (as a start that
+//!   fails does) and its entry points close.
 //! - Requests that peers' entry points send here over the mesh while it changes hands are cut
 //!   (the peer retries those it may).
 //! - Under a service manager the main pid changes: `Type=notify` units hear it (see
