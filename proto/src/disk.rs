@@ -253,6 +253,18 @@ impl Record for ForgottenBook {
     const CODE: u16 = 107;
 }
 
+/// `drain.rec`: the operator's drain of this node (`drain` / `undrain`), kept across restarts
+/// and upgrades. Rollouts' holds are not kept: their coordinators hold again or they expire.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrainRecord {
+    /// The operator drained this node.
+    pub manual: bool,
+}
+
+impl Record for DrainRecord {
+    const CODE: u16 = 108;
+}
+
 /// `removed.rec`: this node was removed from its cluster; its data dir refuses to run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RemovalRecord {

@@ -112,6 +112,16 @@ fn every_record_round_trips_and_is_typed() {
     };
     let bytes = encode_record(&node).unwrap();
     assert_eq!(decode_record::<NodeRecord>(&bytes).unwrap(), node);
+    let drain = halley_proto::disk::DrainRecord { manual: true };
+    let drain_bytes = encode_record(&drain).unwrap();
+    assert_eq!(
+        decode_record::<halley_proto::disk::DrainRecord>(&drain_bytes).unwrap(),
+        drain
+    );
+    assert!(matches!(
+        decode_record::<NodeRecord>(&drain_bytes),
+        Err(Error::WrongRecord { .. })
+    ));
     assert!(matches!(
         decode_record::<TokenBook>(&bytes),
         Err(Error::WrongRecord { .. })

@@ -101,3 +101,44 @@ fn a_rollout_ends_only_its_own_drain_and_a_dead_coordinators_drain_expires() {
         "n1's log does not say why it stopped draining"
     );
 }
+
+#[test]
+fn the_operators_drain_outlives_a_restart_and_an_upgrade() {
+    let root = tempfile::tempdir().unwrap();
+    let mut node = halley_tests::single_node(root.path());
+    let port = free_tcp_port();
+    let config = halley_tests::web_config(root.path(), port, "");
+    assert_ok(
+        &node.deploy(&config, "web", "1", SERVICE_BIN.as_ref()),
+        "deploy",
+    );
+    let entry: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let rt = halley_tests::runtime();
+    let ready = || {
+        rt.block_on(halley_tests::http::get(entry, "/.halley/ready"))
+            .map(|a| a.status)
+            .ok()
+    };
+    assert_eq!(ready(), Some(200));
+    assert_ok(&node.cli(&["drain"]), "drain");
+    assert_eq!(ready(), Some(503));
+
+    // Before, a restart came back undrained: a balancer sent it work again unasked.
+    assert!(node.terminate());
+    node.start_with(&["--service-address", "127.0.0.1"]);
+    assert_eq!(ready(), Some(503), "still drained after a restart");
+    assert!(
+        wait_until(Duration::from_secs(10), || node.state_of("n1").as_deref()
+            == Some("draining")),
+        "{:?}",
+        node.status()
+    );
+    assert_ok(&node.upgrade(&[]), "upgrade");
+    assert_eq!(ready(), Some(503), "still drained after an upgrade");
+
+    assert_ok(&node.cli(&["undrain"]), "undrain");
+    node.kill9();
+    node.start_with(&["--service-address", "127.0.0.1"]);
+    assert_eq!(ready(), Some(200), "undrained for good");
+    node.kill_services();
+}

@@ -178,6 +178,16 @@ impl Node {
 
     /// The operator's `drain` / `undrain` of this node (a rollout's hold outlives `undrain`).
     pub(crate) async fn set_draining(&self, on: bool) -> Result<(), ErrorReply> {
+        // Saved first: a drain the next start would forget must not look done.
+        let record = halley_proto::disk::DrainRecord { manual: on };
+        self.services
+            .data_dir()
+            .write_record(crate::store::datadir::DRAIN, &record)
+            .map_err(|e| {
+                internal(&format!(
+                    "cannot save the drain, so nothing changed: {e}; free space in the data dir and try again"
+                ))
+            })?;
         self.services.drains().set_manual(on);
         self.cluster
             .publish_draining(|| self.services.drains().draining())

@@ -143,6 +143,16 @@ async fn run_once<F: Future<Output = ()>>(
         std::mem::take(&mut inherit.entry_points),
     );
     service.services.drop_unclaimed();
+    // The operator's drain outlives a restart or an upgrade.
+    let drain: halley_proto::disk::DrainRecord = data_dir
+        .read_record_or_default(crate::store::datadir::DRAIN)
+        .unwrap_or_else(|e| {
+            warn!(error = %e, "cannot read the operator's drain; this node starts undrained");
+            Default::default()
+        });
+    if drain.manual {
+        service.services.drains().set_manual(true);
+    }
     if let Some(why) = inherit.failed_upgrade.take() {
         service.upgrades.failed(why);
     }
@@ -185,7 +195,10 @@ async fn run_once<F: Future<Output = ()>>(
     let key_values = vec![
         (KEY_VERSION.to_owned(), VERSION.to_owned()),
         (KEY_ROLE.to_owned(), record.role.as_str().to_owned()),
-        (KEY_DRAINING.to_owned(), gossip::flag(false).to_owned()),
+        (
+            KEY_DRAINING.to_owned(),
+            gossip::flag(drain.manual).to_owned(),
+        ),
         (KEY_STARTED_MS.to_owned(), started_ms.to_string()),
         (
             KEY_CA_HOLDER.to_owned(),

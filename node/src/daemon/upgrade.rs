@@ -27,8 +27,8 @@
 //!
 //! ## Non-goals
 //! - A connection still open after [`DRAIN_DEADLINE`] (a WebSocket, a long TCP session) is cut.
-//! - The operator's drain and rollouts' drain holds live in memory: like a restart, an upgrade
-//!   ends them.
+//! - Rollouts' drain holds live in memory: like a restart, an upgrade ends them (the
+//!   operator's drain is kept on disk and stays).
 //! - If the start again after a failed handover fails too, the process exits (as a start that
 //!   fails does) and its entry points close.
 //! - Requests that peers' entry points send here over the mesh while it changes hands are cut

@@ -7,6 +7,10 @@
 //! - The flag is updated under the lock by every change, so it never lags a hold or release.
 //! - Expired holds end only when [`NodeDrain::expire`] runs (the daemon's refresh tick), so a
 //!   dead coordinator's hold outlives its `ttl` by at most one tick.
+//!
+//! ## Non-goals
+//! Nothing here is kept on disk: the daemon saves the operator's drain (`drain.rec`) and sets
+//! it again at its start; rollouts' holds end with the process.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};

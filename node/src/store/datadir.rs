@@ -293,6 +293,8 @@ pub const GENERATION: &str = "generation.rec";
 pub const PEERS: &str = "peers.rec";
 /// Nodes `forget` dropped from the view.
 pub const FORGOTTEN: &str = "forgotten.rec";
+/// The operator's drain.
+pub const DRAIN: &str = "drain.rec";
 /// Admin socket.
 pub const ADMIN_SOCKET: &str = "admin.sock";
 /// Daemon lock.
