@@ -142,20 +142,7 @@ async fn run_once<F: Future<Output = ()>>(
         suspect_after,
         std::mem::take(&mut inherit.entry_points),
     );
-    service.services.drop_unclaimed();
-    // The operator's drain outlives a restart or an upgrade.
-    let drain: halley_proto::disk::DrainRecord = data_dir
-        .read_record_or_default(crate::store::datadir::DRAIN)
-        .unwrap_or_else(|e| {
-            warn!(error = %e, "cannot read the operator's drain; this node starts undrained");
-            Default::default()
-        });
-    if drain.manual {
-        service.services.drains().set_manual(true);
-    }
-    if let Some(why) = inherit.failed_upgrade.take() {
-        service.upgrades.failed(why);
-    }
+    let drain = carry_over(&service, data_dir, &mut inherit);
     let (cluster, coordinator) = (service.cluster.clone(), service.coordinator.clone());
     crate::daemon::forget::load(&service);
     let handler: Arc<dyn RequestHandler> = service.clone();
@@ -398,6 +385,31 @@ fn open(data_dir: &DataDir) -> Result<Opened> {
         ca,
         tokens,
     })
+}
+
+/// What a start takes over from before it: handed-over entry points no service claimed are
+/// closed, the operator's drain is set again, a failed upgrade's reason is kept. Returns the
+/// drain.
+fn carry_over(
+    service: &Node,
+    data_dir: &DataDir,
+    inherit: &mut Inherit,
+) -> halley_proto::disk::DrainRecord {
+    service.services.drop_unclaimed();
+    // The operator's drain outlives a restart or an upgrade.
+    let drain: halley_proto::disk::DrainRecord = data_dir
+        .read_record_or_default(crate::store::datadir::DRAIN)
+        .unwrap_or_else(|e| {
+            warn!(error = %e, "cannot read the operator's drain; this node starts undrained");
+            Default::default()
+        });
+    if drain.manual {
+        service.services.drains().set_manual(true);
+    }
+    if let Some(why) = inherit.failed_upgrade.take() {
+        service.upgrades.failed(why);
+    }
+    drain
 }
 
 /// What this daemon hands the new one.
