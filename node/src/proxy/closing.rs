@@ -11,7 +11,7 @@
 //! Nothing here stops a connection: one still open at the deadline ends with the process.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -20,6 +20,8 @@ use tokio::sync::watch;
 #[derive(Debug)]
 pub struct Connections {
     open: AtomicUsize,
+    /// Read by every answer: a load, not the watch's lock.
+    closing_now: AtomicBool,
     closing: watch::Sender<bool>,
 }
 
@@ -27,6 +29,7 @@ impl Default for Connections {
     fn default() -> Self {
         Self {
             open: AtomicUsize::new(0),
+            closing_now: AtomicBool::new(false),
             closing: watch::Sender::new(false),
         }
     }
@@ -56,7 +59,7 @@ impl Connections {
 
     /// Whether this process is finishing its connections.
     pub fn closing(&self) -> bool {
-        *self.closing.borrow()
+        self.closing_now.load(Ordering::Acquire)
     }
 
     /// Resolves once [`close`](Self::close) was called (at once if it was already).
@@ -67,6 +70,7 @@ impl Connections {
 
     /// From now on answers end their connection.
     pub fn close(&self) {
+        self.closing_now.store(true, Ordering::Release);
         self.closing.send_replace(true);
     }
 
