@@ -16,6 +16,8 @@
 //! ## Non-goals
 //! No streaming of bodies: a frame is read whole (bounded). Large artifacts travel as many frames.
 
+use std::cell::Cell;
+
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -25,9 +27,12 @@ use crate::message::Message;
 /// The first four bytes of every frame.
 pub const MAGIC: [u8; 4] = *b"HLEY";
 /// The wire protocol this build speaks.
-pub const PROTOCOL_VERSION: u16 = 6;
-/// The data-dir record format this build reads and writes.
-pub const DISK_FORMAT_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 7;
+/// The data-dir record format this build writes (and reads).
+pub const DISK_FORMAT_VERSION: u16 = 3;
+/// The one older record format this build still reads: specs had no `log_max` (format 3 added
+/// it as the spec's last field, so the rest of a record's layout is the same).
+pub const DISK_FORMAT_2: u16 = 2;
 /// The version of [`Handover`](crate::handover::Handover) frames: fixed for good, so that
 /// any two builds can hand a node over (see [`crate::handover`]).
 pub const HANDOVER_VERSION: u16 = 0xFF01;
@@ -199,9 +204,15 @@ pub fn encode_record<R: Record>(record: &R) -> Result<Vec<u8>, Error> {
     Ok(frame(DISK_FORMAT_VERSION, R::CODE, body))
 }
 
-/// Decodes a data-dir record, checking that it is of type `R`.
+/// Decodes a data-dir record, checking that it is of type `R`. A record of
+/// [`DISK_FORMAT_2`] is read too, its specs taking the `log_max` default.
 pub fn decode_record<R: Record>(bytes: &[u8]) -> Result<R, Error> {
-    let header = Header::parse(bytes, DISK_FORMAT_VERSION, Limit::Disk)?;
+    let header = match Header::parse(bytes, DISK_FORMAT_VERSION, Limit::Disk) {
+        Err(Error::UnsupportedVersion { got, .. }) if got == DISK_FORMAT_2 => {
+            Header::parse(bytes, DISK_FORMAT_2, Limit::Disk)?
+        }
+        parsed => parsed?,
+    };
     if header.code != R::CODE {
         return Err(Error::WrongRecord {
             got: header.code,
@@ -210,7 +221,35 @@ pub fn decode_record<R: Record>(bytes: &[u8]) -> Result<R, Error> {
     }
     let body = &bytes[HEADER_LEN..];
     check_body_len(&header, body)?;
+    let _format = ReadingFormat::set(header.version);
     decode_body(body, Limit::Disk)
+}
+
+thread_local! {
+    /// Set while a record of [`DISK_FORMAT_2`] is decoded on this thread. Decoding is
+    /// synchronous, so no other decode can run on the thread in between.
+    static FORMAT_2: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether the record being decoded on this thread is of [`DISK_FORMAT_2`].
+pub(crate) fn reading_disk_format_2() -> bool {
+    FORMAT_2.with(Cell::get)
+}
+
+/// Marks this thread as decoding a record of `version` until dropped (also on a panic).
+struct ReadingFormat;
+
+impl ReadingFormat {
+    fn set(version: u16) -> Self {
+        FORMAT_2.with(|f| f.set(version == DISK_FORMAT_2));
+        ReadingFormat
+    }
+}
+
+impl Drop for ReadingFormat {
+    fn drop(&mut self) {
+        FORMAT_2.with(|f| f.set(false));
+    }
 }
 
 fn frame(version: u16, code: u16, body: Vec<u8>) -> Vec<u8> {

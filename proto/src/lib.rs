@@ -25,6 +25,7 @@ pub mod message;
 pub mod name;
 pub mod role;
 pub mod rollout;
+pub mod size;
 pub mod spec;
 pub mod token;
 

@@ -19,6 +19,7 @@ use std::net::{IpAddr, SocketAddr};
 use serde::de::{self, Deserializer};
 use serde::{Deserialize, Serialize, Serializer};
 
+use crate::size::ByteSize;
 use crate::{Error, NodeName};
 
 /// The whole `halley.toml`.
@@ -123,6 +124,13 @@ pub struct ServiceSpec {
     /// The service's state: what is snapshotted before a deploy, how it is migrated.
     #[serde(default)]
     pub state: Option<StateSpec>,
+    /// Size at which a slot's log is rotated; each release and slot keeps two such files.
+    /// Stays the last field: records of disk format 2 end the spec before it.
+    #[serde(
+        default = "crate::size::default_log_max",
+        deserialize_with = "crate::size::log_max"
+    )]
+    pub log_max: ByteSize,
 }
 
 /// `[service.NAME.state]`: the data a deploy must not lose, and its migrations.

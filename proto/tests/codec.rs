@@ -497,3 +497,69 @@ fn handover_frames_keep_their_bytes() {
         [b'H', b'L', b'E', b'Y', 0xFF, 0x01, 0, 1, 0, 0, 0, 1, 5]
     );
 }
+
+/// `service-format-2.rec` was written by the build before specs had `log_max` (disk format 2),
+/// from the same `FULL_SPEC`: a node upgraded onto this build reads its records as they are.
+#[test]
+fn a_service_record_of_disk_format_2_reads_with_the_log_max_default() {
+    use halley_proto::deploy::ReleaseVersion;
+    use halley_proto::disk::ServiceRecord;
+    use halley_proto::size::{ByteSize, DEFAULT_LOG_MAX};
+    use halley_proto::spec::HalleyToml;
+
+    let old = include_bytes!("fixtures/service-format-2.rec");
+    assert_eq!(
+        &old[4..6],
+        &2u16.to_be_bytes(),
+        "the fixture is of format 2"
+    );
+    let record: ServiceRecord = decode_record(old).unwrap();
+    let doc: HalleyToml = toml::from_str(FULL_SPEC).unwrap();
+    let spec = &doc.service[&"web".parse().unwrap()];
+    assert_eq!(spec.log_max, DEFAULT_LOG_MAX);
+    assert_eq!(&record.spec, spec);
+    assert_eq!(record.slots[1].spec.as_ref(), Some(spec));
+    assert_eq!(record.releases[0].spec, *spec);
+    // Read whole: the fields after each spec are where they were.
+    assert_eq!(record.releases[0].created_ms, 5);
+    assert_eq!(record.slots[1].start_ticks, 99);
+    assert_eq!(
+        record.releases[0].version,
+        ReleaseVersion::parse("1").unwrap()
+    );
+    assert_eq!(record.epoch, 3);
+
+    // Written again, it is of this build's format, and keeps a log_max that is not the default.
+    let mut newer = record.clone();
+    newer.spec.log_max = ByteSize(1 << 20);
+    let bytes = encode_record(&newer).unwrap();
+    assert_eq!(
+        &bytes[4..6],
+        &halley_proto::codec::DISK_FORMAT_VERSION.to_be_bytes()
+    );
+    assert_eq!(decode_record::<ServiceRecord>(&bytes).unwrap(), newer);
+    // A format-2 decode leaves nothing behind: the next one reads a format-3 spec whole.
+    let _: ServiceRecord = decode_record(old).unwrap();
+    assert_eq!(decode_record::<ServiceRecord>(&bytes).unwrap(), newer);
+}
+
+#[test]
+fn log_max_is_a_size_of_at_least_64_kib() {
+    use halley_proto::spec::HalleyToml;
+    let with = |value: &str| {
+        toml::from_str::<HalleyToml>(&format!(
+            "[service.web]\ncommand = [\"./web\"]\nlisten = \":8080\"\nlog_max = {value}\n"
+        ))
+    };
+    let doc = with("\"1MiB\"").unwrap();
+    assert_eq!(doc.service[&"web".parse().unwrap()].log_max.0, 1 << 20);
+    let doc = with("131072").unwrap();
+    assert_eq!(doc.service[&"web".parse().unwrap()].log_max.0, 128 << 10);
+    let small = with("\"4KiB\"").unwrap_err().to_string();
+    assert!(
+        small.contains("log_max 4KiB is below the least, 64KiB"),
+        "{small}"
+    );
+    let unit = with("\"8MB\"").unwrap_err().to_string();
+    assert!(unit.contains("unknown unit \"MB\""), "{unit}");
+}

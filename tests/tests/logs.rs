@@ -154,17 +154,16 @@ fn logs_by_release_from_another_node_followed_and_refused_to_a_worker() {
 }
 
 #[test]
-fn a_noisy_service_keeps_two_bounded_log_files() {
+fn a_noisy_service_keeps_two_log_files_bounded_by_log_max() {
     let root = tempfile::tempdir().unwrap();
     let node = halley_tests::single_node(root.path());
     let port = free_tcp_port();
-    // 24 MiB at about 4 MiB a second, against the 8 MiB rotation size.
-    let noise: u64 = 24 << 20;
-    let cfg = config(
-        root.path(),
-        port,
-        &format!(", TS_NOISE_BYTES = \"{noise}\""),
+    // 16 MiB at about 4 MiB a second, against `log_max = "1MiB"`.
+    let noise: u64 = 16 << 20;
+    let env = format!(
+        "log_max = \"1MiB\"\nenv = {{ SECRET_TOKEN = \"{SECRET}\", TS_NOISE_BYTES = \"{noise}\" }}"
     );
+    let cfg = halley_tests::web_config(root.path(), port, &env);
     assert_ok(
         &node.deploy(&cfg, "web", "1", SERVICE_BIN.as_ref()),
         "deploy",
@@ -189,9 +188,10 @@ fn a_noisy_service_keeps_two_bounded_log_files() {
         "rotated once at least: {sizes:?}"
     );
     assert_eq!(sizes.len(), 2, "two files: {sizes:?}");
-    // Each file stops growing within a second of passing 8 MiB: at about 4 MiB a second, 13 MiB.
+    // Each file stops growing within a second or so of passing 1 MiB: at about 4 MiB a second,
+    // under 7 MiB. Rotated at the default 8 MiB, one file would be 8 MiB at least.
     for (name, len) in &sizes {
-        assert!(*len < 13 << 20, "{name} is {len} bytes");
+        assert!(*len < 7 << 20, "{name} is {len} bytes");
     }
     assert!(total < noise, "{total} bytes kept of {noise} written");
 

@@ -5,8 +5,8 @@
 //! - A slot's process writes its stdout and stderr straight into its log (opened `O_APPEND`), so
 //!   logging never depends on this daemon: a service keeps logging while the node restarts.
 //! - Rotation copies the log to `.1` (replacing the one before) and truncates it, so the process
-//!   keeps its file descriptor; each release and slot keeps at most two files of about
-//!   [`LOG_MAX`] each. A line written between the copy and the truncation is lost, as with
+//!   keeps its file descriptor; each release and slot keeps at most two files of about the
+//!   spec's `log_max` each (8 MiB by default), checked once a second. A line written between the copy and the truncation is lost, as with
 //!   logrotate's `copytruncate`.
 //! - Logs go with their release when it is pruned, so logs are as bounded as releases are.
 //! - What is read back has every `env` value of the service redacted, and one answer carries at
@@ -24,8 +24,6 @@ use crate::host::handle::record_name;
 use crate::host::services::Services;
 use crate::host::slot::{env_secrets, redact_window};
 
-/// Size at which a slot's log is rotated.
-pub const LOG_MAX: u64 = 8 << 20;
 /// Bytes of one log sent in one answer.
 pub const MAX_ANSWER: u64 = 256 << 10;
 /// Lines a request may ask for from the end of a log.

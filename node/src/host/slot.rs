@@ -93,7 +93,11 @@ pub(crate) fn watch(
 ) {
     let exit_events = events.clone();
     let exit_token = token.clone();
-    tokio::spawn(rotate_while_running(launch.log.clone(), token.clone()));
+    tokio::spawn(rotate_while_running(
+        launch.log.clone(),
+        launch.spec.log_max.0,
+        token.clone(),
+    ));
     tokio::spawn(async move {
         tokio::select! {
             how = p.exited() => { let _ = exit_events.send(Event::Exited { slot, run_id, how }); }
@@ -136,17 +140,16 @@ pub(crate) fn watch(
     });
 }
 
-/// Checks the slot's log every second and rotates it past [`logs::LOG_MAX`], until the slot's
-/// tasks are cancelled.
-async fn rotate_while_running(log: std::path::PathBuf, token: CancellationToken) {
+/// Checks the slot's log every second and rotates it past `max` bytes (the spec's `log_max`),
+/// until the slot's tasks are cancelled.
+async fn rotate_while_running(log: std::path::PathBuf, max: u64, token: CancellationToken) {
     loop {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             _ = token.cancelled() => return,
         }
         let path = log.clone();
-        let rotated =
-            tokio::task::spawn_blocking(move || logs::rotate_if_over(&path, logs::LOG_MAX)).await;
+        let rotated = tokio::task::spawn_blocking(move || logs::rotate_if_over(&path, max)).await;
         if let Ok(Err(e)) = rotated {
             tracing::warn!(log = %log.display(), error = %e, "cannot rotate a slot's log");
         }
