@@ -610,7 +610,8 @@ impl Model for Cluster {
                         let st = e.state();
                         match st.mode {
                             Mode::Rollback => st.phase == Phase::RolledBack,
-                            Mode::Deploy => st.phase.finished(),
+                            // The model runs no removal (it is not walked by the engine).
+                            Mode::Deploy | Mode::Remove => st.phase.finished(),
                         }
                     })
                 })

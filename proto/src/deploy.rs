@@ -183,6 +183,13 @@ pub enum Step {
     },
     /// Undo an uncommitted deploy: route back to the committed release and stop the other slot.
     Revert,
+    /// Remove the service from this node: take its routes away, stop both slots, close its entry
+    /// point, delete its releases, logs and record. Its fencing token is kept, so an older
+    /// rollout's steps stay refused; its data directory and backups are kept unless `purge`.
+    Remove {
+        /// Delete the data directory and backups too.
+        purge: bool,
+    },
 }
 
 impl Step {
@@ -196,6 +203,7 @@ impl Step {
             Step::Drain => "drain",
             Step::Commit { .. } => "commit",
             Step::Revert => "revert",
+            Step::Remove { .. } => "remove",
         }
     }
 }
@@ -279,6 +287,13 @@ pub enum StepReply {
     Reverted {
         /// The version now serving, if any.
         serving: Option<ReleaseVersion>,
+    },
+    /// The service is gone from this node (or was not here).
+    Removed {
+        /// Processes stopped (pid, start time in clock ticks after boot).
+        stopped: Vec<(u32, u64)>,
+        /// Whether its data directory and backups went too.
+        purged: bool,
     },
 }
 

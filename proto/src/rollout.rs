@@ -158,7 +158,17 @@ pub enum Mode {
     Deploy,
     /// `halley-node rollback`: puts every host on its recorded target release, all at once.
     Rollback,
+    /// `halley-node service remove`: stops the service on every host and frees its entry
+    /// point. A host it did not reach removes the service itself once it sees the removal
+    /// completed (a host's step `committed` means removed there). Its `version` says what
+    /// becomes of the data: [`REMOVE_KEEP_DATA`] or [`REMOVE_PURGE`].
+    Remove,
 }
+
+/// The `version` of a removal that keeps the service's data directory and backups.
+pub const REMOVE_KEEP_DATA: &str = "keep-data";
+/// The `version` of a removal that deletes them too (`--purge`).
+pub const REMOVE_PURGE: &str = "purge";
 
 impl Mode {
     /// Lower-case name.
@@ -166,6 +176,7 @@ impl Mode {
         match self {
             Mode::Deploy => "deploy",
             Mode::Rollback => "rollback",
+            Mode::Remove => "remove",
         }
     }
 }
@@ -296,6 +307,11 @@ impl UnpinnedRolloutState {
 }
 
 impl RolloutState {
+    /// Whether this is a removal that deletes the service's data too.
+    pub fn purges(&self) -> bool {
+        self.mode == Mode::Remove && self.version.as_str() == REMOVE_PURGE
+    }
+
     /// The gossip value: `id=..;mode=..;epoch=..;seq=..;coord=..;v=..;phase=..;batch=..;start=..;
     /// end=..;hosts=n1:committed,n2:reverting@1.0;rel=HEX;why=...` (a host's rollback target
     /// after `@`; `rel`, the release pin, only when there is one; `why` last, as it is free text).
@@ -361,6 +377,7 @@ impl RolloutState {
                     state.mode = match v {
                         "deploy" => Mode::Deploy,
                         "rollback" => Mode::Rollback,
+                        "remove" => Mode::Remove,
                         _ => return Err(bad()),
                     }
                 }
@@ -408,6 +425,14 @@ impl RolloutState {
                 .filter(|h| h.step == HostStep::Reverted)
                 .count();
             return format!("{back}/{} hosts back", self.hosts.len());
+        }
+        if self.mode == Mode::Remove {
+            let gone = self
+                .hosts
+                .iter()
+                .filter(|h| h.step == HostStep::Committed)
+                .count();
+            return format!("removed from {gone}/{} hosts", self.hosts.len());
         }
         let done = self
             .hosts
@@ -463,6 +488,12 @@ pub enum RolloutKind {
     /// Stop the unfinished (or paused) rollout and revert every host it touched
     /// (`rollout abort`), taking it over from its coordinator if another node drives it.
     Abort,
+    /// `service remove`: stop the service on every host and free its entry point; its data
+    /// directory (and backups) go too with `purge`.
+    Remove {
+        /// Delete the service's data directory and backups as well.
+        purge: bool,
+    },
 }
 
 /// One line of a service's rollout history.

@@ -117,7 +117,7 @@ pub async fn create(
 }
 
 /// Asks the user to type the service's name, unless `yes`.
-fn confirm(service: &ServiceName, warning: &str, yes: bool) -> Result<()> {
+pub(crate) fn confirm(service: &ServiceName, warning: &str, yes: bool) -> Result<()> {
     eprintln!("{warning}");
     if yes {
         return Ok(());

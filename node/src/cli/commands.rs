@@ -110,6 +110,11 @@ enum Command {
         #[arg(long)]
         yes: bool,
     },
+    /// Services across the cluster: `service remove`.
+    Service {
+        #[command(subcommand)]
+        command: ServiceCommand,
+    },
     /// A service's state backups: list, create, restore (this node, or --node).
     Backup {
         #[command(subcommand)]
@@ -151,6 +156,23 @@ enum Command {
     /// The demo's service (run by the demo's nodes, not by hand).
     #[command(hide = true)]
     DemoService,
+}
+
+#[derive(Debug, Subcommand)]
+enum ServiceCommand {
+    /// Remove a service from every host (admin): its slots stop, its entry point closes, its
+    /// releases, logs and record go. A host that is down removes it when it is back. Its data
+    /// directory and backups stay unless --purge.
+    Remove {
+        /// The service.
+        service: ServiceName,
+        /// Delete its data directory and backups on every host too (asks first).
+        #[arg(long)]
+        purge: bool,
+        /// Do not ask before deleting data.
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -525,6 +547,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
                 deploy::rollback(&data_dir, &service, to, &mut std::io::stdout()).await?;
             }
         }
+        Command::Service { command } => service_command(&data_dir, command).await?,
         Command::Backup { command } => backup_command(&data_dir, command).await?,
         Command::Rollout {
             command: RolloutCommand::Status { service },
@@ -738,6 +761,26 @@ async fn deploy_command(data_dir: &DataDir, args: DeployArgs) -> Result<()> {
         return Ok(());
     }
     deploy::deploy(data_dir, &opts, &mut std::io::stdout()).await?;
+    Ok(())
+}
+
+async fn service_command(data_dir: &DataDir, command: ServiceCommand) -> Result<()> {
+    match command {
+        ServiceCommand::Remove {
+            service,
+            purge,
+            yes,
+        } => {
+            require_admin(data_dir, "service remove")?;
+            if purge {
+                let warning = format!(
+                    "this deletes the data directory and every backup of {service} on every host, for good"
+                );
+                backup_cli::confirm(&service, &warning, yes)?;
+            }
+            deploy::remove(data_dir, &service, purge, &mut std::io::stdout()).await?;
+        }
+    }
     Ok(())
 }
 

@@ -129,6 +129,21 @@ pub async fn rollback(
     run(data_dir, request, out).await
 }
 
+/// Removes a service from every host (`service remove`); its data too with `purge`.
+pub async fn remove(
+    data_dir: &DataDir,
+    service: &ServiceName,
+    purge: bool,
+    out: &mut impl Write,
+) -> Result<()> {
+    let request = RolloutRequest {
+        service: service.clone(),
+        kind: RolloutKind::Remove { purge },
+        skip_unreachable: false,
+    };
+    run(data_dir, request, out).await
+}
+
 /// Stops a service's unfinished rollout and rolls back the hosts it touched (`rollout abort`).
 pub async fn abort(data_dir: &DataDir, service: &ServiceName, out: &mut impl Write) -> Result<()> {
     let request = RolloutRequest {
@@ -198,19 +213,7 @@ async fn watch<W: Write>(
         if let Some(state) = state {
             orphan.check(data_dir, &state).await?;
             if last_phase.is_none() {
-                progress.say(&format!(
-                    "{} {} {} on {} host(s), coordinated by {} (epoch {})",
-                    if state.mode == Mode::Rollback {
-                        "rollback of"
-                    } else {
-                        "rollout of"
-                    },
-                    state.service,
-                    state.version,
-                    state.hosts.len(),
-                    state.coordinator,
-                    state.epoch
-                ));
+                progress.say(&title(&state));
             }
             for h in &state.hosts {
                 progress.host(h);
@@ -224,6 +227,9 @@ async fn watch<W: Write>(
             match state.phase {
                 Phase::Completed => {
                     progress.say(&format!("completed in {secs:.1} s: {}", state.progress()));
+                    if state.mode == Mode::Remove && !state.reason.is_empty() {
+                        progress.say(&state.reason);
+                    }
                     return Ok(());
                 }
                 Phase::RolledBack if state.mode == Mode::Rollback => {
@@ -249,6 +255,36 @@ async fn watch<W: Write>(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The first line about a followed rollout.
+fn title(state: &RolloutState) -> String {
+    let what = match state.mode {
+        Mode::Remove => {
+            return format!(
+                "removal of {} from {} host(s) ({}), coordinated by {} (epoch {})",
+                state.service,
+                state.hosts.len(),
+                if state.purges() {
+                    "data and backups deleted"
+                } else {
+                    "data kept"
+                },
+                state.coordinator,
+                state.epoch
+            );
+        }
+        Mode::Rollback => "rollback of",
+        Mode::Deploy => "rollout of",
+    };
+    format!(
+        "{what} {} {} on {} host(s), coordinated by {} (epoch {})",
+        state.service,
+        state.version,
+        state.hosts.len(),
+        state.coordinator,
+        state.epoch
+    )
 }
 
 /// Notices a followed rollout that nobody drives any more (its coordinator died, or this node's

@@ -95,6 +95,24 @@ impl Gossip {
         }
     }
 
+    /// Deletes this node's keys under `prefix` that `kept` does not set (a service removed from
+    /// this node stops being announced, instead of its last summary lingering as healthy).
+    pub async fn retract_others(&self, prefix: &str, kept: &[(String, String)]) {
+        let Some(chitchat) = self.chitchat.get() else {
+            return;
+        };
+        let mut chitchat = chitchat.lock().await;
+        let state = chitchat.self_node_state();
+        let gone: Vec<String> = state
+            .iter_prefix(prefix)
+            .map(|(k, _)| k.to_owned())
+            .filter(|k| !kept.iter().any(|(key, _)| key == k))
+            .collect();
+        for key in gone {
+            state.delete(&key);
+        }
+    }
+
     /// What every node's state says now, as observations for the membership view.
     pub async fn observations(&self) -> Option<Vec<Observation>> {
         let chitchat = self.chitchat.get()?.lock().await;

@@ -166,6 +166,10 @@ impl Node {
         let rows = self.cluster.refresh().await;
         self.services.cluster().update(&self.record.name, &rows);
         let published = self.services.gossip().await;
+        self.cluster
+            .gossip
+            .retract_others(halley_proto::gossip::SERVICE_KEY_PREFIX, &published)
+            .await;
         // Holders change without a request too: an orphaned deploy ends its hold, and a dead
         // coordinator's hold expires.
         self.services.drains().expire();

@@ -7,6 +7,7 @@
 //! - The node must be listed in that rollout, not committed there, and its own committed release
 //!   of the service must differ from the rollout's.
 //! - The release comes from the hosts that committed it, in rollout order.
+//! - A completed removal ([`removals`]) makes a node that still has the service remove it.
 //! - A finished rollback counts too: a node it skipped (dead when it started) goes back to the
 //!   release the rollback named, if the node has that release (it ran it before); a node that
 //!   never had it was left as it is by the rollback, and stays so.
@@ -42,6 +43,19 @@ pub fn missed<'a>(
         .collect()
 }
 
+/// The completed removals of services `me` still has (`has`): it was unreachable when the
+/// removal ran, or its removal failed there. The host removes each with the removal's own token,
+/// so one that has obeyed a newer rollout since (the service deployed again) refuses it.
+pub fn removals(
+    rollouts: &[RolloutState],
+    has: impl Fn(&ServiceName) -> bool,
+) -> Vec<&RolloutState> {
+    rollouts
+        .iter()
+        .filter(|s| s.mode == Mode::Remove && s.phase == Phase::Completed && has(&s.service))
+        .collect()
+}
+
 /// The hosts that can give the release of `state`: those that committed it (a rollback: went
 /// back to it).
 pub fn sources(state: &RolloutState) -> Vec<NodeName> {
@@ -53,6 +67,7 @@ pub fn sources(state: &RolloutState) -> Vec<NodeName> {
             Mode::Rollback => {
                 h.step == HostStep::Reverted && h.target.as_ref() == Some(&state.version)
             }
+            Mode::Remove => false,
         })
         .map(|h| h.node.clone())
         .collect()
@@ -61,7 +76,8 @@ pub fn sources(state: &RolloutState) -> Vec<NodeName> {
 #[cfg(test)]
 mod tests {
     //! Scenario scripts in `node/tests/scenarios/converge/*.txt`. Commands:
-    //! `rollout SERVICE VERSION PHASE HOST=STEP...` (the newest rollout of a service),
+    //! `rollout SERVICE VERSION PHASE HOST=STEP...` (the newest rollout of a service; `rollback`
+    //! and `remove` for one of those modes),
     //! `committed SERVICE VERSION|-` (what this node, n3, has committed), `pass` (prints what
     //! n3 catches up with, and from where).
     use std::collections::BTreeMap;
@@ -87,11 +103,17 @@ mod tests {
         let mut committed: BTreeMap<String, ReleaseVersion> = BTreeMap::new();
         let mut on_disk: BTreeMap<String, Vec<ReleaseVersion>> = BTreeMap::new();
         crate::scenario::replay(script, |words, out| match words {
-            ["rollout" | "rollback", service, version, phase, hosts @ ..] => {
-                let mode = if words[0] == "rollback" {
-                    Mode::Rollback
-                } else {
-                    Mode::Deploy
+            [
+                "rollout" | "rollback" | "remove",
+                service,
+                version,
+                phase,
+                hosts @ ..,
+            ] => {
+                let mode = match words[0] {
+                    "rollback" => Mode::Rollback,
+                    "remove" => Mode::Remove,
+                    _ => Mode::Deploy,
                 };
                 let state = RolloutState {
                     mode,
@@ -137,8 +159,18 @@ mod tests {
                         on_disk.get(s.as_str()).cloned().unwrap_or_default(),
                     )
                 });
-                if todo.is_empty() {
+                let has = |s: &ServiceName| {
+                    committed.contains_key(s.as_str()) || on_disk.contains_key(s.as_str())
+                };
+                let gone = removals(&list, has);
+                if todo.is_empty() && gone.is_empty() {
                     out.push_str("> nothing to catch up\n");
+                }
+                for state in gone {
+                    out.push_str(&format!(
+                        "> remove {} (epoch {} of {})\n",
+                        state.service, state.epoch, state.coordinator
+                    ));
                 }
                 for state in todo {
                     let from: Vec<String> = sources(state).iter().map(|h| h.to_string()).collect();

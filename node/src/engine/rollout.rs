@@ -712,6 +712,8 @@ fn back(mode: Mode, h: &HostProgress) -> Action {
         (Mode::Deploy, _) => Action::Revert(h.node.clone()),
         (Mode::Rollback, Some(t)) => Action::RollBack(h.node.clone(), t.clone()),
         (Mode::Rollback, None) => Action::Resolve(h.node.clone()),
+        // A removal is driven by `rollout::remove`, never walked here.
+        (Mode::Remove, _) => Action::Say(format!("{} is not put back by a removal", h.node)),
     }
 }
 
@@ -781,6 +783,12 @@ pub fn abortable(state: &RolloutState) -> Result<(), String> {
     if state.mode == Mode::Rollback && !state.phase.finished() {
         return Err(format!(
             "rollout {} of {} is a rollback and cannot be aborted: it puts every host back on a release it ran before, retrying until each is back; follow it with 'halley-node rollout status {}'",
+            state.id, state.service, state.service
+        ));
+    }
+    if state.mode == Mode::Remove && !state.phase.finished() {
+        return Err(format!(
+            "rollout {} of {} is a removal and cannot be aborted (a removal has no way back); run 'halley-node service remove {}' again to finish it",
             state.id, state.service, state.service
         ));
     }

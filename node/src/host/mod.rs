@@ -21,6 +21,7 @@ pub mod handover;
 pub mod logs;
 pub mod probe;
 pub mod process;
+pub mod removal;
 pub mod services;
 pub mod slot;
 pub mod state;

@@ -93,6 +93,11 @@ impl Services {
     /// Runs a deploy step sent by node `by` (the caller's certificate name, or this node's own
     /// for a local command): its fencing token is (the request's epoch, `by`).
     pub async fn step(&self, request: StepRequest, by: NodeName) -> Result<StepReply, ErrorReply> {
+        if let Step::Remove { purge } = request.step {
+            return self
+                .remove(&request.service, request.epoch, by, purge)
+                .await;
+        }
         if let Step::Prepare { spec, .. } = &request.step
             && !spec.hosts.includes(&self.ctx.node)
         {
@@ -104,6 +109,12 @@ impl Services {
                 ),
             });
         }
+        // A removed service's token outlives it; a failed first prepare must not take it away.
+        let fenced_before = self
+            .ctx
+            .data_dir
+            .file(&fence_name(&request.service))
+            .exists();
         let (handle, created) = {
             let mut hosts = self.hosts.lock().await;
             if self.frozen.load(std::sync::atomic::Ordering::Acquire) {
@@ -142,15 +153,106 @@ impl Services {
         };
         let result = handle.step(Some(fence), request.step).await;
         if created && result.is_err() {
-            self.forget_unprepared(&request.service, handle).await;
+            self.forget_unprepared(&request.service, handle, fenced_before)
+                .await;
         }
         result
+    }
+
+    /// Removes a service from this node (see [`crate::host::removal`]): its host stops both
+    /// slots and ends, then its entry point, routes, meters and files go. A service that is not
+    /// here is removed already (its data is purged still, with `purge`).
+    async fn remove(
+        &self,
+        service: &ServiceName,
+        epoch: u64,
+        by: NodeName,
+        purge: bool,
+    ) -> Result<StepReply, ErrorReply> {
+        let handle = {
+            let hosts = self.hosts.lock().await;
+            if self.frozen.load(std::sync::atomic::Ordering::Acquire) {
+                return Err(handing_over());
+            }
+            hosts.get(service).cloned()
+        };
+        let dir = self.ctx.releases.service_dir(service);
+        let mut stopped = Vec::new();
+        let mut kill_after = std::time::Duration::ZERO;
+        if let Some(handle) = handle {
+            kill_after = self.kill_after(service);
+            let fence = FenceRecord {
+                epoch,
+                coordinator: Some(by),
+            };
+            if let StepReply::Removed { stopped: s, .. } =
+                handle.step(Some(fence), Step::Remove { purge }).await?
+            {
+                stopped = s;
+            }
+            let mut hosts = self.hosts.lock().await;
+            if hosts.get(service).is_some_and(|h| Arc::ptr_eq(h, &handle)) {
+                hosts.remove(service);
+            }
+        } else if !purge || !dir.exists() {
+            return Ok(StepReply::Removed {
+                stopped,
+                purged: false,
+            });
+        }
+        self.ctx.cluster.remove(service);
+        self.ctx.meters.remove(service);
+        let left = crate::host::removal::wait_gone(
+            &stopped,
+            kill_after + crate::host::removal::EXIT_GRACE,
+        )
+        .await;
+        if !left.is_empty() {
+            error!(service = %service, pids = ?left, "processes of a removed service did not exit after SIGKILL");
+        }
+        let (data_dir, name) = (self.ctx.data_dir.clone(), service.clone());
+        tokio::task::spawn_blocking(move || {
+            crate::host::removal::delete(&data_dir, &dir, &name, purge)
+        })
+        .await
+        .map_err(|e| {
+            crate::error::error_reply(ErrorKind::Internal, format!("removal task failed: {e}"))
+        })?;
+        info!(service = %service, purge, stopped = stopped.len(), "service removed from this node");
+        Ok(StepReply::Removed {
+            stopped,
+            purged: purge,
+        })
+    }
+
+    /// The longest `kill_after` of the specs a service's slots run (they are stopped by it).
+    fn kill_after(&self, service: &ServiceName) -> std::time::Duration {
+        let Ok(record) = self
+            .ctx
+            .data_dir
+            .read_record::<ServiceRecord>(&record_name(service))
+        else {
+            return std::time::Duration::from_secs(10);
+        };
+        record
+            .slots
+            .iter()
+            .filter_map(|s| s.spec.as_ref())
+            .chain([&record.spec])
+            .map(|s| s.stop.kill_after.as_duration())
+            .max()
+            .unwrap_or_default()
     }
 
     /// Undoes the creation of a service whose first prepare failed, so no ghost stays behind (an
     /// entry point holding the port, a record adopted at the next start). A service that got a
     /// release meanwhile (a concurrent prepare) is kept.
-    async fn forget_unprepared(&self, service: &ServiceName, handle: Arc<ServiceHandle>) {
+    async fn forget_unprepared(
+        &self,
+        service: &ServiceName,
+        handle: Arc<ServiceHandle>,
+        fenced_before: bool,
+    ) {
         let mut hosts = self.hosts.lock().await;
         let same = hosts.get(service).is_some_and(|h| Arc::ptr_eq(h, &handle));
         if !same || !handle.status().releases.is_empty() {
@@ -161,7 +263,9 @@ impl Services {
         self.ctx.cluster.remove(service);
         // The fence may have saved the record already; its directory goes too if that empties it.
         let record = self.ctx.data_dir.file(&record_name(service));
-        let _ = std::fs::remove_file(self.ctx.data_dir.file(&fence_name(service)));
+        if !fenced_before {
+            let _ = std::fs::remove_file(self.ctx.data_dir.file(&fence_name(service)));
+        }
         let _ = std::fs::remove_file(&record);
         if let Some(dir) = record.parent() {
             let _ = std::fs::remove_dir(dir);

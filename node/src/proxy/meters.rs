@@ -86,6 +86,12 @@ impl Meters {
         slots.entry((service.clone(), slot)).or_default().clone()
     }
 
+    /// Forgets a removed service's meters, so its series leave `/metrics`.
+    pub fn remove(&self, service: &ServiceName) {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        slots.retain(|(name, _), _| name != service);
+    }
+
     /// Every slot's counters, by service and slot.
     pub fn read(&self) -> Vec<(ServiceName, Color, MeterReading)> {
         let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());

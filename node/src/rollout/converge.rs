@@ -9,11 +9,14 @@
 //! - The host must be listed in that rollout, not committed there, and its own committed release
 //!   must differ. The release comes from this node if it has it, else from a host that committed
 //!   it (spec and artifact over the mesh, the artifact checked against its SHA-256).
+//! - A service whose newest rollout is a completed removal, and that this node still has, is
+//!   removed here with the removal's token (refused, and so left alone, once a newer rollout
+//!   of it reached this node).
 //! - The host walks the same steps as a rollout (prepare, start-next, check, flip, drain, commit)
 //!   with the rollout's fencing token (its epoch and coordinator); a failure stops and reverts,
 //!   and is tried again on the next pass.
 
-use halley_proto::deploy::{ArtifactSource, Step};
+use halley_proto::deploy::{ArtifactSource, Step, StepRequest};
 use halley_proto::rollout::RolloutState;
 use halley_proto::spec::ServiceName;
 use tracing::{info, warn};
@@ -36,6 +39,10 @@ pub async fn converge(node: &Coordinator) {
             .map(|s| (s.committed.clone(), s.releases.clone()))
             .unwrap_or_default()
     };
+    let has = |service: &ServiceName| statuses.iter().any(|s| &s.name == service);
+    for state in engine::removals(&rollouts, has) {
+        remove_here(node, state).await;
+    }
     for state in engine::missed(&rollouts, node.cluster.name(), local) {
         match catch_up(node, state).await {
             Ok(()) => {
@@ -44,6 +51,30 @@ pub async fn converge(node: &Coordinator) {
             Err(e) => {
                 warn!(service = %state.service, version = %state.version, error = %e, "cannot converge yet; will try again")
             }
+        }
+    }
+}
+
+/// Removes a service a completed removal did not reach here, with that removal's token.
+async fn remove_here(node: &Coordinator, state: &RolloutState) {
+    let request = StepRequest {
+        on_behalf_of: Some(state.coordinator.clone()),
+        service: state.service.clone(),
+        epoch: state.epoch,
+        step: Step::Remove {
+            purge: state.purges(),
+        },
+    };
+    match node
+        .cluster
+        .step_on(node.cluster.name(), request, LONG)
+        .await
+    {
+        Ok(_) => {
+            info!(service = %state.service, rollout = %state.id, "removed the service: a removal completed while this node was away")
+        }
+        Err(e) => {
+            warn!(service = %state.service, rollout = %state.id, error = %e, "cannot remove the service a removal completed yet; will try again")
         }
     }
 }

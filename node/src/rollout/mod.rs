@@ -3,7 +3,7 @@
 //! The coordinator side of deploys, run by whichever node the CLI asked: starting one
 //! ([`start`]: `deploy`, `--resume`, `rollback`), the lock and epoch ([`lock`]), the driver
 //! around the rollout engine ([`driver`]), one host's steps ([`host_steps`]), the cluster
-//! rollback, a rollout in rollback mode ([`rollback`]), snapshots and migrations around a deploy ([`state_flow`]),
+//! rollback, a rollout in rollback mode ([`rollback`]), removing a service, a rollout in remove mode ([`remove`]), snapshots and migrations around a deploy ([`state_flow`]),
 //! what every node knows of rollouts ([`status`]), history ([`history`]), and a node catching
 //! up with a rollout it missed ([`converge`]). All of it works through the
 //! [`context::Coordinator`] handle: hosts, itself included, are reached through the cluster
@@ -23,6 +23,7 @@ pub mod driver;
 pub mod history;
 pub mod host_steps;
 pub mod lock;
+pub mod remove;
 pub mod rollback;
 pub mod start;
 pub mod state_flow;

@@ -112,6 +112,7 @@ pub async fn start(
         RolloutKind::Rollback { to } => rollback(node, &service, to, request.skip_unreachable)
             .await
             .map(|id| (id, Vec::new())),
+        RolloutKind::Remove { purge } => crate::rollout::remove::start(node, &service, purge).await,
     }
 }
 
@@ -182,6 +183,13 @@ async fn resume(
     let release = match state.mode {
         Mode::Deploy => release_source(node, &state).await?,
         Mode::Rollback => rollback::release_for(node, &state).await?,
+        Mode::Remove => {
+            return Err(conflict(format!(
+                "the unfinished rollout {} of {service} is a removal; run 'halley-node service remove {service}{}' again to finish it",
+                state.id,
+                if state.purges() { " --purge" } else { "" }
+            )));
+        }
     };
     Ok(take_over(&me, state, release, skip_unreachable, Rollout::resume).await)
 }

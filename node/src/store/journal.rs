@@ -38,7 +38,7 @@ pub fn read_journal(data_dir: &DataDir, service: &ServiceName) -> Result<Rollout
     if let Ok(old) = data_dir.read_record::<UnpinnedRolloutJournal>(&name) {
         let pin = match old.state.mode {
             Mode::Deploy => release_pin::pin(&old.spec, &old.sha256, &old.file_name),
-            Mode::Rollback => None,
+            Mode::Rollback | Mode::Remove => None,
         };
         return Ok(RolloutJournal {
             state: old.state.pinned(pin),

@@ -94,6 +94,34 @@ pub fn sweep(data_dir: &DataDir, grace: Duration, now: SystemTime) -> Swept {
     swept
 }
 
+/// Removes the artifacts `shas` (a removed service's) that nothing needs now, touched or not: the
+/// service they were stored for is gone. One that another service's release or a journal names
+/// stays.
+pub fn forget(data_dir: &DataDir, shas: &[[u8; 32]]) -> Swept {
+    let mut swept = Swept::default();
+    let Some(needed) = needed(data_dir) else {
+        return swept;
+    };
+    for sha in shas.iter().filter(|s| !needed.contains(*s)) {
+        let path = data_dir.file("artifacts").join(hex::encode(sha));
+        if path.exists() {
+            remove(&path, &mut swept);
+        }
+    }
+    swept
+}
+
+/// The artifacts the unpacked releases under `service_dir` name.
+pub fn named_by(service_dir: &Path) -> Vec<[u8; 32]> {
+    entries(&service_dir.join("releases"))
+        .into_iter()
+        .filter_map(|release| {
+            let marker = fs::read_to_string(release.path().join(".halley-artifact")).ok()?;
+            parse_sha(marker.trim())
+        })
+        .collect()
+}
+
 /// Artifacts an unpacked release or a rollout journal of this node names; `None` if a marker,
 /// a directory or a journal could not be read.
 fn needed(data_dir: &DataDir) -> Option<HashSet<[u8; 32]>> {

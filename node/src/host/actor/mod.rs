@@ -290,6 +290,17 @@ impl Host {
                         let _ = reply.send(self.freeze());
                         return;
                     }
+                    Some(Command::Step { step: Step::Remove { .. }, fence, reply }) => {
+                        match self.fence(fence) {
+                            Err(e) => {
+                                let _ = reply.send(Err(e));
+                            }
+                            Ok(()) => {
+                                let _ = reply.send(Ok(self.remove()));
+                                return;
+                            }
+                        }
+                    }
                     Some(c) => self.command(c),
                     None => break,
                 },
@@ -297,6 +308,21 @@ impl Host {
                 _ = tick.tick() => self.tick(),
             }
             self.publish();
+        }
+    }
+
+    /// The service leaves this node: routes away, both slots stopped (by their own tasks, which
+    /// outlive this actor), nothing decided after it. The caller deletes what is on disk.
+    fn remove(&mut self) -> StepReply {
+        let stopped: Vec<(u32, u64)> = self.slots.iter().filter_map(|rt| rt.pid).collect();
+        warn!(service = %self.record.name, "removing the service: stopping every slot");
+        let _ = self.mark_rollback(None);
+        let actions = self.engine.stop_all();
+        self.apply(actions);
+        self.publish();
+        StepReply::Removed {
+            stopped,
+            purged: false,
         }
     }
 
@@ -411,6 +437,10 @@ impl Host {
             Step::Prepare { .. } => Err(error_reply(
                 ErrorKind::Internal,
                 "prepare is handled before the actor",
+            )),
+            Step::Remove { .. } => Err(error_reply(
+                ErrorKind::Internal,
+                "remove is handled by the actor's loop",
             )),
             Step::StartNext { version, rollback } => {
                 let started = self.start_next(&version);
