@@ -168,6 +168,19 @@ pub fn digest_bytes<T: Serialize>(value: &T) -> Result<Vec<u8>, Error> {
     encode_body(value, Limit::Disk)
 }
 
+/// A spec's bytes for digests (release pins): its codec bytes, but without `log_max` when that
+/// is the default, so the pin of a spec with the default is the one a build before `log_max`
+/// (disk format 2) computed, and pins journaled then still match after an upgrade.
+pub fn spec_digest_bytes(spec: &crate::spec::ServiceSpec) -> Result<Vec<u8>, Error> {
+    let mut bytes = encode_body(spec, Limit::Disk)?;
+    if spec.log_max == crate::size::DEFAULT_LOG_MAX {
+        // `log_max` is the spec's last field, so its encoding is the last bytes.
+        let tail = encode_body(&spec.log_max, Limit::Disk)?.len();
+        bytes.truncate(bytes.len().saturating_sub(tail));
+    }
+    Ok(bytes)
+}
+
 /// Encodes an upgrade step into one frame (see [`HANDOVER_VERSION`]).
 pub fn encode_handover(message: &crate::handover::Handover) -> Result<Vec<u8>, Error> {
     let body = encode_body(message, Limit::Join)?;

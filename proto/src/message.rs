@@ -655,6 +655,9 @@ pub enum PeerRequest {
     },
     /// Which binary the receiver's daemon runs.
     Binary,
+    /// The highest fencing epoch the receiver obeyed for a service, kept after the service was
+    /// removed there (`service remove`), so a new rollout of it takes an epoch above it.
+    Fence(ServiceName),
 }
 
 impl PeerRequest {
@@ -680,6 +683,7 @@ impl PeerRequest {
             | PeerRequest::Forget { .. }
             | PeerRequest::Upgrade { .. }
             | PeerRequest::Binary
+            | PeerRequest::Fence(_)
             | PeerRequest::Removed => Access::Admin,
         }
     }
@@ -705,6 +709,7 @@ impl PeerRequest {
             PeerRequest::Forget { .. } => "forget",
             PeerRequest::Upgrade { .. } => "upgrade",
             PeerRequest::Binary => "binary",
+            PeerRequest::Fence(_) => "fence",
         }
     }
 }
@@ -761,4 +766,6 @@ pub enum PeerReply {
         /// The reason the last upgrade asked of it did not take over, if one did not.
         last_failure: Option<String>,
     },
+    /// The epoch asked for by [`PeerRequest::Fence`] (0: none held).
+    Epoch(u64),
 }

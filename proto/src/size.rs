@@ -108,12 +108,16 @@ pub(crate) fn default_log_max() -> ByteSize {
     DEFAULT_LOG_MAX
 }
 
-/// `log_max`: at least [`MIN_LOG_MAX`]; its default when read from a record written before the
-/// field existed.
+/// `log_max`: at least [`MIN_LOG_MAX`] in `halley.toml`; its default when read from a record
+/// written before the field existed.
 pub(crate) fn log_max<'de, D: Deserializer<'de>>(d: D) -> Result<ByteSize, D::Error> {
-    if !d.is_human_readable() && crate::codec::reading_disk_format_2() {
-        // It is the spec's last field: the next bytes belong to whatever follows the spec.
-        return Ok(DEFAULT_LOG_MAX);
+    if !d.is_human_readable() {
+        if crate::codec::reading_disk_format_2() {
+            // It is the spec's last field: the next bytes belong to whatever follows the spec.
+            return Ok(DEFAULT_LOG_MAX);
+        }
+        // Checked where it was written: a record is never made unreadable by a later limit.
+        return ByteSize::deserialize(d);
     }
     let size = ByteSize::deserialize(d)?;
     if size < MIN_LOG_MAX {

@@ -538,9 +538,22 @@ fn a_service_record_of_disk_format_2_reads_with_the_log_max_default() {
         &halley_proto::codec::DISK_FORMAT_VERSION.to_be_bytes()
     );
     assert_eq!(decode_record::<ServiceRecord>(&bytes).unwrap(), newer);
+    // Release pins digest a default-`log_max` spec as the build before did: its spec bytes
+    // follow the service name in the old record.
+    let digest = halley_proto::codec::spec_digest_bytes(spec).unwrap();
+    let name_len = encode_body_len(&record.name);
+    assert!(old[12 + name_len..].starts_with(&digest));
+    assert_ne!(
+        halley_proto::codec::spec_digest_bytes(&newer.spec).unwrap(),
+        digest
+    );
     // A format-2 decode leaves nothing behind: the next one reads a format-3 spec whole.
     let _: ServiceRecord = decode_record(old).unwrap();
     assert_eq!(decode_record::<ServiceRecord>(&bytes).unwrap(), newer);
+}
+
+fn encode_body_len<T: serde::Serialize>(value: &T) -> usize {
+    halley_proto::codec::digest_bytes(value).unwrap().len()
 }
 
 #[test]

@@ -86,30 +86,35 @@ impl Gossip {
         pairs: Vec<(String, String)>,
         late: impl FnOnce() -> Vec<(String, String)>,
     ) {
-        if let Some(chitchat) = self.chitchat.get() {
-            let mut chitchat = chitchat.lock().await;
-            let state = chitchat.self_node_state();
-            for (key, value) in pairs.into_iter().chain(late()) {
-                state.set(key, value);
-            }
-        }
+        self.replace_then(None, pairs, late).await;
     }
 
-    /// Deletes this node's keys under `prefix` that `kept` does not set (a service removed from
-    /// this node stops being announced, instead of its last summary lingering as healthy).
-    pub async fn retract_others(&self, prefix: &str, kept: &[(String, String)]) {
+    /// Like [`Gossip::publish_all_then`], and under the same lock deletes this node's keys under
+    /// `prefix` that `pairs` does not set: a service removed from this node stops being
+    /// announced, instead of its last summary lingering as healthy.
+    pub async fn replace_then(
+        &self,
+        prefix: Option<&str>,
+        pairs: Vec<(String, String)>,
+        late: impl FnOnce() -> Vec<(String, String)>,
+    ) {
         let Some(chitchat) = self.chitchat.get() else {
             return;
         };
         let mut chitchat = chitchat.lock().await;
         let state = chitchat.self_node_state();
-        let gone: Vec<String> = state
-            .iter_prefix(prefix)
-            .map(|(k, _)| k.to_owned())
-            .filter(|k| !kept.iter().any(|(key, _)| key == k))
-            .collect();
-        for key in gone {
-            state.delete(&key);
+        if let Some(prefix) = prefix {
+            let gone: Vec<String> = state
+                .iter_prefix(prefix)
+                .map(|(k, _)| k.to_owned())
+                .filter(|k| !pairs.iter().any(|(key, _)| key == k))
+                .collect();
+            for key in gone {
+                state.delete(&key);
+            }
+        }
+        for (key, value) in pairs.into_iter().chain(late()) {
+            state.set(key, value);
         }
     }
 

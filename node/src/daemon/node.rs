@@ -166,17 +166,17 @@ impl Node {
         let rows = self.cluster.refresh().await;
         self.services.cluster().update(&self.record.name, &rows);
         let published = self.services.gossip().await;
-        self.cluster
-            .gossip
-            .retract_others(halley_proto::gossip::SERVICE_KEY_PREFIX, &published)
-            .await;
         // Holders change without a request too: an orphaned deploy ends its hold, and a dead
         // coordinator's hold expires.
         self.services.drains().expire();
         let drains = self.services.drains();
         self.cluster
             .gossip
-            .publish_all_then(published, || vec![draining_pair(drains.draining())])
+            .replace_then(
+                Some(halley_proto::gossip::SERVICE_KEY_PREFIX),
+                published,
+                || vec![draining_pair(drains.draining())],
+            )
             .await;
     }
 

@@ -97,6 +97,7 @@ pub(crate) async fn answer(
             .map(PeerReply::Logs),
         PeerRequest::Upgrade { sha256 } => crate::daemon::upgrade_all::receive(node, sha256).await,
         PeerRequest::Binary => crate::daemon::upgrade_all::binary(node).await,
+        PeerRequest::Fence(service) => Ok(PeerReply::Epoch(node.services.held_epoch(&service))),
         PeerRequest::RemovedList => Ok(crate::daemon::removal::list(node)),
         PeerRequest::Removed => {
             crate::daemon::removal::removed_here(node, by)?;

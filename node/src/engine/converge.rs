@@ -43,16 +43,18 @@ pub fn missed<'a>(
         .collect()
 }
 
-/// The completed removals of services `me` still has (`has`): it was unreachable when the
-/// removal ran, or its removal failed there. The host removes each with the removal's own token,
-/// so one that has obeyed a newer rollout since (the service deployed again) refuses it.
+/// The completed removals of services `me` still has (`held` gives the epoch it obeyed for
+/// one, `None` when it does not have it): it was unreachable when the removal ran, or its
+/// removal failed there. One that obeyed a newer token since (the service deployed again,
+/// before gossip says so) is left alone; the host removes the others with the removal's token.
 pub fn removals(
     rollouts: &[RolloutState],
-    has: impl Fn(&ServiceName) -> bool,
+    held: impl Fn(&ServiceName) -> Option<u64>,
 ) -> Vec<&RolloutState> {
     rollouts
         .iter()
-        .filter(|s| s.mode == Mode::Remove && s.phase == Phase::Completed && has(&s.service))
+        .filter(|s| s.mode == Mode::Remove && s.phase == Phase::Completed)
+        .filter(|s| held(&s.service).is_some_and(|epoch| epoch <= s.epoch))
         .collect()
 }
 
@@ -77,7 +79,7 @@ pub fn sources(state: &RolloutState) -> Vec<NodeName> {
 mod tests {
     //! Scenario scripts in `node/tests/scenarios/converge/*.txt`. Commands:
     //! `rollout SERVICE VERSION PHASE HOST=STEP...` (the newest rollout of a service; `rollback`
-    //! and `remove` for one of those modes),
+    //! and `remove` for one of those modes; epoch 1), `epoch SERVICE E` (the epoch n3 obeyed),
     //! `committed SERVICE VERSION|-` (what this node, n3, has committed), `pass` (prints what
     //! n3 catches up with, and from where).
     use std::collections::BTreeMap;
@@ -102,6 +104,7 @@ mod tests {
         let mut rollouts: BTreeMap<String, RolloutState> = BTreeMap::new();
         let mut committed: BTreeMap<String, ReleaseVersion> = BTreeMap::new();
         let mut on_disk: BTreeMap<String, Vec<ReleaseVersion>> = BTreeMap::new();
+        let mut epochs: BTreeMap<String, u64> = BTreeMap::new();
         crate::scenario::replay(script, |words, out| match words {
             [
                 "rollout" | "rollback" | "remove",
@@ -147,6 +150,9 @@ mod tests {
             ["committed", service, version] => {
                 committed.insert(service.to_string(), ReleaseVersion::parse(version).unwrap());
             }
+            ["epoch", service, epoch] => {
+                epochs.insert(service.to_string(), epoch.parse().expect("an epoch"));
+            }
             ["releases", service, versions @ ..] => {
                 let list = versions.iter().map(|v| ReleaseVersion::parse(v).unwrap());
                 on_disk.insert(service.to_string(), list.collect());
@@ -159,10 +165,11 @@ mod tests {
                         on_disk.get(s.as_str()).cloned().unwrap_or_default(),
                     )
                 });
-                let has = |s: &ServiceName| {
-                    committed.contains_key(s.as_str()) || on_disk.contains_key(s.as_str())
+                let held = |s: &ServiceName| {
+                    (committed.contains_key(s.as_str()) || on_disk.contains_key(s.as_str()))
+                        .then(|| epochs.get(s.as_str()).copied().unwrap_or(0))
                 };
-                let gone = removals(&list, has);
+                let gone = removals(&list, held);
                 if todo.is_empty() && gone.is_empty() {
                     out.push_str("> nothing to catch up\n");
                 }

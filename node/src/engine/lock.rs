@@ -14,7 +14,7 @@
 //! (epoch, coordinator name) ([`crate::engine::fence`]), so only one is obeyed.
 
 use halley_proto::NodeName;
-use halley_proto::rollout::{Phase, RolloutState};
+use halley_proto::rollout::{Mode, Phase, RolloutState};
 use halley_proto::spec::ServiceName;
 
 /// Whether `current`, as gossip shows it, needs a fresh look from its coordinator before it
@@ -40,6 +40,27 @@ pub fn blocks(current: &RolloutState, force: bool) -> bool {
 /// Why a new rollout of `service` is refused while `current` is unfinished; `driven` says a
 /// coordinator still drives it.
 pub fn refusal(service: &ServiceName, current: &RolloutState, driven: bool) -> String {
+    if current.mode == Mode::Remove {
+        let again = format!(
+            "halley-node service remove {service}{}",
+            if current.purges() { " --purge" } else { "" }
+        );
+        return if driven {
+            format!(
+                "service {service} is being removed by node {} (removal {}, {}); wait for it ('halley-node rollout status {service}'), then deploy it again if you want it back",
+                current.coordinator,
+                current.id,
+                current.progress()
+            )
+        } else {
+            format!(
+                "service {service} has an unfinished removal {} by node {}, which no longer drives it ({}); finish it with '{again}', then deploy it again if you want it back",
+                current.id,
+                current.coordinator,
+                current.progress()
+            )
+        };
+    }
     let what = format!(
         "service {service} has an unfinished rollout {} by node {}: version {}, {}, {}",
         current.id,
@@ -147,6 +168,16 @@ mod tests {
                 "phase" => s.phase = phase(v),
                 "epoch" => s.epoch = v.parse().unwrap(),
                 "seq" => s.seq = v.parse().unwrap(),
+                "mode" => {
+                    s.mode = match v {
+                        "remove" => Mode::Remove,
+                        "rollback" => Mode::Rollback,
+                        _ => Mode::Deploy,
+                    }
+                }
+                "version" => {
+                    s.version = halley_proto::deploy::ReleaseVersion::parse(v).unwrap();
+                }
                 _ => panic!("bad word {word:?}"),
             }
         }

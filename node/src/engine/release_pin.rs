@@ -22,10 +22,10 @@ use crate::engine::tokens::sha256;
 /// Domain separation, so a pin is never another digest of the same bytes.
 const PIN_DOMAIN: &[u8] = b"halley release pin v1\0";
 
-/// The pin of a release: SHA-256 over the spec's codec bytes, the artifact digest and the file
-/// name. `None` only if the spec cannot be encoded (over the codec's size limit).
+/// The pin of a release: SHA-256 over the spec's codec bytes (without a default `log_max`, as
+/// pins were before it), the artifact digest and the file name. `None` only if the spec cannot be encoded (over the codec's size limit).
 pub fn pin(spec: &ServiceSpec, artifact_sha256: &[u8; 32], file_name: &str) -> Option<[u8; 32]> {
-    let spec_bytes = halley_proto::codec::digest_bytes(spec).ok()?;
+    let spec_bytes = halley_proto::codec::spec_digest_bytes(spec).ok()?;
     let mut input =
         Vec::with_capacity(PIN_DOMAIN.len() + 8 + spec_bytes.len() + 32 + file_name.len());
     input.extend_from_slice(PIN_DOMAIN);

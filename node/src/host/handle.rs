@@ -82,6 +82,12 @@ pub(crate) enum Command {
     Freeze {
         reply: oneshot::Sender<crate::host::actor::Frozen>,
     },
+    /// Admit a token (saving it when higher) before a step's slow part: a prepare's store and
+    /// unpack, so that a lower token (a removal it outranks) is refused while it runs.
+    Admit {
+        fence: FenceRecord,
+        reply: oneshot::Sender<Result<(), ErrorReply>>,
+    },
 }
 
 /// A running service host.
@@ -264,6 +270,16 @@ impl ServiceHandle {
         version: ReleaseVersion,
         artifact: ArtifactSource,
     ) -> StepResult {
+        if let Some(token) = fence.clone() {
+            let (reply, rx) = oneshot::channel();
+            self.send(Command::Admit {
+                fence: token,
+                reply,
+            })
+            .await?;
+            rx.await
+                .map_err(|_| error_reply(ErrorKind::Internal, "the service host stopped"))??;
+        }
         let current = self.status();
         let listen = spec.listen.resolve(self.ctx.service_address).to_string();
         let protocol = protocol_name(spec.protocol);

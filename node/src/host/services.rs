@@ -7,7 +7,7 @@
 //! - A service whose first prepare fails is not kept: its entry point closes, its record and
 //!   routing table go, and the next deploy is a first deploy again.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use halley_proto::NodeName;
@@ -19,6 +19,7 @@ use halley_proto::spec::ServiceName;
 use tracing::{error, info};
 
 use crate::host::handle::{HostContext, ServiceHandle, fence_name, record_name};
+use crate::host::removal;
 
 /// This node's services.
 pub struct Services {
@@ -28,8 +29,28 @@ pub struct Services {
     ledgers: tokio::sync::Mutex<()>,
     /// Set by [`Services::freeze`]: no step or state work is taken from then on.
     frozen: std::sync::atomic::AtomicBool,
-    /// State requests (snapshots, restores, migrations, backups) being answered.
+    /// State requests (snapshots, restores, migrations, backups) and removals being answered.
     state_ops: Arc<std::sync::atomic::AtomicUsize>,
+    /// Services being removed: their steps are refused until the removal is done.
+    removing: std::sync::Mutex<BTreeSet<ServiceName>>,
+}
+
+/// A service being removed, let go when dropped.
+struct Removing<'a>(&'a Services, ServiceName);
+
+impl Drop for Removing<'_> {
+    fn drop(&mut self) {
+        self.0.lock_removing().remove(&self.1);
+    }
+}
+
+fn being_removed(service: &ServiceName) -> ErrorReply {
+    ErrorReply {
+        kind: ErrorKind::Unavailable,
+        message: format!(
+            "service {service} is being removed from this node; try again once 'halley-node service remove' is done"
+        ),
+    }
 }
 
 /// One state request being answered, counted while it lives.
@@ -87,6 +108,7 @@ impl Services {
             ledgers: tokio::sync::Mutex::new(()),
             frozen: std::sync::atomic::AtomicBool::new(false),
             state_ops: Arc::default(),
+            removing: std::sync::Mutex::default(),
         }
     }
 
@@ -94,9 +116,11 @@ impl Services {
     /// for a local command): its fencing token is (the request's epoch, `by`).
     pub async fn step(&self, request: StepRequest, by: NodeName) -> Result<StepReply, ErrorReply> {
         if let Step::Remove { purge } = request.step {
-            return self
-                .remove(&request.service, request.epoch, by, purge)
-                .await;
+            let token = FenceRecord {
+                epoch: request.epoch,
+                coordinator: Some(by),
+            };
+            return self.remove(&request.service, token, purge).await;
         }
         if let Step::Prepare { spec, .. } = &request.step
             && !spec.hosts.includes(&self.ctx.node)
@@ -119,6 +143,9 @@ impl Services {
             let mut hosts = self.hosts.lock().await;
             if self.frozen.load(std::sync::atomic::Ordering::Acquire) {
                 return Err(handing_over());
+            }
+            if self.lock_removing().contains(&request.service) {
+                return Err(being_removed(&request.service));
             }
             match (hosts.get(&request.service), &request.step) {
                 (Some(h), _) => (h.clone(), false),
@@ -160,33 +187,31 @@ impl Services {
     }
 
     /// Removes a service from this node (see [`crate::host::removal`]): its host stops both
-    /// slots and ends, then its entry point, routes, meters and files go. A service that is not
-    /// here is removed already (its data is purged still, with `purge`).
+    /// slots and ends, then its entry point, routes, meters and files go. Steps of the service
+    /// are refused meanwhile, and an upgrade waits. A service that is not here has its token
+    /// admitted and kept all the same (and its data purged, with `purge`).
     async fn remove(
         &self,
         service: &ServiceName,
-        epoch: u64,
-        by: NodeName,
+        token: FenceRecord,
         purge: bool,
     ) -> Result<StepReply, ErrorReply> {
+        let _op = self.state_op()?;
         let handle = {
             let hosts = self.hosts.lock().await;
-            if self.frozen.load(std::sync::atomic::Ordering::Acquire) {
-                return Err(handing_over());
+            if !self.lock_removing().insert(service.clone()) {
+                return Err(being_removed(service));
             }
             hosts.get(service).cloned()
         };
+        let _removing = Removing(self, service.clone());
         let dir = self.ctx.releases.service_dir(service);
         let mut stopped = Vec::new();
         let mut kill_after = std::time::Duration::ZERO;
         if let Some(handle) = handle {
-            kill_after = self.kill_after(service);
-            let fence = FenceRecord {
-                epoch,
-                coordinator: Some(by),
-            };
+            kill_after = removal::kill_after(&self.ctx.data_dir, service);
             if let StepReply::Removed { stopped: s, .. } =
-                handle.step(Some(fence), Step::Remove { purge }).await?
+                handle.step(Some(token), Step::Remove { purge }).await?
             {
                 stopped = s;
             }
@@ -194,30 +219,40 @@ impl Services {
             if hosts.get(service).is_some_and(|h| Arc::ptr_eq(h, &handle)) {
                 hosts.remove(service);
             }
-        } else if !purge || !dir.exists() {
-            return Ok(StepReply::Removed {
-                stopped,
-                purged: false,
-            });
+        } else {
+            removal::admit_absent(&self.ctx.data_dir, service, &token)?;
+            if !purge {
+                return Ok(StepReply::Removed {
+                    stopped,
+                    purged: false,
+                });
+            }
         }
         self.ctx.cluster.remove(service);
         self.ctx.meters.remove(service);
-        let left = crate::host::removal::wait_gone(
-            &stopped,
-            kill_after + crate::host::removal::EXIT_GRACE,
-        )
-        .await;
+        let left = removal::wait_gone(&stopped, kill_after + removal::EXIT_GRACE).await;
         if !left.is_empty() {
             error!(service = %service, pids = ?left, "processes of a removed service did not exit after SIGKILL");
         }
         let (data_dir, name) = (self.ctx.data_dir.clone(), service.clone());
-        tokio::task::spawn_blocking(move || {
-            crate::host::removal::delete(&data_dir, &dir, &name, purge)
-        })
-        .await
-        .map_err(|e| {
-            crate::error::error_reply(ErrorKind::Internal, format!("removal task failed: {e}"))
-        })?;
+        let failed =
+            tokio::task::spawn_blocking(move || removal::delete(&data_dir, &dir, &name, purge))
+                .await
+                .map_err(|e| {
+                    crate::error::error_reply(
+                        ErrorKind::Internal,
+                        format!("removal task failed: {e}"),
+                    )
+                })?;
+        if let Some(why) = failed {
+            return Err(crate::error::error_reply(
+                ErrorKind::Internal,
+                format!(
+                    "service {service} is stopped on node {}, but some of its files could not be deleted: {why}; fix that and run 'halley-node service remove {service}' again",
+                    self.ctx.node
+                ),
+            ));
+        }
         info!(service = %service, purge, stopped = stopped.len(), "service removed from this node");
         Ok(StepReply::Removed {
             stopped,
@@ -225,23 +260,8 @@ impl Services {
         })
     }
 
-    /// The longest `kill_after` of the specs a service's slots run (they are stopped by it).
-    fn kill_after(&self, service: &ServiceName) -> std::time::Duration {
-        let Ok(record) = self
-            .ctx
-            .data_dir
-            .read_record::<ServiceRecord>(&record_name(service))
-        else {
-            return std::time::Duration::from_secs(10);
-        };
-        record
-            .slots
-            .iter()
-            .filter_map(|s| s.spec.as_ref())
-            .chain([&record.spec])
-            .map(|s| s.stop.kill_after.as_duration())
-            .max()
-            .unwrap_or_default()
+    fn lock_removing(&self) -> std::sync::MutexGuard<'_, BTreeSet<ServiceName>> {
+        self.removing.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Undoes the creation of a service whose first prepare failed, so no ghost stays behind (an
@@ -323,6 +343,15 @@ impl Services {
         for addr in left.keys() {
             info!(%addr, "a handed-over entry point belongs to no service here; closed");
         }
+    }
+
+    /// The highest epoch this node obeyed for `service`, whether it runs here or was removed
+    /// (0: none; a token that cannot be read counts as none: the host refuses by it anyway).
+    pub fn held_epoch(&self, service: &ServiceName) -> u64 {
+        self.ctx
+            .data_dir
+            .read_record_or_default::<FenceRecord>(&fence_name(service))
+            .map_or(0, |f| f.epoch)
     }
 
     /// A service's host, if the service runs here.

@@ -39,8 +39,13 @@ pub async fn converge(node: &Coordinator) {
             .map(|s| (s.committed.clone(), s.releases.clone()))
             .unwrap_or_default()
     };
-    let has = |service: &ServiceName| statuses.iter().any(|s| &s.name == service);
-    for state in engine::removals(&rollouts, has) {
+    let held = |service: &ServiceName| {
+        statuses
+            .iter()
+            .find(|s| &s.name == service)
+            .map(|s| s.epoch)
+    };
+    for state in engine::removals(&rollouts, held) {
         remove_here(node, state).await;
     }
     for state in engine::missed(&rollouts, node.cluster.name(), local) {

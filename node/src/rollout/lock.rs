@@ -86,11 +86,22 @@ pub(crate) async fn seen_epochs(
         .into_iter()
         .collect();
     for host in hosts {
-        if let Ok(PeerReply::Services(list)) =
+        let Ok(PeerReply::Services(list)) =
             node.cluster.peer(host, PeerRequest::Services, ASK).await
-            && let Some(s) = list.iter().find(|s| &s.name == service)
-        {
+        else {
+            continue;
+        };
+        if let Some(s) = list.iter().find(|s| &s.name == service) {
             seen.push(s.epoch);
+            continue;
+        }
+        // Not running there: a removal may have left its token (gossip forgets the removal).
+        if let Ok(PeerReply::Epoch(epoch)) = node
+            .cluster
+            .peer(host, PeerRequest::Fence(service.clone()), ASK)
+            .await
+        {
+            seen.push(epoch);
         }
     }
     seen

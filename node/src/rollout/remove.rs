@@ -31,10 +31,14 @@ use crate::clock::wall_ms;
 use crate::engine::rollback as plan;
 use crate::error::internal;
 use crate::rollout::context::{Coordinator, Reply, SHORT};
-use crate::rollout::lock::{new_state, next_epoch, refuse_if_busy};
+use crate::rollout::lock::{conflict, new_state, next_epoch, refuse_if_busy};
 use crate::rollout::rollback::status_of;
 use crate::rollout::status as rollout_status;
 use crate::store::journal;
+
+/// How long a host may take to delete a removed service's files (a purge of a large data
+/// directory on an SD card), past stopping its processes.
+const DELETING: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// Removes `service` from every host; returns the removal's id and a line per host, once every
 /// reachable host has answered.
@@ -46,19 +50,26 @@ pub(crate) async fn start(
     let newest = rollout_status::newest(node, service).await;
     let unfinished_removal = newest
         .as_ref()
-        .is_some_and(|s| s.mode == Mode::Remove && !s.phase.finished());
-    if !unfinished_removal {
-        refuse_if_busy(node, service, false).await?;
+        .filter(|s| s.mode == Mode::Remove && !s.phase.finished());
+    match unfinished_removal {
+        // Its coordinator died: this removal takes it over. One still driven is waited for.
+        Some(s) if rollout_status::is_driven(node, s).await => {
+            return Err(conflict(crate::engine::lock::refusal(service, s, true)));
+        }
+        Some(_) => {}
+        None => refuse_if_busy(node, service, false).await?,
     }
     let members = node.cluster.members();
     let mut hosts = plan::hosts(&members, service);
     // The hosts of the newest rollout had the service, whatever gossip shows of them now (a
     // dead member's announcements may be gone): a dead one among them is shown as skipped. Of
     // a removal, those it did not remove the service from.
+    // A purge after a removal that kept the data reaches every host that removal reached.
     let had = newest.iter().flat_map(|s| {
-        s.hosts
-            .iter()
-            .filter(move |h| s.mode != Mode::Remove || h.step != HostStep::Committed)
+        let kept_data = s.mode == Mode::Remove && !s.purges();
+        s.hosts.iter().filter(move |h| {
+            s.mode != Mode::Remove || h.step != HostStep::Committed || (purge && kept_data)
+        })
     });
     for h in had {
         let member = members.iter().find(|m| m.name == h.node);
@@ -112,8 +123,16 @@ pub(crate) async fn start(
         h.since_ms = now;
     }
     let id = state.id.clone();
-    // The artifact the journal this one replaces kept here (a coordinator serves it to hosts).
-    let replaced = journal::read_journal(&node.data_dir, service).map(|j| j.sha256);
+    // The artifact the journal this one replaces kept here (a coordinator serves it to hosts),
+    // and when that journal was last written.
+    let replaced = journal::read_journal(&node.data_dir, service)
+        .ok()
+        .zip(
+            std::fs::metadata(node.data_dir.file(&journal::journal_name(service)))
+                .and_then(|m| m.modified())
+                .ok(),
+        )
+        .map(|(j, at)| (j.sha256, at));
     let mut journal = RolloutJournal {
         state,
         spec,
@@ -127,7 +146,7 @@ pub(crate) async fn start(
     })?;
     // A host stops its slots by their own `kill_after`, then waits a little for them to go.
     let limit =
-        journal.spec.stop.kill_after.as_duration() + crate::host::removal::EXIT_GRACE + SHORT;
+        journal.spec.stop.kill_after.as_duration() + crate::host::removal::EXIT_GRACE + DELETING;
     let mut told = tokio::task::JoinSet::new();
     for (host, _) in hosts.iter().filter(|(_, alive)| *alive) {
         let (node, host, service) = (node.clone(), host.clone(), service.clone());
@@ -135,10 +154,11 @@ pub(crate) async fn start(
     }
     let answers = told.join_all().await;
     let notes = finish(node, &mut journal, answers).await;
-    if let Ok(sha) = replaced {
+    if let Some(used) = replaced {
         let data_dir = node.data_dir.clone();
-        let _ = tokio::task::spawn_blocking(move || crate::store::sweep::forget(&data_dir, &[sha]))
-            .await;
+        let _ =
+            tokio::task::spawn_blocking(move || crate::store::sweep::forget(&data_dir, &[used]))
+                .await;
     }
     Ok((id, notes))
 }

@@ -94,30 +94,39 @@ pub fn sweep(data_dir: &DataDir, grace: Duration, now: SystemTime) -> Swept {
     swept
 }
 
-/// Removes the artifacts `shas` (a removed service's) that nothing needs now, touched or not: the
-/// service they were stored for is gone. One that another service's release or a journal names
-/// stays.
-pub fn forget(data_dir: &DataDir, shas: &[[u8; 32]]) -> Swept {
+/// Removes the artifacts of a removed service, each given with when the service last used it,
+/// that nothing needs now. One that another service's release or a journal names stays, and so
+/// does one touched since (stored or reused by a deploy still under way, which names it only
+/// once it has unpacked or journaled).
+pub fn forget(data_dir: &DataDir, used: &[([u8; 32], SystemTime)]) -> Swept {
     let mut swept = Swept::default();
     let Some(needed) = needed(data_dir) else {
         return swept;
     };
-    for sha in shas.iter().filter(|s| !needed.contains(*s)) {
+    for (sha, since) in used.iter().filter(|(s, _)| !needed.contains(s)) {
         let path = data_dir.file("artifacts").join(hex::encode(sha));
-        if path.exists() {
+        let touched = fs::symlink_metadata(&path).and_then(|m| m.modified());
+        let Ok(touched) = touched else { continue };
+        if touched <= *since + USE_SLACK {
             remove(&path, &mut swept);
         }
     }
     swept
 }
 
-/// The artifacts the unpacked releases under `service_dir` name.
-pub fn named_by(service_dir: &Path) -> Vec<[u8; 32]> {
+/// How much later than a service's use of an artifact it may have been touched by that same use
+/// (the unpack touches it before it writes the release's marker).
+const USE_SLACK: Duration = Duration::from_secs(2);
+
+/// The artifacts the unpacked releases under `service_dir` name, each with when its release
+/// was unpacked.
+pub fn named_by(service_dir: &Path) -> Vec<([u8; 32], SystemTime)> {
     entries(&service_dir.join("releases"))
         .into_iter()
         .filter_map(|release| {
-            let marker = fs::read_to_string(release.path().join(".halley-artifact")).ok()?;
-            parse_sha(marker.trim())
+            let marker = release.path().join(".halley-artifact");
+            let sha = parse_sha(fs::read_to_string(&marker).ok()?.trim())?;
+            Some((sha, fs::metadata(&marker).and_then(|m| m.modified()).ok()?))
         })
         .collect()
 }

@@ -366,6 +366,9 @@ impl Host {
             }
             // Taken by `run`, which ends the actor with it.
             Command::Freeze { .. } => {}
+            Command::Admit { fence, reply } => {
+                let _ = reply.send(self.fence(Some(fence)));
+            }
             Command::Quiesce { reply } => {
                 let stopping: Vec<(u32, u64)> = self.slots.iter().filter_map(|rt| rt.pid).collect();
                 warn!(service = %self.record.name, "stopping every slot for a data restore");
