@@ -30,9 +30,10 @@ pub const MAGIC: [u8; 4] = *b"HLEY";
 pub const PROTOCOL_VERSION: u16 = 7;
 /// The data-dir record format this build writes (and reads).
 pub const DISK_FORMAT_VERSION: u16 = 3;
-/// The one older record format this build still reads: specs had no `log_max` (format 3 added
-/// it as the spec's last field, so the rest of a record's layout is the same).
-pub const DISK_FORMAT_2: u16 = 2;
+/// The oldest record format this build still reads. Each format since only appended fields to
+/// `ServiceSpec` (3: `log_max`), which take their defaults when a record of an older format is
+/// read (see [`reading_disk_format`]).
+pub const OLDEST_DISK_FORMAT: u16 = 2;
 /// The version of [`Handover`](crate::handover::Handover) frames: fixed for good, so that
 /// any two builds can hand a node over (see [`crate::handover`]).
 pub const HANDOVER_VERSION: u16 = 0xFF01;
@@ -217,12 +218,14 @@ pub fn encode_record<R: Record>(record: &R) -> Result<Vec<u8>, Error> {
     Ok(frame(DISK_FORMAT_VERSION, R::CODE, body))
 }
 
-/// Decodes a data-dir record, checking that it is of type `R`. A record of
-/// [`DISK_FORMAT_2`] is read too, its specs taking the `log_max` default.
+/// Decodes a data-dir record, checking that it is of type `R`. A record of an older format
+/// (down to [`OLDEST_DISK_FORMAT`]) is read too, fields added since taking their defaults.
 pub fn decode_record<R: Record>(bytes: &[u8]) -> Result<R, Error> {
     let header = match Header::parse(bytes, DISK_FORMAT_VERSION, Limit::Disk) {
-        Err(Error::UnsupportedVersion { got, .. }) if got == DISK_FORMAT_2 => {
-            Header::parse(bytes, DISK_FORMAT_2, Limit::Disk)?
+        Err(Error::UnsupportedVersion { got, .. })
+            if (OLDEST_DISK_FORMAT..DISK_FORMAT_VERSION).contains(&got) =>
+        {
+            Header::parse(bytes, got, Limit::Disk)?
         }
         parsed => parsed?,
     };
@@ -239,29 +242,31 @@ pub fn decode_record<R: Record>(bytes: &[u8]) -> Result<R, Error> {
 }
 
 thread_local! {
-    /// Set while a record of [`DISK_FORMAT_2`] is decoded on this thread. Decoding is
-    /// synchronous, so no other decode can run on the thread in between.
-    static FORMAT_2: Cell<bool> = const { Cell::new(false) };
+    /// The format of the record being decoded on this thread; this build's own otherwise (wire
+    /// frames included). Decoding is synchronous, so no other decode runs on the thread in
+    /// between.
+    static READING: Cell<u16> = const { Cell::new(DISK_FORMAT_VERSION) };
 }
 
-/// Whether the record being decoded on this thread is of [`DISK_FORMAT_2`].
-pub(crate) fn reading_disk_format_2() -> bool {
-    FORMAT_2.with(Cell::get)
+/// The disk format of the record being decoded on this thread ([`DISK_FORMAT_VERSION`] when
+/// none is): a field appended in format N takes its default below N, without reading a byte.
+pub(crate) fn reading_disk_format() -> u16 {
+    READING.with(Cell::get)
 }
 
-/// Marks this thread as decoding a record of `version` until dropped (also on a panic).
-struct ReadingFormat;
+/// Marks this thread as decoding a record of a format until dropped (also on a panic), then
+/// puts back what was there.
+struct ReadingFormat(u16);
 
 impl ReadingFormat {
     fn set(version: u16) -> Self {
-        FORMAT_2.with(|f| f.set(version == DISK_FORMAT_2));
-        ReadingFormat
+        ReadingFormat(READING.with(|f| f.replace(version)))
     }
 }
 
 impl Drop for ReadingFormat {
     fn drop(&mut self) {
-        FORMAT_2.with(|f| f.set(false));
+        READING.with(|f| f.set(self.0));
     }
 }
 

@@ -23,6 +23,7 @@ pub mod handover;
 pub mod hex;
 pub mod message;
 pub mod name;
+pub(crate) mod quantity;
 pub mod role;
 pub mod rollout;
 pub mod size;

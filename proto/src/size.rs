@@ -4,8 +4,8 @@
 //! ## Guarantees
 //! - TOML takes `"512KiB"`, `"8MiB"`, `"1GiB"`, `"4096B"` or a bare number of bytes; bincode
 //!   takes a u64. A size that overflows or has an unknown unit is refused with the units to use.
-//! - `log_max` read from a record of disk format 2 (written before the field existed) takes its
-//!   default without reading a byte: see [`crate::codec`].
+//! - `log_max` (added in disk format 3) read from a record of format 2, written before the
+//!   field existed, takes its default without reading a byte: see [`crate::codec`].
 //!
 //! ## What it does not do
 //! No decimal units: `MB` would be ambiguous next to `MiB`, and an ambiguous size is refused.
@@ -69,32 +69,21 @@ impl fmt::Display for ByteSize {
 
 impl Serialize for ByteSize {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        if s.is_human_readable() {
-            s.collect_str(self)
-        } else {
-            s.serialize_u64(self.0)
-        }
+        crate::quantity::serialize(s, self, self.0)
     }
 }
 
 impl<'de> Deserialize<'de> for ByteSize {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        if !d.is_human_readable() {
-            return u64::deserialize(d).map(ByteSize);
-        }
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Bytes(u64),
-            Text(String),
-        }
-        match Raw::deserialize(d) {
-            Ok(Raw::Bytes(n)) => Ok(ByteSize(n)),
-            Ok(Raw::Text(t)) => ByteSize::parse(&t).map_err(de::Error::custom),
-            Err(_) => Err(de::Error::custom(
-                "expected a size such as \"512KiB\", \"8MiB\" or a number of bytes",
-            )),
-        }
+        crate::quantity::deserialize(
+            d,
+            crate::quantity::Forms {
+                base: ByteSize,
+                number: |n| Ok(ByteSize(n)),
+                text: ByteSize::parse,
+                expected: "expected a size such as \"512KiB\", \"8MiB\" or a number of bytes",
+            },
+        )
     }
 }
 
@@ -112,7 +101,7 @@ pub(crate) fn default_log_max() -> ByteSize {
 /// written before the field existed.
 pub(crate) fn log_max<'de, D: Deserializer<'de>>(d: D) -> Result<ByteSize, D::Error> {
     if !d.is_human_readable() {
-        if crate::codec::reading_disk_format_2() {
+        if crate::codec::reading_disk_format() < 3 {
             // It is the spec's last field: the next bytes belong to whatever follows the spec.
             return Ok(DEFAULT_LOG_MAX);
         }

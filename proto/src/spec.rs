@@ -125,7 +125,8 @@ pub struct ServiceSpec {
     #[serde(default)]
     pub state: Option<StateSpec>,
     /// Size at which a slot's log is rotated; each release and slot keeps two such files.
-    /// Stays the last field: records of disk format 2 end the spec before it.
+    /// Added in disk format 3: records of format 2 end the spec before it. A field added later
+    /// goes after it, defaulting below its own format (see `codec::reading_disk_format`).
     #[serde(
         default = "crate::size::default_log_max",
         deserialize_with = "crate::size::log_max"
@@ -744,35 +745,25 @@ impl fmt::Display for Millis {
 
 impl Serialize for Millis {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        if s.is_human_readable() {
-            s.collect_str(self)
-        } else {
-            s.serialize_u64(self.0)
-        }
+        crate::quantity::serialize(s, self, self.0)
     }
 }
 
 impl<'de> Deserialize<'de> for Millis {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        if !d.is_human_readable() {
-            return u64::deserialize(d).map(Millis);
-        }
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Secs(u64),
-            Text(String),
-        }
-        match Raw::deserialize(d) {
-            Ok(Raw::Secs(s)) => s
-                .checked_mul(1000)
-                .map(Millis)
-                .ok_or_else(|| de::Error::custom("duration too long")),
-            Ok(Raw::Text(t)) => Millis::parse(&t).map_err(de::Error::custom),
-            Err(_) => Err(de::Error::custom(
-                "expected a duration such as \"500ms\", \"30s\", \"5m\" or a number of seconds",
-            )),
-        }
+        crate::quantity::deserialize(
+            d,
+            crate::quantity::Forms {
+                base: Millis,
+                number: |secs| {
+                    secs.checked_mul(1000)
+                        .map(Millis)
+                        .ok_or_else(|| "duration too long".to_owned())
+                },
+                text: Millis::parse,
+                expected: "expected a duration such as \"500ms\", \"30s\", \"5m\" or a number of seconds",
+            },
+        )
     }
 }
 

@@ -253,6 +253,9 @@ impl Node {
             // SAFETY: a `halley-node run` on this node's data dir, found just now.
             unsafe { libc::kill(pid as i32, libc::SIGKILL) };
         }
+        // No child of ours, so not reaped here: gone once its command line is (a zombie has
+        // none, and holds no lock). A start right after would find the data dir still locked.
+        wait_until(Duration::from_secs(5), || self.daemons().is_empty());
     }
 
     /// Pids of the `halley-node run` processes on this node's data dir.
