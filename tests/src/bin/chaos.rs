@@ -14,6 +14,12 @@
 //!   within 60 s: a host a completed rollout left behind converges to it after it settles;
 //! - requests to the entry points of hosts that were never faulted got no connection errors.
 //!
+//! Then the service is removed (`service remove web`) from a random node, with a host killed
+//! before it, or the removal's own coordinator killed while it runs, or no fault; killed nodes
+//! restart, an unfinished removal is run again (as an operator would), and the checker asserts
+//! that within 60 s no host runs the service, no slot process of it lives and no entry point
+//! answers, and that the service deploys again on every host.
+//!
 //! A schedule depends only on its seed, so a failing seed replays: `scripts/chaos --seed S`.
 //! Usage: `halley-chaos [--seeds N] [--first S] [--seed S]`; prints one line per schedule and a
 //! summary; exits 1 on any violation. Environment: `HALLEY_BIN`, `HALLEY_TEST_SERVICE`.
@@ -296,7 +302,149 @@ fn schedule(seed: u64, service: &Path) -> Outcome {
             ));
         }
     }
+    if out.violations.is_empty() {
+        removal(seed, &mut rng, &mut cluster, (&good, service), &mut out);
+    }
     out
+}
+
+/// The pids of web's slot processes on `node`.
+fn slot_pids(node: &Node) -> Vec<u64> {
+    let services = node.services();
+    let web = services
+        .as_array()
+        .and_then(|a| a.iter().find(|s| s["name"] == "web").cloned());
+    web.and_then(|w| w["slots"].as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|s| s["pid"].as_u64())
+        .collect()
+}
+
+fn alive(pid: u64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, r)| !r.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
+
+/// Whether `node` still runs web (or does not answer).
+fn runs_web(node: &Node) -> bool {
+    node.services()
+        .as_array()
+        .is_none_or(|a| a.iter().any(|s| s["name"] == "web"))
+}
+
+/// The removal phase (see the module docs).
+fn removal(
+    seed: u64,
+    rng: &mut Rng,
+    cluster: &mut Cluster,
+    (good, service): (&Path, &Path),
+    out: &mut Outcome,
+) {
+    let pids: Vec<u64> = cluster.nodes.iter().flat_map(slot_pids).collect();
+    let by = rng.below(3) as usize;
+    let victim = rng.below(3) as usize;
+    let mut killed = None;
+    match rng.below(3) {
+        0 if victim != by => {
+            eprintln!(
+                "seed {seed}: SIGKILL n{}, then n{} service remove web",
+                victim + 1,
+                by + 1
+            );
+            cluster.nodes[victim].kill9();
+            killed = Some(victim);
+            let _ = cluster.nodes[by].cli(&["service", "remove", "web"]);
+        }
+        1 => {
+            let after = rng.ms(0, 400);
+            eprintln!(
+                "seed {seed}: n{} service remove web, SIGKILLed after {after:?}",
+                by + 1
+            );
+            let mut cli = spawn_cli(&cluster.nodes[by], &["service", "remove", "web"]);
+            std::thread::sleep(after);
+            cluster.nodes[by].kill9();
+            killed = Some(by);
+            let _ = cli.kill();
+            let _ = cli.wait();
+        }
+        _ => {
+            eprintln!("seed {seed}: n{} service remove web", by + 1);
+            let _ = cluster.nodes[by].cli(&["service", "remove", "web"]);
+        }
+    }
+    out.operations += 1;
+    if let Some(i) = killed {
+        out.faults += 1;
+        std::thread::sleep(rng.ms(200, 2000));
+        restart(cluster, i);
+    }
+    settle_removal(cluster, out);
+    let gone = wait_until(Duration::from_secs(60), || {
+        cluster.nodes.iter().all(|n| !runs_web(n)) && pids.iter().all(|p| !alive(*p))
+    });
+    if !gone {
+        let left: Vec<String> = cluster
+            .nodes
+            .iter()
+            .filter(|n| runs_web(n))
+            .map(|n| n.name.clone())
+            .collect();
+        let living: Vec<&u64> = pids.iter().filter(|p| alive(**p)).collect();
+        out.violations.push(format!(
+            "60 s after the removal settled, web still runs on {left:?}, slot processes {living:?} live"
+        ));
+        return;
+    }
+    for i in 0..3 {
+        if std::net::TcpStream::connect_timeout(&cluster.entry(i), Duration::from_secs(1)).is_ok() {
+            out.violations.push(format!(
+                "n{}: web's entry point still answers after its removal",
+                i + 1
+            ));
+        }
+    }
+    halley_tests::wait_converged(&cluster.nodes);
+    let again = cluster.nodes[rng.below(3) as usize].deploy(good, "web", "again", service);
+    if !again.status.success() {
+        out.violations.push(format!(
+            "web does not deploy again after its removal: {}",
+            String::from_utf8_lossy(&again.stderr)
+        ));
+    }
+}
+
+/// Runs `service remove web` again (as an operator would) until the newest rollout of web is a
+/// completed removal, for up to 2 minutes.
+fn settle_removal(cluster: &Cluster, out: &mut Outcome) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for attempt in 0.. {
+        let node = &cluster.nodes[attempt % 3];
+        let status = node.cli(&["rollout", "status", "web"]);
+        let first = String::from_utf8_lossy(&status.stdout)
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        if first.contains(": completed (removed from") {
+            return;
+        }
+        if Instant::now() > deadline {
+            out.violations.push(format!(
+                "the removal of web did not complete 2 minutes after the faults stopped: {first}"
+            ));
+            return;
+        }
+        // A removal still driven refuses this; it is then waited for.
+        let _ = node.cli(&["service", "remove", "web"]);
+        std::thread::sleep(Duration::from_secs(1));
+    }
 }
 
 /// The phase of the newest rollout of web, as `rollout status` shows it on `node`.
