@@ -11,6 +11,16 @@ use std::fmt;
 use serde::de::{self, Deserializer};
 use serde::{Deserialize, Serializer};
 
+/// Splits `"30s"` into `(30, "s")` (the unit trimmed; `""` for a bare number); `None` when it
+/// does not start with a number that fits a u64.
+pub(crate) fn number_and_unit(text: &str) -> Option<(u64, &str)> {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (num, unit) = text.split_at(split);
+    Some((num.parse().ok()?, unit.trim()))
+}
+
 /// Serializes a quantity: its text form when human-readable, else `base` (its base-unit count).
 pub(crate) fn serialize<S: Serializer>(
     s: S,
@@ -56,3 +66,22 @@ pub(crate) fn deserialize<'de, D: Deserializer<'de>, T>(
         Err(_) => Err(de::Error::custom(forms.expected)),
     }
 }
+
+/// `Serialize` and `Deserialize` for a newtype over its base-unit count, read in `forms`.
+macro_rules! serde_as_quantity {
+    ($ty:ident, $forms:expr) => {
+        impl serde::Serialize for $ty {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                $crate::quantity::serialize(s, self, self.0)
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $ty {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                $crate::quantity::deserialize(d, $forms)
+            }
+        }
+    };
+}
+
+pub(crate) use serde_as_quantity;

@@ -12,8 +12,8 @@
 
 use std::fmt;
 
+use serde::Deserialize;
 use serde::de::{self, Deserializer};
-use serde::{Deserialize, Serialize, Serializer};
 
 /// A number of bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -30,14 +30,9 @@ impl ByteSize {
     /// Parses `"8MiB"`, `"512KiB"`, `"1GiB"`, `"4096B"` or a bare number of bytes.
     pub fn parse(text: &str) -> Result<Self, String> {
         let text = text.trim();
-        let split = text
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(text.len());
-        let (num, unit) = text.split_at(split);
-        let n: u64 = num.parse().map_err(|_| {
+        let (n, unit) = crate::quantity::number_and_unit(text).ok_or_else(|| {
             format!("{text:?} is not a size; write e.g. \"512KiB\", \"8MiB\" or \"1GiB\"")
         })?;
-        let unit = unit.trim();
         let factor = if unit.is_empty() {
             1
         } else {
@@ -67,25 +62,15 @@ impl fmt::Display for ByteSize {
     }
 }
 
-impl Serialize for ByteSize {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        crate::quantity::serialize(s, self, self.0)
+crate::quantity::serde_as_quantity!(
+    ByteSize,
+    crate::quantity::Forms {
+        base: ByteSize,
+        number: |n| Ok(ByteSize(n)),
+        text: ByteSize::parse,
+        expected: "expected a size such as \"512KiB\", \"8MiB\" or a number of bytes",
     }
-}
-
-impl<'de> Deserialize<'de> for ByteSize {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        crate::quantity::deserialize(
-            d,
-            crate::quantity::Forms {
-                base: ByteSize,
-                number: |n| Ok(ByteSize(n)),
-                text: ByteSize::parse,
-                expected: "expected a size such as \"512KiB\", \"8MiB\" or a number of bytes",
-            },
-        )
-    }
-}
+);
 
 /// The default `log_max`: 8 MiB.
 pub const DEFAULT_LOG_MAX: ByteSize = ByteSize(8 << 20);

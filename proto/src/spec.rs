@@ -704,11 +704,7 @@ impl Millis {
     /// Parses `250ms`, `30s`, `5m`, `1h`, `2d` or a bare number of seconds.
     pub fn parse(text: &str) -> Result<Self, String> {
         let text = text.trim();
-        let split = text
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(text.len());
-        let (num, unit) = text.split_at(split);
-        let n: u64 = num.parse().map_err(|_| {
+        let (n, unit) = crate::quantity::number_and_unit(text).ok_or_else(|| {
             format!("{text:?} is not a duration; write e.g. \"500ms\", \"30s\", \"5m\" or \"1h\"")
         })?;
         let factor = match unit {
@@ -743,29 +739,19 @@ impl fmt::Display for Millis {
     }
 }
 
-impl Serialize for Millis {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        crate::quantity::serialize(s, self, self.0)
+crate::quantity::serde_as_quantity!(
+    Millis,
+    crate::quantity::Forms {
+        base: Millis,
+        number: |secs| {
+            secs.checked_mul(1000)
+                .map(Millis)
+                .ok_or_else(|| "duration too long".to_owned())
+        },
+        text: Millis::parse,
+        expected: "expected a duration such as \"500ms\", \"30s\", \"5m\" or a number of seconds",
     }
-}
-
-impl<'de> Deserialize<'de> for Millis {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        crate::quantity::deserialize(
-            d,
-            crate::quantity::Forms {
-                base: Millis,
-                number: |secs| {
-                    secs.checked_mul(1000)
-                        .map(Millis)
-                        .ok_or_else(|| "duration too long".to_owned())
-                },
-                text: Millis::parse,
-                expected: "expected a duration such as \"500ms\", \"30s\", \"5m\" or a number of seconds",
-            },
-        )
-    }
-}
+);
 
 /// How a rollout walks the cluster (`[service.NAME.rollout]`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -73,6 +73,17 @@ pub fn free_addr() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], next_test_port()))
 }
 
+/// Whether `pid` is a live (not zombie) process.
+pub fn process_alive(pid: u64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, rest)| !rest.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
+
 /// Polls `check` every 100 ms until it holds or `limit` passes. Returns whether it held.
 pub fn wait_until(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + limit;
@@ -425,6 +436,27 @@ impl Node {
             .find(|s| s["name"] == service)?["committed"]
             .as_str()
             .map(str::to_owned)
+    }
+
+    /// Whether this node runs `service` (or does not answer: it may still).
+    pub fn runs(&self, service: &str) -> bool {
+        self.services()
+            .as_array()
+            .is_none_or(|a| a.iter().any(|s| s["name"] == service))
+    }
+
+    /// The pids of every slot process of `service` on this node.
+    pub fn slot_pids(&self, service: &str) -> Vec<u64> {
+        let services = self.services();
+        let slots = services
+            .as_array()
+            .and_then(|a| a.iter().find(|s| s["name"] == service))
+            .and_then(|s| s["slots"].as_array().cloned());
+        slots
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|s| s["pid"].as_u64())
+            .collect()
     }
 
     /// The status of one slot of a service, looked up by role (`active`, `warm`, ...).

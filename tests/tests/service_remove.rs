@@ -12,36 +12,16 @@ use halley_tests::{Node, assert_ok, stderr, wait_until};
 
 const SERVICE_BIN: &str = env!("CARGO_BIN_EXE_halley-test-service");
 
-/// Whether `pid` is a live (not zombie) process.
 fn alive(pid: u64) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            s.rsplit_once(')')
-                .map(|(_, rest)| !rest.trim_start().starts_with('Z'))
-        })
-        .unwrap_or(false)
+    halley_tests::process_alive(pid)
 }
 
-/// The pids of every slot of `web` on `node`.
 fn pids(node: &Node) -> Vec<u64> {
-    let services = node.services();
-    let Some(web) = services
-        .as_array()
-        .and_then(|a| a.iter().find(|s| s["name"] == "web"))
-    else {
-        return Vec::new();
-    };
-    web["slots"]
-        .as_array()
-        .map(|slots| slots.iter().filter_map(|s| s["pid"].as_u64()).collect())
-        .unwrap_or_default()
+    node.slot_pids("web")
 }
 
 fn runs_web(node: &Node) -> bool {
-    node.services()
-        .as_array()
-        .is_none_or(|a| a.iter().any(|s| s["name"] == "web"))
+    node.runs("web")
 }
 
 /// The members whose gossip `node` sees announcing `web`.

@@ -29,7 +29,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use halley_tests::cluster::Cluster;
-use halley_tests::{Node, runtime, wait_until};
+use halley_tests::{Node, process_alive, runtime, wait_until};
 
 /// xorshift64*: small, seedable, and the same everywhere.
 struct Rng(u64);
@@ -308,36 +308,6 @@ fn schedule(seed: u64, service: &Path) -> Outcome {
     out
 }
 
-/// The pids of web's slot processes on `node`.
-fn slot_pids(node: &Node) -> Vec<u64> {
-    let services = node.services();
-    let web = services
-        .as_array()
-        .and_then(|a| a.iter().find(|s| s["name"] == "web").cloned());
-    web.and_then(|w| w["slots"].as_array().cloned())
-        .unwrap_or_default()
-        .iter()
-        .filter_map(|s| s["pid"].as_u64())
-        .collect()
-}
-
-fn alive(pid: u64) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            s.rsplit_once(')')
-                .map(|(_, r)| !r.trim_start().starts_with('Z'))
-        })
-        .unwrap_or(false)
-}
-
-/// Whether `node` still runs web (or does not answer).
-fn runs_web(node: &Node) -> bool {
-    node.services()
-        .as_array()
-        .is_none_or(|a| a.iter().any(|s| s["name"] == "web"))
-}
-
 /// The removal phase (see the module docs).
 fn removal(
     seed: u64,
@@ -346,7 +316,11 @@ fn removal(
     (good, service): (&Path, &Path),
     out: &mut Outcome,
 ) {
-    let pids: Vec<u64> = cluster.nodes.iter().flat_map(slot_pids).collect();
+    let pids: Vec<u64> = cluster
+        .nodes
+        .iter()
+        .flat_map(|n| n.slot_pids("web"))
+        .collect();
     let by = rng.below(3) as usize;
     let victim = rng.below(3) as usize;
     let mut killed = None;
@@ -387,16 +361,16 @@ fn removal(
     }
     settle_removal(cluster, out);
     let gone = wait_until(Duration::from_secs(60), || {
-        cluster.nodes.iter().all(|n| !runs_web(n)) && pids.iter().all(|p| !alive(*p))
+        cluster.nodes.iter().all(|n| !n.runs("web")) && pids.iter().all(|p| !process_alive(*p))
     });
     if !gone {
         let left: Vec<String> = cluster
             .nodes
             .iter()
-            .filter(|n| runs_web(n))
+            .filter(|n| n.runs("web"))
             .map(|n| n.name.clone())
             .collect();
-        let living: Vec<&u64> = pids.iter().filter(|p| alive(**p)).collect();
+        let living: Vec<&u64> = pids.iter().filter(|p| process_alive(**p)).collect();
         out.violations.push(format!(
             "60 s after the removal settled, web still runs on {left:?}, slot processes {living:?} live"
         ));
