@@ -31,6 +31,7 @@ pub mod membership;
 pub mod orphan;
 pub mod regression;
 pub mod release_pin;
+pub mod removal;
 pub mod renewal;
 pub mod restore_point;
 pub mod rollback;

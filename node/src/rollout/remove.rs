@@ -21,13 +21,14 @@ use std::sync::Arc;
 use halley_proto::NodeName;
 use halley_proto::deploy::{ReleaseVersion, Step, StepReply, StepRequest};
 use halley_proto::disk::RolloutJournal;
-use halley_proto::message::{ErrorKind, ErrorReply, MemberState, PeerReply, PeerRequest};
+use halley_proto::message::{ErrorKind, ErrorReply, PeerReply, PeerRequest};
 use halley_proto::rollout::{
-    HistoryEntry, HostStep, Mode, Phase, REMOVE_KEEP_DATA, REMOVE_PURGE, RolloutState,
+    HistoryEntry, HostStep, Mode, REMOVE_KEEP_DATA, REMOVE_PURGE, RolloutState,
 };
 use halley_proto::spec::{RolloutPolicy, ServiceName, ServiceSpec};
 
 use crate::clock::wall_ms;
+use crate::engine::removal as engine;
 use crate::engine::rollback as plan;
 use crate::error::internal;
 use crate::rollout::context::{Coordinator, Reply, SHORT};
@@ -60,27 +61,12 @@ pub(crate) async fn start(
         None => refuse_if_busy(node, service, false).await?,
     }
     let members = node.cluster.members();
-    let mut hosts = plan::hosts(&members, service);
-    // The hosts of the newest rollout had the service, whatever gossip shows of them now (a
-    // dead member's announcements may be gone): a dead one among them is shown as skipped. Of
-    // a removal, those it did not remove the service from.
-    // A purge after a removal that kept the data reaches every host that removal reached.
-    let had = newest.iter().flat_map(|s| {
-        let kept_data = s.mode == Mode::Remove && !s.purges();
-        s.hosts.iter().filter(move |h| {
-            s.mode != Mode::Remove || h.step != HostStep::Committed || (purge && kept_data)
-        })
-    });
-    for h in had {
-        let member = members.iter().find(|m| m.name == h.node);
-        let Some(member) = member.filter(|m| m.state != MemberState::Left) else {
-            continue;
-        };
-        if !hosts.iter().any(|(n, _)| n == &h.node) {
-            hosts.push((h.node.clone(), member.state != MemberState::Dead));
-        }
-    }
-    hosts.sort();
+    let hosts = engine::hosts(
+        plan::hosts(&members, service),
+        &members,
+        newest.as_ref(),
+        purge,
+    );
     if hosts.is_empty() {
         return Err(ErrorReply {
             kind: ErrorKind::NotFound,
@@ -171,55 +157,7 @@ async fn finish(
     answers: Vec<(NodeName, Result<String, ErrorReply>)>,
 ) -> Vec<String> {
     let now = wall_ms();
-    let mut fenced = None;
-    for (host, answer) in answers {
-        let Some(h) = journal.state.hosts.iter_mut().find(|h| h.node == host) else {
-            continue;
-        };
-        h.since_ms = now;
-        (h.step, h.note) = match answer {
-            Ok(note) => (HostStep::Committed, note),
-            Err(e) => {
-                if e.kind == ErrorKind::StaleEpoch {
-                    fenced = Some(format!("{host}: {}", e.message));
-                }
-                (
-                    HostStep::Failed,
-                    format!(
-                        "{}; it removes the service itself on its next pass",
-                        e.message
-                    ),
-                )
-            }
-        };
-    }
-    let state = &mut journal.state;
-    let failed: Vec<String> = state
-        .hosts
-        .iter()
-        .filter(|h| h.step != HostStep::Committed)
-        .map(|h| format!("{} ({})", h.node, h.step.as_str()))
-        .collect();
-    (state.phase, state.reason) = match fenced {
-        Some(why) => (
-            Phase::Fenced,
-            format!("a newer rollout owns the service: {why}"),
-        ),
-        None if failed.is_empty() => (Phase::Completed, String::new()),
-        None => (
-            Phase::Completed,
-            format!(
-                "not yet removed from {}: each removes it itself once it is back",
-                failed.join(", ")
-            ),
-        ),
-    };
-    state.ended_ms = Some(now);
-    let notes: Vec<String> = state
-        .hosts
-        .iter()
-        .map(|h| format!("{}: {}", h.node, h.note))
-        .collect();
+    let notes = engine::conclude(&mut journal.state, answers, now);
     if let Err(e) = save(node, journal).await {
         tracing::warn!(service = %journal.state.service, error = %e, "cannot journal the end of a removal");
     }
